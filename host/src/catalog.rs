@@ -1,0 +1,215 @@
+//! The catalog of backups, read from the store (its only source of truth): commit, list,
+//! load with authentication, delete, and garbage collection of uncommitted leftovers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::crypto::SecretKey;
+use crate::error::{Error, Result};
+use crate::format::{self, BackupMetadata, UnverifiedMetadata};
+use crate::keyring::KeyRing;
+use crate::store::Store;
+
+const METADATA_FILE: &str = "backup.json";
+
+/// Writes the metadata object: the commit point of a backup.
+pub fn commit(store: &dyn Store, tenant_key: &SecretKey, meta: &BackupMetadata) -> Result<()> {
+    let bytes = format::seal_metadata(meta, tenant_key);
+    store.put(
+        &meta.tenant,
+        &format::metadata_object(&meta.instance, &meta.backup_id),
+        &bytes,
+    )?;
+    Ok(())
+}
+
+/// Splits `<instance>/<id>/<file>` into its parts.
+fn split_name(name: &str) -> Option<(&str, &str, &str)> {
+    let mut it = name.splitn(3, '/');
+    Some((it.next()?, it.next()?, it.next()?))
+}
+
+/// Reads and authenticates one metadata object, checking it belongs where it was found.
+fn load_object(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    tenant: &str,
+    instance: &str,
+    id: &str,
+) -> Result<BackupMetadata> {
+    let bytes = store.get(tenant, &format::metadata_object(instance, id))?;
+    let unverified = UnverifiedMetadata::parse(&bytes)?;
+    let key_id = unverified.meta.encryption.key_id.clone();
+    let key = keyring.get(tenant, &key_id)?;
+    let meta = unverified.verify(&key.secret)?;
+    if meta.backup_id != id || meta.tenant != tenant || meta.instance != instance {
+        return Err(Error::Mismatch {
+            id: id.to_string(),
+            reason: format!(
+                "its metadata object describes backup {} of {}/{} (swapped metadata)",
+                meta.backup_id, meta.tenant, meta.instance
+            ),
+        });
+    }
+    Ok(meta)
+}
+
+/// Finds the instance a backup id belongs to, committed or not.
+fn locate(store: &dyn Store, tenant: &str, id: &str) -> Result<Option<(String, bool)>> {
+    ulid::Ulid::from_string(id).map_err(|_| Error::NotFound {
+        tenant: tenant.to_string(),
+        id: id.to_string(),
+    })?;
+    let mut found: Option<(String, bool)> = None;
+    for o in store.list(tenant, "")? {
+        if let Some((instance, oid, file)) = split_name(&o.name) {
+            if oid == id {
+                let committed = file == METADATA_FILE;
+                let prev = found.get_or_insert((instance.to_string(), false));
+                prev.1 |= committed;
+            }
+        }
+    }
+    if found.is_none() {
+        for o in store.list_segmented(tenant)? {
+            if let Some((instance, oid, _)) = split_name(&o.name) {
+                if oid == id {
+                    found = Some((instance.to_string(), false));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Loads a committed backup by id, authenticated.
+pub fn load(store: &dyn Store, keyring: &KeyRing, tenant: &str, id: &str) -> Result<BackupMetadata> {
+    match locate(store, tenant, id)? {
+        Some((instance, true)) => load_object(store, keyring, tenant, &instance, id),
+        _ => Err(Error::NotFound {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+        }),
+    }
+}
+
+/// One row of a listing: a committed backup, or one whose metadata failed to load.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub backup_id: String,
+    pub instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BackupMetadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Committed backups of a tenant, oldest first (ids sort by time).
+pub fn list(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    tenant: &str,
+    instance: Option<&str>,
+) -> Result<Vec<Listed>> {
+    let prefix = instance.map(|i| format!("{i}/")).unwrap_or_default();
+    let mut out = Vec::new();
+    for o in store.list(tenant, &prefix)? {
+        let Some((inst, id, METADATA_FILE)) = split_name(&o.name) else {
+            continue;
+        };
+        let (metadata, error) = match load_object(store, keyring, tenant, inst, id) {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(Listed {
+            backup_id: id.to_string(),
+            instance: inst.to_string(),
+            metadata,
+            error,
+        });
+    }
+    out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Deleted {
+    pub backup_id: String,
+    pub instance: String,
+    pub was_committed: bool,
+}
+
+/// Deletes a backup: uncommit (metadata) first, then the data. Safe to repeat after a
+/// failure part-way; an id with nothing left is NotFound.
+pub fn delete(store: &dyn Store, tenant: &str, id: &str) -> Result<Deleted> {
+    let Some((instance, committed)) = locate(store, tenant, id)? else {
+        return Err(Error::NotFound {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+        });
+    };
+    store.delete(tenant, &format::metadata_object(&instance, id))?;
+    store.delete(tenant, &format::data_object(&instance, id))?;
+    Ok(Deleted {
+        backup_id: id.to_string(),
+        instance,
+        was_committed: committed,
+    })
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// `tenant/instance/id` of each removed leftover.
+    pub removed: Vec<String>,
+    /// Leftovers younger than the grace period, left alone (an upload may be running).
+    pub kept_young: Vec<String>,
+    pub bytes_freed: u64,
+}
+
+/// Removes leftovers of uncommitted backups (data without metadata) older than `grace`,
+/// in every tenant's container.
+pub fn gc(store: &dyn Store, grace: Duration, dry_run: bool) -> Result<GcReport> {
+    let now = SystemTime::now();
+    let mut report = GcReport::default();
+    for tenant in store.tenants()? {
+        let mut committed = BTreeSet::new();
+        // (instance, id) -> (newest modification, bytes)
+        let mut leftovers: BTreeMap<(String, String), (SystemTime, u64)> = BTreeMap::new();
+        let objects = store.list(&tenant, "")?;
+        let segmented = store.list_segmented(&tenant)?;
+        for o in objects.iter().chain(segmented.iter()) {
+            let Some((inst, id, file)) = split_name(&o.name) else {
+                continue;
+            };
+            if file == METADATA_FILE {
+                committed.insert((inst.to_string(), id.to_string()));
+            } else {
+                let e = leftovers
+                    .entry((inst.to_string(), id.to_string()))
+                    .or_insert((SystemTime::UNIX_EPOCH, 0));
+                e.0 = e.0.max(o.modified);
+                e.1 += o.size;
+            }
+        }
+        for ((inst, id), (modified, bytes)) in leftovers {
+            if committed.contains(&(inst.clone(), id.clone())) {
+                continue;
+            }
+            let label = format!("{tenant}/{inst}/{id}");
+            let age = now.duration_since(modified).unwrap_or_default();
+            if age < grace {
+                report.kept_young.push(label);
+                continue;
+            }
+            if !dry_run {
+                store.delete(&tenant, &format::data_object(&inst, &id))?;
+            }
+            tracing::info!(leftover = %label, bytes, dry_run, "gc: uncommitted backup data");
+            report.removed.push(label);
+            report.bytes_freed += bytes;
+        }
+    }
+    Ok(report)
+}

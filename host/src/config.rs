@@ -1,0 +1,224 @@
+//! The operator's configuration file (TOML, versioned) and the embedded defaults.
+//!
+//! Precedence: command-line flags, then the config file, then the embedded defaults, which
+//! keep everything under `./couchvault-data/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const CONFIG_FORMAT: u32 = 1;
+pub const DEFAULT_DATA_DIR: &str = "couchvault-data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Must be 1.
+    pub couchvault_config: u32,
+    /// Store URL, e.g. `file:///srv/couchvault`.
+    pub store: Option<String>,
+    /// Key ring file.
+    pub keyring: Option<PathBuf>,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// zstd level, 1-19.
+    pub compression_level: i32,
+    /// zstd worker threads; 0 means one per CPU core.
+    pub zstd_workers: u32,
+    /// Plaintext bytes per encrypted chunk (4 KiB - 16 MiB).
+    pub chunk_size: u32,
+    /// Bytes per stored segment.
+    pub segment_size: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            compression_level: 3,
+            zstd_workers: 0,
+            chunk_size: 1 << 20,
+            segment_size: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreConfig {
+    /// `USER:GROUP` for restored files; empty means the default (couchdb:couchdb when
+    /// running as root and that user exists, else unchanged).
+    pub owner: Option<String>,
+    /// Flush restored files to disk before swapping them into place.
+    pub sync: bool,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            owner: None,
+            sync: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Leftovers younger than this are kept: an upload may still be running. e.g. "24h".
+    pub grace: String,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            grace: "24h".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The embedded defaults: local store and key ring under `./couchvault-data/`.
+    pub fn embedded() -> Config {
+        Config {
+            couchvault_config: CONFIG_FORMAT,
+            store: None,
+            keyring: None,
+            backup: BackupConfig::default(),
+            restore: RestoreConfig::default(),
+            gc: GcConfig::default(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            invalid(format!("{line}{}", e.message()))
+        })?;
+        if cfg.couchvault_config != CONFIG_FORMAT {
+            return Err(invalid(format!(
+                "couchvault_config = {} is not supported (this couchvault reads {CONFIG_FORMAT})",
+                cfg.couchvault_config
+            )));
+        }
+        if !(1..=19).contains(&cfg.backup.compression_level) {
+            return Err(invalid("backup.compression_level must be 1-19".into()));
+        }
+        if !(crate::format::MIN_CHUNK..=crate::format::MAX_CHUNK).contains(&cfg.backup.chunk_size) {
+            return Err(invalid("backup.chunk_size must be 4096-16777216".into()));
+        }
+        if cfg.backup.segment_size < 1 << 20 {
+            return Err(invalid("backup.segment_size must be at least 1048576".into()));
+        }
+        parse_duration(&cfg.gc.grace).map_err(|e| invalid(format!("gc.grace: {e}")))?;
+        // Relative paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(k) = &cfg.keyring {
+            if k.is_relative() {
+                cfg.keyring = Some(base.join(k));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses `0`, `90s`, `30m`, `24h`, `7d` (and combinations such as `1d12h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(format!("'{s}' is not a duration like 90s, 30m, 24h or 7d")),
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        num.clear();
+    }
+    if !num.is_empty() || s.is_empty() {
+        return Err(format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("1d12h").unwrap().as_secs(), 36 * 3600);
+        for bad in ["", "12", "h", "3x", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, "couchvault_config = 1\n[backup]\ncompresion_level = 3\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("compresion_level"), "{e}");
+        std::fs::write(&p, "couchvault_config = 1\nkeyring = \"keys.toml\"\n").unwrap();
+        assert_eq!(Config::load(&p).unwrap().keyring.unwrap(), d.path().join("keys.toml"));
+    }
+}

@@ -1,0 +1,416 @@
+//! Finding what to back up on a CouchDB node: its directories from the ini files, and the
+//! files in the order a hot copy needs (view indexes, then database files, then config).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what} {path} does not exist")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("{what} {path} is not a directory")]
+    NotDir { what: &'static str, path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} does not look like a CouchDB data directory: it holds no _dbs.couch and no shards/ (point --data-dir or database_dir at the directory that does)")]
+    NotCouchData { path: PathBuf },
+    #[error("no CouchDB ini files in {dir}: expected default.ini and/or local.ini there")]
+    NoIni { dir: PathBuf },
+    #[error("{path}:{line}: cannot parse ini line '{text}'")]
+    IniSyntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
+    move |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the user pointed at.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSpec {
+    pub couchdb_config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub view_index_dir: Option<PathBuf>,
+}
+
+/// A resolved CouchDB node on disk.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub database_dir: PathBuf,
+    /// Only when it differs from `database_dir`.
+    pub view_index_dir: Option<PathBuf>,
+    pub config_dir: Option<PathBuf>,
+    /// Ini files in the order CouchDB reads them.
+    pub ini_files: Vec<PathBuf>,
+    pub node_name: Option<String>,
+}
+
+/// One file to copy, with its path inside the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFile {
+    pub source: PathBuf,
+    pub archive_path: String,
+}
+
+fn require_dir(what: &'static str, path: &Path) -> Result<PathBuf, SourceError> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(path.to_path_buf()),
+        Ok(_) => Err(SourceError::NotDir {
+            what,
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SourceError::Missing {
+            what,
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn looks_like_couch_data(dir: &Path) -> bool {
+    dir.join("_dbs.couch").is_file() || dir.join("shards").is_dir()
+}
+
+/// Sorted directory entries; a missing directory is empty.
+fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>, SourceError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut v = rd
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err(dir))?;
+    v.sort_by_key(|e| e.file_name());
+    Ok(v)
+}
+
+/// The ini files of a config dir in CouchDB's order: default.ini, default.d/*.ini,
+/// local.ini, local.d/*.ini. `COUCHDB_INI_FILES` (space-separated), when set, replaces it.
+pub fn ini_files(config_dir: &Path, env_override: Option<&str>) -> Result<Vec<PathBuf>, SourceError> {
+    if let Some(list) = env_override.filter(|s| !s.trim().is_empty()) {
+        let files: Vec<PathBuf> = list.split_whitespace().map(PathBuf::from).collect();
+        for f in &files {
+            if !f.is_file() {
+                return Err(SourceError::Missing {
+                    what: "ini file (from COUCHDB_INI_FILES)",
+                    path: f.clone(),
+                });
+            }
+        }
+        return Ok(files);
+    }
+    let mut files = Vec::new();
+    for stem in ["default", "local"] {
+        let single = config_dir.join(format!("{stem}.ini"));
+        if single.is_file() {
+            files.push(single);
+        }
+        for e in sorted_entries(&config_dir.join(format!("{stem}.d")))? {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "ini") && p.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(SourceError::NoIni {
+            dir: config_dir.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+/// The value of `[section] key` after reading all files in order (later wins).
+pub fn ini_lookup(files: &[PathBuf], section: &str, key: &str) -> Result<Option<String>, SourceError> {
+    let mut found = None;
+    for path in files {
+        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        let mut current = String::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('[') {
+                let name = rest.strip_suffix(']').ok_or_else(|| SourceError::IniSyntax {
+                    path: path.clone(),
+                    line: i + 1,
+                    text: raw.to_string(),
+                })?;
+                current = name.trim().to_string();
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                // CouchDB ignores such lines too (continuations of multi-line values).
+                continue;
+            };
+            if current == section && k.trim() == key {
+                // Inline comments start with " ;".
+                let v = v.split(" ;").next().unwrap_or("").trim();
+                found = Some(v.to_string());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The Erlang node name from `vm.args` (`-name couchdb@HOST` or `-sname`).
+fn node_name(config_dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(config_dir.join("vm.args")).ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        match parts.next() {
+            Some("-name") | Some("-sname") => parts.next().map(str::to_string),
+            _ => None,
+        }
+    })
+}
+
+impl Source {
+    pub fn discover(spec: &SourceSpec) -> Result<Source, SourceError> {
+        Self::discover_with_env(spec, std::env::var("COUCHDB_INI_FILES").ok().as_deref())
+    }
+
+    pub fn discover_with_env(spec: &SourceSpec, ini_env: Option<&str>) -> Result<Source, SourceError> {
+        let (database_dir, mut view_index_dir, config_dir, ini_files, node_name) =
+            match &spec.couchdb_config {
+                Some(cfg) => {
+                    let cfg = require_dir("CouchDB config directory", cfg)?;
+                    let files = ini_files(&cfg, ini_env)?;
+                    // Relative paths in the ini files are relative to the install root, the
+                    // parent of etc/.
+                    let root = cfg.parent().unwrap_or(Path::new("/")).to_path_buf();
+                    let resolve = |v: Option<String>| -> PathBuf {
+                        let p = PathBuf::from(v.unwrap_or_else(|| "./data".into()));
+                        if p.is_absolute() {
+                            p
+                        } else {
+                            root.join(p)
+                        }
+                    };
+                    let db = resolve(ini_lookup(&files, "couchdb", "database_dir")?);
+                    // CouchDB keeps indexes beside the databases unless told otherwise.
+                    let views = match ini_lookup(&files, "couchdb", "view_index_dir")? {
+                        Some(v) => resolve(Some(v)),
+                        None => db.clone(),
+                    };
+                    let node = node_name(&cfg);
+                    (db, Some(views), Some(cfg), files, node)
+                }
+                None => {
+                    let db = spec.data_dir.clone().ok_or_else(|| SourceError::Missing {
+                        what: "data directory (give --data-dir or --couchdb-config)",
+                        path: PathBuf::new(),
+                    })?;
+                    (db, None, None, Vec::new(), None)
+                }
+            };
+        if let Some(v) = &spec.view_index_dir {
+            view_index_dir = Some(v.clone());
+        }
+        let database_dir = require_dir("CouchDB data directory", &database_dir)?;
+        let database_dir = fs::canonicalize(&database_dir).map_err(io_err(&database_dir))?;
+        if !looks_like_couch_data(&database_dir) {
+            return Err(SourceError::NotCouchData { path: database_dir });
+        }
+        let view_index_dir = match view_index_dir {
+            Some(v) => {
+                let v = require_dir("CouchDB view index directory", &v)?;
+                let v = fs::canonicalize(&v).map_err(io_err(&v))?;
+                (v != database_dir).then_some(v)
+            }
+            None => None,
+        };
+        Ok(Source {
+            database_dir,
+            view_index_dir,
+            config_dir,
+            ini_files,
+            node_name,
+        })
+    }
+
+    /// Files in copy order: view indexes, node-level database files (`_dbs.couch` first
+    /// among them), shard files, then the config files.
+    pub fn plan(&self) -> Result<Vec<PlannedFile>, SourceError> {
+        let mut out = Vec::new();
+        match &self.view_index_dir {
+            Some(v) => walk(&v.join(".shards"), "views/.shards", &mut out)?,
+            None => walk(&self.database_dir.join(".shards"), "data/.shards", &mut out)?,
+        }
+        let mut top_files = Vec::new();
+        let mut top_dirs = Vec::new();
+        for e in sorted_entries(&self.database_dir)? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == ".shards" || skip_name(&name) {
+                continue;
+            }
+            let ft = e.file_type().map_err(io_err(&e.path()))?;
+            if ft.is_dir() {
+                top_dirs.push(name);
+            } else if ft.is_file() {
+                top_files.push(name);
+            }
+        }
+        // The shard map first: it must never name a shard that the backup lacks.
+        top_files.sort_by_key(|n| (n != "_dbs.couch", n.clone()));
+        for name in top_files {
+            out.push(PlannedFile {
+                source: self.database_dir.join(&name),
+                archive_path: format!("data/{name}"),
+            });
+        }
+        for name in top_dirs {
+            walk(
+                &self.database_dir.join(&name),
+                &format!("data/{name}"),
+                &mut out,
+            )?;
+        }
+        if let Some(cfg) = &self.config_dir {
+            for (i, f) in self.ini_files.iter().enumerate() {
+                let archive_path = match f.strip_prefix(cfg) {
+                    Ok(rel) => format!("etc/{}", rel.to_string_lossy()),
+                    Err(_) => format!(
+                        "etc/extra/{i:02}-{}",
+                        f.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                };
+                out.push(PlannedFile {
+                    source: f.clone(),
+                    archive_path,
+                });
+            }
+            let vm_args = cfg.join("vm.args");
+            if vm_args.is_file() {
+                out.push(PlannedFile {
+                    source: vm_args,
+                    archive_path: "etc/vm.args".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `.delete/` holds deleted databases; `*.compact*` are compaction scratch files.
+fn skip_name(name: &str) -> bool {
+    name == ".delete" || name.ends_with(".compact") || name.contains(".compact.")
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<PlannedFile>) -> Result<(), SourceError> {
+    for e in sorted_entries(dir)? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if skip_name(&name) {
+            continue;
+        }
+        let path = e.path();
+        let ft = e.file_type().map_err(io_err(&path))?;
+        let archive_path = format!("{prefix}/{name}");
+        if ft.is_dir() {
+            walk(&path, &archive_path, out)?;
+        } else if ft.is_file() {
+            out.push(PlannedFile {
+                source: path,
+                archive_path,
+            });
+        } else {
+            tracing::warn!(path = %path.display(), "skipping: not a regular file");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn ini_order_and_relative_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        fs::create_dir_all(etc.join("local.d")).unwrap();
+        fs::write(etc.join("default.ini"), "[couchdb]\ndatabase_dir = ./data\nview_index_dir = ./data\n").unwrap();
+        fs::write(etc.join("local.ini"), "; c\n[couchdb]\ndatabase_dir = ./wrong\n").unwrap();
+        fs::write(etc.join("local.d/10-x.ini"), "[couchdb]\ndatabase_dir = ./db ; comment\nview_index_dir = ./db\n[other]\ndatabase_dir = ./no\n").unwrap();
+        fs::write(etc.join("vm.args"), "-name couchdb@127.0.0.1\n").unwrap();
+        touch(&root.path().join("db/_dbs.couch"));
+        let src = Source::discover_with_env(
+            &SourceSpec {
+                couchdb_config: Some(etc.clone()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert!(src.database_dir.ends_with("db"));
+        assert_eq!(src.node_name.as_deref(), Some("couchdb@127.0.0.1"));
+        assert_eq!(src.ini_files.len(), 3);
+        assert!(src.view_index_dir.is_none(), "same dir as the databases");
+    }
+
+    #[test]
+    fn plan_order_and_skips() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path();
+        for p in [
+            "_nodes.couch",
+            "_dbs.couch",
+            "_users.couch",
+            "shards/00-7f/a.1.couch",
+            "shards/00-7f/a.1.couch.compact.data",
+            "shards/00-7f/a.1.couch.compact.meta",
+            ".delete/old.couch",
+            ".shards/00-7f/a.1_design/mrview/x.view",
+            ".shards/00-7f/a.1_design/mrview/x.compact.view",
+        ] {
+            touch(&data.join(p));
+        }
+        let src = Source::discover_with_env(
+            &SourceSpec {
+                data_dir: Some(data.to_path_buf()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let order: Vec<_> = src.plan().unwrap().into_iter().map(|f| f.archive_path).collect();
+        assert_eq!(
+            order,
+            [
+                "data/.shards/00-7f/a.1_design/mrview/x.view",
+                "data/_dbs.couch",
+                "data/_nodes.couch",
+                "data/_users.couch",
+                "data/shards/00-7f/a.1.couch",
+            ]
+        );
+    }
+
+    #[test]
+    fn not_couch_data() {
+        let d = tempfile::tempdir().unwrap();
+        let err = Source::discover_with_env(
+            &SourceSpec {
+                data_dir: Some(d.path().to_path_buf()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("does not look like a CouchDB data directory"));
+    }
+}

@@ -1,0 +1,372 @@
+//! Backup: files → tar → zstd (multi-threaded) → AES-256-GCM STREAM → store, then commit.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc::{sync_channel, Receiver};
+
+use chrono::Utc;
+use ring::digest::{Context, SHA256};
+use ulid::Ulid;
+
+use super::{pick_error, Block, BlockWriter, Progress, QUEUE_BLOCKS};
+use crate::catalog;
+use crate::couchdb::{PlannedFile, Source};
+use crate::crypto::{self, SecretKey, StreamSealer, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::format::{
+    self, BackupMetadata, CompressionInfo, DataHeader, DataInfo, EncryptionInfo, FileEntry,
+    SourceInfo, Totals, FORMAT_VERSION, SUITE_NAME,
+};
+use crate::keyring::{KeyRing, TenantKey};
+use crate::names::validate_name;
+use crate::store::{LargeUpload, Store};
+
+/// Read size for source files.
+const READ_BUF: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub tenant: String,
+    pub instance: String,
+    pub tags: BTreeMap<String, String>,
+    pub stream: StreamSettings,
+}
+
+/// How the tar stream is compressed and sealed.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub compression_level: i32,
+    /// zstd worker threads; 0 compresses on the calling thread.
+    pub zstd_workers: u32,
+    pub chunk_size: u32,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            compression_level: 3,
+            zstd_workers: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            chunk_size: 1 << 20,
+        }
+    }
+}
+
+/// What [`store_stream`] wrote.
+pub struct Sealed {
+    pub encryption: EncryptionInfo,
+    pub data: DataInfo,
+}
+
+/// Takes a hot, full backup of `source` and commits it. Returns the committed metadata.
+pub fn backup(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    source: &Source,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupMetadata> {
+    validate_name("tenant", &opts.tenant)?;
+    validate_name("instance", &opts.instance)?;
+    let key = keyring.active(&opts.tenant)?;
+    let plan = source.plan()?;
+    let total: u64 = plan
+        .iter()
+        .filter_map(|f| std::fs::metadata(&f.source).ok())
+        .map(|m| m.len())
+        .sum();
+    progress
+        .bytes_total
+        .store(total, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .files_total
+        .store(plan.len() as u64, std::sync::atomic::Ordering::Relaxed);
+
+    let id = Ulid::new();
+    let started_at = Utc::now();
+    tracing::info!(backup = %id, files = plan.len(), bytes = total, "backup started");
+    let (sealed, (files, vanished)) = store_stream(
+        store,
+        key,
+        &opts.tenant,
+        &opts.instance,
+        id,
+        &opts.stream,
+        |out| write_tar(&plan, out, progress),
+    )?;
+
+    let meta = BackupMetadata {
+        format: FORMAT_VERSION,
+        tool: format!("couchvault {}", env!("CARGO_PKG_VERSION")),
+        backup_id: id.to_string(),
+        tenant: opts.tenant.clone(),
+        instance: opts.instance.clone(),
+        kind: "full".into(),
+        started_at,
+        finished_at: Utc::now(),
+        source: SourceInfo {
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned()),
+            node_name: source.node_name.clone(),
+            database_dir: source.database_dir.display().to_string(),
+            view_index_dir: source.view_index_dir.as_ref().map(|p| p.display().to_string()),
+            config_dir: source.config_dir.as_ref().map(|p| p.display().to_string()),
+            ini_files: source.ini_files.iter().map(|p| p.display().to_string()).collect(),
+        },
+        tags: opts.tags.clone(),
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: opts.stream.compression_level,
+        },
+        encryption: sealed.encryption,
+        data: sealed.data,
+        totals: Totals {
+            files: files.len() as u64,
+            bytes: files.iter().map(|f| f.size).sum(),
+        },
+        files,
+        vanished,
+    };
+    catalog::commit(store, &key.secret, &meta)?;
+    tracing::info!(backup = %id, stored = meta.data.size, "backup committed");
+    Ok(meta)
+}
+
+/// Streams what `produce` writes through zstd and the STREAM cipher into the large object
+/// `<instance>/<id>/data`. Nothing is committed: the caller writes the metadata. On failure
+/// the partial object is removed (best effort; `gc` catches what a crash leaves).
+pub fn store_stream<T>(
+    store: &dyn Store,
+    key: &TenantKey,
+    tenant: &str,
+    instance: &str,
+    id: Ulid,
+    settings: &StreamSettings,
+    produce: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<(Sealed, T)> {
+    let chunk_size = settings.chunk_size.clamp(format::MIN_CHUNK, format::MAX_CHUNK);
+    let data_key = SecretKey::random()?;
+    let mut nonce_prefix = [0u8; crypto::NONCE_PREFIX_LEN];
+    crypto::fill_random(&mut nonce_prefix)?;
+    let header = DataHeader {
+        chunk_size,
+        nonce_prefix,
+        backup_id: id.to_bytes(),
+    }
+    .to_bytes();
+    let id_str = id.to_string();
+    let wrapped = crypto::wrap_data_key(&key.secret, &data_key, tenant, &key.id, &id_str)?;
+    let object = format::data_object(instance, &id_str);
+    let upload = store.create_large(tenant, &object)?;
+    let sealer = StreamSealer::new(&data_key, nonce_prefix, header.to_vec());
+
+    let (tx, rx) = sync_channel(QUEUE_BLOCKS);
+    let result = std::thread::scope(|s| {
+        let consumer = s.spawn(move || seal_and_upload(rx, sealer, &header, upload));
+        let produced = (|| {
+            let writer = BlockWriter::new(tx, chunk_size as usize, TAG_LEN);
+            let mut counted = CountingWriter { inner: writer, count: 0 };
+            let mut enc = zstd::stream::write::Encoder::new(&mut counted, settings.compression_level)
+                .map_err(|e| Error::io("starting zstd", e))?;
+            if settings.zstd_workers > 0 {
+                enc.multithread(settings.zstd_workers)
+                    .map_err(|e| Error::io("starting zstd workers", e))?;
+            }
+            let value = produce(&mut enc)?;
+            enc.finish().map_err(|e| Error::io("finishing zstd", e))?;
+            let tar_size = counted.count;
+            counted
+                .inner
+                .finish()
+                .map_err(|e| Error::io("ending the stream", e))?;
+            Ok((value, tar_size))
+        })();
+        let consumed = consumer.join().unwrap_or(Err(Error::PipelineAborted));
+        match (produced, consumed) {
+            (Ok(p), Ok(c)) => Ok((p, c)),
+            (p, c) => Err(pick_error(p.map(drop), c.map(drop)).expect_err("one side failed")),
+        }
+    });
+    let ((value, tar_size), (size, sha256)) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(cleanup) = store.delete(tenant, &object) {
+                tracing::warn!(error = %cleanup, "could not remove the partial upload; `couchvault gc` will");
+            }
+            return Err(e);
+        }
+    };
+    Ok((
+        Sealed {
+            encryption: EncryptionInfo {
+                suite: SUITE_NAME.into(),
+                chunk_size,
+                key_id: key.id.clone(),
+                wrapped_key_nonce: hex::encode(wrapped.nonce),
+                wrapped_key: hex::encode(&wrapped.ciphertext),
+            },
+            data: DataInfo {
+                object,
+                size,
+                sha256,
+                tar_size,
+            },
+        },
+        value,
+    ))
+}
+
+/// The consumer thread: seals each block (the last one with the last-chunk flag), hashes
+/// the stored bytes and uploads them. Returns the stored size and SHA-256.
+fn seal_and_upload(
+    rx: Receiver<Block>,
+    mut sealer: StreamSealer,
+    header: &[u8],
+    mut upload: Box<dyn LargeUpload>,
+) -> Result<(u64, String)> {
+    let mut hash = Context::new(&SHA256);
+    let mut size = header.len() as u64;
+    hash.update(header);
+    upload.write(header)?;
+    let mut pending: Option<Vec<u8>> = None;
+    let mut emit = |mut chunk: Vec<u8>, last: bool| -> Result<()> {
+        sealer.seal(&mut chunk, last)?;
+        hash.update(&chunk);
+        size += chunk.len() as u64;
+        upload.write(&chunk)?;
+        Ok(())
+    };
+    loop {
+        match rx.recv() {
+            Ok(Block::Data(block)) => {
+                if let Some(prev) = pending.replace(block) {
+                    emit(prev, false)?;
+                }
+            }
+            Ok(Block::End) => {
+                emit(pending.take().unwrap_or_default(), true)?;
+                break;
+            }
+            Err(_) => return Err(Error::PipelineAborted),
+        }
+    }
+    upload.finish()?;
+    Ok((size, hex::encode(hash.finish())))
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the tar stream of `plan`. Each file is opened once and exactly the length it had
+/// when opened is copied: CouchDB files are append-only, so that prefix is a valid file, and
+/// a file swapped by compaction is read from the inode we opened.
+fn write_tar(
+    plan: &[PlannedFile],
+    out: &mut dyn Write,
+    progress: &Progress,
+) -> Result<(Vec<FileEntry>, Vec<String>)> {
+    let mut tar = tar::Builder::new(out);
+    let mut files = Vec::with_capacity(plan.len());
+    let mut vanished = Vec::new();
+    for f in plan {
+        let file = match File::open(&f.source) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(path = %f.source.display(), "file vanished before it was copied (deleted database?)");
+                vanished.push(f.archive_path.clone());
+                continue;
+            }
+            Err(e) => return Err(Error::io(format!("opening {}", f.source.display()), e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading {}", f.source.display()), e))?;
+        if !meta.is_file() {
+            continue;
+        }
+        let len = meta.len();
+        let mode = meta.mode() & 0o7777;
+        let mtime = meta.mtime();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(len);
+        header.set_mode(mode);
+        header.set_mtime(mtime.max(0) as u64);
+        let mut reader = BufReader::with_capacity(
+            READ_BUF,
+            PrefixReader {
+                file,
+                left: len,
+                hash: Context::new(&SHA256),
+                progress,
+            },
+        );
+        if let Err(e) = tar.append_data(&mut header, &f.archive_path, &mut reader) {
+            let left = reader.get_ref().left;
+            return Err(if e.kind() == io::ErrorKind::UnexpectedEof && left > 0 {
+                Error::Shrank {
+                    path: f.source.clone(),
+                    expected: len,
+                    got: len - left,
+                }
+            } else {
+                Error::io(format!("copying {}", f.source.display()), e)
+            });
+        }
+        let PrefixReader { left, hash, .. } = reader.into_inner();
+        debug_assert_eq!(left, 0);
+        progress.file_done();
+        files.push(FileEntry {
+            path: f.archive_path.clone(),
+            size: len,
+            mode,
+            mtime,
+            sha256: hex::encode(hash.finish()),
+        });
+    }
+    tar.finish().map_err(|e| Error::io("ending the tar stream", e))?;
+    Ok((files, vanished))
+}
+
+/// Reads exactly `left` bytes of a file, hashing them; fewer is an error.
+struct PrefixReader<'a> {
+    file: File,
+    left: u64,
+    hash: Context,
+    progress: &'a Progress,
+}
+
+impl Read for PrefixReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.left) as usize;
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was read",
+            ));
+        }
+        self.hash.update(&buf[..n]);
+        self.left -= n as u64;
+        self.progress.add_bytes(n as u64);
+        Ok(n)
+    }
+}

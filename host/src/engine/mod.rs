@@ -1,0 +1,171 @@
+//! The streaming pipeline: backup (files → tar → zstd → AES-256-GCM STREAM → store) and its
+//! exact inverse for verify and restore. Two threads per direction, joined by a bounded
+//! channel, so compression/decompression and encryption/hashing run on different cores and
+//! memory stays bounded by `queue_blocks × chunk_size`.
+
+pub mod backup;
+pub mod restore;
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+
+pub use backup::{backup, BackupOptions};
+pub use restore::{restore, verify, RestoreOptions, RestoreReport, VerifyReport};
+
+/// Blocks of plaintext in flight between the two pipeline threads.
+pub const QUEUE_BLOCKS: usize = 8;
+
+/// Counters a progress display can poll from another thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+}
+
+impl Progress {
+    fn add_bytes(&self, n: u64) {
+        self.bytes_done.fetch_add(n, Ordering::Relaxed);
+    }
+    fn file_done(&self) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+enum Block {
+    Data(Vec<u8>),
+    End,
+}
+
+/// The producer end: cuts what is written into blocks of exactly `block` bytes (the last
+/// may be shorter) and sends them; `finish` sends the rest and the end marker.
+struct BlockWriter {
+    tx: SyncSender<Block>,
+    buf: Vec<u8>,
+    block: usize,
+    spare: usize,
+}
+
+impl BlockWriter {
+    fn new(tx: SyncSender<Block>, block: usize, spare: usize) -> Self {
+        BlockWriter {
+            tx,
+            buf: Vec::with_capacity(block + spare),
+            block,
+            spare,
+        }
+    }
+
+    fn send(&mut self, b: Block) -> io::Result<()> {
+        self.tx
+            .send(b)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipeline consumer stopped"))
+    }
+
+    fn flush_block(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.block + self.spare));
+        self.send(Block::Data(full))
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.flush_block()?;
+        }
+        self.send(Block::End)
+    }
+}
+
+impl Write for BlockWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = (self.block - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.block {
+            self.flush_block()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The consumer end on the restore side: reads blocks as one byte stream. A stream that
+/// ends without its end marker is an error (the producer failed).
+struct BlockReader {
+    rx: Receiver<Block>,
+    current: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl BlockReader {
+    fn new(rx: Receiver<Block>) -> Self {
+        BlockReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+            ended: false,
+        }
+    }
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Block::Data(v)) => {
+                    self.current = v;
+                    self.pos = 0;
+                }
+                Ok(Block::End) => self.ended = true,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the decryption stage stopped",
+                    ))
+                }
+            }
+        }
+        let n = (self.current.len() - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads until `buf` is full or the reader ends; returns how much was read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Joins the two ends of a pipeline. An end that only saw the other one stop (a broken
+/// pipe) reports the other end's error, which is the cause.
+fn pick_error(producer: crate::Result<()>, consumer: crate::Result<()>) -> crate::Result<()> {
+    fn is_consequence(e: &crate::Error) -> bool {
+        match e {
+            crate::Error::PipelineAborted => true,
+            crate::Error::Io { source, .. } => source.kind() == io::ErrorKind::BrokenPipe,
+            _ => false,
+        }
+    }
+    match (producer, consumer) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(p), Err(c)) => Err(if is_consequence(&p) { c } else { p }),
+    }
+}

@@ -1,0 +1,271 @@
+//! Archive format v1: the data stream header and the metadata document. docs/FORMAT.md is
+//! the normative description; this module is its implementation.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::crypto::{self, SecretKey, WrappedKey, NONCE_PREFIX_LEN};
+
+pub const FORMAT_VERSION: u16 = 1;
+pub const MAGIC: &[u8; 8] = b"CVAULT\x00\x01";
+pub const HEADER_LEN: usize = 40;
+pub const SUITE_AES256GCM_STREAM: u8 = 1;
+pub const COMPRESSION_ZSTD: u8 = 1;
+pub const SUITE_NAME: &str = "AES-256-GCM-STREAM";
+pub const METADATA_ENVELOPE: u32 = 1;
+
+/// Object names inside a tenant's container.
+pub fn data_object(instance: &str, id: &str) -> String {
+    format!("{instance}/{id}/data")
+}
+pub fn metadata_object(instance: &str, id: &str) -> String {
+    format!("{instance}/{id}/backup.json")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("the data stream is not a couchvault archive (bad magic); is this the right object?")]
+    Magic,
+    #[error("archive format version {0} is not supported by this couchvault (it reads version {FORMAT_VERSION}); upgrade couchvault")]
+    Version(u16),
+    #[error("the data stream header is damaged: {0}")]
+    Header(String),
+    #[error("the metadata document is not valid: {0}")]
+    Metadata(String),
+    #[error("the metadata MAC does not match: the metadata was altered, or the tenant key is not the one it was made with")]
+    Mac,
+}
+
+/// The fixed 40-byte header at the start of every data stream; it is also the AAD of every chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataHeader {
+    pub chunk_size: u32,
+    pub nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    pub backup_id: [u8; 16],
+}
+
+impl DataHeader {
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        b[10] = SUITE_AES256GCM_STREAM;
+        b[11] = COMPRESSION_ZSTD;
+        b[12..16].copy_from_slice(&self.chunk_size.to_be_bytes());
+        b[16..23].copy_from_slice(&self.nonce_prefix);
+        // b[23] reserved, zero
+        b[24..40].copy_from_slice(&self.backup_id);
+        b
+    }
+
+    pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Self, FormatError> {
+        if &b[0..8] != MAGIC {
+            return Err(FormatError::Magic);
+        }
+        let version = u16::from_be_bytes([b[8], b[9]]);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::Version(version));
+        }
+        if b[10] != SUITE_AES256GCM_STREAM {
+            return Err(FormatError::Header(format!("unknown cipher suite {}", b[10])));
+        }
+        if b[11] != COMPRESSION_ZSTD {
+            return Err(FormatError::Header(format!("unknown compression {}", b[11])));
+        }
+        if b[23] != 0 {
+            return Err(FormatError::Header("reserved byte is not zero".into()));
+        }
+        let chunk_size = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+            return Err(FormatError::Header(format!(
+                "chunk size {chunk_size} is out of range"
+            )));
+        }
+        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+        nonce_prefix.copy_from_slice(&b[16..23]);
+        let mut backup_id = [0u8; 16];
+        backup_id.copy_from_slice(&b[24..40]);
+        Ok(DataHeader {
+            chunk_size,
+            nonce_prefix,
+            backup_id,
+        })
+    }
+}
+
+pub const MIN_CHUNK: u32 = 4096;
+pub const MAX_CHUNK: u32 = 16 << 20;
+
+/// Everything known about one committed backup. Serialized as JSON inside the MAC envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupMetadata {
+    pub format: u16,
+    pub tool: String,
+    pub backup_id: String,
+    pub tenant: String,
+    pub instance: String,
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub source: SourceInfo,
+    pub tags: BTreeMap<String, String>,
+    pub compression: CompressionInfo,
+    pub encryption: EncryptionInfo,
+    pub data: DataInfo,
+    pub totals: Totals,
+    pub files: Vec<FileEntry>,
+    /// Files listed at the start that were gone when their turn came (e.g. a deleted database).
+    #[serde(default)]
+    pub vanished: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub hostname: Option<String>,
+    pub node_name: Option<String>,
+    pub database_dir: String,
+    pub view_index_dir: Option<String>,
+    pub config_dir: Option<String>,
+    pub ini_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    pub suite: String,
+    pub chunk_size: u32,
+    pub key_id: String,
+    pub wrapped_key_nonce: String,
+    pub wrapped_key: String,
+}
+
+impl EncryptionInfo {
+    pub fn wrapped(&self) -> Result<WrappedKey, FormatError> {
+        let nonce = hex::decode(&self.wrapped_key_nonce)
+            .ok()
+            .and_then(|n| <[u8; 12]>::try_from(n).ok())
+            .ok_or_else(|| FormatError::Metadata("wrapped_key_nonce is not 24 hex digits".into()))?;
+        let ciphertext = hex::decode(&self.wrapped_key)
+            .map_err(|_| FormatError::Metadata("wrapped_key is not hex".into()))?;
+        Ok(WrappedKey { nonce, ciphertext })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub object: String,
+    /// Bytes of the stored data stream (header + frames).
+    pub size: u64,
+    /// SHA-256 of the stored data stream.
+    pub sha256: String,
+    /// Bytes of the tar stream before compression.
+    pub tar_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path inside the archive: `data/…`, `views/…` or `etc/…`.
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub sha256: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    couchvault_metadata: u32,
+    mac: String,
+    #[serde(borrow)]
+    document: &'a RawValue,
+}
+
+/// Serializes the metadata object: `{"couchvault_metadata":1,"mac":"hmac-sha256:<hex>","document":{…}}`.
+/// The MAC covers the exact bytes of the document member.
+pub fn seal_metadata(meta: &BackupMetadata, tenant_key: &SecretKey) -> Vec<u8> {
+    let doc = serde_json::to_string(meta).expect("metadata serializes");
+    let mac = crypto::metadata_mac(tenant_key, doc.as_bytes());
+    format!(
+        "{{\"couchvault_metadata\":{METADATA_ENVELOPE},\"mac\":\"hmac-sha256:{}\",\"document\":{doc}}}\n",
+        hex::encode(mac)
+    )
+    .into_bytes()
+}
+
+/// A metadata object parsed but not yet authenticated.
+pub struct UnverifiedMetadata {
+    pub meta: BackupMetadata,
+    document: String,
+    mac: Vec<u8>,
+}
+
+impl UnverifiedMetadata {
+    pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
+        let env: Envelope<'_> =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::Metadata(e.to_string()))?;
+        if env.couchvault_metadata != METADATA_ENVELOPE {
+            return Err(FormatError::Metadata(format!(
+                "envelope version {} is not supported; upgrade couchvault",
+                env.couchvault_metadata
+            )));
+        }
+        let mac = env
+            .mac
+            .strip_prefix("hmac-sha256:")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| FormatError::Metadata("mac is not hmac-sha256:<hex>".into()))?;
+        let meta: BackupMetadata = serde_json::from_str(env.document.get())
+            .map_err(|e| FormatError::Metadata(e.to_string()))?;
+        if meta.format != FORMAT_VERSION {
+            return Err(FormatError::Version(meta.format));
+        }
+        Ok(UnverifiedMetadata {
+            meta,
+            document: env.document.get().to_string(),
+            mac,
+        })
+    }
+
+    pub fn verify(self, tenant_key: &SecretKey) -> Result<BackupMetadata, FormatError> {
+        if crypto::metadata_mac_verify(tenant_key, self.document.as_bytes(), &self.mac) {
+            Ok(self.meta)
+        } else {
+            Err(FormatError::Mac)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_roundtrip() {
+        let h = DataHeader {
+            chunk_size: 1 << 20,
+            nonce_prefix: [1, 2, 3, 4, 5, 6, 7],
+            backup_id: [9; 16],
+        };
+        assert_eq!(DataHeader::parse(&h.to_bytes()).unwrap(), h);
+        let mut b = h.to_bytes();
+        b[9] = 2;
+        assert!(matches!(DataHeader::parse(&b), Err(FormatError::Version(2))));
+        b = h.to_bytes();
+        b[0] = b'X';
+        assert!(matches!(DataHeader::parse(&b), Err(FormatError::Magic)));
+    }
+}

@@ -1,0 +1,18 @@
+//! couchvault: hot, encrypted, streaming backup and restore of Apache CouchDB.
+//!
+//! Modules by concern: `couchdb` finds what to copy, `engine` streams it, `crypto` and
+//! `format` define archive format v1, `store` holds the objects, `catalog` reads the store
+//! as the list of backups, `keyring` and `config` load the operator's settings.
+
+pub mod catalog;
+pub mod config;
+pub mod couchdb;
+pub mod crypto;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod keyring;
+pub mod names;
+pub mod store;
+
+pub use error::{Error, Result};
