@@ -1,0 +1,150 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "couchvault",
+    version,
+    about = "Hot, encrypted, streaming backup and restore for Apache CouchDB",
+    after_help = "With no --config, couchvault runs on its embedded defaults: a local store and a key ring under ./couchvault-data/."
+)]
+pub struct Cli {
+    /// Config file (TOML); see README.md for its keys.
+    #[arg(long, global = true, env = "COUCHVAULT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store URL, e.g. file:///srv/couchvault (overrides the config file).
+    #[arg(long, global = true, env = "COUCHVAULT_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// Key ring file (mode 0600) (overrides the config file).
+    #[arg(long, global = true, env = "COUCHVAULT_KEYRING", value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Tenant whose backups and keys to use.
+    #[arg(long, global = true, default_value = "default", value_parser = parse_tenant)]
+    pub tenant: String,
+    /// Print stable JSON instead of tables and sentences.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging (-v info, -vv debug); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, show, verify and delete backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore a backup into a directory (staged, verified, then swapped in).
+    Restore(RestoreArgs),
+    /// Remove leftovers of uncommitted backups older than the grace period.
+    Gc(GcArgs),
+    /// Manage the key ring.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a hot, full backup of a CouchDB node.
+    Create(CreateArgs),
+    /// List committed backups.
+    List {
+        #[arg(long, value_parser = parse_instance)]
+        instance: Option<String>,
+    },
+    /// Show one backup's metadata.
+    Show { id: String },
+    /// Check a backup end to end without writing anything.
+    Verify { id: String },
+    /// Delete a backup (metadata first, then data).
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["couchdb_config", "data_dir"])))]
+pub struct CreateArgs {
+    /// Name of the CouchDB instance (part of the backup's path in the store).
+    #[arg(long, value_parser = parse_instance)]
+    pub instance: String,
+    /// CouchDB's config directory (e.g. /opt/couchdb/etc): the ini files name the data dirs.
+    #[arg(long, value_name = "DIR")]
+    pub couchdb_config: Option<PathBuf>,
+    /// CouchDB's database_dir, when not read from the ini files.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// CouchDB's view_index_dir, when it differs from the data dir.
+    #[arg(long, value_name = "DIR")]
+    pub view_index_dir: Option<PathBuf>,
+    /// A tag recorded with the backup; repeatable.
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// zstd level 1-19 (overrides the config file).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup id (see `backup list`).
+    pub id: String,
+    /// Directory to restore the database files into.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Directory for view indexes when they were kept apart (default: under --to).
+    #[arg(long, value_name = "DIR")]
+    pub view_index_to: Option<PathBuf>,
+    /// Also restore the CouchDB config files (ini, vm.args) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub config_to: Option<PathBuf>,
+    /// Replace a non-empty target; its old contents are moved aside first.
+    #[arg(long)]
+    pub force: bool,
+    /// With --force, delete the old contents once the new data is in place.
+    #[arg(long, requires = "force")]
+    pub discard_old: bool,
+    /// Owner of the restored files, USER:GROUP (default couchdb:couchdb when root).
+    #[arg(long, value_name = "USER:GROUP")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep leftovers younger than this (e.g. 30m, 24h; 0 for none).
+    #[arg(long)]
+    pub grace: Option<String>,
+    /// Report what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a new random key for the tenant; it encrypts the tenant's new backups.
+    Add,
+    /// List keys (ids only, never key material).
+    List,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not K=V")),
+    }
+}
+
+fn parse_tenant(s: &str) -> Result<String, String> {
+    couchvault::names::validate_name("tenant", s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    couchvault::names::validate_name("instance", s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}

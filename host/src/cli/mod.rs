@@ -1,0 +1,8 @@
+//! The `couchvault` command line: argument parsing, the commands, and their output.
+
+pub mod args;
+mod commands;
+mod context;
+mod output;
+
+pub use commands::run;

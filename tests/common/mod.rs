@@ -1,0 +1,162 @@
+//! Helpers shared by the integration tests: the CouchDB fixture, a local store, a key ring.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use couchvault::couchdb::{Source, SourceSpec};
+use couchvault::engine::{self, backup::StreamSettings, BackupOptions, Progress};
+use couchvault::format::BackupMetadata;
+use couchvault::keyring::KeyRing;
+use couchvault::store::{LocalStore, Store};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// Unpacks the real CouchDB 3.5 data directory into `dir`; returns `dir/data`.
+pub fn unpack_fixture(dir: &Path) -> PathBuf {
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(fixtures().join("couchdb-3-datadir.tar.gz"))
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("run tar");
+    assert!(status.success());
+    dir.join("data")
+}
+
+/// path (relative to the fixture root, e.g. `data/_dbs.couch`) -> (size, sha256)
+pub fn fixture_checksums() -> BTreeMap<String, (u64, String)> {
+    let text = std::fs::read_to_string(fixtures().join("couchdb-3-datadir.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                (
+                    f["size"].as_u64().unwrap(),
+                    f["sha256"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let bytes = std::fs::read(p).unwrap();
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
+}
+
+/// A store, key ring and fixture data directory in one temporary directory.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub store: LocalStore,
+    pub keyring: KeyRing,
+    pub data: PathBuf,
+}
+
+impl Env {
+    pub fn new(segment_size: u64) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("store"), segment_size);
+        let keyring = KeyRing::create(&dir.path().join("keys.toml"), "default").unwrap();
+        let data = unpack_fixture(dir.path());
+        Env {
+            dir,
+            store,
+            keyring,
+            data,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn backup_dir(&self, data: &Path, instance: &str, chunk_size: u32) -> BackupMetadata {
+        let source = Source::discover(&SourceSpec {
+            data_dir: Some(data.to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        let opts = BackupOptions {
+            tenant: "default".into(),
+            instance: instance.into(),
+            tags: BTreeMap::new(),
+            stream: StreamSettings {
+                chunk_size,
+                ..Default::default()
+            },
+        };
+        engine::backup(&self.store, &self.keyring, &source, &opts, &Progress::default()).unwrap()
+    }
+
+    pub fn backup(&self, chunk_size: u32) -> BackupMetadata {
+        self.backup_dir(&self.data, "node1", chunk_size)
+    }
+
+    /// Reads a whole large object.
+    pub fn read_data(&self, meta: &BackupMetadata) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.store
+            .open_large("default", &meta.data.object, 0)
+            .unwrap()
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    }
+
+    /// Rewrites a large object (manifest and segments consistent) with `bytes`.
+    pub fn write_data(&self, meta: &BackupMetadata, bytes: &[u8]) {
+        let mut up = self
+            .store
+            .create_large("default", &meta.data.object)
+            .unwrap();
+        up.write(bytes).unwrap();
+        up.finish().unwrap();
+    }
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn rec(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                rec(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    rec(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
