@@ -36,14 +36,25 @@ fn fixture_round_trip_is_byte_identical() {
     assert_eq!(meta.totals.files as usize, sums.len());
     // Copy order: view indexes, then the shard map, then the rest.
     assert!(meta.files[0].path.starts_with("data/.shards/"));
-    let first_db = meta.files.iter().position(|f| !f.path.starts_with("data/.shards/")).unwrap();
+    let first_db = meta
+        .files
+        .iter()
+        .position(|f| !f.path.starts_with("data/.shards/"))
+        .unwrap();
     assert_eq!(meta.files[first_db].path, "data/_dbs.couch");
 
     let loaded = catalog::load(&env.store, &env.keyring, "default", &meta.backup_id).unwrap();
     engine::verify(&env.store, &env.keyring, &loaded, &Progress::default()).unwrap();
 
     let target = env.path("restored");
-    let report = engine::restore(&env.store, &env.keyring, &loaded, &restore_opts(&target), &Progress::default()).unwrap();
+    let report = engine::restore(
+        &env.store,
+        &env.keyring,
+        &loaded,
+        &restore_opts(&target),
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(report.previous_kept.is_empty());
     let restored = tree(&target);
     assert_eq!(restored.len(), sums.len());
@@ -58,7 +69,10 @@ fn fixture_round_trip_is_byte_identical() {
     let dst = fs::metadata(target.join("_dbs.couch")).unwrap();
     assert_eq!(src.modified().unwrap(), dst.modified().unwrap());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(src.permissions().mode() & 0o777, dst.permissions().mode() & 0o777);
+    assert_eq!(
+        src.permissions().mode() & 0o777,
+        dst.permissions().mode() & 0o777
+    );
     // No staging directory is left beside the target.
     let leftovers: Vec<_> = fs::read_dir(env.dir.path())
         .unwrap()
@@ -73,9 +87,17 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
     let env = Env::new(1 << 20);
     let etc = env.path("etc");
     fs::create_dir_all(etc.join("local.d")).unwrap();
-    fs::write(etc.join("default.ini"), "[couchdb]\ndatabase_dir = ./elsewhere\n").unwrap();
+    fs::write(
+        etc.join("default.ini"),
+        "[couchdb]\ndatabase_dir = ./elsewhere\n",
+    )
+    .unwrap();
     fs::write(etc.join("local.ini"), "[couchdb]\ndatabase_dir = ./data\n").unwrap();
-    fs::write(etc.join("local.d/admins.ini"), "[admins]\nadmin = -pbkdf2-x\n").unwrap();
+    fs::write(
+        etc.join("local.d/admins.ini"),
+        "[admins]\nadmin = -pbkdf2-x\n",
+    )
+    .unwrap();
     fs::write(etc.join("vm.args"), "-name couchdb@127.0.0.1\n").unwrap();
     let source = couchvault::couchdb::Source::discover(&couchvault::couchdb::SourceSpec {
         couchdb_config: Some(etc.clone()),
@@ -88,21 +110,46 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
         tags: Default::default(),
         stream: StreamSettings::default(),
     };
-    let meta = engine::backup(&env.store, &env.keyring, &source, &opts, &Progress::default()).unwrap();
+    let meta = engine::backup(
+        &env.store,
+        &env.keyring,
+        &source,
+        &opts,
+        &Progress::default(),
+    )
+    .unwrap();
     assert_eq!(meta.source.node_name.as_deref(), Some("couchdb@127.0.0.1"));
-    let etc_files: Vec<_> = meta.files.iter().filter(|f| f.path.starts_with("etc/")).map(|f| f.path.as_str()).collect();
-    assert_eq!(etc_files, ["etc/default.ini", "etc/local.ini", "etc/local.d/admins.ini", "etc/vm.args"]);
+    let etc_files: Vec<_> = meta
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("etc/"))
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(
+        etc_files,
+        [
+            "etc/default.ini",
+            "etc/local.ini",
+            "etc/local.d/admins.ini",
+            "etc/vm.args"
+        ]
+    );
 
     let mut opts = restore_opts(&env.path("r/data"));
     opts.config_target = Some(env.path("r/etc"));
     engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
-    assert_eq!(fs::read_to_string(env.path("r/etc/local.d/admins.ini")).unwrap(), "[admins]\nadmin = -pbkdf2-x\n");
+    assert_eq!(
+        fs::read_to_string(env.path("r/etc/local.d/admins.ini")).unwrap(),
+        "[admins]\nadmin = -pbkdf2-x\n"
+    );
     assert_eq!(tree(&env.path("r/data")).len(), fixture_checksums().len());
 }
 
 /// Writes `len` bytes of the appender's deterministic content starting at `offset`.
 fn pattern(offset: u64, len: usize) -> Vec<u8> {
-    (offset..offset + len as u64).map(|i| (i * 31 % 251) as u8).collect()
+    (offset..offset + len as u64)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect()
 }
 
 #[test]
@@ -119,7 +166,11 @@ fn hot_copy_of_growing_and_swapped_files_restores_valid_prefixes() {
     let mut rng = common::Rng(7);
     for i in 0..3 {
         let bytes: Vec<u8> = (0..(24 << 20)).map(|_| (rng.next() % 16) as u8).collect();
-        fs::write(data.join(format!("shards/00000000-ffffffff/m_filler{i}.1.couch")), bytes).unwrap();
+        fs::write(
+            data.join(format!("shards/00000000-ffffffff/m_filler{i}.1.couch")),
+            bytes,
+        )
+        .unwrap();
     }
 
     let stop = AtomicBool::new(false);
@@ -153,17 +204,45 @@ fn hot_copy_of_growing_and_swapped_files_restores_valid_prefixes() {
         (meta, appender.join().unwrap(), compactor.join().unwrap())
     });
     assert!(versions > 1, "the compactor ran during the backup");
-    assert!(meta.files.iter().all(|f| !f.path.contains(".compact")), "scratch files skipped");
+    assert!(
+        meta.files.iter().all(|f| !f.path.contains(".compact")),
+        "scratch files skipped"
+    );
 
     let target = env.path("hot-restored");
-    engine::restore(&env.store, &env.keyring, &meta, &restore_opts(&target), &Progress::default()).unwrap();
+    engine::restore(
+        &env.store,
+        &env.keyring,
+        &meta,
+        &restore_opts(&target),
+        &Progress::default(),
+    )
+    .unwrap();
     let got = fs::read(target.join("shards/00000000-ffffffff/a_growing.1.couch")).unwrap();
-    assert!(got.len() as u64 >= 1 << 20 && (got.len() as u64) < final_len, "a prefix taken mid-growth: {} of {final_len}", got.len());
-    assert_eq!(got, pattern(0, got.len()), "an exact prefix of the appended file");
+    assert!(
+        got.len() as u64 >= 1 << 20 && (got.len() as u64) < final_len,
+        "a prefix taken mid-growth: {} of {final_len}",
+        got.len()
+    );
+    assert_eq!(
+        got,
+        pattern(0, got.len()),
+        "an exact prefix of the appended file"
+    );
     let sw = fs::read(target.join("shards/00000000-ffffffff/z_swapped.1.couch")).unwrap();
     let v = sw[0];
-    assert!(sw.iter().all(|b| *b == v), "one whole version of the swapped file");
-    assert_eq!(sw.len(), if v == 0 { 256 << 10 } else { (256 << 10) + v as usize });
+    assert!(
+        sw.iter().all(|b| *b == v),
+        "one whole version of the swapped file"
+    );
+    assert_eq!(
+        sw.len(),
+        if v == 0 {
+            256 << 10
+        } else {
+            (256 << 10) + v as usize
+        }
+    );
 }
 
 #[test]
@@ -174,7 +253,14 @@ fn non_empty_target_is_refused_without_force_and_kept_on_failure_with_it() {
     fs::create_dir_all(&target).unwrap();
     fs::write(target.join("old.couch"), b"old data").unwrap();
 
-    let err = engine::restore(&env.store, &env.keyring, &meta, &restore_opts(&target), &Progress::default()).unwrap_err();
+    let err = engine::restore(
+        &env.store,
+        &env.keyring,
+        &meta,
+        &restore_opts(&target),
+        &Progress::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::TargetNotEmpty { .. }), "{err}");
     assert!(err.to_string().contains("--force"));
     assert_eq!(tree(&target), ["old.couch"]);
@@ -187,28 +273,43 @@ fn non_empty_target_is_refused_without_force_and_kept_on_failure_with_it() {
     env.write_data(&meta, &bytes);
     let mut opts = restore_opts(&target);
     opts.force = true;
-    let err = engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap_err();
+    let err =
+        engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap_err();
     assert!(err.to_string().contains("failed authentication"), "{err}");
     assert_eq!(tree(&target), ["old.couch"]);
     assert_eq!(fs::read(target.join("old.couch")).unwrap(), b"old data");
-    let siblings = tree(env.dir.path()).into_iter().filter(|p| !p.starts_with("store/") && p.contains("couchvault-")).count();
+    let siblings = tree(env.dir.path())
+        .into_iter()
+        .filter(|p| !p.starts_with("store/") && p.contains("couchvault-"))
+        .count();
     assert_eq!(siblings, 0, "no staging or old copy left behind");
 
     // Repaired, --force swaps in the new data and keeps the old aside.
     env.write_data(&meta, &good);
-    let report = engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
+    let report =
+        engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
     assert_eq!(tree(&target).len(), fixture_checksums().len());
     assert_eq!(report.previous_kept.len(), 1);
-    assert_eq!(fs::read(report.previous_kept[0].join("old.couch")).unwrap(), b"old data");
+    assert_eq!(
+        fs::read(report.previous_kept[0].join("old.couch")).unwrap(),
+        b"old data"
+    );
 
     // --discard-old removes the old copy once the new data is in place.
     opts.discard_old = true;
-    let report = engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
+    let report =
+        engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
     assert!(report.previous_kept.is_empty());
 }
 
 /// Builds a raw tar entry whose name bypasses the tar crate's own path checks.
-fn raw_entry(tar: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+fn raw_entry(
+    tar: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    link: &str,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_gnu();
     let gnu = h.as_gnu_mut().unwrap();
     gnu.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -221,7 +322,12 @@ fn raw_entry(tar: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, 
 }
 
 /// Seals `tar_bytes` as a validly encrypted, MAC'd, committed backup listing `files`.
-fn commit_hostile(env: &Env, instance: &str, tar_bytes: Vec<u8>, files: Vec<FileEntry>) -> BackupMetadata {
+fn commit_hostile(
+    env: &Env,
+    instance: &str,
+    tar_bytes: Vec<u8>,
+    files: Vec<FileEntry>,
+) -> BackupMetadata {
     let key = env.keyring.active("default").unwrap();
     let id = ulid::Ulid::new();
     let (sealed, ()) = engine::backup::store_stream(
@@ -231,9 +337,7 @@ fn commit_hostile(env: &Env, instance: &str, tar_bytes: Vec<u8>, files: Vec<File
         instance,
         id,
         &StreamSettings::default(),
-        |out| {
-            out.write_all(&tar_bytes).map_err(|e| Error::io("test", e))
-        },
+        |out| out.write_all(&tar_bytes).map_err(|e| Error::io("test", e)),
     )
     .unwrap();
     let now = chrono::Utc::now();
@@ -255,10 +359,16 @@ fn commit_hostile(env: &Env, instance: &str, tar_bytes: Vec<u8>, files: Vec<File
             ini_files: vec![],
         },
         tags: Default::default(),
-        compression: format::CompressionInfo { algorithm: "zstd".into(), level: 3 },
+        compression: format::CompressionInfo {
+            algorithm: "zstd".into(),
+            level: 3,
+        },
         encryption: sealed.encryption,
         data: sealed.data,
-        totals: format::Totals { files: files.len() as u64, bytes: 0 },
+        totals: format::Totals {
+            files: files.len() as u64,
+            bytes: 0,
+        },
         files,
         vanished: vec![],
     };
@@ -271,22 +381,80 @@ fn hostile_tar_entries_are_refused_and_nothing_escapes_staging() {
     let env = Env::new(1 << 20);
     let outside = env.path("outside-marker");
     let ok_sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, b"fine"));
-    let entry = |path: &str, sha: &str| FileEntry { path: path.into(), size: 4, mode: 0o644, mtime: 0, sha256: sha.into() };
+    let entry = |path: &str, sha: &str| FileEntry {
+        path: path.into(),
+        size: 4,
+        mode: 0o644,
+        mtime: 0,
+        sha256: sha.into(),
+    };
     let abs = outside.display().to_string();
     let cases: Vec<(&str, String, tar::EntryType, String, &str)> = vec![
-        ("absolute", abs.clone(), tar::EntryType::Regular, String::new(), "absolute path"),
-        ("dotdot", "data/../../outside-marker".into(), tar::EntryType::Regular, String::new(), "'..'"),
-        ("symlink", "data/link".into(), tar::EntryType::Symlink, abs.clone(), "symbolic links"),
-        ("hardlink", "data/hard".into(), tar::EntryType::Link, abs.clone(), "hard links"),
-        ("device", "data/dev".into(), tar::EntryType::Char, String::new(), "device"),
-        ("fifo", "data/fifo".into(), tar::EntryType::Fifo, String::new(), "device and fifo"),
-        ("unlisted", "data/extra.couch".into(), tar::EntryType::Regular, String::new(), "not in the backup's file list"),
+        (
+            "absolute",
+            abs.clone(),
+            tar::EntryType::Regular,
+            String::new(),
+            "absolute path",
+        ),
+        (
+            "dotdot",
+            "data/../../outside-marker".into(),
+            tar::EntryType::Regular,
+            String::new(),
+            "'..'",
+        ),
+        (
+            "symlink",
+            "data/link".into(),
+            tar::EntryType::Symlink,
+            abs.clone(),
+            "symbolic links",
+        ),
+        (
+            "hardlink",
+            "data/hard".into(),
+            tar::EntryType::Link,
+            abs.clone(),
+            "hard links",
+        ),
+        (
+            "device",
+            "data/dev".into(),
+            tar::EntryType::Char,
+            String::new(),
+            "device",
+        ),
+        (
+            "fifo",
+            "data/fifo".into(),
+            tar::EntryType::Fifo,
+            String::new(),
+            "device and fifo",
+        ),
+        (
+            "unlisted",
+            "data/extra.couch".into(),
+            tar::EntryType::Regular,
+            String::new(),
+            "not in the backup's file list",
+        ),
     ];
     for (label, name, kind, link, expect) in cases {
         let mut tar = tar::Builder::new(Vec::new());
         // A good entry first: it must not reach the target either.
-        raw_entry(&mut tar, "data/ok.couch", tar::EntryType::Regular, "", b"fine");
-        let body: &[u8] = if kind == tar::EntryType::Regular { b"evil" } else { b"" };
+        raw_entry(
+            &mut tar,
+            "data/ok.couch",
+            tar::EntryType::Regular,
+            "",
+            b"fine",
+        );
+        let body: &[u8] = if kind == tar::EntryType::Regular {
+            b"evil"
+        } else {
+            b""
+        };
         raw_entry(&mut tar, &name, kind, &link, body);
         let bytes = tar.into_inner().unwrap();
         let mut files = vec![entry("data/ok.couch", &ok_sha)];
@@ -296,13 +464,27 @@ fn hostile_tar_entries_are_refused_and_nothing_escapes_staging() {
         let meta = commit_hostile(&env, label, bytes, files);
 
         let target = env.path(&format!("t-{label}"));
-        let err = engine::restore(&env.store, &env.keyring, &meta, &restore_opts(&target), &Progress::default()).unwrap_err();
+        let err = engine::restore(
+            &env.store,
+            &env.keyring,
+            &meta,
+            &restore_opts(&target),
+            &Progress::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Hostile { .. }), "{label}: {err}");
         assert!(err.to_string().contains(expect), "{label}: {err}");
-        let err = engine::verify(&env.store, &env.keyring, &meta, &Progress::default()).unwrap_err();
-        assert!(matches!(err, Error::Hostile { .. }), "{label} verify: {err}");
+        let err =
+            engine::verify(&env.store, &env.keyring, &meta, &Progress::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::Hostile { .. }),
+            "{label} verify: {err}"
+        );
         assert!(!target.exists(), "{label}: target untouched");
-        assert!(!outside.exists() && fs::symlink_metadata(&outside).is_err(), "{label}: nothing outside");
+        assert!(
+            !outside.exists() && fs::symlink_metadata(&outside).is_err(),
+            "{label}: nothing outside"
+        );
         let stray: Vec<_> = tree(env.dir.path())
             .into_iter()
             .filter(|p| !p.starts_with("store/") && !p.starts_with("data/") && p != "keys.toml")

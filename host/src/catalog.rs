@@ -85,7 +85,12 @@ fn locate(store: &dyn Store, tenant: &str, id: &str) -> Result<Option<(String, b
 }
 
 /// Loads a committed backup by id, authenticated.
-pub fn load(store: &dyn Store, keyring: &KeyRing, tenant: &str, id: &str) -> Result<BackupMetadata> {
+pub fn load(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    tenant: &str,
+    id: &str,
+) -> Result<BackupMetadata> {
     match locate(store, tenant, id)? {
         Some((instance, true)) => load_object(store, keyring, tenant, &instance, id),
         _ => Err(Error::NotFound {

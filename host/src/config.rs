@@ -150,7 +150,9 @@ impl Config {
             return Err(invalid("backup.chunk_size must be 4096-16777216".into()));
         }
         if cfg.backup.segment_size < 1 << 20 {
-            return Err(invalid("backup.segment_size must be at least 1048576".into()));
+            return Err(invalid(
+                "backup.segment_size must be at least 1048576".into(),
+            ));
         }
         parse_duration(&cfg.gc.grace).map_err(|e| invalid(format!("gc.grace: {e}")))?;
         // Relative paths are relative to the config file.
@@ -215,10 +217,20 @@ mod tests {
     fn config_errors_name_the_problem() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.toml");
-        std::fs::write(&p, "couchvault_config = 1\n[backup]\ncompresion_level = 3\n").unwrap();
+        std::fs::write(
+            &p,
+            "couchvault_config = 1\n[backup]\ncompresion_level = 3\n",
+        )
+        .unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("compresion_level"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("compresion_level"),
+            "{e}"
+        );
         std::fs::write(&p, "couchvault_config = 1\nkeyring = \"keys.toml\"\n").unwrap();
-        assert_eq!(Config::load(&p).unwrap().keyring.unwrap(), d.path().join("keys.toml"));
+        assert_eq!(
+            Config::load(&p).unwrap().keyring.unwrap(),
+            d.path().join("keys.toml")
+        );
     }
 }

@@ -85,16 +85,17 @@ fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>, SourceError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(dir)(e)),
     };
-    let mut v = rd
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io_err(dir))?;
+    let mut v = rd.collect::<Result<Vec<_>, _>>().map_err(io_err(dir))?;
     v.sort_by_key(|e| e.file_name());
     Ok(v)
 }
 
 /// The ini files of a config dir in CouchDB's order: default.ini, default.d/*.ini,
 /// local.ini, local.d/*.ini. `COUCHDB_INI_FILES` (space-separated), when set, replaces it.
-pub fn ini_files(config_dir: &Path, env_override: Option<&str>) -> Result<Vec<PathBuf>, SourceError> {
+pub fn ini_files(
+    config_dir: &Path,
+    env_override: Option<&str>,
+) -> Result<Vec<PathBuf>, SourceError> {
     if let Some(list) = env_override.filter(|s| !s.trim().is_empty()) {
         let files: Vec<PathBuf> = list.split_whitespace().map(PathBuf::from).collect();
         for f in &files {
@@ -129,7 +130,11 @@ pub fn ini_files(config_dir: &Path, env_override: Option<&str>) -> Result<Vec<Pa
 }
 
 /// The value of `[section] key` after reading all files in order (later wins).
-pub fn ini_lookup(files: &[PathBuf], section: &str, key: &str) -> Result<Option<String>, SourceError> {
+pub fn ini_lookup(
+    files: &[PathBuf],
+    section: &str,
+    key: &str,
+) -> Result<Option<String>, SourceError> {
     let mut found = None;
     for path in files {
         let text = fs::read_to_string(path).map_err(io_err(path))?;
@@ -140,11 +145,13 @@ pub fn ini_lookup(files: &[PathBuf], section: &str, key: &str) -> Result<Option<
                 continue;
             }
             if let Some(rest) = line.strip_prefix('[') {
-                let name = rest.strip_suffix(']').ok_or_else(|| SourceError::IniSyntax {
-                    path: path.clone(),
-                    line: i + 1,
-                    text: raw.to_string(),
-                })?;
+                let name = rest
+                    .strip_suffix(']')
+                    .ok_or_else(|| SourceError::IniSyntax {
+                        path: path.clone(),
+                        line: i + 1,
+                        text: raw.to_string(),
+                    })?;
                 current = name.trim().to_string();
                 continue;
             }
@@ -179,7 +186,10 @@ impl Source {
         Self::discover_with_env(spec, std::env::var("COUCHDB_INI_FILES").ok().as_deref())
     }
 
-    pub fn discover_with_env(spec: &SourceSpec, ini_env: Option<&str>) -> Result<Source, SourceError> {
+    pub fn discover_with_env(
+        spec: &SourceSpec,
+        ini_env: Option<&str>,
+    ) -> Result<Source, SourceError> {
         let (database_dir, mut view_index_dir, config_dir, ini_files, node_name) =
             match &spec.couchdb_config {
                 Some(cfg) => {
@@ -343,8 +353,16 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let etc = root.path().join("etc");
         fs::create_dir_all(etc.join("local.d")).unwrap();
-        fs::write(etc.join("default.ini"), "[couchdb]\ndatabase_dir = ./data\nview_index_dir = ./data\n").unwrap();
-        fs::write(etc.join("local.ini"), "; c\n[couchdb]\ndatabase_dir = ./wrong\n").unwrap();
+        fs::write(
+            etc.join("default.ini"),
+            "[couchdb]\ndatabase_dir = ./data\nview_index_dir = ./data\n",
+        )
+        .unwrap();
+        fs::write(
+            etc.join("local.ini"),
+            "; c\n[couchdb]\ndatabase_dir = ./wrong\n",
+        )
+        .unwrap();
         fs::write(etc.join("local.d/10-x.ini"), "[couchdb]\ndatabase_dir = ./db ; comment\nview_index_dir = ./db\n[other]\ndatabase_dir = ./no\n").unwrap();
         fs::write(etc.join("vm.args"), "-name couchdb@127.0.0.1\n").unwrap();
         touch(&root.path().join("db/_dbs.couch"));
@@ -387,7 +405,12 @@ mod tests {
             None,
         )
         .unwrap();
-        let order: Vec<_> = src.plan().unwrap().into_iter().map(|f| f.archive_path).collect();
+        let order: Vec<_> = src
+            .plan()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.archive_path)
+            .collect();
         assert_eq!(
             order,
             [
@@ -411,6 +434,8 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("does not look like a CouchDB data directory"));
+        assert!(err
+            .to_string()
+            .contains("does not look like a CouchDB data directory"));
     }
 }

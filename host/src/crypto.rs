@@ -60,7 +60,9 @@ impl SecretKey {
 }
 
 pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
-    SystemRandom::new().fill(buf).map_err(|_| CryptoError::Random)
+    SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| CryptoError::Random)
 }
 
 fn aead_key(key: &SecretKey) -> LessSafeKey {
@@ -244,7 +246,10 @@ mod tests {
         let mut o = StreamOpener::new(&dk, [7; 7], b"hdr".to_vec());
         assert!(o.open(&mut b.clone(), true).is_err(), "position is bound");
         let mut o = StreamOpener::new(&dk, [7; 7], b"hdr".to_vec());
-        assert!(o.open(&mut a.clone(), true).is_err(), "truncation after chunk 0");
+        assert!(
+            o.open(&mut a.clone(), true).is_err(),
+            "truncation after chunk 0"
+        );
         let mut o = StreamOpener::new(&dk, [7; 7], b"other".to_vec());
         assert!(o.open(&mut a, false).is_err(), "header is bound");
     }

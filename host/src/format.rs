@@ -70,10 +70,16 @@ impl DataHeader {
             return Err(FormatError::Version(version));
         }
         if b[10] != SUITE_AES256GCM_STREAM {
-            return Err(FormatError::Header(format!("unknown cipher suite {}", b[10])));
+            return Err(FormatError::Header(format!(
+                "unknown cipher suite {}",
+                b[10]
+            )));
         }
         if b[11] != COMPRESSION_ZSTD {
-            return Err(FormatError::Header(format!("unknown compression {}", b[11])));
+            return Err(FormatError::Header(format!(
+                "unknown compression {}",
+                b[11]
+            )));
         }
         if b[23] != 0 {
             return Err(FormatError::Header("reserved byte is not zero".into()));
@@ -152,7 +158,9 @@ impl EncryptionInfo {
         let nonce = hex::decode(&self.wrapped_key_nonce)
             .ok()
             .and_then(|n| <[u8; 12]>::try_from(n).ok())
-            .ok_or_else(|| FormatError::Metadata("wrapped_key_nonce is not 24 hex digits".into()))?;
+            .ok_or_else(|| {
+                FormatError::Metadata("wrapped_key_nonce is not 24 hex digits".into())
+            })?;
         let ciphertext = hex::decode(&self.wrapped_key)
             .map_err(|_| FormatError::Metadata("wrapped_key is not hex".into()))?;
         Ok(WrappedKey { nonce, ciphertext })
@@ -263,7 +271,10 @@ mod tests {
         assert_eq!(DataHeader::parse(&h.to_bytes()).unwrap(), h);
         let mut b = h.to_bytes();
         b[9] = 2;
-        assert!(matches!(DataHeader::parse(&b), Err(FormatError::Version(2))));
+        assert!(matches!(
+            DataHeader::parse(&b),
+            Err(FormatError::Version(2))
+        ));
         b = h.to_bytes();
         b[0] = b'X';
         assert!(matches!(DataHeader::parse(&b), Err(FormatError::Magic)));

@@ -273,6 +273,9 @@ mod tests {
             KeyRing::load(&path),
             Err(KeyringError::Permissions { .. })
         ));
-        assert!(KeyRing::create(&path, "default").is_err(), "never overwrites");
+        assert!(
+            KeyRing::create(&path, "default").is_err(),
+            "never overwrites"
+        );
     }
 }

@@ -95,7 +95,14 @@ impl Env {
                 ..Default::default()
             },
         };
-        engine::backup(&self.store, &self.keyring, &source, &opts, &Progress::default()).unwrap()
+        engine::backup(
+            &self.store,
+            &self.keyring,
+            &source,
+            &opts,
+            &Progress::default(),
+        )
+        .unwrap()
     }
 
     pub fn backup(&self, chunk_size: u32) -> BackupMetadata {

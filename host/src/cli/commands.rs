@@ -18,9 +18,20 @@ use super::context::Context;
 use super::output::{bytes, print_json, table, with_progress};
 
 pub fn run(cli: Cli) -> Result<()> {
+    // A bad source is reported before first use creates anything.
+    let source = match &cli.command {
+        Command::Backup(BackupCommand::Create(args)) => Some(Source::discover(&SourceSpec {
+            couchdb_config: args.couchdb_config.clone(),
+            data_dir: args.data_dir.clone(),
+            view_index_dir: args.view_index_dir.clone(),
+        })?),
+        _ => None,
+    };
     let ctx = Context::open(&cli)?;
     match cli.command {
-        Command::Backup(BackupCommand::Create(args)) => backup_create(&ctx, args),
+        Command::Backup(BackupCommand::Create(args)) => {
+            backup_create(&ctx, args, source.expect("discovered above"))
+        }
         Command::Backup(BackupCommand::List { instance }) => backup_list(&ctx, instance),
         Command::Backup(BackupCommand::Show { id }) => backup_show(&ctx, &id),
         Command::Backup(BackupCommand::Verify { id }) => backup_verify(&ctx, &id),
@@ -77,12 +88,7 @@ fn tags_text(tags: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-fn backup_create(ctx: &Context, args: CreateArgs) -> Result<()> {
-    let source = Source::discover(&SourceSpec {
-        couchdb_config: args.couchdb_config,
-        data_dir: args.data_dir,
-        view_index_dir: args.view_index_dir,
-    })?;
+fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> {
     let cfg = &ctx.config.backup;
     let opts = BackupOptions {
         tenant: ctx.tenant.clone(),
@@ -156,7 +162,11 @@ fn backup_list(ctx: &Context, instance: Option<String>) -> Result<()> {
         return print_json(&rows);
     }
     if listed.is_empty() {
-        println!("no backups for tenant '{}' in {}", ctx.tenant, ctx.store.describe());
+        println!(
+            "no backups for tenant '{}' in {}",
+            ctx.tenant,
+            ctx.store.describe()
+        );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = listed
@@ -185,7 +195,16 @@ fn backup_list(ctx: &Context, instance: Option<String>) -> Result<()> {
         })
         .collect();
     table(
-        &["ID", "INSTANCE", "FINISHED (UTC)", "FILES", "SIZE", "STORED", "TAGS", "STATUS"],
+        &[
+            "ID",
+            "INSTANCE",
+            "FINISHED (UTC)",
+            "FILES",
+            "SIZE",
+            "STORED",
+            "TAGS",
+            "STATUS",
+        ],
         &rows,
     );
     Ok(())
@@ -199,21 +218,48 @@ fn backup_show(ctx: &Context, id: &str) -> Result<()> {
     let s = &meta.source;
     let rows = [
         ("backup", meta.backup_id.clone()),
-        ("tenant/instance", format!("{}/{}", meta.tenant, meta.instance)),
+        (
+            "tenant/instance",
+            format!("{}/{}", meta.tenant, meta.instance),
+        ),
         ("kind", meta.kind.clone()),
         ("started", meta.started_at.to_rfc3339()),
         ("finished", meta.finished_at.to_rfc3339()),
         ("made by", meta.tool.clone()),
         ("host", s.hostname.clone().unwrap_or_else(|| "-".into())),
-        ("node name", s.node_name.clone().unwrap_or_else(|| "-".into())),
+        (
+            "node name",
+            s.node_name.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("database_dir", s.database_dir.clone()),
-        ("view_index_dir", s.view_index_dir.clone().unwrap_or_else(|| "(same)".into())),
+        (
+            "view_index_dir",
+            s.view_index_dir.clone().unwrap_or_else(|| "(same)".into()),
+        ),
         ("config", s.config_dir.clone().unwrap_or_else(|| "-".into())),
-        ("files", format!("{} ({})", meta.totals.files, bytes(meta.totals.bytes))),
-        ("stored", format!("{} in {}", bytes(meta.data.size), meta.data.object)),
+        (
+            "files",
+            format!("{} ({})", meta.totals.files, bytes(meta.totals.bytes)),
+        ),
+        (
+            "stored",
+            format!("{} in {}", bytes(meta.data.size), meta.data.object),
+        ),
         ("stored sha256", meta.data.sha256.clone()),
-        ("compression", format!("{} level {}", meta.compression.algorithm, meta.compression.level)),
-        ("encryption", format!("{}, {} byte chunks, key {}", meta.encryption.suite, meta.encryption.chunk_size, meta.encryption.key_id)),
+        (
+            "compression",
+            format!(
+                "{} level {}",
+                meta.compression.algorithm, meta.compression.level
+            ),
+        ),
+        (
+            "encryption",
+            format!(
+                "{}, {} byte chunks, key {}",
+                meta.encryption.suite, meta.encryption.chunk_size, meta.encryption.key_id
+            ),
+        ),
         ("tags", tags_text(&meta.tags)),
     ];
     for (k, v) in rows {
@@ -223,7 +269,14 @@ fn backup_show(ctx: &Context, id: &str) -> Result<()> {
     let files: Vec<Vec<String>> = meta
         .files
         .iter()
-        .map(|f| vec![f.path.clone(), f.size.to_string(), format!("{:o}", f.mode), f.sha256.clone()])
+        .map(|f| {
+            vec![
+                f.path.clone(),
+                f.size.to_string(),
+                format!("{:o}", f.mode),
+                f.sha256.clone(),
+            ]
+        })
         .collect();
     table(&["PATH", "SIZE", "MODE", "SHA256"], &files);
     Ok(())
@@ -255,7 +308,10 @@ fn backup_delete(ctx: &Context, id: &str) -> Result<()> {
         return print_json(&deleted);
     }
     if deleted.was_committed {
-        println!("backup {} of {} deleted", deleted.backup_id, deleted.instance);
+        println!(
+            "backup {} of {} deleted",
+            deleted.backup_id, deleted.instance
+        );
     } else {
         println!(
             "removed the leftovers of uncommitted backup {} of {}",
@@ -272,15 +328,19 @@ fn parse_owner(spec: &str) -> Result<(Uid, Gid)> {
     };
     let uid = match u.parse::<u32>() {
         Ok(n) => Uid::from_raw(n),
-        Err(_) => User::from_name(u)?
-            .with_context(|| format!("no user '{u}' on this machine"))?
-            .uid,
+        Err(_) => {
+            User::from_name(u)?
+                .with_context(|| format!("no user '{u}' on this machine"))?
+                .uid
+        }
     };
     let gid = match g.parse::<u32>() {
         Ok(n) => Gid::from_raw(n),
-        Err(_) => Group::from_name(g)?
-            .with_context(|| format!("no group '{g}' on this machine"))?
-            .gid,
+        Err(_) => {
+            Group::from_name(g)?
+                .with_context(|| format!("no group '{g}' on this machine"))?
+                .gid
+        }
     };
     Ok((uid, gid))
 }
@@ -300,7 +360,11 @@ fn default_owner() -> Option<(Uid, Gid)> {
 
 fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let meta = catalog::load(&*ctx.store, &ctx.keyring, &ctx.tenant, &args.id)?;
-    let owner = match args.owner.as_deref().or(ctx.config.restore.owner.as_deref()) {
+    let owner = match args
+        .owner
+        .as_deref()
+        .or(ctx.config.restore.owner.as_deref())
+    {
         Some(spec) => Some(parse_owner(spec)?),
         None => default_owner(),
     };
@@ -329,7 +393,10 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         bytes(report.bytes)
     );
     for old in &report.previous_kept {
-        println!("previous contents kept at {} (delete it when satisfied)", old.display());
+        println!(
+            "previous contents kept at {} (delete it when satisfied)",
+            old.display()
+        );
     }
     if let Some(node) = &meta.source.node_name {
         println!("the backup was taken on node {node}: start CouchDB with the same node name");
@@ -344,7 +411,11 @@ fn gc(ctx: &Context, args: GcArgs) -> Result<()> {
     if ctx.json {
         return print_json(&report);
     }
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for r in &report.removed {
         println!("{verb} uncommitted {r}");
     }
@@ -387,10 +458,7 @@ fn key_list(ctx: &Context) -> Result<()> {
             tenant: &k.tenant,
             key_id: &k.id,
             created: k.created,
-            active: ctx
-                .keyring
-                .active(&k.tenant)
-                .is_ok_and(|a| a.id == k.id),
+            active: ctx.keyring.active(&k.tenant).is_ok_and(|a| a.id == k.id),
         })
         .collect();
     if ctx.json {

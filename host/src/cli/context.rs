@@ -23,8 +23,8 @@ impl Context {
             Some(path) => Config::load(path)?,
             None => Config::embedded(),
         };
-        let data_dir = std::path::absolute(config::DEFAULT_DATA_DIR)
-            .context("resolving ./couchvault-data")?;
+        let data_dir =
+            std::path::absolute(config::DEFAULT_DATA_DIR).context("resolving ./couchvault-data")?;
         let store_url = cli
             .store
             .clone()

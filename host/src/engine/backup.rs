@@ -111,9 +111,16 @@ pub fn backup(
                 .map(|h| h.to_string_lossy().into_owned()),
             node_name: source.node_name.clone(),
             database_dir: source.database_dir.display().to_string(),
-            view_index_dir: source.view_index_dir.as_ref().map(|p| p.display().to_string()),
+            view_index_dir: source
+                .view_index_dir
+                .as_ref()
+                .map(|p| p.display().to_string()),
             config_dir: source.config_dir.as_ref().map(|p| p.display().to_string()),
-            ini_files: source.ini_files.iter().map(|p| p.display().to_string()).collect(),
+            ini_files: source
+                .ini_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         },
         tags: opts.tags.clone(),
         compression: CompressionInfo {
@@ -146,7 +153,9 @@ pub fn store_stream<T>(
     settings: &StreamSettings,
     produce: impl FnOnce(&mut dyn Write) -> Result<T>,
 ) -> Result<(Sealed, T)> {
-    let chunk_size = settings.chunk_size.clamp(format::MIN_CHUNK, format::MAX_CHUNK);
+    let chunk_size = settings
+        .chunk_size
+        .clamp(format::MIN_CHUNK, format::MAX_CHUNK);
     let data_key = SecretKey::random()?;
     let mut nonce_prefix = [0u8; crypto::NONCE_PREFIX_LEN];
     crypto::fill_random(&mut nonce_prefix)?;
@@ -167,9 +176,13 @@ pub fn store_stream<T>(
         let consumer = s.spawn(move || seal_and_upload(rx, sealer, &header, upload));
         let produced = (|| {
             let writer = BlockWriter::new(tx, chunk_size as usize, TAG_LEN);
-            let mut counted = CountingWriter { inner: writer, count: 0 };
-            let mut enc = zstd::stream::write::Encoder::new(&mut counted, settings.compression_level)
-                .map_err(|e| Error::io("starting zstd", e))?;
+            let mut counted = CountingWriter {
+                inner: writer,
+                count: 0,
+            };
+            let mut enc =
+                zstd::stream::write::Encoder::new(&mut counted, settings.compression_level)
+                    .map_err(|e| Error::io("starting zstd", e))?;
             if settings.zstd_workers > 0 {
                 enc.multithread(settings.zstd_workers)
                     .map_err(|e| Error::io("starting zstd workers", e))?;
@@ -339,7 +352,8 @@ fn write_tar(
             sha256: hex::encode(hash.finish()),
         });
     }
-    tar.finish().map_err(|e| Error::io("ending the tar stream", e))?;
+    tar.finish()
+        .map_err(|e| Error::io("ending the tar stream", e))?;
     Ok((files, vanished))
 }
 

@@ -89,7 +89,11 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
-    let mut dests = vec![Destination::new(&opts.target, &meta.backup_id, vec!["data/"])?];
+    let mut dests = vec![Destination::new(
+        &opts.target,
+        &meta.backup_id,
+        vec!["data/"],
+    )?];
     match &opts.view_index_target {
         Some(v) => dests.push(Destination::new(v, &meta.backup_id, vec!["views/"])?),
         None => dests[0].prefixes.push("views/"),
@@ -112,8 +116,12 @@ pub fn restore(
     let staged = (|| {
         for d in &dests {
             remove_all(&d.staging)?;
-            fs::create_dir(&d.staging)
-                .map_err(|e| Error::io(format!("creating staging directory {}", d.staging.display()), e))?;
+            fs::create_dir(&d.staging).map_err(|e| {
+                Error::io(
+                    format!("creating staging directory {}", d.staging.display()),
+                    e,
+                )
+            })?;
         }
         let place = |archive_path: &str| -> Option<PathBuf> {
             dests.iter().find_map(|d| {
@@ -165,10 +173,12 @@ impl Destination {
             .map_err(|e| Error::io(format!("resolving {}", target.display()), e))?;
         let name = target
             .file_name()
-            .ok_or_else(|| Error::io(
-                format!("restore target {}", target.display()),
-                io::Error::new(io::ErrorKind::InvalidInput, "needs a directory name"),
-            ))?
+            .ok_or_else(|| {
+                Error::io(
+                    format!("restore target {}", target.display()),
+                    io::Error::new(io::ErrorKind::InvalidInput, "needs a directory name"),
+                )
+            })?
             .to_string_lossy()
             .into_owned();
         let parent = target.parent().unwrap_or(Path::new("/"));
@@ -186,7 +196,10 @@ fn is_empty_or_missing(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {
         Ok(mut rd) => Ok(rd.next().is_none()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(format!("reading restore target {}", dir.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("reading restore target {}", dir.display()),
+            e,
+        )),
     }
 }
 
@@ -207,8 +220,12 @@ fn check_space(d: &Destination, meta: &BackupMetadata) -> Result<()> {
         .map(|f| f.size)
         .sum();
     let parent = d.staging.parent().unwrap_or(Path::new("/"));
-    let st = nix::sys::statvfs::statvfs(parent)
-        .map_err(|e| Error::io(format!("checking free space in {}", parent.display()), e.into()))?;
+    let st = nix::sys::statvfs::statvfs(parent).map_err(|e| {
+        Error::io(
+            format!("checking free space in {}", parent.display()),
+            e.into(),
+        )
+    })?;
     let available = st.blocks_available() as u64 * st.fragment_size() as u64;
     if needed > available {
         return Err(Error::InsufficientSpace {
@@ -224,9 +241,8 @@ fn check_space(d: &Destination, meta: &BackupMetadata) -> Result<()> {
 /// first and put back if the swap fails; it is deleted afterwards only when asked.
 fn swap_into_place(d: &Destination, id: &str, discard_old: bool) -> Result<Option<PathBuf>> {
     let rename = |from: &Path, to: &Path| {
-        fs::rename(from, to).map_err(|e| {
-            Error::io(format!("moving {} to {}", from.display(), to.display()), e)
-        })
+        fs::rename(from, to)
+            .map_err(|e| Error::io(format!("moving {} to {}", from.display(), to.display()), e))
     };
     if is_empty_or_missing(&d.target)? {
         if d.target.exists() {
@@ -266,7 +282,9 @@ fn chown_tree(dir: &Path, uid: Uid, gid: Gid) -> Result<()> {
         .map_err(|e| Error::io(format!("changing the owner of {}", p.display()), e.into()))
     };
     chown(dir)?;
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))? {
+    for entry in
+        fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+    {
         let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         let ft = entry
             .file_type()
@@ -339,7 +357,9 @@ fn decrypt_stream(
     let read_err = |e| Error::io(format!("reading {}", meta.data.object), e);
     let mut hb = [0u8; HEADER_LEN];
     if read_full(&mut r, &mut hb).map_err(read_err)? < HEADER_LEN {
-        return Err(mismatch("the data stream is shorter than its header (truncated)".into()));
+        return Err(mismatch(
+            "the data stream is shorter than its header (truncated)".into(),
+        ));
     }
     let header = DataHeader::parse(&hb)?;
     if header.backup_id != ulid_bytes(&meta.backup_id)? {
@@ -390,7 +410,9 @@ fn decrypt_stream(
 fn ulid_bytes(id: &str) -> Result<[u8; 16]> {
     ulid::Ulid::from_string(id)
         .map(|u| u.to_bytes())
-        .map_err(|_| crate::format::FormatError::Metadata(format!("backup id '{id}' is not a ULID")).into())
+        .map_err(|_| {
+            crate::format::FormatError::Metadata(format!("backup id '{id}' is not a ULID")).into()
+        })
 }
 
 /// Checks an archive path: relative, plain components only, under a known prefix.
@@ -479,15 +501,25 @@ fn extract(
             }
         };
         if sha != want.sha256 {
-            return Err(mismatch(format!("{} does not match its SHA-256", want.path)));
+            return Err(mismatch(format!(
+                "{} does not match its SHA-256",
+                want.path
+            )));
         }
         progress.file_done();
     }
     // Read to the very end so the final chunk's tag and the stream hash are checked.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
-    if let Some(missing) = meta.files.iter().find(|f| !seen.contains_key(f.path.as_str())) {
-        return Err(mismatch(format!("{} is missing from the archive", missing.path)));
+    if let Some(missing) = meta
+        .files
+        .iter()
+        .find(|f| !seen.contains_key(f.path.as_str()))
+    {
+        return Err(mismatch(format!(
+            "{} is missing from the archive",
+            missing.path
+        )));
     }
     Ok(())
 }

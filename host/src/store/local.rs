@@ -86,7 +86,10 @@ impl LocalStore {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
     let tmp = dir.join(format!("{TMP_PREFIX}{file_name}-{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
