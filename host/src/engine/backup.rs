@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use chrono::Utc;
 use ring::digest::{Context, SHA256};
 use ulid::Ulid;
 
-use super::{pick_error, Block, BlockWriter, Progress, QUEUE_BLOCKS};
+use super::{pick_error, recycler, Block, BlockWriter, Progress, QUEUE_BLOCKS};
 use crate::catalog;
 use crate::couchdb::{PlannedFile, Source};
 use crate::crypto::{self, SecretKey, StreamSealer, TAG_LEN};
@@ -172,10 +172,11 @@ pub fn store_stream<T>(
     let sealer = StreamSealer::new(&data_key, nonce_prefix, header.to_vec());
 
     let (tx, rx) = sync_channel(QUEUE_BLOCKS);
+    let (spent, free) = recycler();
     let result = std::thread::scope(|s| {
-        let consumer = s.spawn(move || seal_and_upload(rx, sealer, &header, upload));
+        let consumer = s.spawn(move || seal_and_upload(rx, spent, sealer, &header, upload));
         let produced = (|| {
-            let writer = BlockWriter::new(tx, chunk_size as usize, TAG_LEN);
+            let writer = BlockWriter::new(tx, free, chunk_size as usize, TAG_LEN);
             let mut counted = CountingWriter {
                 inner: writer,
                 count: 0,
@@ -235,6 +236,7 @@ pub fn store_stream<T>(
 /// the stored bytes and uploads them. Returns the stored size and SHA-256.
 fn seal_and_upload(
     rx: Receiver<Block>,
+    spent: SyncSender<Vec<u8>>,
     mut sealer: StreamSealer,
     header: &[u8],
     mut upload: Box<dyn LargeUpload>,
@@ -249,6 +251,7 @@ fn seal_and_upload(
         hash.update(&chunk);
         size += chunk.len() as u64;
         upload.write(&chunk)?;
+        let _ = spent.try_send(chunk);
         Ok(())
     };
     loop {

@@ -8,7 +8,7 @@ pub mod restore;
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 pub use backup::{backup, BackupOptions};
 pub use restore::{restore, verify, RestoreOptions, RestoreReport, VerifyReport};
@@ -34,6 +34,23 @@ impl Progress {
     }
 }
 
+/// A return path for spent buffers: the consumer hands them back to the producer, so a
+/// steady stream allocates nothing and memory stays flat whatever the data size.
+fn recycler() -> (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) {
+    sync_channel(QUEUE_BLOCKS + 2)
+}
+
+/// A spent buffer from `free`, emptied, or a new one.
+fn reuse(free: &Receiver<Vec<u8>>, capacity: usize) -> Vec<u8> {
+    match free.try_recv() {
+        Ok(mut v) => {
+            v.clear();
+            v
+        }
+        Err(_) => Vec::with_capacity(capacity),
+    }
+}
+
 enum Block {
     Data(Vec<u8>),
     End,
@@ -43,15 +60,18 @@ enum Block {
 /// may be shorter) and sends them; `finish` sends the rest and the end marker.
 struct BlockWriter {
     tx: SyncSender<Block>,
+    free: Receiver<Vec<u8>>,
     buf: Vec<u8>,
     block: usize,
     spare: usize,
 }
 
 impl BlockWriter {
-    fn new(tx: SyncSender<Block>, block: usize, spare: usize) -> Self {
+    /// Blocks get `spare` bytes of extra capacity (room for the tag sealed in place).
+    fn new(tx: SyncSender<Block>, free: Receiver<Vec<u8>>, block: usize, spare: usize) -> Self {
         BlockWriter {
             tx,
+            free,
             buf: Vec::with_capacity(block + spare),
             block,
             spare,
@@ -65,7 +85,8 @@ impl BlockWriter {
     }
 
     fn flush_block(&mut self) -> io::Result<()> {
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.block + self.spare));
+        let next = reuse(&self.free, self.block + self.spare);
+        let full = std::mem::replace(&mut self.buf, next);
         self.send(Block::Data(full))
     }
 
@@ -96,15 +117,17 @@ impl Write for BlockWriter {
 /// ends without its end marker is an error (the producer failed).
 struct BlockReader {
     rx: Receiver<Block>,
+    spent: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
     ended: bool,
 }
 
 impl BlockReader {
-    fn new(rx: Receiver<Block>) -> Self {
+    fn new(rx: Receiver<Block>, spent: SyncSender<Vec<u8>>) -> Self {
         BlockReader {
             rx,
+            spent,
             current: Vec::new(),
             pos: 0,
             ended: false,
@@ -120,7 +143,8 @@ impl Read for BlockReader {
             }
             match self.rx.recv() {
                 Ok(Block::Data(v)) => {
-                    self.current = v;
+                    let spent = std::mem::replace(&mut self.current, v);
+                    let _ = self.spent.try_send(spent);
                     self.pos = 0;
                 }
                 Ok(Block::End) => self.ended = true,

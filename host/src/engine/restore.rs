@@ -7,13 +7,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, SystemTime};
 
 use nix::unistd::{Gid, Uid};
 use ring::digest::{Context, SHA256};
 
-use super::{pick_error, read_full, Block, BlockReader, Progress, QUEUE_BLOCKS};
+use super::{pick_error, read_full, recycler, reuse, Block, BlockReader, Progress, QUEUE_BLOCKS};
 use crate::crypto::{self, StreamOpener, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{BackupMetadata, DataHeader, FileEntry, HEADER_LEN};
@@ -332,9 +332,10 @@ fn unpack(
         .store(meta.totals.files, std::sync::atomic::Ordering::Relaxed);
 
     let (tx, rx) = sync_channel(QUEUE_BLOCKS);
+    let (spent, free) = recycler();
     std::thread::scope(|s| {
-        let decrypt = s.spawn(move || decrypt_stream(source, meta, &data_key, tx));
-        let extracted = extract(BlockReader::new(rx), meta, place, progress);
+        let decrypt = s.spawn(move || decrypt_stream(source, meta, &data_key, tx, free));
+        let extracted = extract(BlockReader::new(rx, spent), meta, place, progress);
         let decrypted = decrypt.join().unwrap_or(Err(Error::PipelineAborted));
         let chunks = decrypted.as_ref().map(|c| *c).unwrap_or(0);
         pick_error(extracted, decrypted.map(drop)).map(|()| chunks)
@@ -348,6 +349,7 @@ fn decrypt_stream(
     meta: &BackupMetadata,
     data_key: &crypto::SecretKey,
     tx: SyncSender<Block>,
+    free: Receiver<Vec<u8>>,
 ) -> Result<u64> {
     let mismatch = |reason: String| Error::Mismatch {
         id: meta.backup_id.clone(),
@@ -376,7 +378,8 @@ fn decrypt_stream(
     let mut opener = StreamOpener::new(data_key, header.nonce_prefix, hb.to_vec());
     let frame = header.chunk_size as usize + TAG_LEN;
     loop {
-        let mut buf = vec![0u8; frame];
+        let mut buf = reuse(&free, frame);
+        buf.resize(frame, 0);
         let n = read_full(&mut r, &mut buf).map_err(read_err)?;
         if n < TAG_LEN {
             return Err(mismatch(format!(

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# couchvault benchmark: backup and restore against the shell pipelines they replace, run
+# side by side on the same data in page cache, printed as ratios. Not a test.
+#
+#   bash bench/run.sh [SIZE_MIB]     (default 1024; needs ~3x SIZE_MIB free in $BENCH_DIR)
+#
+# Targets (PRODUCT.md): B1 backup <= 1.10x `tar | zstd -3 -T0 | openssl enc -aes-256-ctr`
+# and >= 10x faster than Trove's `tar | gzip | openssl enc -aes-256-cbc`; B2 restore <= 1.10x
+# `openssl enc -d | zstd -d | tar -x`; B3 peak RSS <= 256 MiB and flat with data size.
+set -euo pipefail
+SIZE=${1:-1024}
+RUNS=${RUNS:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$ROOT/target/release/couchvault"
+W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/couchvault-bench.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+
+(cd "$ROOT" && cargo build --release --quiet)
+echo "generating ${SIZE} MiB and 100 MiB CouchDB-shaped data sets in $W ..."
+python3 "$ROOT/bench/gen_dataset.py" "$SIZE" "$W/data"
+python3 "$ROOT/bench/gen_dataset.py" 100 "$W/data100"
+warm() { find "$1" -type f -exec cat {} + > /dev/null; }
+
+KEY=$(openssl rand -hex 32); IV=$(openssl rand -hex 16)
+cat > "$W/nosync.toml" <<CFG
+couchvault_config = 1
+store = "file://$W/store"
+keyring = "$W/couchvault-data/keyring.toml"
+[restore]
+sync = false
+CFG
+cv() { (cd "$W" && "$BIN" --store "file://$W/store" "$@"); }
+cv backup list > /dev/null 2>&1   # first use: creates the key ring
+
+# measure NAME SETUP CMD -> median wall seconds and max RSS (KiB) over $RUNS runs
+declare -A WALL RSS
+measure() {
+  local name=$1 setup=$2 cmd=$3 runs=${4:-$RUNS} walls=() rsss=()
+  for _ in $(seq "$runs"); do
+    eval "$setup"
+    /usr/bin/time -f "%e %M" -o "$W/time" bash -c "$cmd" > /dev/null
+    read -r wall rss < "$W/time"
+    walls+=("$wall"); rsss+=("$rss")
+  done
+  WALL[$name]=$(printf '%s\n' "${walls[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  RSS[$name]=$(printf '%s\n' "${rsss[@]}" | sort -n | tail -1)
+  printf '  %-28s %8.2f s  %8d MiB peak RSS\n' "$name" "${WALL[$name]}" "$(( ${RSS[$name]} / 1024 ))"
+}
+
+echo "backup of ${SIZE} MiB (data in page cache, zstd level 3, encrypted):"
+warm "$W/data"
+measure couchvault_backup "warm $W/data" \
+  "cd $W && $BIN --store file://$W/store backup create --instance bench --data-dir $W/data --compression-level 3"
+measure tar_zstd_openssl "warm $W/data; rm -f $W/base.enc" \
+  "tar -cf - -C $W/data . | zstd -q -3 -T0 | openssl enc -aes-256-ctr -K $KEY -iv $IV > $W/base.enc"
+measure trove_gzip_cbc "warm $W/data" \
+  "tar -cf - -C $W/data . | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass pass:bench > $W/trove.enc" 1
+
+ID=$(cv --json backup list --instance bench | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["backup_id"])')
+echo "restore of ${SIZE} MiB:"
+measure couchvault_restore_nosync "rm -rf $W/r1; warm $W/store" \
+  "cd $W && $BIN --config $W/nosync.toml restore $ID --to $W/r1"
+measure couchvault_restore_sync "rm -rf $W/r1; sync; warm $W/store" \
+  "cd $W && $BIN --store file://$W/store restore $ID --to $W/r1"
+measure openssl_zstd_tar "rm -rf $W/r2; mkdir -p $W/r2; warm $W/base.enc" \
+  "openssl enc -d -aes-256-ctr -K $KEY -iv $IV < $W/base.enc | zstd -q -d | tar -xf - -C $W/r2"
+diff -r "$W/data" "$W/r1" > /dev/null && echo "  (restored tree identical to the source)"
+
+echo "peak RSS of a backup at 100 MiB:"
+warm "$W/data100"
+measure couchvault_backup_100m "warm $W/data100" \
+  "cd $W && $BIN --store file://$W/store backup create --instance small --data-dir $W/data100" 1
+
+r() { python3 -c "print(f'{$1/$2:.2f}')"; }
+echo
+echo "ratios (lower is better for couchvault/baseline):"
+echo "  B1 couchvault backup / tar|zstd -3 -T0|openssl ctr   = $(r "${WALL[couchvault_backup]}" "${WALL[tar_zstd_openssl]}")  (target <= 1.10)"
+echo "  B1 Trove tar|gzip|openssl cbc / couchvault backup    = $(r "${WALL[trove_gzip_cbc]}" "${WALL[couchvault_backup]}")  (target >= 10)"
+echo "  B2 couchvault restore (no sync) / openssl|zstd|tar   = $(r "${WALL[couchvault_restore_nosync]}" "${WALL[openssl_zstd_tar]}")  (target <= 1.10)"
+echo "     couchvault restore (syncfs, default) / baseline   = $(r "${WALL[couchvault_restore_sync]}" "${WALL[openssl_zstd_tar]}")  (the baseline does not flush)"
+echo "  B3 peak RSS: $(( ${RSS[couchvault_backup_100m]} / 1024 )) MiB at 100 MiB, $(( ${RSS[couchvault_backup]} / 1024 )) MiB at ${SIZE} MiB (target <= 256, flat)"
+STORED=$(cv --json backup show "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["size"])')
+echo "  stored bytes: couchvault $STORED, tar|zstd|openssl $(stat -c %s "$W/base.enc"), Trove $(stat -c %s "$W/trove.enc")"
