@@ -293,7 +293,7 @@ fn backup_verify(ctx: &Context, id: &str) -> Result<()> {
         return print_json(&report);
     }
     println!(
-        "backup {} verified: {} chunks authenticated, stream SHA-256 matches, {} files ({}) match their hashes",
+        "backup {} verified: {} chunk(s) authenticated, stream SHA-256 matches, {} files ({}) match their hashes",
         report.backup_id,
         report.chunks,
         report.files,
