@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::store::retry::RetryPolicy;
+use crate::store::swift::{Credentials, Secret, SwiftSettings};
+use crate::store::StoreError;
+
 pub const CONFIG_FORMAT: u32 = 1;
 pub const DEFAULT_DATA_DIR: &str = "couchvault-data";
 
@@ -39,6 +43,8 @@ pub struct Config {
     pub restore: RestoreConfig,
     #[serde(default)]
     pub gc: GcConfig,
+    #[serde(default)]
+    pub swift: SwiftConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,7 +66,7 @@ impl Default for BackupConfig {
             compression_level: 3,
             zstd_workers: 0,
             chunk_size: 1 << 20,
-            segment_size: 1 << 30,
+            segment_size: 32 << 20,
         }
     }
 }
@@ -99,6 +105,133 @@ impl Default for GcConfig {
     }
 }
 
+/// Swift connection settings. Credentials may instead come from the environment:
+/// `ST_AUTH`, `ST_USER`, `ST_KEY` (v1) or `OS_AUTH_URL`, `OS_USERNAME`, `OS_PASSWORD`,
+/// `OS_PROJECT_NAME`, `OS_USER_DOMAIN_NAME`, `OS_PROJECT_DOMAIN_NAME`, `OS_REGION_NAME`,
+/// `OS_INTERFACE` (Keystone v3). Values in this file win over the environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwiftConfig {
+    pub auth_url: Option<String>,
+    /// 1 (tempauth) or 3 (Keystone); default 3 when the URL ends in /v3, else 1.
+    pub auth_version: Option<u8>,
+    pub user: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub project_name: Option<String>,
+    pub user_domain_name: Option<String>,
+    pub project_domain_name: Option<String>,
+    pub region: Option<String>,
+    pub interface: Option<String>,
+    /// Segments uploading at once; memory is (this + 1) × backup.segment_size.
+    pub segments_in_flight: usize,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Give up on a request after this long, e.g. "2m".
+    pub max_retry_time: String,
+    /// Timeout of one request (streamed downloads excepted), e.g. "60s".
+    pub request_timeout: String,
+}
+
+impl Default for SwiftConfig {
+    fn default() -> Self {
+        SwiftConfig {
+            auth_url: None,
+            auth_version: None,
+            user: None,
+            key: None,
+            username: None,
+            password: None,
+            project_name: None,
+            user_domain_name: None,
+            project_domain_name: None,
+            region: None,
+            interface: None,
+            segments_in_flight: 2,
+            max_attempts: 8,
+            max_retry_time: "2m".into(),
+            request_timeout: "60s".into(),
+        }
+    }
+}
+
+impl SwiftConfig {
+    /// Store settings from this section, the environment (`env`) and the store URL's parts.
+    pub fn settings(
+        &self,
+        container_base: String,
+        prefix: String,
+        segment_size: u64,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SwiftSettings, StoreError> {
+        let missing = |what: &str| {
+            StoreError::Config(format!(
+                "no Swift {what}: set it in the config file's [swift] section or the environment (ST_AUTH, ST_USER, ST_KEY for v1; OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME for Keystone v3)"
+            ))
+        };
+        let pick = |file: &Option<String>, var: &str| file.clone().or_else(|| env(var));
+        let (auth_url, from_os) = match (&self.auth_url, env("OS_AUTH_URL"), env("ST_AUTH")) {
+            (Some(u), _, _) => (u.clone(), false),
+            (None, Some(u), _) => (u, true),
+            (None, None, Some(u)) => (u, false),
+            (None, None, None) => return Err(missing("auth URL")),
+        };
+        let version = self.auth_version.unwrap_or(
+            if from_os || auth_url.trim_end_matches('/').ends_with("/v3") {
+                3
+            } else {
+                1
+            },
+        );
+        let credentials = match version {
+            1 => Credentials::V1 {
+                user: pick(&self.user, "ST_USER").ok_or_else(|| missing("user (ST_USER)"))?,
+                key: Secret(pick(&self.key, "ST_KEY").ok_or_else(|| missing("key (ST_KEY)"))?),
+                auth_url,
+            },
+            3 => Credentials::V3 {
+                username: pick(&self.username, "OS_USERNAME")
+                    .ok_or_else(|| missing("username (OS_USERNAME)"))?,
+                password: Secret(
+                    pick(&self.password, "OS_PASSWORD")
+                        .ok_or_else(|| missing("password (OS_PASSWORD)"))?,
+                ),
+                project_name: pick(&self.project_name, "OS_PROJECT_NAME")
+                    .ok_or_else(|| missing("project (OS_PROJECT_NAME)"))?,
+                user_domain_name: pick(&self.user_domain_name, "OS_USER_DOMAIN_NAME")
+                    .unwrap_or_else(|| "Default".into()),
+                project_domain_name: pick(&self.project_domain_name, "OS_PROJECT_DOMAIN_NAME")
+                    .unwrap_or_else(|| "Default".into()),
+                region: pick(&self.region, "OS_REGION_NAME"),
+                interface: pick(&self.interface, "OS_INTERFACE").unwrap_or_else(|| "public".into()),
+                auth_url,
+            },
+            v => {
+                return Err(StoreError::Config(format!(
+                    "swift.auth_version = {v}: use 1 (tempauth) or 3 (Keystone)"
+                )))
+            }
+        };
+        let duration = |key: &str, v: &str| {
+            parse_duration(v).map_err(|e| StoreError::Config(format!("swift.{key}: {e}")))
+        };
+        Ok(SwiftSettings {
+            credentials,
+            container_base,
+            prefix,
+            segment_size: segment_size as usize,
+            segments_in_flight: self.segments_in_flight.max(1),
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts.max(1),
+                max_elapsed: duration("max_retry_time", &self.max_retry_time)?,
+                ..RetryPolicy::default()
+            },
+            request_timeout: duration("request_timeout", &self.request_timeout)?,
+        })
+    }
+}
+
 impl Config {
     /// The embedded defaults: local store and key ring under `./couchvault-data/`.
     pub fn embedded() -> Config {
@@ -109,6 +242,7 @@ impl Config {
             backup: BackupConfig::default(),
             restore: RestoreConfig::default(),
             gc: GcConfig::default(),
+            swift: SwiftConfig::default(),
         }
     }
 
@@ -155,6 +289,10 @@ impl Config {
             ));
         }
         parse_duration(&cfg.gc.grace).map_err(|e| invalid(format!("gc.grace: {e}")))?;
+        parse_duration(&cfg.swift.max_retry_time)
+            .map_err(|e| invalid(format!("swift.max_retry_time: {e}")))?;
+        parse_duration(&cfg.swift.request_timeout)
+            .map_err(|e| invalid(format!("swift.request_timeout: {e}")))?;
         // Relative paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(k) = &cfg.keyring {

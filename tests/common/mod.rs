@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: the CouchDB fixture, a local store, a key ring.
 #![allow(dead_code)]
 
+pub mod faultproxy;
+pub mod swift;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,57 @@ pub fn fixture_checksums() -> BTreeMap<String, (u64, String)> {
 pub fn sha256_file(p: &Path) -> String {
     let bytes = std::fs::read(p).unwrap();
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
+}
+
+/// Backs up a data directory for tenant `default`.
+pub fn backup_to(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    data: &Path,
+    instance: &str,
+    chunk_size: u32,
+) -> couchvault::Result<BackupMetadata> {
+    let source = Source::discover(&SourceSpec {
+        data_dir: Some(data.to_path_buf()),
+        ..Default::default()
+    })?;
+    let opts = BackupOptions {
+        tenant: "default".into(),
+        instance: instance.into(),
+        tags: BTreeMap::new(),
+        stream: StreamSettings {
+            chunk_size,
+            ..Default::default()
+        },
+    };
+    engine::backup(store, keyring, &source, &opts, &Progress::default())
+}
+
+/// A CouchDB-shaped data directory of about `mib` MiB of compressible bytes.
+pub fn generate_data(dir: &Path, mib: usize, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    std::fs::create_dir_all(dir.join("shards/00000000-ffffffff")).unwrap();
+    std::fs::write(dir.join("_dbs.couch"), b"shard map").unwrap();
+    let per_file = 4 << 20;
+    let mut left = mib << 20;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(per_file);
+        let mut bytes = Vec::with_capacity(n);
+        while bytes.len() < n {
+            let r = rng.next();
+            // Half-random bytes: compressible about 2x, like documents.
+            bytes.extend((0..8).map(|k| b'a' + ((r >> (k * 8)) & 0x0f) as u8));
+        }
+        bytes.truncate(n);
+        std::fs::write(
+            dir.join(format!("shards/00000000-ffffffff/db{i}.1.couch")),
+            bytes,
+        )
+        .unwrap();
+        left -= n;
+        i += 1;
+    }
 }
 
 /// A store, key ring and fixture data directory in one temporary directory.
@@ -124,7 +178,7 @@ impl Env {
     pub fn write_data(&self, meta: &BackupMetadata, bytes: &[u8]) {
         let mut up = self
             .store
-            .create_large("default", &meta.data.object)
+            .create_large("default", &meta.data.object, &[])
             .unwrap();
         up.write(bytes).unwrap();
         up.finish().unwrap();

@@ -30,7 +30,13 @@ impl Context {
             .clone()
             .or_else(|| config.store.clone())
             .unwrap_or_else(|| format!("file://{}", data_dir.join("store").display()));
-        let store = store::open(&store_url, config.backup.segment_size)?;
+        let store = store::open(&store_url, config.backup.segment_size, |base, prefix| {
+            config
+                .swift
+                .settings(base, prefix, config.backup.segment_size, &|var| {
+                    std::env::var(var).ok().filter(|v| !v.is_empty())
+                })
+        })?;
         let keyring = match cli.keyring.clone().or_else(|| config.keyring.clone()) {
             Some(path) => KeyRing::load(&path)?,
             None => open_default_keyring(&data_dir)?,

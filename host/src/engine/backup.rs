@@ -168,7 +168,16 @@ pub fn store_stream<T>(
     let id_str = id.to_string();
     let wrapped = crypto::wrap_data_key(&key.secret, &data_key, tenant, &key.id, &id_str)?;
     let object = format::data_object(instance, &id_str);
-    let upload = store.create_large(tenant, &object)?;
+    let version = FORMAT_VERSION.to_string();
+    let tool = format!("couchvault {}", env!("CARGO_PKG_VERSION"));
+    let labels = [
+        ("Tool", tool.as_str()),
+        ("Format", version.as_str()),
+        ("Tenant", tenant),
+        ("Instance", instance),
+        ("Backup-Id", id_str.as_str()),
+    ];
+    let upload = store.create_large(tenant, &object, &labels)?;
     let sealer = StreamSealer::new(&data_key, nonce_prefix, header.to_vec());
 
     let (tx, rx) = sync_channel(QUEUE_BLOCKS);

@@ -28,6 +28,8 @@ pub struct LocalStore {
 struct Manifest {
     couchvault_local_manifest: u32,
     size: u64,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
     segments: Vec<SegmentRef>,
 }
 
@@ -190,7 +192,12 @@ impl Store for LocalStore {
         })
     }
 
-    fn create_large(&self, tenant: &str, name: &str) -> Result<Box<dyn LargeUpload>, StoreError> {
+    fn create_large(
+        &self,
+        tenant: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Box<dyn LargeUpload>, StoreError> {
         let dir = self.segments_dir(tenant, name);
         // A leftover of an earlier attempt at the same name must not leak into this one.
         match fs::remove_dir_all(&dir) {
@@ -200,6 +207,10 @@ impl Store for LocalStore {
         }
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Box::new(LocalUpload {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             manifest_path: self.container(tenant).join(name),
             dir,
             segment_size: self.segment_size,
@@ -311,6 +322,7 @@ impl Store for LocalStore {
 }
 
 struct LocalUpload {
+    labels: std::collections::BTreeMap<String, String>,
     manifest_path: PathBuf,
     dir: PathBuf,
     segment_size: u64,
@@ -362,6 +374,7 @@ impl LargeUpload for LocalUpload {
         let manifest = Manifest {
             couchvault_local_manifest: MANIFEST_FORMAT,
             size,
+            labels: std::mem::take(&mut self.labels),
             segments: std::mem::take(&mut self.segments),
         };
         let bytes = serde_json::to_vec(&manifest).map_err(|e| StoreError::Io {
@@ -409,7 +422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_path_buf(), 10);
         let data: Vec<u8> = (0..95u8).collect();
-        let mut up = store.create_large("t", "i/b/data").unwrap();
+        let mut up = store.create_large("t", "i/b/data", &[]).unwrap();
         up.write(&data[..33]).unwrap();
         up.write(&data[33..]).unwrap();
         assert_eq!(up.finish().unwrap(), 95);

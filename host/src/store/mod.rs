@@ -4,6 +4,8 @@
 //! Two implementations share this trait: the local directory store (here) and OpenStack Swift.
 
 mod local;
+pub mod retry;
+pub mod swift;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -26,8 +28,29 @@ pub enum StoreError {
         name: String,
         reason: String,
     },
-    #[error("unsupported store URL '{0}': use file:///absolute/path (Swift support comes with swift://CONTAINER)")]
+    #[error(
+        "unsupported store URL '{0}': use file:///absolute/path or swift://CONTAINER[/PREFIX]"
+    )]
     Url(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("authentication at {url} failed: {reason}")]
+    Auth { url: String, reason: String },
+    #[error("cannot reach {what}: {reason}")]
+    Unreachable { what: String, reason: String },
+    #[error("{what} failed after {attempts} attempts in {secs} s (last: {last}); check that Swift is up and reachable, then retry")]
+    Unavailable {
+        what: String,
+        attempts: u32,
+        secs: u64,
+        last: String,
+    },
+    #[error("{what}: Swift answered {status}: {detail}")]
+    Http {
+        what: String,
+        status: u16,
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -65,8 +88,14 @@ pub trait Store: Send + Sync {
 
     fn get(&self, tenant: &str, name: &str) -> Result<Vec<u8>, StoreError>;
 
-    /// Starts a streamed, segmented upload of a large object.
-    fn create_large(&self, tenant: &str, name: &str) -> Result<Box<dyn LargeUpload>, StoreError>;
+    /// Starts a streamed, segmented upload of a large object. `labels` are shown to operators
+    /// with the object (Swift: `X-Object-Meta-Couchvault-<key>` headers on the manifest).
+    fn create_large(
+        &self,
+        tenant: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Box<dyn LargeUpload>, StoreError>;
 
     /// Streams a large object from byte `offset` to its end.
     fn open_large(
@@ -88,13 +117,21 @@ pub trait Store: Send + Sync {
     fn delete(&self, tenant: &str, name: &str) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by a URL: `file:///path`.
-pub fn open(url: &str, segment_size: u64) -> Result<Box<dyn Store>, StoreError> {
+/// Opens the store named by a URL: `file:///path` or `swift://CONTAINER[/PREFIX]`.
+pub fn open(
+    url: &str,
+    segment_size: u64,
+    swift: impl FnOnce(String, String) -> Result<swift::SwiftSettings, StoreError>,
+) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(StoreError::Url(url.to_string()));
         }
         return Ok(Box::new(LocalStore::new(PathBuf::from(path), segment_size)));
+    }
+    if url.starts_with("swift://") {
+        let (base, prefix) = swift::parse_url(url)?;
+        return Ok(Box::new(swift::SwiftStore::new(swift(base, prefix)?)?));
     }
     Err(StoreError::Url(url.to_string()))
 }

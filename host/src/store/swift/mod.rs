@@ -1,0 +1,622 @@
+//! The OpenStack Swift store: one container per tenant (`<base>-<tenant>`), segments in
+//! `<base>-<tenant>_segments`, large objects as Static Large Objects.
+//!
+//! Every request goes through [`Client::send`]: a 401 re-authenticates once; connection
+//! errors, 5xx, 408 and 429 are retried with backoff within the [`RetryPolicy`].
+
+mod auth;
+mod upload;
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+pub use auth::{Credentials, Secret};
+
+use super::retry::{Attempts, RetryPolicy};
+use super::{LargeUpload, ObjectInfo, Store, StoreError};
+use auth::{authenticate, error_chain, Session};
+
+/// Largest Swift container name.
+const MAX_CONTAINER: usize = 256;
+const SEGMENTS_SUFFIX: &str = "_segments";
+
+#[derive(Debug, Clone)]
+pub struct SwiftSettings {
+    pub credentials: Credentials,
+    /// Containers are `<base>-<tenant>`.
+    pub container_base: String,
+    /// Prepended to every object name (e.g. `site-a/`), or empty.
+    pub prefix: String,
+    pub segment_size: usize,
+    pub segments_in_flight: usize,
+    pub retry: RetryPolicy,
+    /// Per-request timeout for everything but streamed bodies.
+    pub request_timeout: Duration,
+}
+
+pub struct SwiftStore {
+    client: Arc<Client>,
+}
+
+struct Client {
+    http: reqwest::blocking::Client,
+    settings: SwiftSettings,
+    session: Mutex<Option<Arc<Session>>>,
+    containers_made: Mutex<HashSet<String>>,
+}
+
+/// Parses `swift://CONTAINER[/PREFIX]` into (container base, object prefix).
+pub fn parse_url(url: &str) -> Result<(String, String), StoreError> {
+    let rest = url
+        .strip_prefix("swift://")
+        .ok_or_else(|| StoreError::Url(url.to_string()))?;
+    let (base, prefix) = match rest.split_once('/') {
+        Some((b, p)) => (b, p.trim_matches('/')),
+        None => (rest, ""),
+    };
+    let budget = MAX_CONTAINER - "-".len() - 64 - SEGMENTS_SUFFIX.len();
+    if base.is_empty()
+        || base.len() > budget
+        || !base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(StoreError::Config(format!(
+            "invalid Swift container name '{base}' in {url}: use 1-{budget} characters from a-z A-Z 0-9 . _ - (the tenant and '{SEGMENTS_SUFFIX}' are appended)"
+        )));
+    }
+    if prefix.split('/').any(|p| p == "..")
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+    {
+        return Err(StoreError::Config(format!(
+            "invalid object prefix '{prefix}' in {url}: use a-z A-Z 0-9 . _ - and /"
+        )));
+    }
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    Ok((base.to_string(), prefix))
+}
+
+impl SwiftStore {
+    pub fn new(settings: SwiftSettings) -> Result<Self, StoreError> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(None)
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(SwiftStore {
+            client: Arc::new(Client {
+                http,
+                settings,
+                session: Mutex::new(None),
+                containers_made: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    fn container(&self, tenant: &str) -> String {
+        format!("{}-{tenant}", self.client.settings.container_base)
+    }
+
+    fn segments_container(&self, tenant: &str) -> String {
+        format!(
+            "{}-{tenant}{SEGMENTS_SUFFIX}",
+            self.client.settings.container_base
+        )
+    }
+
+    fn object(&self, name: &str) -> String {
+        format!("{}{name}", self.client.settings.prefix)
+    }
+}
+
+/// What a request is about, for error messages.
+fn what(method: &Method, container: &str, object: &str) -> String {
+    if container.is_empty() {
+        format!("{method} account")
+    } else if object.is_empty() {
+        format!("{method} container {container}")
+    } else {
+        format!("{method} {container}/{object}")
+    }
+}
+
+impl Client {
+    /// The current session, authenticating (with retries) when there is none.
+    fn session(&self, attempts: &mut Attempts<'_>) -> Result<Arc<Session>, StoreError> {
+        if let Some(s) = self.session.lock().expect("session lock").as_ref() {
+            return Ok(s.clone());
+        }
+        loop {
+            match authenticate(
+                &self.http,
+                &self.settings.credentials,
+                self.settings.request_timeout,
+            ) {
+                Ok(s) => {
+                    let s = Arc::new(s);
+                    *self.session.lock().expect("session lock") = Some(s.clone());
+                    tracing::debug!(storage_url = %s.storage_url, "authenticated to Swift");
+                    return Ok(s);
+                }
+                Err(StoreError::Unreachable { what, reason }) => {
+                    tracing::info!(%what, %reason, "Swift auth failed; retrying");
+                    if !attempts.backoff() {
+                        return Err(StoreError::Unavailable {
+                            what,
+                            attempts: attempts.made,
+                            secs: attempts.elapsed().as_secs(),
+                            last: reason,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Drops `stale` so the next request authenticates again (unless another thread did).
+    fn invalidate(&self, stale: &Session) {
+        let mut guard = self.session.lock().expect("session lock");
+        if guard.as_ref().is_some_and(|s| s.token == stale.token) {
+            *guard = None;
+        }
+    }
+
+    /// The account (empty container), a container, or an object.
+    fn url(session: &Session, container: &str, object: &str) -> String {
+        let base = session.storage_url.trim_end_matches('/');
+        if container.is_empty() {
+            base.to_string()
+        } else if object.is_empty() {
+            format!("{base}/{container}")
+        } else {
+            format!("{base}/{container}/{object}")
+        }
+    }
+
+    /// Sends a request built by `build` (called again for each attempt), re-authenticating
+    /// once on 401 and retrying transient failures. Returns any other response.
+    fn send(
+        &self,
+        method: Method,
+        container: &str,
+        object: &str,
+        build: &dyn Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, StoreError> {
+        let what = what(&method, container, object);
+        let mut attempts = Attempts::new(&self.settings.retry);
+        let mut reauthed = false;
+        loop {
+            let session = self.session(&mut attempts)?;
+            let req = self
+                .http
+                .request(method.clone(), Self::url(&session, container, object))
+                .header("X-Auth-Token", &session.token);
+            let last = match build(req).send() {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    self.invalidate(&session);
+                    if reauthed {
+                        return Err(StoreError::Auth {
+                            url: self.settings.credentials.auth_url().to_string(),
+                            reason: format!("Swift refused a fresh token for {what} (401): the user lacks access to this account or container"),
+                        });
+                    }
+                    reauthed = true;
+                    tracing::info!(%what, "token rejected (401); authenticating again");
+                    continue;
+                }
+                Ok(resp) if retryable(resp.status()) => format!("answered {}", resp.status()),
+                Ok(resp) => return Ok(resp),
+                Err(e) => error_chain(&e),
+            };
+            tracing::info!(%what, error = %last, attempt = attempts.made + 1, "Swift request failed; retrying");
+            if !attempts.backoff() {
+                return Err(StoreError::Unavailable {
+                    what,
+                    attempts: attempts.made,
+                    secs: attempts.elapsed().as_secs(),
+                    last,
+                });
+            }
+        }
+    }
+
+    /// Creates a container once per process (PUT is idempotent: 201 or 202).
+    fn ensure_container(&self, container: &str) -> Result<(), StoreError> {
+        if self
+            .containers_made
+            .lock()
+            .expect("lock")
+            .contains(container)
+        {
+            return Ok(());
+        }
+        let resp = self.send(Method::PUT, container, "", &|r| {
+            r.timeout(self.settings.request_timeout)
+        })?;
+        check(resp, &what(&Method::PUT, container, ""))?;
+        self.containers_made
+            .lock()
+            .expect("lock")
+            .insert(container.to_string());
+        Ok(())
+    }
+
+    /// Lists a container (all pages) under `prefix`; a missing container is empty.
+    fn list(&self, container: &str, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut out: Vec<Listed> = Vec::new();
+        loop {
+            let marker = out.last().map(|l| l.name.clone()).unwrap_or_default();
+            let resp = self.send(Method::GET, container, "", &|r| {
+                r.timeout(self.settings.request_timeout).query(&[
+                    ("format", "json"),
+                    ("prefix", prefix),
+                    ("marker", marker.as_str()),
+                    ("limit", "10000"),
+                ])
+            })?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(out);
+            }
+            let resp = check(resp, &what(&Method::GET, container, ""))?;
+            let page: Vec<Listed> = resp.json().map_err(|e| StoreError::Http {
+                what: format!("listing {container}"),
+                status: 200,
+                detail: format!("unreadable listing: {e}"),
+            })?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+
+    fn delete_object(&self, container: &str, object: &str) -> Result<(), StoreError> {
+        let resp = self.send(Method::DELETE, container, object, &|r| {
+            r.timeout(self.settings.request_timeout)
+        })?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        check(resp, &what(&Method::DELETE, container, object)).map(drop)
+    }
+}
+
+fn retryable(s: StatusCode) -> bool {
+    s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Turns a non-success response into an error that says what Swift meant.
+fn check(resp: Response, what: &str) -> Result<Response, StoreError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
+    let hint = match status.as_u16() {
+        403 => " (the user may not write here: check the account's ACLs and roles)",
+        404 => "",
+        413 => " (too large for this Swift: lower backup.segment_size or raise Swift's max_file_size; or the account quota is full)",
+        422 => " (the data did not match its checksum on arrival)",
+        _ => "",
+    };
+    Err(StoreError::Http {
+        what: what.to_string(),
+        status: status.as_u16(),
+        detail: format!("{}{hint}", body.trim()),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Listed {
+    name: String,
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    last_modified: String,
+}
+
+impl Listed {
+    fn modified(&self) -> SystemTime {
+        chrono::NaiveDateTime::parse_from_str(&self.last_modified, "%Y-%m-%dT%H:%M:%S%.f")
+            .map(|t| SystemTime::from(t.and_utc()))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl Store for SwiftStore {
+    fn describe(&self) -> String {
+        let s = &self.client.settings;
+        format!(
+            "swift://{}{}{} (auth {})",
+            s.container_base,
+            if s.prefix.is_empty() { "" } else { "/" },
+            s.prefix.trim_end_matches('/'),
+            s.credentials.auth_url()
+        )
+    }
+
+    fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let base = format!("{}-", self.client.settings.container_base);
+        let mut out: Vec<String> = Vec::new();
+        for c in self.client.list("", &base)? {
+            if let Some(t) = c.name.strip_prefix(&base) {
+                let t = t.strip_suffix(SEGMENTS_SUFFIX).unwrap_or(t);
+                if !out.iter().any(|x| x == t) {
+                    out.push(t.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn put(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let container = self.container(tenant);
+        self.client.ensure_container(&container)?;
+        let object = self.object(name);
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let md5 = upload::md5_hex(&body);
+        let resp = self.client.send(Method::PUT, &container, &object, &|r| {
+            r.timeout(self.client.settings.request_timeout)
+                .header("ETag", &md5)
+                .body(body.clone())
+        })?;
+        let resp = check(resp, &what(&Method::PUT, &container, &object))?;
+        upload::check_etag(&resp, &md5, &container, &object)
+    }
+
+    fn get(&self, tenant: &str, name: &str) -> Result<Vec<u8>, StoreError> {
+        let container = self.container(tenant);
+        let object = self.object(name);
+        let resp = self.client.send(Method::GET, &container, &object, &|r| {
+            r.timeout(self.client.settings.request_timeout)
+        })?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(StoreError::NotFound {
+                container,
+                name: name.to_string(),
+            });
+        }
+        let resp = check(resp, &what(&Method::GET, &container, &object))?;
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| StoreError::Unreachable {
+                what: what(&Method::GET, &container, &object),
+                reason: error_chain(&e),
+            })
+    }
+
+    fn create_large(
+        &self,
+        tenant: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Box<dyn LargeUpload>, StoreError> {
+        let container = self.container(tenant);
+        let segments = self.segments_container(tenant);
+        self.client.ensure_container(&container)?;
+        self.client.ensure_container(&segments)?;
+        Ok(Box::new(upload::SegmentedUpload::start(
+            self.client.clone(),
+            container,
+            segments,
+            self.object(name),
+            labels,
+        )))
+    }
+
+    fn open_large(
+        &self,
+        tenant: &str,
+        name: &str,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let mut reader = ResumingReader {
+            client: self.client.clone(),
+            container: self.container(tenant),
+            object: self.object(name),
+            name: name.to_string(),
+            pos: offset,
+            body: None,
+        };
+        reader.open()?;
+        Ok(Box::new(reader))
+    }
+
+    fn list(&self, tenant: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let p = &self.client.settings.prefix;
+        Ok(self
+            .client
+            .list(&self.container(tenant), &format!("{p}{prefix}"))?
+            .into_iter()
+            .filter_map(|l| {
+                Some(ObjectInfo {
+                    modified: l.modified(),
+                    size: l.bytes,
+                    name: l.name.strip_prefix(p.as_str())?.to_string(),
+                })
+            })
+            .collect())
+    }
+
+    fn list_segmented(&self, tenant: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let p = &self.client.settings.prefix;
+        let mut out: Vec<ObjectInfo> = Vec::new();
+        for l in self.client.list(&self.segments_container(tenant), p)? {
+            let Some((name, _)) = l.name.rsplit_once('/') else {
+                continue;
+            };
+            let Some(name) = name.strip_prefix(p.as_str()) else {
+                continue;
+            };
+            let modified = l.modified();
+            match out.last_mut() {
+                Some(o) if o.name == name => {
+                    o.size += l.bytes;
+                    o.modified = o.modified.max(modified);
+                }
+                _ => out.push(ObjectInfo {
+                    name: name.to_string(),
+                    size: l.bytes,
+                    modified,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, tenant: &str, name: &str) -> Result<(), StoreError> {
+        let container = self.container(tenant);
+        let object = self.object(name);
+        let head = self.client.send(Method::HEAD, &container, &object, &|r| {
+            r.timeout(self.client.settings.request_timeout)
+        })?;
+        let is_slo = head
+            .headers()
+            .get("x-static-large-object")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        if head.status() == StatusCode::NOT_FOUND {
+            // Nothing to delete but perhaps segments (below).
+        } else if is_slo {
+            self.delete_slo(&container, &object)?;
+        } else {
+            check(head, &what(&Method::HEAD, &container, &object))?;
+            self.client.delete_object(&container, &object)?;
+        }
+        // Segments no manifest names (an upload that never finished).
+        let segments = self.segments_container(tenant);
+        for l in self.client.list(&segments, &format!("{object}/"))? {
+            self.client.delete_object(&segments, &l.name)?;
+        }
+        Ok(())
+    }
+}
+
+impl SwiftStore {
+    /// Deletes a manifest and its segments. Swift answers 200 whatever happened: the JSON
+    /// body says what did.
+    fn delete_slo(&self, container: &str, object: &str) -> Result<(), StoreError> {
+        let resp = self.client.send(Method::DELETE, container, object, &|r| {
+            r.timeout(self.client.settings.request_timeout)
+                .query(&[("multipart-manifest", "delete")])
+                .header("Accept", "application/json")
+        })?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        let resp = check(resp, &what(&Method::DELETE, container, object))?;
+        let body: BulkDelete = resp.json().unwrap_or_default();
+        let status_ok =
+            body.response_status.starts_with('2') || body.response_status.starts_with("404");
+        if !status_ok || !body.errors.is_empty() {
+            return Err(StoreError::Http {
+                what: format!("deleting large object {container}/{object}"),
+                status: 200,
+                detail: format!(
+                    "Swift reported {} with errors {:?}",
+                    body.response_status, body.errors
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BulkDelete {
+    #[serde(rename = "Response Status", default)]
+    response_status: String,
+    #[serde(rename = "Errors", default)]
+    errors: Vec<serde_json::Value>,
+}
+
+/// Streams a (large) object; a body that breaks off is resumed with a Range request.
+struct ResumingReader {
+    client: Arc<Client>,
+    container: String,
+    object: String,
+    name: String,
+    pos: u64,
+    body: Option<Response>,
+}
+
+impl ResumingReader {
+    /// Opens the body at `pos`; at the end of the object, `body` stays None.
+    fn open(&mut self) -> Result<(), StoreError> {
+        let range = format!("bytes={}-", self.pos);
+        let pos = self.pos;
+        let resp = self
+            .client
+            .send(Method::GET, &self.container, &self.object, &|r| {
+                if pos > 0 {
+                    r.header("Range", &range)
+                } else {
+                    r
+                }
+            })?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Err(StoreError::NotFound {
+                container: self.container.clone(),
+                name: self.name.clone(),
+            }),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                self.body = None;
+                Ok(())
+            }
+            StatusCode::OK if pos > 0 => Err(StoreError::Http {
+                what: what(&Method::GET, &self.container, &self.object),
+                status: 200,
+                detail: "Swift ignored the Range header".into(),
+            }),
+            _ => {
+                self.body = Some(check(
+                    resp,
+                    &what(&Method::GET, &self.container, &self.object),
+                )?);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Read for ResumingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let client = self.client.clone();
+        let mut attempts = Attempts::new(&client.settings.retry);
+        loop {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(0);
+            };
+            match body.read(buf) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => {
+                    tracing::info!(object = %self.object, pos = self.pos, error = %e, "download broke off; resuming with a Range request");
+                    self.body = None;
+                    if !attempts.backoff() {
+                        return Err(io::Error::other(format!(
+                            "download of {}/{} broke off at byte {} and could not be resumed: {e}",
+                            self.container, self.object, self.pos
+                        )));
+                    }
+                    self.open().map_err(io::Error::other)?;
+                }
+            }
+        }
+    }
+}
