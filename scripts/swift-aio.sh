@@ -330,6 +330,8 @@ CONF
     km credential_setup --keystone-user "$RUN_USER" --keystone-group "$(id -gn)"
     km bootstrap --bootstrap-password "$KS_ADMIN_PASS" --bootstrap-admin-url "$KS_URL" \
       --bootstrap-public-url "$KS_URL" --bootstrap-internal-url "$KS_URL" --bootstrap-region-id RegionOne
+    # Write-ahead logging: readers no longer block Keystone's writes ("database is locked").
+    /usr/bin/python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode=WAL")' "$DIR/keystone/keystone.db"
   fi
   start_one keystone $KS_PORT env OS_KEYSTONE_CONFIG_FILES="$KS_CONF" keystone-wsgi-public --host $HOST --port $KS_PORT
   start_one proxy-ks $KS_PROXY_PORT /usr/bin/swift-proxy-server "$DIR/etc/proxy-ks.conf" -v
@@ -342,10 +344,17 @@ def call(method, path, body=None, token=None):
     headers = {"Content-Type": "application/json"}
     if token:
         headers["X-Auth-Token"] = token
-    req = urllib.request.Request(url + path, method=method, headers=headers,
-                                 data=json.dumps(body).encode() if body else None)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return r.headers, json.loads(r.read() or b"{}")
+    # Keystone on sqlite answers 500 ("database is locked") now and then: try again.
+    for attempt in range(20):
+        req = urllib.request.Request(url + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.headers, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            if e.code != 500 or attempt == 19:
+                raise
+            time.sleep(1)
 deadline = time.time() + wait
 while True:
     try:

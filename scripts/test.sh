@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test: starts the Swift all-in-one (with Keystone) on 127.0.0.1 that the Swift
+# tests need, runs `cargo test --workspace`, and stops Swift again, whatever happened.
+#
+#   bash scripts/test.sh [cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Small objects force real segmenting; a short token life forces re-authentication.
+export SWIFT_PORT=${SWIFT_PORT:-18080}
+export SWIFT_SAIO_DIR=${SWIFT_SAIO_DIR:-/tmp/couchvault-test-swift}
+export SWIFT_MAX_FILE_SIZE=2097152
+export SWIFT_TOKEN_LIFE=8
+bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true
+trap 'bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true' EXIT
+bash scripts/swift-aio.sh start --keystone
+export COUCHVAULT_TEST_SWIFT_ENV=$SWIFT_SAIO_DIR/env
+cargo test --workspace "$@"
