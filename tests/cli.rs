@@ -48,6 +48,23 @@ fn fails(cwd: &Path, args: &[&str], code: i32, expect: &str) {
     }
 }
 
+/// Backs up the unpacked fixture as instance `n`; returns the backup id.
+fn backup_fixture(cwd: &Path) -> String {
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+        ],
+    );
+    json(&out)["backup_id"].as_str().unwrap().to_string()
+}
+
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
 }
@@ -162,21 +179,7 @@ fn gc_removes_uncommitted_leftovers_only() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     unpack_fixture(cwd);
-    let id = json(&ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "n",
-            "--data-dir",
-            "data",
-        ],
-    ))["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup_fixture(cwd);
     // An upload that died before its commit: data object, no metadata.
     let store = cwd.join("couchvault-data/store/couchvault-default");
     let committed = store.join(format!("n/{id}"));
@@ -431,21 +434,7 @@ fn full_disk_on_restore_fails_clearly_and_keeps_the_old_data() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     unpack_fixture(cwd);
-    let id = json(&ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "n",
-            "--data-dir",
-            "data",
-        ],
-    ))["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup_fixture(cwd);
 
     // Too small for the data: refused before anything is written.
     let Some(_small) = Tmpfs::mount(&cwd.join("small"), "size=64k") else {
@@ -486,21 +475,7 @@ fn restore_sets_the_requested_owner() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     unpack_fixture(cwd);
-    let id = json(&ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "n",
-            "--data-dir",
-            "data",
-        ],
-    ))["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup_fixture(cwd);
     ok(
         cwd,
         &["restore", &id, "--to", "owned", "--owner", "65534:65533"],

@@ -4,28 +4,15 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 
-use common::{Env, Rng};
+use common::{restore_opts, Env, Rng};
 use couchvault::catalog;
-use couchvault::engine::{self, Progress, RestoreOptions};
+use couchvault::engine::{self, Progress};
 use couchvault::format::{BackupMetadata, HEADER_LEN};
 use couchvault::keyring::KeyRing;
 
 const CHUNK: usize = 4096;
 const FRAME: usize = CHUNK + 16;
-
-fn opts(target: &Path) -> RestoreOptions {
-    RestoreOptions {
-        target: target.to_path_buf(),
-        view_index_target: None,
-        config_target: None,
-        force: false,
-        discard_old: false,
-        owner: None,
-        sync: false,
-    }
-}
 
 /// Both verify and restore must fail with a message containing one of `expect`, leaving
 /// the target absent and no staging directory behind.
@@ -48,7 +35,7 @@ fn assert_rejected(
         &env.store,
         keyring,
         meta,
-        &opts(&target),
+        &restore_opts(&target),
         &Progress::default(),
     )
     .expect_err(label)

@@ -5,27 +5,14 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{fixture_checksums, sha256_file, tree, Env};
+use common::{fixture_checksums, restore_opts, sha256_file, tree, Env};
 use couchvault::catalog;
-use couchvault::engine::{self, backup::StreamSettings, Progress, RestoreOptions};
+use couchvault::engine::{self, backup::StreamSettings, Progress};
 use couchvault::format::{self, BackupMetadata, FileEntry};
 use couchvault::Error;
-
-fn restore_opts(target: &Path) -> RestoreOptions {
-    RestoreOptions {
-        target: target.to_path_buf(),
-        view_index_target: None,
-        config_target: None,
-        force: false,
-        discard_old: false,
-        owner: None,
-        sync: true,
-    }
-}
 
 #[test]
 fn fixture_round_trip_is_byte_identical() {

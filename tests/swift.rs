@@ -10,25 +10,15 @@ use std::time::{Duration, Instant};
 
 use common::faultproxy::FaultProxy;
 use common::swift::{quick_retry, unique, SwiftEnv};
-use common::{backup_to, fixture_checksums, generate_data, sha256_file, tree, unpack_fixture};
+use common::{
+    backup_to, fixture_checksums, generate_data, restore_opts, sha256_file, tree, unpack_fixture,
+};
 use couchvault::catalog;
-use couchvault::engine::{self, Progress, RestoreOptions};
+use couchvault::engine::{self, Progress};
 use couchvault::format::BackupMetadata;
 use couchvault::keyring::KeyRing;
 use couchvault::store::swift::{Credentials, Secret, SwiftStore};
 use couchvault::store::Store;
-
-fn restore_opts(target: &std::path::Path) -> RestoreOptions {
-    RestoreOptions {
-        target: target.to_path_buf(),
-        view_index_target: None,
-        config_target: None,
-        force: false,
-        discard_old: false,
-        owner: None,
-        sync: false,
-    }
-}
 
 /// Restores `meta` into `target` and checks it equals `source` file by file.
 fn restore_and_compare(
@@ -385,30 +375,20 @@ fn cli_tenants_are_isolated_and_bad_input_gets_one_clear_error() {
         "data",
     ]);
     run(&["--tenant", "acme", "key", "add"]);
-    run(&[
-        "--store",
-        &url,
-        "--tenant",
-        "acme",
-        "backup",
-        "create",
-        "--instance",
-        "b",
-        "--data-dir",
-        "data",
-    ]);
-    run(&[
-        "--store",
-        &url,
-        "--tenant",
-        "acme",
-        "backup",
-        "create",
-        "--instance",
-        "b",
-        "--data-dir",
-        "data",
-    ]);
+    for _ in 0..2 {
+        run(&[
+            "--store",
+            &url,
+            "--tenant",
+            "acme",
+            "backup",
+            "create",
+            "--instance",
+            "b",
+            "--data-dir",
+            "data",
+        ]);
+    }
     let list = |tenant: &str| -> Vec<serde_json::Value> {
         serde_json::from_str::<serde_json::Value>(&run(&[
             "--store", &url, "--tenant", tenant, "--json", "backup", "list",

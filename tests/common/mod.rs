@@ -57,6 +57,19 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
 }
 
+/// Restore options: into `target`, nothing forced, no owner change, no flush.
+pub fn restore_opts(target: &Path) -> engine::RestoreOptions {
+    engine::RestoreOptions {
+        target: target.to_path_buf(),
+        view_index_target: None,
+        config_target: None,
+        force: false,
+        discard_old: false,
+        owner: None,
+        sync: false,
+    }
+}
+
 /// Backs up a data directory for tenant `default`.
 pub fn backup_to(
     store: &dyn Store,

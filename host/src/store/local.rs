@@ -12,10 +12,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LargeUpload, ObjectInfo, Store, StoreError};
+use super::{LargeUpload, ObjectInfo, Store, StoreError, SEGMENTS_SUFFIX};
 
 const CONTAINER_PREFIX: &str = "couchvault-";
-const SEGMENTS_SUFFIX: &str = "_segments";
 const TMP_PREFIX: &str = ".tmp-";
 const MANIFEST_FORMAT: u32 = 1;
 
@@ -162,19 +161,14 @@ impl Store for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&self.root)(e)),
         };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&self.root))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(t) = name.strip_prefix(CONTAINER_PREFIX) {
-                let t = t.strip_suffix(SEGMENTS_SUFFIX).unwrap_or(t);
-                if !out.iter().any(|x| x == t) {
-                    out.push(t.to_string());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        let names = entries
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io_err(&self.root))?;
+        Ok(super::tenants_of(
+            names.iter().map(String::as_str),
+            CONTAINER_PREFIX,
+        ))
     }
 
     fn put(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {

@@ -13,6 +13,9 @@ use std::time::SystemTime;
 
 pub use local::LocalStore;
 
+/// Segments of a container's large objects live in the container named with this suffix.
+const SEGMENTS_SUFFIX: &str = "_segments";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object {container}/{name} not found")]
@@ -115,6 +118,18 @@ pub trait Store: Send + Sync {
     /// Deletes an object and, for a large object, its segments. Deleting what is not there is
     /// not an error.
     fn delete(&self, tenant: &str, name: &str) -> Result<(), StoreError>;
+}
+
+/// Tenants named by container names `<prefix><tenant>` and `<prefix><tenant>_segments`,
+/// sorted, each once.
+fn tenants_of<'a>(containers: impl Iterator<Item = &'a str>, prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = containers
+        .filter_map(|c| c.strip_prefix(prefix))
+        .map(|t| t.strip_suffix(SEGMENTS_SUFFIX).unwrap_or(t).to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Opens the store named by a URL: `file:///path` or `swift://CONTAINER[/PREFIX]`.

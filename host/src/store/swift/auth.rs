@@ -84,25 +84,13 @@ pub fn authenticate(
                 .timeout(timeout)
                 .send()
                 .map_err(unreachable)?;
-            let status = resp.status();
-            if status == 401 || status == 403 {
-                return Err(auth_err(
-                    creds,
-                    format!("Swift refused user '{user}' ({status}): check ST_USER/ST_KEY or swift.user/swift.key"),
-                ));
-            }
-            if status.is_server_error() {
-                return Err(StoreError::Unreachable {
-                    what: format!("Swift auth at {auth_url}"),
-                    reason: format!("answered {status}"),
-                });
-            }
-            if !status.is_success() {
-                return Err(auth_err(
-                    creds,
-                    format!("answered {status}; is this a Swift v1 auth URL (…/auth/v1.0)?"),
-                ));
-            }
+            check_status(
+                creds,
+                resp.status(),
+                &format!("Swift refused user '{user}'"),
+                "check ST_USER/ST_KEY or swift.user/swift.key",
+                "a Swift v1 auth URL (…/auth/v1.0)",
+            )?;
             let header = |name: &str| {
                 resp.headers()
                     .get(name)
@@ -144,25 +132,13 @@ pub fn authenticate(
                 .timeout(timeout)
                 .send()
                 .map_err(unreachable)?;
-            let status = resp.status();
-            if status == 401 || status == 403 {
-                return Err(auth_err(
-                    creds,
-                    format!("Keystone refused user '{username}' in project '{project_name}' ({status}): check OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and the domains"),
-                ));
-            }
-            if status.is_server_error() {
-                return Err(StoreError::Unreachable {
-                    what: format!("Keystone at {auth_url}"),
-                    reason: format!("answered {status}"),
-                });
-            }
-            if !status.is_success() {
-                return Err(auth_err(
-                    creds,
-                    format!("answered {status}; is this a Keystone v3 URL (…/v3)?"),
-                ));
-            }
+            check_status(
+                creds,
+                resp.status(),
+                &format!("Keystone refused user '{username}' in project '{project_name}'"),
+                "check OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and the domains",
+                "a Keystone v3 URL (…/v3)",
+            )?;
             let token = resp
                 .headers()
                 .get("x-subject-token")
@@ -197,6 +173,33 @@ pub fn authenticate(
             Ok(Session { token, storage_url })
         }
     }
+}
+
+/// Sorts an auth answer: refused (final), server trouble (worth retrying), or not an auth
+/// endpoint at all.
+fn check_status(
+    creds: &Credentials,
+    status: reqwest::StatusCode,
+    refused: &str,
+    fix: &str,
+    kind_of_url: &str,
+) -> Result<(), StoreError> {
+    if status == 401 || status == 403 {
+        return Err(auth_err(creds, format!("{refused} ({status}): {fix}")));
+    }
+    if status.is_server_error() {
+        return Err(StoreError::Unreachable {
+            what: format!("auth at {}", creds.auth_url()),
+            reason: format!("answered {status}"),
+        });
+    }
+    if !status.is_success() {
+        return Err(auth_err(
+            creds,
+            format!("answered {status}; is this {kind_of_url}?"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -19,12 +19,11 @@ use serde::Deserialize;
 pub use auth::{Credentials, Secret};
 
 use super::retry::{Attempts, RetryPolicy};
-use super::{LargeUpload, ObjectInfo, Store, StoreError};
+use super::{LargeUpload, ObjectInfo, Store, StoreError, SEGMENTS_SUFFIX};
 use auth::{authenticate, error_chain, Session};
 
 /// Largest Swift container name.
 const MAX_CONTAINER: usize = 256;
-const SEGMENTS_SUFFIX: &str = "_segments";
 
 #[derive(Debug, Clone)]
 pub struct SwiftSettings {
@@ -350,17 +349,11 @@ impl Store for SwiftStore {
 
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
         let base = format!("{}-", self.client.settings.container_base);
-        let mut out: Vec<String> = Vec::new();
-        for c in self.client.list("", &base)? {
-            if let Some(t) = c.name.strip_prefix(&base) {
-                let t = t.strip_suffix(SEGMENTS_SUFFIX).unwrap_or(t);
-                if !out.iter().any(|x| x == t) {
-                    out.push(t.to_string());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        let containers = self.client.list("", &base)?;
+        Ok(super::tenants_of(
+            containers.iter().map(|c| c.name.as_str()),
+            &base,
+        ))
     }
 
     fn put(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
