@@ -94,6 +94,7 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
     let opts = engine::BackupOptions {
         tenant: "default".into(),
         instance: "node1".into(),
+        key_id: None,
         tags: Default::default(),
         stream: StreamSettings::default(),
     };

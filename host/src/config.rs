@@ -37,6 +37,8 @@ pub struct Config {
     pub store: Option<String>,
     /// Key ring file.
     pub keyring: Option<PathBuf>,
+    /// Where couchvault keeps its own state (policies, compiled-policy cache).
+    pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
@@ -45,6 +47,50 @@ pub struct Config {
     pub gc: GcConfig,
     #[serde(default)]
     pub swift: SwiftConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub floors: crate::policy::floors::Floors,
+}
+
+/// Which uploaded policies a backup uses, and the sandbox's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Name of the tenant's retention policy (see `couchvault policy add`); none keeps all.
+    pub retention: Option<String>,
+    /// Name of the tenant's protection policy; none uses the [backup] settings.
+    pub protection: Option<String>,
+    /// Fuel per evaluation.
+    pub fuel: u64,
+    /// Wall-clock deadline per evaluation, in milliseconds.
+    pub deadline_ms: u64,
+    /// Cap on a policy's memory, in MiB.
+    pub memory_mib: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let l = crate::policy::Limits::default();
+        PolicyConfig {
+            retention: None,
+            protection: None,
+            fuel: l.fuel,
+            deadline_ms: l.deadline.as_millis() as u64,
+            memory_mib: l.memory_bytes >> 20,
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn limits(&self) -> crate::policy::Limits {
+        crate::policy::Limits {
+            fuel: self.fuel,
+            deadline: std::time::Duration::from_millis(self.deadline_ms.max(1)),
+            memory_bytes: self.memory_mib << 20,
+            ..crate::policy::Limits::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,10 +285,13 @@ impl Config {
             couchvault_config: CONFIG_FORMAT,
             store: None,
             keyring: None,
+            state_dir: None,
             backup: BackupConfig::default(),
             restore: RestoreConfig::default(),
             gc: GcConfig::default(),
             swift: SwiftConfig::default(),
+            policy: PolicyConfig::default(),
+            floors: crate::policy::floors::Floors::default(),
         }
     }
 
@@ -295,10 +344,17 @@ impl Config {
             .map_err(|e| invalid(format!("swift.request_timeout: {e}")))?;
         // Relative paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(k) = &cfg.keyring {
-            if k.is_relative() {
-                cfg.keyring = Some(base.join(k));
+        for p in [&mut cfg.keyring, &mut cfg.state_dir].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
+        }
+        parse_duration(&cfg.floors.keep_younger_than)
+            .map_err(|e| invalid(format!("floors.keep_younger_than: {e}")))?;
+        if cfg.floors.compression_min > cfg.floors.compression_max {
+            return Err(invalid(
+                "floors.compression_min is above floors.compression_max".into(),
+            ));
         }
         Ok(cfg)
     }

@@ -311,6 +311,14 @@ impl Source {
     }
 }
 
+/// Bytes of the planned files as they are now.
+pub fn total_size(plan: &[PlannedFile]) -> u64 {
+    plan.iter()
+        .filter_map(|f| fs::metadata(&f.source).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// `.delete/` holds deleted databases; `*.compact*` are compaction scratch files.
 fn skip_name(name: &str) -> bool {
     name == ".delete" || name.ends_with(".compact") || name.contains(".compact.")

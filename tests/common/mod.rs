@@ -85,6 +85,7 @@ pub fn backup_to(
     let opts = BackupOptions {
         tenant: "default".into(),
         instance: instance.into(),
+        key_id: None,
         tags: BTreeMap::new(),
         stream: StreamSettings {
             chunk_size,
@@ -148,28 +149,7 @@ impl Env {
     }
 
     pub fn backup_dir(&self, data: &Path, instance: &str, chunk_size: u32) -> BackupMetadata {
-        let source = Source::discover(&SourceSpec {
-            data_dir: Some(data.to_path_buf()),
-            ..Default::default()
-        })
-        .unwrap();
-        let opts = BackupOptions {
-            tenant: "default".into(),
-            instance: instance.into(),
-            tags: BTreeMap::new(),
-            stream: StreamSettings {
-                chunk_size,
-                ..Default::default()
-            },
-        };
-        engine::backup(
-            &self.store,
-            &self.keyring,
-            &source,
-            &opts,
-            &Progress::default(),
-        )
-        .unwrap()
+        backup_to(&self.store, &self.keyring, data, instance, chunk_size).unwrap()
     }
 
     pub fn backup(&self, chunk_size: u32) -> BackupMetadata {

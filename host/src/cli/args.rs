@@ -46,6 +46,48 @@ pub enum Command {
     /// Manage the key ring.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Test, add, list and remove the tenant's policies (WebAssembly components).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Dry-run a policy component: keep/delete with reasons, and its protection answer.
+    Test {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// JSON array of backups: [{"id": "...", "created_at": "RFC 3339", "size": N, "tags": {..}}].
+        #[arg(long, value_name = "FILE")]
+        backups: Option<PathBuf>,
+        /// The time the policy is told it is (RFC 3339); default now.
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+        /// Parameters passed to the policy (JSON).
+        #[arg(long, default_value = "")]
+        params: String,
+        #[arg(long, default_value = "instance", value_parser = parse_instance)]
+        instance: String,
+        /// Source size in bytes given to the protection policy.
+        #[arg(long, default_value_t = 0)]
+        source_size: u64,
+    },
+    /// Validate a component and add it to the tenant's policies under NAME.
+    Add {
+        #[arg(value_parser = parse_instance)]
+        name: String,
+        file: PathBuf,
+        /// Parameters passed to the policy on every evaluation (JSON).
+        #[arg(long, default_value = "")]
+        params: String,
+    },
+    /// List the tenant's policies.
+    List,
+    /// Remove one of the tenant's policies.
+    Rm {
+        #[arg(value_parser = parse_instance)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,9 +125,15 @@ pub struct CreateArgs {
     /// A tag recorded with the backup; repeatable.
     #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// zstd level 1-19 (overrides the config file).
+    /// zstd level 1-19 (overrides the config file and the protection policy).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: Option<i32>,
+    /// The tenant's protection policy to ask first (overrides policy.protection).
+    #[arg(long, value_name = "NAME")]
+    pub protection: Option<String>,
+    /// The tenant's retention policy to run after the backup (overrides policy.retention).
+    #[arg(long, value_name = "NAME")]
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Args)]

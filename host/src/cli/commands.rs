@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(args) => gc(&ctx, args),
         Command::Key(KeyCommand::Add) => key_add(ctx),
         Command::Key(KeyCommand::List) => key_list(&ctx),
+        Command::Policy(cmd) => super::policy::run(&ctx, cmd),
     }
 }
 
@@ -90,18 +91,43 @@ fn tags_text(tags: &BTreeMap<String, String>) -> String {
 
 fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> {
     let cfg = &ctx.config.backup;
+    let mut stream = StreamSettings {
+        compression_level: cfg.compression_level,
+        zstd_workers: match cfg.zstd_workers {
+            0 => StreamSettings::default().zstd_workers,
+            n => n,
+        },
+        chunk_size: cfg.chunk_size,
+    };
+    let mut tags: BTreeMap<String, String> = BTreeMap::new();
+    let mut key_id = None;
+    // The protection policy decides level, key and tags before anything is read.
+    if let Some(name) = args
+        .protection
+        .as_ref()
+        .or(ctx.config.policy.protection.as_ref())
+    {
+        let size = couchvault::couchdb::total_size(&source.plan()?);
+        let decision = super::policy::protection_before_backup(ctx, name, &args.instance, size)
+            .context("backup not started: the protection policy failed")?;
+        for o in &decision.overrides {
+            eprintln!("couchvault: protection policy '{name}': {o}");
+        }
+        stream.compression_level = decision.compression_level;
+        key_id = decision.key_id;
+        tags.extend(decision.tags);
+        tags.insert("protection-policy".into(), name.clone());
+    }
+    if let Some(level) = args.compression_level {
+        stream.compression_level = level;
+    }
+    tags.extend(args.tags);
     let opts = BackupOptions {
         tenant: ctx.tenant.clone(),
-        instance: args.instance,
-        tags: args.tags.into_iter().collect(),
-        stream: StreamSettings {
-            compression_level: args.compression_level.unwrap_or(cfg.compression_level),
-            zstd_workers: match cfg.zstd_workers {
-                0 => StreamSettings::default().zstd_workers,
-                n => n,
-            },
-            chunk_size: cfg.chunk_size,
-        },
+        instance: args.instance.clone(),
+        key_id,
+        tags,
+        stream,
     };
     let progress = Progress::default();
     let started = Instant::now();
@@ -110,8 +136,27 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
     })
     .context("backup failed; nothing was committed")?;
     let secs = started.elapsed().as_secs_f64();
+    // The retention policy runs after every successful backup.
+    let retention = match args.retention.as_ref().or(ctx.config.policy.retention.as_ref()) {
+        Some(name) => Some(
+            super::policy::retention_after_backup(ctx, name, &args.instance).with_context(|| {
+                format!("backup {} committed, but retention policy '{name}' failed; nothing was deleted by it", meta.backup_id)
+            })?,
+        ),
+        None => None,
+    };
     if ctx.json {
-        return print_json(&Summary::of(&meta));
+        #[derive(Serialize)]
+        struct Created<'a> {
+            #[serde(flatten)]
+            summary: Summary<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retention: Option<&'a Vec<couchvault::policy::floors::Verdict>>,
+        }
+        return print_json(&Created {
+            summary: Summary::of(&meta),
+            retention: retention.as_ref(),
+        });
     }
     println!(
         "backup {} committed: {}/{}, {} files, {} read, {} stored ({:.1}x smaller), {:.1}s ({}/s)",
@@ -131,6 +176,10 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
             meta.vanished.len(),
             meta.vanished.join(", ")
         );
+    }
+    if let Some(verdicts) = &retention {
+        println!("retention:");
+        super::policy::print_verdicts(verdicts);
     }
     Ok(())
 }

@@ -11,6 +11,8 @@ use super::args::Cli;
 
 pub struct Context {
     pub config: Config,
+    /// couchvault's own state: policies and the compiled-policy cache.
+    pub state_dir: PathBuf,
     pub store: Box<dyn Store>,
     pub keyring: KeyRing,
     pub tenant: String,
@@ -42,6 +44,7 @@ impl Context {
             None => open_default_keyring(&data_dir)?,
         };
         Ok(Context {
+            state_dir: config.state_dir.clone().unwrap_or_else(|| data_dir.clone()),
             config,
             store,
             keyring,

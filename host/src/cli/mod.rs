@@ -4,5 +4,6 @@ pub mod args;
 mod commands;
 mod context;
 mod output;
+mod policy;
 
 pub use commands::run;

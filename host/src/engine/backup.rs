@@ -30,6 +30,8 @@ const READ_BUF: usize = 1 << 20;
 pub struct BackupOptions {
     pub tenant: String,
     pub instance: String,
+    /// A key of the tenant's key ring; None for its active key.
+    pub key_id: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub stream: StreamSettings,
 }
@@ -69,13 +71,12 @@ pub fn backup(
 ) -> Result<BackupMetadata> {
     validate_name("tenant", &opts.tenant)?;
     validate_name("instance", &opts.instance)?;
-    let key = keyring.active(&opts.tenant)?;
+    let key = match &opts.key_id {
+        Some(id) => keyring.get(&opts.tenant, id)?,
+        None => keyring.active(&opts.tenant)?,
+    };
     let plan = source.plan()?;
-    let total: u64 = plan
-        .iter()
-        .filter_map(|f| std::fs::metadata(&f.source).ok())
-        .map(|m| m.len())
-        .sum();
+    let total = crate::couchdb::total_size(&plan);
     progress
         .bytes_total
         .store(total, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,140 @@
+//! The operator's floors: applied to every policy's answer, whatever the policy says.
+
+use serde::{Deserialize, Serialize};
+
+use super::{BackupInfo, Keep, Protection};
+use crate::config::parse_duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Floors {
+    /// Archive format v1 always encrypts; with this set, a policy's "no encryption" is also
+    /// reported as overridden by the operator.
+    pub encryption_required: bool,
+    pub compression_min: i32,
+    pub compression_max: i32,
+    /// Never keep fewer than this many backups of an instance (the newest ones).
+    pub keep_min: usize,
+    /// Never delete a backup younger than this, e.g. "7d".
+    pub keep_younger_than: String,
+}
+
+impl Default for Floors {
+    fn default() -> Self {
+        Floors {
+            encryption_required: true,
+            compression_min: 1,
+            compression_max: 19,
+            keep_min: 1,
+            keep_younger_than: "0".into(),
+        }
+    }
+}
+
+/// The outcome for one backup.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub id: String,
+    pub keep: bool,
+    pub reason: String,
+}
+
+/// Applies the floors to a retention answer. `backups` is newest first; every backup gets a
+/// verdict. The newest backup is always kept.
+pub fn retention(
+    floors: &Floors,
+    now: i64,
+    backups: &[BackupInfo],
+    keeps: &[Keep],
+) -> Result<Vec<Verdict>, String> {
+    for k in keeps {
+        if !backups.iter().any(|b| b.id == k.id) {
+            return Err(format!(
+                "it kept backup '{}', which is not one of the instance's backups",
+                k.id
+            ));
+        }
+    }
+    let young = parse_duration(&floors.keep_younger_than)
+        .map_err(|e| format!("floors.keep_younger_than: {e}"))?
+        .as_secs() as i64;
+    Ok(backups
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut reasons: Vec<String> = keeps
+                .iter()
+                .filter(|k| k.id == b.id)
+                .map(|k| k.reason.clone())
+                .collect();
+            let policy_keeps = !reasons.is_empty();
+            if i == 0 {
+                reasons.push("floor: the newest backup is never deleted".into());
+            } else if i < floors.keep_min {
+                reasons.push(format!("floor: keep at least {}", floors.keep_min));
+            }
+            if young > 0 && now - b.created_at < young {
+                reasons.push(format!("floor: younger than {}", floors.keep_younger_than));
+            }
+            let keep = !reasons.is_empty();
+            if !keep {
+                reasons.push("not kept by the policy".into());
+            } else if !policy_keeps {
+                reasons.insert(0, "policy would delete it".into());
+            }
+            Verdict {
+                id: b.id.clone(),
+                keep,
+                reason: reasons.join("; "),
+            }
+        })
+        .collect())
+}
+
+/// What a backup will be made with, after the floors.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtectionDecision {
+    pub compression_level: i32,
+    pub key_id: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// Where the floors changed the policy's answer.
+    pub overrides: Vec<String>,
+}
+
+/// Applies the floors to a protection answer; `key_exists` checks a key id in the tenant's ring.
+pub fn protection(
+    floors: &Floors,
+    p: Protection,
+    key_exists: impl Fn(&str) -> bool,
+) -> Result<ProtectionDecision, String> {
+    let mut overrides = Vec::new();
+    let level = p
+        .compression_level
+        .clamp(floors.compression_min, floors.compression_max);
+    if level != p.compression_level {
+        overrides.push(format!(
+            "compression level {} raised or lowered to {level} (floors: {}-{})",
+            p.compression_level, floors.compression_min, floors.compression_max
+        ));
+    }
+    if !p.encrypt {
+        overrides.push(if floors.encryption_required {
+            "encryption kept on (floor: encryption required)".to_string()
+        } else {
+            "encryption kept on (archive format v1 is always encrypted)".to_string()
+        });
+    }
+    if let Some(k) = &p.key_id {
+        if !key_exists(k) {
+            return Err(format!(
+                "it chose key '{k}', which is not in the tenant's key ring"
+            ));
+        }
+    }
+    Ok(ProtectionDecision {
+        compression_level: level,
+        key_id: p.key_id,
+        tags: p.tags,
+        overrides,
+    })
+}

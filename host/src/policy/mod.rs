@@ -1,0 +1,512 @@
+//! Tenant policies as sandboxed WebAssembly components (wit/policy.wit).
+//!
+//! One wasmtime `Engine` per process; components are compiled once and cached on disk
+//! (keyed by the component's SHA-256 and the engine's compatibility hash). Every evaluation
+//! gets a fresh `Store` with a fuel budget, a wall-clock (epoch) deadline, a cap on the sum
+//! of all its memories, caps on instances and tables, and WASI with nothing granted: no
+//! preopened directories, no environment, no network, stdout and stderr captured (bounded)
+//! into the error message. Imports beyond WASI's cli, io, clocks, random and filesystem
+//! interfaces are refused when the policy is loaded.
+
+pub mod floors;
+pub mod registry;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ring::digest::{digest, SHA256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod retention_world {
+    wasmtime::component::bindgen!({ path: "../wit", world: "retention-policy" });
+}
+mod protection_world {
+    wasmtime::component::bindgen!({ path: "../wit", world: "protection-policy" });
+}
+
+pub use protection_world::couchvault::policy::types::{Protection, ProtectionInput};
+pub use retention_world::couchvault::policy::types::{BackupInfo, Keep, RetentionInput};
+
+/// Imports a policy may have: the WIT package's type-only interface, and the WASI
+/// interfaces Rust's std on wasm32-wasip2 imports, linked with nothing granted.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "couchvault:policy/types@",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy '{name}' is not a valid component: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("policy '{name}' imports '{import}', which policies are not granted (only WASI cli, io, clocks, random and filesystem, all empty)")]
+    Capability { name: String, import: String },
+    #[error("policy '{name}' does not provide {what} (export '{export}' of wit/policy.wit's world '{world}' missing or of the wrong type): {reason}")]
+    WrongWorld {
+        name: String,
+        what: &'static str,
+        export: &'static str,
+        world: &'static str,
+        reason: String,
+    },
+    #[error("policy '{name}' was stopped: {reason}{output}")]
+    Stopped {
+        name: String,
+        reason: String,
+        output: String,
+    },
+    #[error("policy '{name}' answered with an error: {message}")]
+    Refused { name: String, message: String },
+    #[error("policy '{name}' gave an unusable answer: {reason}")]
+    BadAnswer { name: String, reason: String },
+    #[error("policy cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Per-evaluation limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Fuel units per call (about 6-7 million per millisecond of work).
+    pub fuel: u64,
+    /// Wall-clock deadline per call.
+    pub deadline: Duration,
+    /// Sum of all linear memories of the component's instances.
+    pub memory_bytes: usize,
+    pub max_instances: usize,
+    pub max_tables: usize,
+    pub max_table_elements: usize,
+    /// Bytes of answer (ids, reasons, tags) accepted.
+    pub output_bytes: usize,
+    /// Bytes of stdout + stderr kept.
+    pub log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 300_000_000,
+            deadline: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            max_instances: 32,
+            max_tables: 32,
+            max_table_elements: 100_000,
+            output_bytes: 1 << 20,
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The store's data: WASI (granting nothing) and the resource limiter.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps the sum of all memories in a store (a component has several), instances and tables.
+struct MemoryCap {
+    total: usize,
+    cap: usize,
+    max_table_elements: usize,
+    limits: (usize, usize),
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let next = self.total + desired.saturating_sub(current);
+        if next > self.cap {
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} MiB reached (asked for {} MiB in all)",
+                self.cap >> 20,
+                next >> 20
+            )));
+        }
+        self.total = next;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.max_table_elements)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.0
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.1
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.0
+    }
+}
+
+/// The process's policy runtime.
+pub struct PolicyHost {
+    engine: Engine,
+    linker: Linker<State>,
+    cache_dir: PathBuf,
+    limits: Limits,
+    compiles: AtomicU64,
+}
+
+/// A loaded policy: compiled, checked, ready to instantiate.
+pub struct Policy {
+    pub name: String,
+    pub sha256: String,
+    retention: Option<retention_world::RetentionPolicyPre<State>>,
+    protection: Option<protection_world::ProtectionPolicyPre<State>>,
+    retention_error: Option<String>,
+    protection_error: Option<String>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .field("kinds", &self.kinds())
+            .finish()
+    }
+}
+
+impl Policy {
+    pub fn has_retention(&self) -> bool {
+        self.retention.is_some()
+    }
+    pub fn has_protection(&self) -> bool {
+        self.protection.is_some()
+    }
+    /// "retention", "protection" or "retention+protection".
+    pub fn kinds(&self) -> String {
+        let mut k = Vec::new();
+        if self.has_retention() {
+            k.push("retention");
+        }
+        if self.has_protection() {
+            k.push("protection");
+        }
+        k.join("+")
+    }
+}
+
+impl PolicyHost {
+    pub fn new(cache_dir: &Path, limits: Limits) -> Result<PolicyHost, PolicyError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(|e| PolicyError::Invalid {
+            name: "(engine)".into(),
+            reason: e.to_string(),
+        })?;
+        // The wall-clock deadline: one ticker for the process's engine.
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match ticker.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            })
+            .map_err(|e| PolicyError::Cache {
+                path: cache_dir.to_path_buf(),
+                source: e,
+            })?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Invalid {
+            name: "(linker)".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(PolicyHost {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+            limits,
+            compiles: AtomicU64::new(0),
+        })
+    }
+
+    /// How many components this host has compiled (not loaded from the cache).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    fn cache_path(&self, sha256: &str) -> PathBuf {
+        let mut h = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        self.cache_dir
+            .join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+    }
+
+    /// Compiles (or loads from the cache), checks imports and exports.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Policy, PolicyError> {
+        let invalid = |reason: String| PolicyError::Invalid {
+            name: name.to_string(),
+            reason,
+        };
+        let sha256 = hex::encode(digest(&SHA256, bytes));
+        let cached = self.cache_path(&sha256);
+        let component = match cached.is_file() {
+            // SAFETY: the cache directory is private to couchvault and written only by it,
+            // from components this engine compiled.
+            true => unsafe { Component::deserialize_file(&self.engine, &cached) }
+                .map_err(|e| invalid(format!("cached compilation {}: {e}", cached.display())))?,
+            false => {
+                if wasmparser_is_core_module(bytes) {
+                    return Err(invalid(
+                        "it is a core WebAssembly module, not a component (build for wasm32-wasip2, or wrap it with `wasm-tools component new`)".into(),
+                    ));
+                }
+                let c =
+                    Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+                let serialized = c.serialize().map_err(|e| invalid(e.to_string()))?;
+                let cache_err = |source| PolicyError::Cache {
+                    path: cached.clone(),
+                    source,
+                };
+                std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
+                let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, serialized).map_err(cache_err)?;
+                std::fs::rename(&tmp, &cached).map_err(cache_err)?;
+                c
+            }
+        };
+        let ty = component.component_type();
+        for (import, _) in ty.imports(&self.engine) {
+            if !ALLOWED_IMPORTS.iter().any(|p| import.starts_with(p)) {
+                return Err(PolicyError::Capability {
+                    name: name.to_string(),
+                    import: import.to_string(),
+                });
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("cannot link: {e:#}")))?;
+        let (retention, retention_error) =
+            match retention_world::RetentionPolicyPre::new(pre.clone()) {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
+        let (protection, protection_error) = match protection_world::ProtectionPolicyPre::new(pre) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        if retention.is_none() && protection.is_none() {
+            return Err(PolicyError::WrongWorld {
+                name: name.to_string(),
+                what: "retention or protection",
+                export: "retain / protect",
+                world: "policy",
+                reason: retention_error.unwrap_or_default(),
+            });
+        }
+        Ok(Policy {
+            name: name.to_string(),
+            sha256,
+            retention,
+            protection,
+            retention_error,
+            protection_error,
+        })
+    }
+
+    fn store(&self) -> (Store<State>, MemoryOutputPipe, MemoryOutputPipe) {
+        let stdout = MemoryOutputPipe::new(self.limits.log_bytes);
+        let stderr = MemoryOutputPipe::new(self.limits.log_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                total: 0,
+                cap: self.limits.memory_bytes,
+                max_table_elements: self.limits.max_table_elements,
+                limits: (self.limits.max_instances, self.limits.max_tables),
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Fuel and epoch: both are set before every call.
+        let _ = store.set_fuel(self.limits.fuel);
+        let ticks = (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        (store, stdout, stderr)
+    }
+
+    /// Explains why a call failed, with what the guest printed.
+    fn stopped(
+        &self,
+        name: &str,
+        err: wasmtime::Error,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) -> PolicyError {
+        let reason = match err.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => {
+                format!("it used up its fuel budget of {} units", self.limits.fuel)
+            }
+            Some(Trap::Interrupt) => format!(
+                "it ran past its {} ms deadline",
+                self.limits.deadline.as_millis()
+            ),
+            Some(Trap::StackOverflow) => "it overflowed its stack (too deep recursion)".into(),
+            Some(Trap::UnreachableCodeReached) => "it trapped (a panic or `unreachable`)".into(),
+            Some(t) => format!("it trapped: {t}"),
+            None => {
+                let chain = format!("{err:#}");
+                if chain.contains("memory limit") {
+                    chain
+                        .split(": ")
+                        .find(|p| p.contains("memory limit"))
+                        .unwrap_or(&chain)
+                        .to_string()
+                } else {
+                    chain
+                }
+            }
+        };
+        let mut output = String::new();
+        for (label, pipe) in [("stderr", stderr), ("stdout", stdout)] {
+            let text = String::from_utf8_lossy(&pipe.contents()).trim().to_string();
+            if !text.is_empty() {
+                output.push_str(&format!(
+                    "; its {label}: {}",
+                    text.chars().take(500).collect::<String>()
+                ));
+            }
+        }
+        PolicyError::Stopped {
+            name: name.to_string(),
+            reason,
+            output,
+        }
+    }
+
+    /// Runs a policy's `retain` in a fresh sandbox.
+    pub fn retain(
+        &self,
+        policy: &Policy,
+        input: &RetentionInput,
+    ) -> Result<Vec<Keep>, PolicyError> {
+        let pre = policy
+            .retention
+            .as_ref()
+            .ok_or_else(|| PolicyError::WrongWorld {
+                name: policy.name.clone(),
+                what: "a retention policy",
+                export: "retain",
+                world: "retention-policy",
+                reason: policy.retention_error.clone().unwrap_or_default(),
+            })?;
+        let (mut store, stdout, stderr) = self.store();
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|b| b.call_retain(&mut store, input))
+            .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?;
+        let keeps = result.map_err(|message| PolicyError::Refused {
+            name: policy.name.clone(),
+            message,
+        })?;
+        let size: usize = keeps.iter().map(|k| k.id.len() + k.reason.len()).sum();
+        if size > self.limits.output_bytes {
+            return Err(PolicyError::BadAnswer {
+                name: policy.name.clone(),
+                reason: format!(
+                    "its answer of {size} bytes exceeds the {} byte cap",
+                    self.limits.output_bytes
+                ),
+            });
+        }
+        Ok(keeps)
+    }
+
+    /// Runs a policy's `protect` in a fresh sandbox.
+    pub fn protect(
+        &self,
+        policy: &Policy,
+        input: &ProtectionInput,
+    ) -> Result<Protection, PolicyError> {
+        let pre = policy
+            .protection
+            .as_ref()
+            .ok_or_else(|| PolicyError::WrongWorld {
+                name: policy.name.clone(),
+                what: "a protection policy",
+                export: "protect",
+                world: "protection-policy",
+                reason: policy.protection_error.clone().unwrap_or_default(),
+            })?;
+        let (mut store, stdout, stderr) = self.store();
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|b| b.call_protect(&mut store, input))
+            .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?;
+        let p = result.map_err(|message| PolicyError::Refused {
+            name: policy.name.clone(),
+            message,
+        })?;
+        let size: usize = p.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + p.key_id.as_ref().map_or(0, String::len);
+        if size > self.limits.output_bytes {
+            return Err(PolicyError::BadAnswer {
+                name: policy.name.clone(),
+                reason: format!(
+                    "its answer of {size} bytes exceeds the {} byte cap",
+                    self.limits.output_bytes
+                ),
+            });
+        }
+        Ok(p)
+    }
+}
+
+/// A core module starts with the magic and version 1; a component has layer 1 in bytes 6-7.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}

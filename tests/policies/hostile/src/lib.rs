@@ -1,0 +1,107 @@
+//! A policy that misbehaves on request, for the sandbox tests. Its parameters choose:
+//! retain: "loop", "memory", "recursion", "panic", "huge", "none", "probe" (reports what it
+//! can see of the environment, filesystem and clock); protect: "noenc", "badkey", "loop".
+//! Anything else behaves: keep everything, protect with level 3.
+
+wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+
+struct Hostile;
+
+#[inline(never)]
+fn recurse(n: u64, pad: &mut [u8; 64]) -> u64 {
+    pad[(n % 64) as usize] = n as u8;
+    if n == u64::MAX {
+        return 0;
+    }
+    recurse(n + 1, pad).wrapping_add(pad[0] as u64)
+}
+
+impl Guest for Hostile {
+    fn retain(input: RetentionInput) -> Result<Vec<Keep>, String> {
+        match input.params.as_str() {
+            "loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recursion" => {
+                let mut pad = [0u8; 64];
+                Ok(vec![Keep {
+                    id: recurse(0, &mut pad).to_string(),
+                    reason: String::new(),
+                }])
+            }
+            "panic" => panic!("hostile policy panicked on purpose"),
+            // 200 answers of 64 KiB: 12.5 MiB, within the memory cap, past the output cap.
+            "huge" => Ok((0..200)
+                .map(|i| Keep {
+                    id: format!("id-{i}"),
+                    reason: "x".repeat(64 << 10),
+                })
+                .collect()),
+            "none" => Ok(Vec::new()),
+            "probe" => {
+                let env = std::env::vars().count();
+                let fs = std::fs::read_dir("/")
+                    .map(|_| "readable")
+                    .unwrap_or("denied");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                Ok(vec![Keep {
+                    id: input
+                        .backups
+                        .first()
+                        .map(|b| b.id.clone())
+                        .unwrap_or_default(),
+                    reason: format!("env={env} fs={fs} clock={now}"),
+                }])
+            }
+            _ => Ok(input
+                .backups
+                .iter()
+                .map(|b| Keep {
+                    id: b.id.clone(),
+                    reason: "keeps everything".into(),
+                })
+                .collect()),
+        }
+    }
+
+    fn protect(input: ProtectionInput) -> Result<Protection, String> {
+        match input.params.as_str() {
+            "noenc" => Ok(Protection {
+                compression_level: 42,
+                encrypt: false,
+                key_id: None,
+                tags: vec![],
+            }),
+            "badkey" => Ok(Protection {
+                compression_level: 3,
+                encrypt: true,
+                key_id: Some("no-such-key".into()),
+                tags: vec![],
+            }),
+            "loop" => loop {
+                std::hint::black_box(());
+            },
+            _ => Ok(Protection {
+                compression_level: 3,
+                encrypt: true,
+                key_id: None,
+                tags: vec![],
+            }),
+        }
+    }
+}
+
+export!(Hostile);

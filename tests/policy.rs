@@ -1,0 +1,652 @@
+//! Tenant policies: the default GFS policy against hand-computed cases, hostile components
+//! stopped within budget, the operator's floors, the compile cache, and the CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use couchvault::policy::floors::{self, Floors};
+use couchvault::policy::{
+    BackupInfo, Limits, Policy, PolicyError, PolicyHost, ProtectionInput, RetentionInput,
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A component built by scripts/test.sh (cargo build --target wasm32-wasip2). Missing ones
+/// skip the test, except under CI.
+fn component(crate_dir: &str, file: &str) -> Option<Vec<u8>> {
+    let path = repo()
+        .join(crate_dir)
+        .join("target/wasm32-wasip2/release")
+        .join(file);
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI builds {} first (scripts/test.sh)",
+                path.display()
+            );
+            eprintln!(
+                "skipping: {} is not built (run scripts/test.sh)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn gfs() -> Option<Vec<u8>> {
+    component("policies/gfs-retention", "gfs_retention.wasm")
+}
+fn standard() -> Option<Vec<u8>> {
+    component("policies/standard-protection", "standard_protection.wasm")
+}
+fn hostile() -> Option<Vec<u8>> {
+    component("tests/policies/hostile", "hostile.wasm")
+}
+
+fn host(dir: &Path) -> PolicyHost {
+    PolicyHost::new(&dir.join("cache"), Limits::default()).unwrap()
+}
+
+fn ts(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+}
+
+fn backups(times: &[&str]) -> Vec<BackupInfo> {
+    let mut v: Vec<BackupInfo> = times
+        .iter()
+        .map(|t| BackupInfo {
+            id: t.to_string(),
+            created_at: ts(t),
+            size: 1,
+            kind: "full".into(),
+            tags: vec![],
+            schedule: None,
+        })
+        .collect();
+    v.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+    v
+}
+
+fn retain(
+    host: &PolicyHost,
+    policy: &Policy,
+    params: &str,
+    list: Vec<BackupInfo>,
+) -> Result<Vec<(String, String)>, PolicyError> {
+    let input = RetentionInput {
+        now: ts("2026-11-26T12:00:00Z"),
+        tenant: "t".into(),
+        instance: "i".into(),
+        params: params.into(),
+        backups: list,
+    };
+    Ok(host
+        .retain(policy, &input)?
+        .into_iter()
+        .map(|k| (k.id, k.reason))
+        .collect())
+}
+
+/// (what, params, backups, expected kept ids, a reason each must include)
+type Case<'a> = (&'a str, String, Vec<&'a str>, Vec<&'a str>, &'a str);
+
+#[test]
+fn gfs_policy_matches_hand_computed_cases() {
+    let Some(wasm) = gfs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let policy = host.load("gfs-retention", &wasm).unwrap();
+    assert_eq!(policy.kinds(), "retention");
+    // Every rule off but the ones a case turns on.
+    let only = |on: &str| -> String {
+        let mut p: serde_json::Value = serde_json::from_str(
+            r#"{"keep_last":0,"keep_hourly":0,"keep_daily":0,"keep_weekly":0,"keep_monthly":0,"keep_yearly":0}"#,
+        )
+        .unwrap();
+        let on: serde_json::Value = serde_json::from_str(&format!("{{{on}}}")).unwrap();
+        for (k, v) in on.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p.to_string()
+    };
+    let cases: Vec<Case<'_>> = vec![
+        ("empty list", String::new(), vec![], vec![], ""),
+        (
+            "keep_last 2",
+            only(r#""keep_last":2"#),
+            vec![
+                "2026-11-20T10:00:00Z",
+                "2026-11-21T10:00:00Z",
+                "2026-11-22T10:00:00Z",
+                "2026-11-23T10:00:00Z",
+            ],
+            vec!["2026-11-23T10:00:00Z", "2026-11-22T10:00:00Z"],
+            "last snapshot",
+        ),
+        (
+            "daily 2: newest of each day, counted by days that have backups",
+            only(r#""keep_daily":2"#),
+            vec![
+                "2026-11-23T10:00:00Z",
+                "2026-11-23T08:00:00Z",
+                "2026-11-21T12:00:00Z",
+                "2026-11-20T09:00:00Z",
+            ],
+            vec!["2026-11-23T10:00:00Z", "2026-11-21T12:00:00Z"],
+            "daily snapshot",
+        ),
+        (
+            "daily 5 with 3 days: restic also keeps the oldest while periods are left",
+            only(r#""keep_daily":5"#),
+            vec![
+                "2026-11-23T10:00:00Z",
+                "2026-11-23T08:00:00Z",
+                "2026-11-22T12:00:00Z",
+                "2026-11-21T09:00:00Z",
+                "2026-11-21T07:00:00Z",
+            ],
+            vec![
+                "2026-11-23T10:00:00Z",
+                "2026-11-22T12:00:00Z",
+                "2026-11-21T09:00:00Z",
+                "2026-11-21T07:00:00Z",
+            ],
+            "daily snapshot",
+        ),
+        (
+            "weekly 2: ISO weeks start on Monday (Sunday 22nd belongs to the week before)",
+            only(r#""keep_weekly":2"#),
+            vec![
+                "2026-11-23T09:00:00Z",
+                "2026-11-22T20:00:00Z",
+                "2026-11-21T10:00:00Z",
+                "2026-11-16T10:00:00Z",
+            ],
+            vec!["2026-11-23T09:00:00Z", "2026-11-22T20:00:00Z"],
+            "weekly snapshot",
+        ),
+        (
+            "monthly 2 and yearly 1",
+            only(r#""keep_monthly":2,"keep_yearly":1"#),
+            vec![
+                "2026-11-01T00:00:00Z",
+                "2026-10-31T23:00:00Z",
+                "2026-10-01T00:00:00Z",
+                "2025-12-31T00:00:00Z",
+            ],
+            vec!["2026-11-01T00:00:00Z", "2026-10-31T23:00:00Z"],
+            "monthly snapshot",
+        ),
+        (
+            "hourly unlimited",
+            only(r#""keep_hourly":-1"#),
+            vec![
+                "2026-11-26T10:50:00Z",
+                "2026-11-26T10:10:00Z",
+                "2026-11-26T09:30:00Z",
+                "2026-11-26T09:05:00Z",
+            ],
+            vec![
+                "2026-11-26T10:50:00Z",
+                "2026-11-26T09:30:00Z",
+                "2026-11-26T09:05:00Z",
+            ],
+            "hourly snapshot",
+        ),
+        (
+            "within 2d of the newest backup (strictly newer)",
+            only(r#""keep_within":"2d""#),
+            vec![
+                "2026-11-26T12:00:00Z",
+                "2026-11-25T00:00:00Z",
+                "2026-11-24T12:00:00Z",
+                "2026-11-20T00:00:00Z",
+            ],
+            vec!["2026-11-26T12:00:00Z", "2026-11-25T00:00:00Z"],
+            "within 2d",
+        ),
+        (
+            "a future-dated backup is never removed by within",
+            only(r#""keep_within":"1d""#),
+            vec!["2027-01-01T00:00:00Z", "2026-11-26T00:00:00Z"],
+            vec!["2027-01-01T00:00:00Z"],
+            "within 1d",
+        ),
+        (
+            "within with months is calendar arithmetic",
+            only(r#""keep_within":"1m""#),
+            // One calendar month before 03-15 is 02-15 (30 days would be 02-13).
+            vec![
+                "2026-03-15T00:00:00Z",
+                "2026-02-16T00:00:00Z",
+                "2026-02-14T00:00:00Z",
+            ],
+            vec!["2026-03-15T00:00:00Z", "2026-02-16T00:00:00Z"],
+            "within 1m",
+        ),
+    ];
+    for (what, params, list, expected, reason) in cases {
+        let kept = retain(&host, &policy, &params, backups(&list))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ids: Vec<&str> = kept.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, expected, "{what}");
+        assert!(
+            kept.iter().all(|(_, r)| r.contains(reason)),
+            "{what}: {kept:?}"
+        );
+    }
+    let err = retain(
+        &host,
+        &policy,
+        "{\"keep_lats\": 1}",
+        backups(&["2026-11-26T00:00:00Z"]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("bad parameters"), "{err}");
+    // Defaults (no parameters) keep the newest.
+    let kept = retain(
+        &host,
+        &policy,
+        "",
+        backups(&["2026-11-26T00:00:00Z", "2026-11-25T00:00:00Z"]),
+    )
+    .unwrap();
+    assert_eq!(kept.len(), 2);
+}
+
+#[test]
+fn hostile_policies_are_stopped_within_budget_while_others_keep_answering() {
+    let (Some(bad), Some(good)) = (hostile(), gfs()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let bad = host.load("hostile", &bad).unwrap();
+    let good = host.load("gfs-retention", &good).unwrap();
+    let list = backups(&["2026-11-26T00:00:00Z", "2026-11-25T00:00:00Z"]);
+    let cases = [
+        ("loop", &["fuel budget", "deadline"][..]),
+        ("memory", &["memory limit"][..]),
+        ("recursion", &["stack"][..]),
+        (
+            "panic",
+            &["trapped", "hostile policy panicked on purpose"][..],
+        ),
+        ("huge", &["byte cap"][..]),
+    ];
+    std::thread::scope(|s| {
+        let (host, bad, good, list) = (&host, &bad, &good, &list);
+        for (mode, expect) in cases {
+            // Another tenant's good policy answers while the hostile one runs.
+            let other = s.spawn(move || {
+                let t = Instant::now();
+                retain(host, good, "", list.clone()).unwrap();
+                t.elapsed()
+            });
+            let started = Instant::now();
+            let err = retain(host, bad, mode, list.clone()).expect_err(mode);
+            let took = started.elapsed();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("policy 'hostile'"),
+                "{mode}: names the policy: {msg}"
+            );
+            if mode == "panic" {
+                assert!(expect.iter().all(|e| msg.contains(e)), "{mode}: {msg}");
+            } else {
+                assert!(expect.iter().any(|e| msg.contains(e)), "{mode}: {msg}");
+            }
+            assert!(
+                took < Duration::from_secs(3),
+                "{mode}: stopped within budget, took {took:?}"
+            );
+            assert!(
+                other.join().unwrap() < Duration::from_secs(2),
+                "{mode}: the good policy kept answering"
+            );
+        }
+    });
+    // What a policy can see: no environment, no filesystem.
+    let probe = retain(&host, &bad, "probe", list.clone()).unwrap();
+    assert!(probe[0].1.contains("env=0 fs=denied"), "{probe:?}");
+    // A protection that loops is stopped too.
+    let err = host.protect(&bad, &protection_input("loop")).unwrap_err();
+    assert!(
+        err.to_string().contains("fuel budget") || err.to_string().contains("deadline"),
+        "{err}"
+    );
+    // The host is still healthy.
+    assert_eq!(retain(&host, &good, "", list).unwrap().len(), 2);
+}
+
+fn protection_input(params: &str) -> ProtectionInput {
+    ProtectionInput {
+        now: 0,
+        tenant: "t".into(),
+        instance: "i".into(),
+        schedule: None,
+        source_size: 1 << 20,
+        params: params.into(),
+    }
+}
+
+#[test]
+fn wrong_worlds_and_ungranted_imports_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let err = host
+        .load("core", b"\0asm\x01\0\0\0")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("policy 'core'") && err.contains("not a component"),
+        "{err}"
+    );
+    for import in [
+        "wasi:sockets/tcp@0.2.0",
+        "wasi:http/outgoing-handler@0.2.0",
+        "evil:net/dial",
+    ] {
+        let wat = format!("(component (import \"{import}\" (instance)))");
+        let err = host.load("sneaky", wat.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.contains("policy 'sneaky' imports") && err.contains(import),
+            "{err}"
+        );
+    }
+    let err = host.load("empty", b"(component)").unwrap_err().to_string();
+    assert!(err.contains("does not provide"), "{err}");
+    let err = host
+        .load("garbage", b"not wasm at all")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("policy 'garbage' is not a valid component"),
+        "{err}"
+    );
+    if let Some(p) = standard() {
+        let protection_only = host.load("standard-protection", &p).unwrap();
+        let err = retain(&host, &protection_only, "", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not provide a retention policy"), "{err}");
+        let answer = host
+            .protect(&protection_only, &protection_input(""))
+            .unwrap();
+        assert!(answer.encrypt && answer.compression_level == 3);
+    }
+}
+
+#[test]
+fn floors_override_what_policies_ask() {
+    let Some(bad) = hostile() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let bad = host.load("hostile", &bad).unwrap();
+    let list = backups(&[
+        "2026-11-26T00:00:00Z",
+        "2026-11-25T00:00:00Z",
+        "2026-11-24T00:00:00Z",
+        "2026-11-01T00:00:00Z",
+    ]);
+    let now = ts("2026-11-26T12:00:00Z");
+
+    // A policy that keeps nothing: the newest, keep_min and the young ones survive.
+    let keeps = host
+        .retain(
+            &bad,
+            &RetentionInput {
+                now,
+                tenant: "t".into(),
+                instance: "i".into(),
+                params: "none".into(),
+                backups: list.clone(),
+            },
+        )
+        .unwrap();
+    assert!(keeps.is_empty());
+    let f = Floors {
+        keep_min: 2,
+        keep_younger_than: "3d".into(),
+        ..Floors::default()
+    };
+    let v = floors::retention(&f, now, &list, &keeps).unwrap();
+    let kept: Vec<bool> = v.iter().map(|v| v.keep).collect();
+    assert_eq!(kept, [true, true, true, false]);
+    assert!(
+        v[0].reason.contains("newest")
+            && v[1].reason.contains("keep at least 2")
+            && v[2].reason.contains("younger than 3d")
+    );
+    assert!(v[3].reason.contains("not kept"));
+    // Even with no floors configured the newest backup stays.
+    let v = floors::retention(
+        &Floors {
+            keep_min: 0,
+            ..Floors::default()
+        },
+        now,
+        &list,
+        &keeps,
+    )
+    .unwrap();
+    assert_eq!(v.iter().filter(|v| v.keep).count(), 1);
+    // Ids the instance does not have are an error, not a silent keep.
+    let forged = vec![couchvault::policy::Keep {
+        id: "nope".into(),
+        reason: "x".into(),
+    }];
+    assert!(floors::retention(&f, now, &list, &forged)
+        .unwrap_err()
+        .contains("nope"));
+
+    // Protection: no encryption and level 42 are overridden; an unknown key is refused.
+    let p = host.protect(&bad, &protection_input("noenc")).unwrap();
+    let d = floors::protection(&Floors::default(), p, |_| true).unwrap();
+    assert_eq!(d.compression_level, 19);
+    assert!(
+        d.overrides
+            .iter()
+            .any(|o| o.contains("encryption required")),
+        "{:?}",
+        d.overrides
+    );
+    let p = host.protect(&bad, &protection_input("badkey")).unwrap();
+    let err = floors::protection(&Floors::default(), p, |k| k == "real-key").unwrap_err();
+    assert!(err.contains("no-such-key"), "{err}");
+}
+
+#[test]
+fn compiled_components_are_cached() {
+    let Some(wasm) = gfs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let first = host(dir.path());
+    let t = Instant::now();
+    first.load("gfs", &wasm).unwrap();
+    let cold = t.elapsed();
+    first.load("gfs", &wasm).unwrap();
+    assert_eq!(first.compiles(), 1, "the second load used the cache");
+    let second = host(dir.path());
+    let t = Instant::now();
+    let p = second.load("gfs", &wasm).unwrap();
+    let warm = t.elapsed();
+    assert_eq!(
+        second.compiles(),
+        0,
+        "a new host (a restarted daemon) loads from the cache"
+    );
+    assert_eq!(
+        retain(&second, &p, "", backups(&["2026-11-26T00:00:00Z"]))
+            .unwrap()
+            .len(),
+        1
+    );
+    eprintln!("cold compile {cold:?}, cached load {warm:?}");
+}
+
+fn cli(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("COUCHVAULT_CONFIG")
+        .env_remove("COUCHVAULT_STORE")
+        .env_remove("COUCHVAULT_KEYRING")
+        .output()
+        .unwrap()
+}
+
+fn ok(cwd: &Path, args: &[&str]) -> String {
+    let out = cli(cwd, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_adds_tests_and_applies_policies_around_backups() {
+    let (Some(_), Some(_), Some(_)) = (gfs(), standard(), hostile()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    common::unpack_fixture(cwd);
+    let gfs_file =
+        repo().join("policies/gfs-retention/target/wasm32-wasip2/release/gfs_retention.wasm");
+    let std_file = repo()
+        .join("policies/standard-protection/target/wasm32-wasip2/release/standard_protection.wasm");
+    let bad_file = repo().join("tests/policies/hostile/target/wasm32-wasip2/release/hostile.wasm");
+    let (gfs_file, std_file, bad_file) = (
+        gfs_file.to_str().unwrap(),
+        std_file.to_str().unwrap(),
+        bad_file.to_str().unwrap(),
+    );
+
+    ok(
+        cwd,
+        &[
+            "policy",
+            "add",
+            "keep2",
+            gfs_file,
+            "--params",
+            r#"{"keep_last":2,"keep_daily":0,"keep_weekly":0,"keep_monthly":0,"keep_yearly":0}"#,
+        ],
+    );
+    ok(cwd, &["policy", "add", "std", std_file]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(cwd, &["--json", "policy", "list"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    for _ in 0..3 {
+        ok(
+            cwd,
+            &[
+                "backup",
+                "create",
+                "--instance",
+                "n",
+                "--data-dir",
+                "data",
+                "--protection",
+                "std",
+                "--retention",
+                "keep2",
+            ],
+        );
+    }
+    let backups: serde_json::Value =
+        serde_json::from_str(&ok(cwd, &["--json", "backup", "list"])).unwrap();
+    let backups = backups.as_array().unwrap();
+    assert_eq!(backups.len(), 2, "retention deleted the oldest");
+    assert_eq!(backups[0]["tags"]["protection"], "standard-protection");
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+            "--retention",
+            "keep2",
+        ],
+    );
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let verdicts = created["retention"].as_array().unwrap();
+    assert_eq!(verdicts.iter().filter(|v| v["keep"] == false).count(), 1);
+
+    // Dry run from a file of backups.
+    std::fs::write(
+        cwd.join("b.json"),
+        r#"[{"id":"a","created_at":"2026-11-26T00:00:00Z"},{"id":"b","created_at":"2026-11-25T00:00:00Z"},{"id":"c","created_at":"2026-11-24T00:00:00Z"}]"#,
+    )
+    .unwrap();
+    let out = ok(
+        cwd,
+        &[
+            "policy",
+            "test",
+            gfs_file,
+            "--backups",
+            "b.json",
+            "--now",
+            "2026-11-26T12:00:00Z",
+            "--params",
+            r#"{"keep_last":1,"keep_daily":0,"keep_weekly":0,"keep_monthly":0,"keep_yearly":0}"#,
+        ],
+    );
+    assert!(
+        out.contains("keep") && out.contains("delete") && out.contains("last snapshot"),
+        "{out}"
+    );
+    let out = ok(cwd, &["policy", "test", bad_file, "--params", "noenc"]);
+    assert!(out.contains("floor applied: encryption kept on"), "{out}");
+
+    // A hostile protection policy fails the backup before it starts, with one clear line.
+    ok(cwd, &["policy", "add", "evil", bad_file, "--params", "x"]);
+    let reg = cwd.join("couchvault-data/policies/default/evil.json");
+    let text = std::fs::read_to_string(&reg)
+        .unwrap()
+        .replace("\"params\": \"x\"", "\"params\": \"loop\"");
+    std::fs::write(&reg, text).unwrap();
+    let out = cli(
+        cwd,
+        &[
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+            "--protection",
+            "evil",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("backup not started") && stderr.contains("policy 'evil' was stopped"),
+        "{stderr}"
+    );
+
+    // Refused uploads.
+    std::fs::write(cwd.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let out = cli(cwd, &["policy", "add", "core", "core.wasm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a component"));
+    ok(cwd, &["policy", "rm", "evil"]);
+    let out = cli(cwd, &["policy", "rm", "evil"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no policy 'evil'"));
+}
