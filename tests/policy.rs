@@ -313,9 +313,9 @@ fn hostile_policies_are_stopped_within_budget_while_others_keep_answering() {
             );
         }
     });
-    // What a policy can see: no environment, no filesystem.
+    // What a policy can see: no environment, no filesystem, a clock stopped at zero.
     let probe = retain(&host, &bad, "probe", list.clone()).unwrap();
-    assert!(probe[0].1.contains("env=0 fs=denied"), "{probe:?}");
+    assert!(probe[0].1.contains("env=0 fs=denied clock=0"), "{probe:?}");
     // A protection that loops is stopped too.
     let err = host.protect(&bad, &protection_input("loop")).unwrap_err();
     assert!(

@@ -59,7 +59,10 @@ fn main() -> anyhow::Result<()> {
     }
     let snaps: Vec<gfs::Snapshot<'_>> = backups
         .iter()
-        .map(|b| gfs::Snapshot { id: &b.id, created_at: b.created_at })
+        .map(|b| gfs::Snapshot {
+            id: &b.id,
+            created_at: b.created_at,
+        })
         .collect();
     let mut native_times = Vec::new();
     let mut native_kept = 0;
@@ -72,11 +75,17 @@ fn main() -> anyhow::Result<()> {
     wasm_times.sort();
     native_times.sort();
     let (wm, wp) = (percentile(&wasm_times, 0.5), percentile(&wasm_times, 0.99));
-    let (nm, np) = (percentile(&native_times, 0.5), percentile(&native_times, 0.99));
+    let (nm, np) = (
+        percentile(&native_times, 0.5),
+        percentile(&native_times, 0.99),
+    );
     println!("policy {path}: keeps {kept} of 1000 backups");
     println!("cold compile {cold:.1?}, load from cache {cached:.1?}");
     println!("warm retention (fresh sandbox, 1000 backups): median {wm:.1?}, p99 {wp:.1?}  (target: median <= 1 ms)");
     println!("native Rust, same decision:                   median {nm:.1?}, p99 {np:.1?}");
-    println!("ratio wasm / native (median): {:.1}x", wm.as_secs_f64() / nm.as_secs_f64());
+    println!(
+        "ratio wasm / native (median): {:.1}x",
+        wm.as_secs_f64() / nm.as_secs_f64()
+    );
     Ok(())
 }

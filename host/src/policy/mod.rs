@@ -4,8 +4,8 @@
 //! (keyed by the component's SHA-256 and the engine's compatibility hash). Every evaluation
 //! gets a fresh `Store` with a fuel budget, a wall-clock (epoch) deadline, a cap on the sum
 //! of all its memories, caps on instances and tables, and WASI with nothing granted: no
-//! preopened directories, no environment, no network, stdout and stderr captured (bounded)
-//! into the error message. Imports beyond WASI's cli, io, clocks, random and filesystem
+//! preopened directories, no environment, no network, clocks stopped at zero, stdout and
+//! stderr captured (bounded) into the error message. Imports beyond WASI's cli, io, clocks, random and filesystem
 //! interfaces are refused when the policy is loaded.
 
 pub mod floors;
@@ -21,7 +21,9 @@ use ring::digest::{digest, SHA256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 mod retention_world {
     wasmtime::component::bindgen!({ path: "../wit", world: "retention-policy" });
@@ -106,6 +108,28 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             log_bytes: 64 << 10,
         }
+    }
+}
+
+/// The clocks a policy sees: stopped at zero. Time is an input (`now`), never a reading, so
+/// a policy's answer depends on its input alone.
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
     }
 }
 
@@ -359,6 +383,8 @@ impl PolicyHost {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
             .build();
         let state = State {
             wasi,
