@@ -454,6 +454,34 @@ impl PolicyHost {
         }
     }
 
+    /// Runs `call` in a fresh sandbox, turning traps, refusals and oversized answers
+    /// (`size` measures an answer) into errors that name the policy.
+    fn run<R>(
+        &self,
+        policy: &Policy,
+        call: impl FnOnce(&mut Store<State>) -> wasmtime::Result<Result<R, String>>,
+        size: impl Fn(&R) -> usize,
+    ) -> Result<R, PolicyError> {
+        let (mut store, stdout, stderr) = self.store();
+        let answer = call(&mut store)
+            .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?
+            .map_err(|message| PolicyError::Refused {
+                name: policy.name.clone(),
+                message,
+            })?;
+        let bytes = size(&answer);
+        if bytes > self.limits.output_bytes {
+            return Err(PolicyError::BadAnswer {
+                name: policy.name.clone(),
+                reason: format!(
+                    "its answer of {bytes} bytes exceeds the {} byte cap",
+                    self.limits.output_bytes
+                ),
+            });
+        }
+        Ok(answer)
+    }
+
     /// Runs a policy's `retain` in a fresh sandbox.
     pub fn retain(
         &self,
@@ -470,26 +498,11 @@ impl PolicyHost {
                 world: "retention-policy",
                 reason: policy.retention_error.clone().unwrap_or_default(),
             })?;
-        let (mut store, stdout, stderr) = self.store();
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|b| b.call_retain(&mut store, input))
-            .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?;
-        let keeps = result.map_err(|message| PolicyError::Refused {
-            name: policy.name.clone(),
-            message,
-        })?;
-        let size: usize = keeps.iter().map(|k| k.id.len() + k.reason.len()).sum();
-        if size > self.limits.output_bytes {
-            return Err(PolicyError::BadAnswer {
-                name: policy.name.clone(),
-                reason: format!(
-                    "its answer of {size} bytes exceeds the {} byte cap",
-                    self.limits.output_bytes
-                ),
-            });
-        }
-        Ok(keeps)
+        self.run(
+            policy,
+            |store| pre.instantiate(&mut *store)?.call_retain(store, input),
+            |keeps| keeps.iter().map(|k| k.id.len() + k.reason.len()).sum(),
+        )
     }
 
     /// Runs a policy's `protect` in a fresh sandbox.
@@ -508,27 +521,14 @@ impl PolicyHost {
                 world: "protection-policy",
                 reason: policy.protection_error.clone().unwrap_or_default(),
             })?;
-        let (mut store, stdout, stderr) = self.store();
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|b| b.call_protect(&mut store, input))
-            .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?;
-        let p = result.map_err(|message| PolicyError::Refused {
-            name: policy.name.clone(),
-            message,
-        })?;
-        let size: usize = p.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-            + p.key_id.as_ref().map_or(0, String::len);
-        if size > self.limits.output_bytes {
-            return Err(PolicyError::BadAnswer {
-                name: policy.name.clone(),
-                reason: format!(
-                    "its answer of {size} bytes exceeds the {} byte cap",
-                    self.limits.output_bytes
-                ),
-            });
-        }
-        Ok(p)
+        self.run(
+            policy,
+            |store| pre.instantiate(&mut *store)?.call_protect(store, input),
+            |p| {
+                p.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                    + p.key_id.as_ref().map_or(0, String::len)
+            },
+        )
     }
 }
 
