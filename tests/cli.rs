@@ -6,31 +6,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{fixture_checksums, sha256_file, unpack_fixture};
-
-fn couchvault(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_couchvault"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("COUCHVAULT_CONFIG")
-        .env_remove("COUCHVAULT_STORE")
-        .env_remove("COUCHVAULT_KEYRING")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run couchvault")
-}
-
-fn ok(cwd: &Path, args: &[&str]) -> String {
-    let out = couchvault(cwd, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{couchvault, fixture_checksums, ok, sha256_file, unpack_fixture};
 
 /// Runs a command that must fail with `code` and exactly one line on stderr containing `expect`.
 fn fails(cwd: &Path, args: &[&str], code: i32, expect: &str) {

@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::{couchvault, ok};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use couchvault::policy::floors::{self, Floors};
@@ -491,27 +492,6 @@ fn compiled_components_are_cached() {
     eprintln!("cold compile {cold:?}, cached load {warm:?}");
 }
 
-fn cli(cwd: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_couchvault"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("COUCHVAULT_CONFIG")
-        .env_remove("COUCHVAULT_STORE")
-        .env_remove("COUCHVAULT_KEYRING")
-        .output()
-        .unwrap()
-}
-
-fn ok(cwd: &Path, args: &[&str]) -> String {
-    let out = cli(cwd, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn cli_adds_tests_and_applies_policies_around_backups() {
     let (Some(_), Some(_), Some(_)) = (gfs(), standard(), hostile()) else {
@@ -621,7 +601,7 @@ fn cli_adds_tests_and_applies_policies_around_backups() {
         .unwrap()
         .replace("\"params\": \"x\"", "\"params\": \"loop\"");
     std::fs::write(&reg, text).unwrap();
-    let out = cli(
+    let out = couchvault(
         cwd,
         &[
             "backup",
@@ -643,10 +623,10 @@ fn cli_adds_tests_and_applies_policies_around_backups() {
 
     // Refused uploads.
     std::fs::write(cwd.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
-    let out = cli(cwd, &["policy", "add", "core", "core.wasm"]);
+    let out = couchvault(cwd, &["policy", "add", "core", "core.wasm"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a component"));
     ok(cwd, &["policy", "rm", "evil"]);
-    let out = cli(cwd, &["policy", "rm", "evil"]);
+    let out = couchvault(cwd, &["policy", "rm", "evil"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no policy 'evil'"));
 }

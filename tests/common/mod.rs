@@ -57,6 +57,30 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
 }
 
+/// Runs the `couchvault` binary in `cwd`, free of the caller's couchvault environment.
+pub fn couchvault(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("COUCHVAULT_CONFIG")
+        .env_remove("COUCHVAULT_STORE")
+        .env_remove("COUCHVAULT_KEYRING")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run couchvault")
+}
+
+/// Runs `couchvault` and returns its stdout; it must succeed.
+pub fn ok(cwd: &Path, args: &[&str]) -> String {
+    let out = couchvault(cwd, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Restore options: into `target`, nothing forced, no owner change, no flush.
 pub fn restore_opts(target: &Path) -> engine::RestoreOptions {
     engine::RestoreOptions {
