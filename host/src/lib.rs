@@ -14,6 +14,7 @@ pub mod format;
 pub mod keyring;
 pub mod names;
 pub mod policy;
+pub mod scheduler;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -1,0 +1,418 @@
+//! 5-field cron expressions evaluated in an IANA time zone.
+//!
+//! Fields: minute (0-59), hour (0-23), day of month (1-31), month (1-12 or jan-dec), day of
+//! week (0-7 or sun-sat; 0 and 7 are Sunday). Each field takes `*`, numbers, ranges `a-b`,
+//! lists `a,b` and steps `*/n`, `a-b/n`, `a/n`. `@hourly`, `@daily` (`@midnight`),
+//! `@weekly`, `@monthly`, `@yearly` (`@annually`) are shorthands. As in Vixie cron, when
+//! both day of month and day of week are restricted a day matching either one fires.
+//!
+//! Daylight saving time, the rule (documented in README.md):
+//! - A local time that does not exist (spring forward, e.g. 02:30 in a gap from 02:00 to
+//!   03:00) fires once, at the first minute after the gap (03:00 local). Several times in
+//!   one gap collapse into that one run.
+//! - A local time that occurs twice (fall back) fires once, at its first occurrence, unless
+//!   the hour field is `*`: a schedule that runs every hour also runs in the repeated hour.
+
+use std::fmt;
+
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// How far ahead to look for the next run before calling an expression one that never fires
+/// (e.g. `0 0 30 2 *`). 29 February on a given weekday recurs within 28 years.
+const HORIZON_DAYS: i64 = 366 * 29;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cron expression '{expr}': {reason}")]
+pub struct CronError {
+    pub expr: String,
+    pub reason: String,
+}
+
+/// A parsed expression with its time zone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cron {
+    expr: String,
+    tz: Tz,
+    minutes: u64,
+    hours: u32,
+    days: u32,
+    months: u16,
+    weekdays: u8,
+    /// Day of month and day of week both restricted: either matches (Vixie cron).
+    either_day: bool,
+    every_hour: bool,
+}
+
+impl fmt::Debug for Cron {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cron({} {})", self.expr, self.tz)
+    }
+}
+
+/// Parses an IANA zone name, with a clear error.
+pub fn parse_tz(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| {
+        format!("unknown time zone '{name}': use an IANA name such as UTC, Europe/Berlin or America/New_York")
+    })
+}
+
+struct Field {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const MINUTE: Field = Field {
+    name: "minute",
+    min: 0,
+    max: 59,
+    names: &[],
+};
+const HOUR: Field = Field {
+    name: "hour",
+    min: 0,
+    max: 23,
+    names: &[],
+};
+const DOM: Field = Field {
+    name: "day of month",
+    min: 1,
+    max: 31,
+    names: &[],
+};
+const MONTH: Field = Field {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &[
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ],
+};
+const DOW: Field = Field {
+    name: "day of week",
+    min: 0,
+    max: 7,
+    names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+};
+
+impl Field {
+    fn value(&self, s: &str) -> Result<u32, String> {
+        let lower = s.to_ascii_lowercase();
+        if let Some(i) = self.names.iter().position(|n| *n == lower) {
+            // Month names start at 1 (the field's minimum), weekday names at 0.
+            return Ok(i as u32 + self.min);
+        }
+        let v: u32 = s
+            .parse()
+            .map_err(|_| format!("{} field: '{s}' is not a number", self.name))?;
+        if v < self.min || v > self.max {
+            return Err(format!(
+                "{} field: {v} is out of range {}-{}",
+                self.name, self.min, self.max
+            ));
+        }
+        Ok(v)
+    }
+
+    /// The set of values as a bit mask, and whether the field was `*`.
+    fn parse(&self, text: &str) -> Result<(u64, bool), String> {
+        let mut mask = 0u64;
+        for part in text.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((r, s)) => {
+                    let step: u32 = s
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("{} field: bad step '{s}'", self.name))?;
+                    (r, step)
+                }
+                None => (part, 1),
+            };
+            let (lo, hi) = if range == "*" {
+                (self.min, self.max)
+            } else if let Some((a, b)) = range.split_once('-') {
+                let (a, b) = (self.value(a)?, self.value(b)?);
+                if a > b {
+                    return Err(format!("{} field: range {range} runs backwards", self.name));
+                }
+                (a, b)
+            } else if part.contains('/') {
+                (self.value(range)?, self.max)
+            } else {
+                let v = self.value(range)?;
+                (v, v)
+            };
+            let mut v = lo;
+            while v <= hi {
+                mask |= 1 << v;
+                v += step;
+            }
+        }
+        Ok((mask, text == "*"))
+    }
+}
+
+impl Cron {
+    pub fn parse(expr: &str, tz: Tz) -> Result<Cron, CronError> {
+        let err = |reason: String| CronError {
+            expr: expr.to_string(),
+            reason,
+        };
+        let text = expr.trim();
+        let expanded = match text {
+            "@hourly" => "0 * * * *",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@weekly" => "0 0 * * 0",
+            "@monthly" => "0 0 1 * *",
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            t if t.starts_with('@') => {
+                return Err(err(
+                    "unknown shorthand; use @hourly, @daily, @weekly, @monthly or @yearly".into(),
+                ))
+            }
+            t => t,
+        };
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        if fields.len() != 5 {
+            return Err(err(format!(
+                "has {} fields; expected 5: minute hour day-of-month month day-of-week",
+                fields.len()
+            )));
+        }
+        let (minutes, _) = MINUTE.parse(fields[0]).map_err(err)?;
+        let (hours, every_hour) = HOUR.parse(fields[1]).map_err(err)?;
+        let (days, dom_star) = DOM.parse(fields[2]).map_err(err)?;
+        let (months, _) = MONTH.parse(fields[3]).map_err(err)?;
+        let (mut weekdays, dow_star) = DOW.parse(fields[4]).map_err(err)?;
+        if weekdays & (1 << 7) != 0 {
+            weekdays = (weekdays | 1) & 0x7f;
+        }
+        let cron = Cron {
+            expr: text.to_string(),
+            tz,
+            minutes,
+            hours: hours as u32,
+            days: days as u32,
+            months: months as u16,
+            weekdays: weekdays as u8,
+            either_day: !dom_star && !dow_star,
+            every_hour,
+        };
+        let epoch = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();
+        if cron.next_after(epoch).is_none() {
+            return Err(err("never fires (no such date)".into()));
+        }
+        Ok(cron)
+    }
+
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
+    fn day_matches(&self, d: NaiveDate) -> bool {
+        if self.months & (1 << d.month()) == 0 {
+            return false;
+        }
+        let dom = self.days & (1 << d.day()) != 0;
+        let dow = self.weekdays & (1 << d.weekday().num_days_from_sunday()) != 0;
+        if self.either_day {
+            dom || dow
+        } else {
+            dom && dow
+        }
+    }
+
+    /// The instants a matching local time maps to, by the DST rule in the module docs.
+    fn instants(&self, local: NaiveDateTime) -> Vec<DateTime<Utc>> {
+        match self.tz.from_local_datetime(&local) {
+            LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
+            LocalResult::Ambiguous(first, second) => {
+                if self.every_hour {
+                    vec![first.with_timezone(&Utc), second.with_timezone(&Utc)]
+                } else {
+                    vec![first.with_timezone(&Utc)]
+                }
+            }
+            LocalResult::None => {
+                // In a gap: the first minute that exists after it. Gaps are at most a few hours.
+                let mut t = local;
+                for _ in 0..(24 * 60) {
+                    t += Duration::minutes(1);
+                    if let Some(x) = self.tz.from_local_datetime(&t).earliest() {
+                        return vec![x.with_timezone(&Utc)];
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The first run strictly after `after`, or None if there is none within the horizon.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Local times map to instants in order (a gap maps to its end, a repeated time to its
+        // occurrences in order), so the first local time with an instant past `after` wins.
+        // DST moves a local time by at most a few hours: earlier ones cannot qualify.
+        let floor = after.with_timezone(&self.tz).naive_local() - Duration::hours(3);
+        let start = floor.date();
+        for offset in 0..HORIZON_DAYS {
+            let day = start + Duration::days(offset);
+            if !self.day_matches(day) {
+                continue;
+            }
+            for h in (0..24).filter(|h| self.hours & (1 << h) != 0) {
+                for m in (0..60).filter(|m| self.minutes & (1 << m) != 0) {
+                    let Some(local) = day.and_hms_opt(h, m, 0) else {
+                        continue;
+                    };
+                    if local < floor {
+                        continue;
+                    }
+                    if let Some(t) = self.instants(local).into_iter().find(|t| *t > after) {
+                        return Some(t);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test time")
+            .with_timezone(&Utc)
+    }
+
+    fn cron(expr: &str, tz: &str) -> Cron {
+        Cron::parse(expr, parse_tz(tz).expect("zone")).expect("expression")
+    }
+
+    /// The runs in (from, to], in UTC.
+    fn runs(c: &Cron, from: &str, to: &str) -> Vec<String> {
+        let (mut t, end) = (utc(from), utc(to));
+        let mut out = Vec::new();
+        while let Some(n) = c.next_after(t) {
+            if n > end {
+                break;
+            }
+            out.push(n.to_rfc3339());
+            t = n;
+        }
+        out
+    }
+
+    #[test]
+    fn parses_fields_and_shorthands() {
+        let c = cron("*/15 9-17 * * mon-fri", "UTC");
+        assert_eq!(
+            c.next_after(utc("2026-11-27T17:50:00Z")).map(|t| t.to_rfc3339()),
+            Some("2026-11-30T09:00:00+00:00".into()),
+            "Friday evening to Monday morning"
+        );
+        assert_eq!(
+            cron("@daily", "UTC").next_after(utc("2026-11-26T10:00:00Z")),
+            Some(utc("2026-11-27T00:00:00Z"))
+        );
+        assert_eq!(
+            cron("0 0 * * 7", "UTC").next_after(utc("2026-11-26T10:00:00Z")),
+            Some(utc("2026-11-29T00:00:00Z")),
+            "7 is Sunday"
+        );
+        // Vixie: both day fields restricted → either matches.
+        assert_eq!(
+            cron("0 0 1 * mon", "UTC").next_after(utc("2026-11-26T10:00:00Z")),
+            Some(utc("2026-11-30T00:00:00Z"))
+        );
+        assert_eq!(
+            cron("0 12 29 2 *", "UTC").next_after(utc("2026-03-01T00:00:00Z")),
+            Some(utc("2028-02-29T12:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bad_expressions_say_what_is_wrong() {
+        let tz = parse_tz("UTC").expect("utc");
+        for (expr, needle) in [
+            ("* * * *", "has 4 fields"),
+            ("61 * * * *", "minute field: 61 is out of range 0-59"),
+            ("* 24 * * *", "hour field"),
+            ("*/0 * * * *", "bad step"),
+            ("5-1 * * * *", "runs backwards"),
+            ("x * * * *", "'x' is not a number"),
+            ("0 0 30 2 *", "never fires"),
+            ("@fortnightly", "unknown shorthand"),
+        ] {
+            let e = Cron::parse(expr, tz).expect_err(expr).to_string();
+            assert!(e.contains(needle), "{expr}: {e}");
+        }
+        assert!(parse_tz("Mars/Olympus").unwrap_err().contains("unknown time zone"));
+    }
+
+    #[test]
+    fn spring_forward_runs_once_at_the_end_of_the_gap() {
+        // Europe/Berlin: 2026-03-29 02:00 CET jumps to 03:00 CEST (01:00 UTC).
+        let c = cron("30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            runs(&c, "2026-03-27T12:00:00Z", "2026-03-30T12:00:00Z"),
+            vec![
+                "2026-03-28T01:30:00+00:00", // 02:30 CET
+                "2026-03-29T01:00:00+00:00", // 03:00 CEST: the gap's end, once
+                "2026-03-30T00:30:00+00:00", // 02:30 CEST
+            ]
+        );
+        // Every 15 minutes: the four times in the gap collapse into one run at 03:00.
+        let q = cron("*/15 * * * *", "Europe/Berlin");
+        let r = runs(&q, "2026-03-29T00:40:00Z", "2026-03-29T01:20:00Z");
+        assert_eq!(
+            r,
+            vec![
+                "2026-03-29T00:45:00+00:00",
+                "2026-03-29T01:00:00+00:00",
+                "2026-03-29T01:15:00+00:00"
+            ]
+        );
+        // America/New_York: 2026-03-08 02:00 EST jumps to 03:00 EDT (07:00 UTC).
+        let ny = cron("30 2 * * *", "America/New_York");
+        assert_eq!(
+            runs(&ny, "2026-03-07T12:00:00Z", "2026-03-09T12:00:00Z"),
+            vec!["2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn fall_back_runs_once_unless_every_hour() {
+        // Europe/Berlin: 2026-10-25 03:00 CEST falls back to 02:00 CET; 02:30 happens twice.
+        let c = cron("30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            runs(&c, "2026-10-24T12:00:00Z", "2026-10-26T12:00:00Z"),
+            vec!["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]
+        );
+        // Hourly: both 02:30s run (the repeated hour is a real hour).
+        let h = cron("30 * * * *", "Europe/Berlin");
+        assert_eq!(
+            runs(&h, "2026-10-24T23:00:00Z", "2026-10-25T02:00:00Z"),
+            vec![
+                "2026-10-24T23:30:00+00:00", // 01:30 CEST
+                "2026-10-25T00:30:00+00:00", // 02:30 CEST
+                "2026-10-25T01:30:00+00:00", // 02:30 CET
+            ]
+        );
+        // America/New_York: 2026-11-01 02:00 EDT falls back to 01:00 EST; 01:30 happens twice.
+        let ny = cron("30 1 * * *", "America/New_York");
+        assert_eq!(
+            runs(&ny, "2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z"),
+            vec!["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"]
+        );
+    }
+}
