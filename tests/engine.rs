@@ -92,6 +92,7 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
     })
     .unwrap();
     let opts = engine::BackupOptions {
+        id: None,
         tenant: "default".into(),
         instance: "node1".into(),
         key_id: None,

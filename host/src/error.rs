@@ -53,6 +53,8 @@ pub enum Error {
     NotFound { tenant: String, id: String },
     #[error("the backup pipeline stopped before the end of the stream")]
     PipelineAborted,
+    #[error("cancelled; nothing was committed or swapped in")]
+    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

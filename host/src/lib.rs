@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod keyring;
 pub mod names;
+pub mod ops;
 pub mod policy;
 pub mod scheduler;
 pub mod store;

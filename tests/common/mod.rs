@@ -107,6 +107,7 @@ pub fn backup_to(
         ..Default::default()
     })?;
     let opts = BackupOptions {
+        id: None,
         tenant: "default".into(),
         instance: instance.into(),
         key_id: None,

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use couchvault::catalog;
 use couchvault::config::parse_duration;
 use couchvault::couchdb::{Source, SourceSpec};
-use couchvault::engine::{self, backup::StreamSettings, BackupOptions, Progress, RestoreOptions};
+use couchvault::engine::{self, Progress, RestoreOptions};
+use couchvault::ops::BackupRequest;
 use couchvault::format::BackupMetadata;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::Serialize;
@@ -90,61 +91,31 @@ fn tags_text(tags: &BTreeMap<String, String>) -> String {
 }
 
 fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> {
-    let cfg = &ctx.config.backup;
-    let mut stream = StreamSettings {
-        compression_level: cfg.compression_level,
-        zstd_workers: match cfg.zstd_workers {
-            0 => StreamSettings::default().zstd_workers,
-            n => n,
-        },
-        chunk_size: cfg.chunk_size,
-    };
-    let mut tags: BTreeMap<String, String> = BTreeMap::new();
-    let mut key_id = None;
-    // The protection policy decides level, key and tags before anything is read.
-    if let Some(name) = args
-        .protection
-        .as_ref()
-        .or(ctx.config.policy.protection.as_ref())
-    {
-        let size = couchvault::couchdb::total_size(&source.plan()?);
-        let decision = super::policy::protection_before_backup(ctx, name, &args.instance, size)
-            .context("backup not started: the protection policy failed")?;
-        for o in &decision.overrides {
-            eprintln!("couchvault: protection policy '{name}': {o}");
-        }
-        stream.compression_level = decision.compression_level;
-        key_id = decision.key_id;
-        tags.extend(decision.tags);
-        tags.insert("protection-policy".into(), name.clone());
-    }
-    if let Some(level) = args.compression_level {
-        stream.compression_level = level;
-    }
-    tags.extend(args.tags);
-    let opts = BackupOptions {
+    let req = BackupRequest {
+        backup_id: None,
         tenant: ctx.tenant.clone(),
         instance: args.instance.clone(),
-        key_id,
-        tags,
-        stream,
+        protection: args.protection,
+        retention: args.retention,
+        schedule: None,
+        compression_level: args.compression_level,
+        tags: args.tags.into_iter().collect(),
     };
     let progress = Progress::default();
     let started = Instant::now();
-    let meta = with_progress("backup", &progress, ctx.json, || {
-        engine::backup(&*ctx.store, &ctx.keyring, &source, &opts, &progress)
+    let outcome = with_progress("backup", &progress, ctx.json, || {
+        ctx.vault.backup(&req, &source, &progress)
     })
     .context("backup failed; nothing was committed")?;
     let secs = started.elapsed().as_secs_f64();
-    // The retention policy runs after every successful backup.
-    let retention = match args.retention.as_ref().or(ctx.config.policy.retention.as_ref()) {
-        Some(name) => Some(
-            super::policy::retention_after_backup(ctx, name, &args.instance).with_context(|| {
-                format!("backup {} committed, but retention policy '{name}' failed; nothing was deleted by it", meta.backup_id)
-            })?,
-        ),
-        None => None,
-    };
+    for note in &outcome.notes {
+        eprintln!("couchvault: {note}");
+    }
+    let meta = &outcome.meta;
+    let retention = outcome
+        .retention
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     if ctx.json {
         #[derive(Serialize)]
         struct Created<'a> {
@@ -154,7 +125,7 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
             retention: Option<&'a Vec<couchvault::policy::floors::Verdict>>,
         }
         return print_json(&Created {
-            summary: Summary::of(&meta),
+            summary: Summary::of(meta),
             retention: retention.as_ref(),
         });
     }
@@ -196,7 +167,7 @@ struct ListRow<'a> {
 }
 
 fn backup_list(ctx: &Context, instance: Option<String>) -> Result<()> {
-    let listed = catalog::list(&*ctx.store, &ctx.keyring, &ctx.tenant, instance.as_deref())?;
+    let listed = catalog::list(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, instance.as_deref())?;
     if ctx.json {
         let rows: Vec<ListRow<'_>> = listed
             .iter()
@@ -214,7 +185,7 @@ fn backup_list(ctx: &Context, instance: Option<String>) -> Result<()> {
         println!(
             "no backups for tenant '{}' in {}",
             ctx.tenant,
-            ctx.store.describe()
+            ctx.vault.store.describe()
         );
         return Ok(());
     }
@@ -260,7 +231,7 @@ fn backup_list(ctx: &Context, instance: Option<String>) -> Result<()> {
 }
 
 fn backup_show(ctx: &Context, id: &str) -> Result<()> {
-    let meta = catalog::load(&*ctx.store, &ctx.keyring, &ctx.tenant, id)?;
+    let meta = catalog::load(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, id)?;
     if ctx.json {
         return print_json(&meta);
     }
@@ -332,10 +303,10 @@ fn backup_show(ctx: &Context, id: &str) -> Result<()> {
 }
 
 fn backup_verify(ctx: &Context, id: &str) -> Result<()> {
-    let meta = catalog::load(&*ctx.store, &ctx.keyring, &ctx.tenant, id)?;
+    let meta = catalog::load(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, id)?;
     let progress = Progress::default();
     let report = with_progress("verify", &progress, ctx.json, || {
-        engine::verify(&*ctx.store, &ctx.keyring, &meta, &progress)
+        engine::verify(&*ctx.vault.store, &ctx.keyring, &meta, &progress)
     })
     .with_context(|| format!("backup {id} failed verification"))?;
     if ctx.json {
@@ -352,7 +323,7 @@ fn backup_verify(ctx: &Context, id: &str) -> Result<()> {
 }
 
 fn backup_delete(ctx: &Context, id: &str) -> Result<()> {
-    let deleted = catalog::delete(&*ctx.store, &ctx.tenant, id)?;
+    let deleted = catalog::delete(&*ctx.vault.store, &ctx.tenant, id)?;
     if ctx.json {
         return print_json(&deleted);
     }
@@ -408,11 +379,11 @@ fn default_owner() -> Option<(Uid, Gid)> {
 }
 
 fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
-    let meta = catalog::load(&*ctx.store, &ctx.keyring, &ctx.tenant, &args.id)?;
+    let meta = catalog::load(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, &args.id)?;
     let owner = match args
         .owner
         .as_deref()
-        .or(ctx.config.restore.owner.as_deref())
+        .or(ctx.vault.config.restore.owner.as_deref())
     {
         Some(spec) => Some(parse_owner(spec)?),
         None => default_owner(),
@@ -424,11 +395,11 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         force: args.force,
         discard_old: args.discard_old,
         owner,
-        sync: ctx.config.restore.sync,
+        sync: ctx.vault.config.restore.sync,
     };
     let progress = Progress::default();
     let report = with_progress("restore", &progress, ctx.json, || {
-        engine::restore(&*ctx.store, &ctx.keyring, &meta, &opts, &progress)
+        engine::restore(&*ctx.vault.store, &ctx.keyring, &meta, &opts, &progress)
     })
     .with_context(|| format!("restore of backup {} failed", args.id))?;
     if ctx.json {
@@ -454,9 +425,9 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
 }
 
 fn gc(ctx: &Context, args: GcArgs) -> Result<()> {
-    let grace_text = args.grace.unwrap_or_else(|| ctx.config.gc.grace.clone());
+    let grace_text = args.grace.unwrap_or_else(|| ctx.vault.config.gc.grace.clone());
     let grace = parse_duration(&grace_text).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
-    let report = catalog::gc(&*ctx.store, grace, args.dry_run)?;
+    let report = catalog::gc(&*ctx.vault.store, grace, args.dry_run)?;
     if ctx.json {
         return print_json(&report);
     }

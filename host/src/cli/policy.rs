@@ -4,104 +4,17 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use chrono::{DateTime, Utc};
-use couchvault::catalog;
-use couchvault::format::BackupMetadata;
-use couchvault::policy::floors::{self, ProtectionDecision, Verdict};
-use couchvault::policy::{
-    registry, BackupInfo, Policy, PolicyHost, ProtectionInput, RetentionInput,
-};
-use serde::{Deserialize, Serialize};
+use couchvault::ops::{sample_backups, DryRunReport, Situation};
+use couchvault::policy::floors::Verdict;
+use couchvault::policy::{registry, BackupInfo, Policy, PolicyHost};
+use serde::Deserialize;
 
 use super::args::PolicyCommand;
 use super::context::Context;
 use super::output::{print_json, table};
 
 pub fn host(ctx: &Context) -> Result<PolicyHost> {
-    Ok(PolicyHost::new(
-        &ctx.state_dir.join("policy-cache"),
-        ctx.config.policy.limits(),
-    )?)
-}
-
-/// Loads one of the tenant's registered policies, with its parameters.
-fn registered(ctx: &Context, host: &PolicyHost, name: &str) -> Result<(Policy, String)> {
-    let (entry, wasm) =
-        registry::load(&ctx.state_dir, &ctx.tenant, name).map_err(|e| anyhow!(e))?;
-    Ok((host.load(name, &wasm)?, entry.params))
-}
-
-fn info_of(m: &BackupMetadata) -> BackupInfo {
-    BackupInfo {
-        id: m.backup_id.clone(),
-        created_at: m.started_at.timestamp(),
-        size: m.data.size,
-        kind: m.kind.clone(),
-        tags: m.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        schedule: m.tags.get("schedule").cloned(),
-    }
-}
-
-/// Asks the tenant's protection policy how to make a backup, then applies the floors.
-pub fn protection_before_backup(
-    ctx: &Context,
-    name: &str,
-    instance: &str,
-    source_size: u64,
-) -> Result<ProtectionDecision> {
-    let host = host(ctx)?;
-    let (policy, params) = registered(ctx, &host, name)?;
-    let answer = host.protect(
-        &policy,
-        &ProtectionInput {
-            now: Utc::now().timestamp(),
-            tenant: ctx.tenant.clone(),
-            instance: instance.to_string(),
-            schedule: None,
-            source_size,
-            params,
-        },
-    )?;
-    floors::protection(&ctx.config.floors, answer, |k| {
-        ctx.keyring.get(&ctx.tenant, k).is_ok()
-    })
-    .map_err(|e| anyhow!("policy '{name}': {e}"))
-}
-
-/// Runs the tenant's retention policy over an instance's committed backups, applies the
-/// floors, and deletes what neither keeps. Returns every verdict.
-pub fn retention_after_backup(ctx: &Context, name: &str, instance: &str) -> Result<Vec<Verdict>> {
-    let host = host(ctx)?;
-    let (policy, params) = registered(ctx, &host, name)?;
-    let mut metas: Vec<BackupMetadata> =
-        catalog::list(&*ctx.store, &ctx.keyring, &ctx.tenant, Some(instance))?
-            .into_iter()
-            .filter_map(|l| l.metadata)
-            .collect();
-    metas.sort_by(|a, b| {
-        b.started_at
-            .cmp(&a.started_at)
-            .then(b.backup_id.cmp(&a.backup_id))
-    });
-    let backups: Vec<BackupInfo> = metas.iter().map(info_of).collect();
-    let now = Utc::now().timestamp();
-    let keeps = host.retain(
-        &policy,
-        &RetentionInput {
-            now,
-            tenant: ctx.tenant.clone(),
-            instance: instance.to_string(),
-            params,
-            backups: backups.clone(),
-        },
-    )?;
-    let verdicts = floors::retention(&ctx.config.floors, now, &backups, &keeps)
-        .map_err(|e| anyhow!("policy '{name}': {e}"))?;
-    for v in verdicts.iter().filter(|v| !v.keep) {
-        catalog::delete(&*ctx.store, &ctx.tenant, &v.id)
-            .with_context(|| format!("retention: deleting backup {}", v.id))?;
-        tracing::info!(backup = %v.id, reason = %v.reason, "retention deleted a backup");
-    }
-    Ok(verdicts)
+    Ok(ctx.vault.policy_host()?)
 }
 
 pub fn print_verdicts(verdicts: &[Verdict]) {
@@ -136,108 +49,13 @@ fn full() -> String {
     "full".into()
 }
 
-#[derive(Serialize)]
-struct TestReport {
-    policy: String,
-    kinds: String,
-    sha256: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retention: Option<Vec<Verdict>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    protection: Option<ProtectionDecision>,
-}
-
 /// Loads a component for `test`/`add`, named after its file.
 fn load_file(host: &PolicyHost, name: &str, file: &Path) -> Result<Policy> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(host.load(name, &bytes)?)
 }
 
-/// Sample input for validating a new policy: three backups a day apart.
-fn sample_backups(now: i64) -> Vec<BackupInfo> {
-    (0..3)
-        .map(|i| BackupInfo {
-            id: format!("01SAMPLE{i:018}"),
-            created_at: now - i * 86_400,
-            size: 1 << 20,
-            kind: "full".into(),
-            tags: vec![],
-            schedule: None,
-        })
-        .collect()
-}
-
-/// The made-up situation a dry run puts a policy in.
-struct Situation<'a> {
-    now: i64,
-    backups: Vec<BackupInfo>,
-    params: &'a str,
-    instance: &'a str,
-    source_size: u64,
-}
-
-fn dry_run(
-    ctx: &Context,
-    host: &PolicyHost,
-    policy: &Policy,
-    sit: Situation<'_>,
-) -> Result<TestReport> {
-    let Situation {
-        now,
-        backups,
-        params,
-        instance,
-        source_size,
-    } = sit;
-    let retention = if policy.has_retention() {
-        let keeps = host.retain(
-            policy,
-            &RetentionInput {
-                now,
-                tenant: ctx.tenant.clone(),
-                instance: instance.to_string(),
-                params: params.to_string(),
-                backups: backups.clone(),
-            },
-        )?;
-        Some(
-            floors::retention(&ctx.config.floors, now, &backups, &keeps)
-                .map_err(|e| anyhow!("policy '{}': {e}", policy.name))?,
-        )
-    } else {
-        None
-    };
-    let protection = if policy.has_protection() {
-        let answer = host.protect(
-            policy,
-            &ProtectionInput {
-                now,
-                tenant: ctx.tenant.clone(),
-                instance: instance.to_string(),
-                schedule: None,
-                source_size,
-                params: params.to_string(),
-            },
-        )?;
-        Some(
-            floors::protection(&ctx.config.floors, answer, |k| {
-                ctx.keyring.get(&ctx.tenant, k).is_ok()
-            })
-            .map_err(|e| anyhow!("policy '{}': {e}", policy.name))?,
-        )
-    } else {
-        None
-    };
-    Ok(TestReport {
-        policy: policy.name.clone(),
-        kinds: policy.kinds(),
-        sha256: policy.sha256.clone(),
-        retention,
-        protection,
-    })
-}
-
-fn print_report(r: &TestReport) {
+fn print_report(r: &DryRunReport) {
     println!("policy {} ({}), sha256 {}", r.policy, r.kinds, r.sha256);
     if let Some(v) = &r.retention {
         println!();
@@ -308,13 +126,14 @@ pub fn run(ctx: &Context, cmd: PolicyCommand) -> Result<()> {
                 .unwrap_or_default();
             let policy = load_file(&host, &name, &file)?;
             let sit = Situation {
+                tenant: &ctx.tenant,
                 now,
                 backups: list,
                 params: &params,
                 instance: &instance,
                 source_size,
             };
-            let report = dry_run(ctx, &host, &policy, sit)?;
+            let report = ctx.vault.dry_run(&host, &ctx.keyring, &policy, sit)?;
             if ctx.json {
                 return print_json(&report);
             }
@@ -322,34 +141,9 @@ pub fn run(ctx: &Context, cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::Add { name, file, params } => {
-            let host = host(ctx)?;
-            let policy = load_file(&host, &name, &file)?;
-            let now = Utc::now().timestamp();
-            dry_run(
-                ctx,
-                &host,
-                &policy,
-                Situation {
-                    now,
-                    backups: sample_backups(now),
-                    params: &params,
-                    instance: "sample",
-                    source_size: 1 << 30,
-                },
-            )
-            .context("the dry run on sample input failed; the policy was not added")?;
             let wasm =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let entry = registry::Entry {
-                couchvault_policy: registry::REGISTRY_FORMAT,
-                name: name.clone(),
-                tenant: ctx.tenant.clone(),
-                sha256: policy.sha256.clone(),
-                kinds: policy.kinds(),
-                params,
-                added: Utc::now(),
-            };
-            registry::save(&ctx.state_dir, &entry, &wasm).map_err(|e| anyhow!(e))?;
+            let entry = ctx.vault.add_policy(&ctx.tenant, &name, &wasm, &params)?;
             if ctx.json {
                 return print_json(&entry);
             }
@@ -357,12 +151,12 @@ pub fn run(ctx: &Context, cmd: PolicyCommand) -> Result<()> {
                 "added policy {name} ({}) for tenant '{}'; use it with --{} {name} or [policy] in the config",
                 entry.kinds,
                 ctx.tenant,
-                if policy.has_retention() { "retention" } else { "protection" }
+                if entry.kinds.contains("retention") { "retention" } else { "protection" }
             );
             Ok(())
         }
         PolicyCommand::List => {
-            let entries = registry::list(&ctx.state_dir, &ctx.tenant).map_err(|e| anyhow!(e))?;
+            let entries = registry::list(&ctx.vault.state_dir, &ctx.tenant).map_err(|e| anyhow!(e))?;
             if ctx.json {
                 return print_json(&entries);
             }
@@ -386,7 +180,7 @@ pub fn run(ctx: &Context, cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::Rm { name } => {
-            registry::remove(&ctx.state_dir, &ctx.tenant, &name).map_err(|e| anyhow!(e))?;
+            registry::remove(&ctx.vault.state_dir, &ctx.tenant, &name).map_err(|e| anyhow!(e))?;
             if !ctx.json {
                 println!("removed policy {name} of tenant '{}'", ctx.tenant);
             }

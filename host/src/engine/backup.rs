@@ -28,6 +28,9 @@ const READ_BUF: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
+    /// The new backup's id; None for a fresh one. The daemon picks it first, so that a job
+    /// cut off by a crash knows which leftovers are its own.
+    pub id: Option<Ulid>,
     pub tenant: String,
     pub instance: String,
     /// A key of the tenant's key ring; None for its active key.
@@ -84,7 +87,7 @@ pub fn backup(
         .files_total
         .store(plan.len() as u64, std::sync::atomic::Ordering::Relaxed);
 
-    let id = Ulid::new();
+    let id = opts.id.unwrap_or_else(Ulid::new);
     let started_at = Utc::now();
     tracing::info!(backup = %id, files = plan.len(), bytes = total, "backup started");
     let (sealed, (files, vanished)) = store_stream(
@@ -95,7 +98,8 @@ pub fn backup(
         id,
         &opts.stream,
         |out| write_tar(&plan, out, progress),
-    )?;
+    )
+    .map_err(|e| progress.explain(e))?;
 
     let meta = BackupMetadata {
         format: FORMAT_VERSION,
@@ -137,6 +141,11 @@ pub fn backup(
         files,
         vanished,
     };
+    super::test_pause("before-commit");
+    if progress.is_cancelled() {
+        let _ = store.delete(&opts.tenant, &format::data_object(&opts.instance, &meta.backup_id));
+        return Err(Error::Cancelled);
+    }
     catalog::commit(store, &key.secret, &meta)?;
     tracing::info!(backup = %id, stored = meta.data.size, "backup committed");
     Ok(meta)
@@ -393,7 +402,7 @@ impl Read for PrefixReader<'_> {
         }
         self.hash.update(&buf[..n]);
         self.left -= n as u64;
-        self.progress.add_bytes(n as u64);
+        self.progress.add_bytes(n as u64)?;
         Ok(n)
     }
 }

@@ -7,7 +7,7 @@ pub mod backup;
 pub mod restore;
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 pub use backup::{backup, BackupOptions};
@@ -23,11 +23,36 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     pub files_total: AtomicU64,
     pub files_done: AtomicU64,
+    cancelled: AtomicBool,
 }
 
 impl Progress {
-    fn add_bytes(&self, n: u64) {
+    /// Asks the pipeline to stop at its next block; it fails with [`crate::Error::Cancelled`]
+    /// and cleans up as after any failure.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Counts bytes through the pipeline; the error stops it once cancelled.
+    fn add_bytes(&self, n: u64) -> io::Result<()> {
         self.bytes_done.fetch_add(n, Ordering::Relaxed);
+        if self.is_cancelled() {
+            return Err(io::Error::other("cancelled"));
+        }
+        Ok(())
+    }
+
+    /// Replaces an error caused by cancelling with `Cancelled`.
+    fn explain(&self, e: crate::Error) -> crate::Error {
+        if self.is_cancelled() {
+            crate::Error::Cancelled
+        } else {
+            e
+        }
     }
     fn file_done(&self) {
         self.files_done.fetch_add(1, Ordering::Relaxed);
@@ -191,5 +216,20 @@ fn pick_error(producer: crate::Result<()>, consumer: crate::Result<()>) -> crate
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
         (Err(p), Err(c)) => Err(if is_consequence(&p) { c } else { p }),
+    }
+}
+
+/// A test hook for crash tests: with `COUCHVAULT_TEST_PAUSE=<point>:<ms>` in the
+/// environment, the pipeline sleeps at `point` so a test can kill the process there.
+fn test_pause(point: &str) {
+    let Ok(spec) = std::env::var("COUCHVAULT_TEST_PAUSE") else {
+        return;
+    };
+    if let Some((p, ms)) = spec.split_once(':') {
+        if p == point {
+            let ms = ms.parse().unwrap_or(0);
+            tracing::warn!(point, ms, "COUCHVAULT_TEST_PAUSE: pausing");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 }

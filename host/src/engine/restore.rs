@@ -64,7 +64,7 @@ pub fn verify(
     meta: &BackupMetadata,
     progress: &Progress,
 ) -> Result<VerifyReport> {
-    let chunks = unpack(store, keyring, meta, &|_| None, progress)?;
+    let chunks = unpack(store, keyring, meta, &|_| None, progress).map_err(|e| progress.explain(e))?;
     Ok(VerifyReport {
         backup_id: meta.backup_id.clone(),
         files: meta.totals.files,
@@ -132,7 +132,7 @@ pub fn restore(
                 })
             })
         };
-        unpack(store, keyring, meta, &place, progress)?;
+        unpack(store, keyring, meta, &place, progress).map_err(|e| progress.explain(e))?;
         for d in &dests {
             if let Some((uid, gid)) = opts.owner {
                 chown_tree(&d.staging, uid, gid)?;
@@ -600,7 +600,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
-        self.progress.add_bytes(n as u64);
+        self.progress.add_bytes(n as u64)?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
