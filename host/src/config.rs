@@ -51,6 +51,61 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub floors: crate::policy::floors::Floors,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub client: ClientConfig,
+}
+
+/// `couchvault daemon`: where it listens and how it treats jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Address to listen on; loopback by default.
+    pub listen: String,
+    /// Schedule files applied at start (`*.toml`); none when unset. The embedded defaults
+    /// use `./schedules` when it exists.
+    pub schedules_dir: Option<PathBuf>,
+    /// On SIGTERM, how long running jobs may take to finish before they are interrupted.
+    pub shutdown_timeout: String,
+    /// Finished jobs kept per tenant and instance (older ones are forgotten).
+    pub job_history: usize,
+    /// Largest request body accepted (policy uploads are the big ones).
+    pub max_body_bytes: usize,
+    /// Restores requested with a tenant token go under `<tenant_restore_root>/<tenant>/`.
+    /// Default `<state_dir>/restores`.
+    pub tenant_restore_root: Option<PathBuf>,
+    /// When set, schedules and backups made with a tenant token may only read sources
+    /// under these directories.
+    pub tenant_source_roots: Vec<PathBuf>,
+    /// How often the backup index is rebuilt from the store (it is also updated by every
+    /// job): picks up backups made by the CLI or another daemon.
+    pub reindex_interval: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: "127.0.0.1:8765".into(),
+            schedules_dir: None,
+            shutdown_timeout: "60s".into(),
+            job_history: 50,
+            max_body_bytes: 16 << 20,
+            tenant_restore_root: None,
+            tenant_source_roots: Vec::new(),
+            reindex_interval: "10m".into(),
+        }
+    }
+}
+
+/// The CLI talking to a daemon (`--server`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Daemon URL, e.g. `http://127.0.0.1:8765`.
+    pub server: Option<String>,
+    /// File holding the bearer token (instead of `--token` / `COUCHVAULT_TOKEN`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Which uploaded policies a backup uses, and the sandbox's limits.
@@ -292,6 +347,8 @@ impl Config {
             swift: SwiftConfig::default(),
             policy: PolicyConfig::default(),
             floors: crate::policy::floors::Floors::default(),
+            daemon: DaemonConfig::default(),
+            client: ClientConfig::default(),
         }
     }
 
@@ -344,7 +401,30 @@ impl Config {
             .map_err(|e| invalid(format!("swift.request_timeout: {e}")))?;
         // Relative paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.keyring, &mut cfg.state_dir].into_iter().flatten() {
+        for d in ["shutdown_timeout", "reindex_interval"] {
+            let v = if d == "shutdown_timeout" {
+                &cfg.daemon.shutdown_timeout
+            } else {
+                &cfg.daemon.reindex_interval
+            };
+            parse_duration(v).map_err(|e| invalid(format!("daemon.{d}: {e}")))?;
+        }
+        if cfg.daemon.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(format!(
+                "daemon.listen '{}' is not an address such as 127.0.0.1:8765",
+                cfg.daemon.listen
+            )));
+        }
+        for p in [
+            &mut cfg.keyring,
+            &mut cfg.state_dir,
+            &mut cfg.daemon.schedules_dir,
+            &mut cfg.daemon.tenant_restore_root,
+            &mut cfg.client.token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod couchdb;
 pub mod crypto;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod format;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use nix::unistd::{Gid, Group, Uid, User};
 use serde::Serialize;
 
 use crate::catalog;
@@ -226,8 +227,10 @@ impl Vault {
             (None, None) => None,
             _ => Some(self.policy_host()?),
         };
+        let mut policy_time = std::time::Duration::ZERO;
         // The protection policy decides level, key and tags before anything is read.
         if let (Some(name), Some(host)) = (protection, &host) {
+            let t0 = std::time::Instant::now();
             let size = crate::couchdb::total_size(&source.plan().map_err(crate::Error::from)?);
             let decision = self.protection(
                 host,
@@ -248,6 +251,7 @@ impl Vault {
             key_id = decision.key_id;
             tags.extend(decision.tags);
             tags.insert("protection-policy".into(), name.clone());
+            policy_time += t0.elapsed();
         }
         if let Some(level) = req.compression_level {
             stream.compression_level = level;
@@ -266,6 +270,7 @@ impl Vault {
         };
         let meta = engine::backup(&*self.store, &keyring, source, &opts, progress)?;
         // The retention policy runs after every successful backup.
+        let t0 = std::time::Instant::now();
         let retention = match (retention, &host) {
             (Some(name), Some(host)) => Some(
                 self.retention(host, &keyring, &req.tenant, name, &req.instance)
@@ -278,10 +283,12 @@ impl Vault {
             ),
             _ => None,
         };
+        policy_time += t0.elapsed();
         Ok(BackupOutcome {
             meta,
             notes,
             retention,
+            policy_time,
         })
     }
 }
@@ -448,6 +455,9 @@ pub struct BackupOutcome {
     pub notes: Vec<String>,
     /// The retention verdicts, or why retention failed (the backup is committed either way).
     pub retention: Option<std::result::Result<Vec<Verdict>, String>>,
+    /// Time spent in policies (protection and retention, floors included).
+    #[serde(skip)]
+    pub policy_time: std::time::Duration,
 }
 
 pub fn info_of(m: &BackupMetadata) -> BackupInfo {
@@ -505,4 +515,45 @@ fn open_default_keyring(data_dir: &Path) -> Result<PathBuf> {
         }
         other => other.map(|_| path).map_err(Into::into),
     }
+}
+
+/// The owner for restored files: `USER:GROUP` by name or number, or by default
+/// couchdb:couchdb when running as root and that user exists (else ownership is left).
+pub fn restore_owner(spec: Option<&str>) -> Result<Option<(Uid, Gid)>> {
+    let Some(spec) = spec else {
+        return Ok(default_owner());
+    };
+    let bad = |m: String| OpsError::Setup(m);
+    let Some((u, g)) = spec.split_once(':') else {
+        return Err(bad(format!("owner '{spec}' is not USER:GROUP")));
+    };
+    let uid = match u.parse::<u32>() {
+        Ok(n) => Uid::from_raw(n),
+        Err(_) => User::from_name(u)
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad(format!("no user '{u}' on this machine")))?
+            .uid,
+    };
+    let gid = match g.parse::<u32>() {
+        Ok(n) => Gid::from_raw(n),
+        Err(_) => Group::from_name(g)
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad(format!("no group '{g}' on this machine")))?
+            .gid,
+    };
+    Ok(Some((uid, gid)))
+}
+
+fn default_owner() -> Option<(Uid, Gid)> {
+    if !Uid::effective().is_root() {
+        return None;
+    }
+    let user = User::from_name("couchdb").ok().flatten()?;
+    let gid = Group::from_name("couchdb")
+        .ok()
+        .flatten()
+        .map_or(user.gid, |g| g.gid);
+    Some((user.uid, gid))
 }

@@ -3,15 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use couchvault::catalog;
 use couchvault::config::parse_duration;
 use couchvault::couchdb::{Source, SourceSpec};
 use couchvault::engine::{self, Progress, RestoreOptions};
-use couchvault::ops::BackupRequest;
+use couchvault::ops::{restore_owner, BackupRequest};
 use couchvault::format::BackupMetadata;
-use nix::unistd::{Gid, Group, Uid, User};
 use serde::Serialize;
 
 use super::args::{BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, RestoreArgs};
@@ -341,53 +340,13 @@ fn backup_delete(ctx: &Context, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// `USER:GROUP` by name or number.
-fn parse_owner(spec: &str) -> Result<(Uid, Gid)> {
-    let Some((u, g)) = spec.split_once(':') else {
-        bail!("--owner '{spec}' is not USER:GROUP");
-    };
-    let uid = match u.parse::<u32>() {
-        Ok(n) => Uid::from_raw(n),
-        Err(_) => {
-            User::from_name(u)?
-                .with_context(|| format!("no user '{u}' on this machine"))?
-                .uid
-        }
-    };
-    let gid = match g.parse::<u32>() {
-        Ok(n) => Gid::from_raw(n),
-        Err(_) => {
-            Group::from_name(g)?
-                .with_context(|| format!("no group '{g}' on this machine"))?
-                .gid
-        }
-    };
-    Ok((uid, gid))
-}
-
-/// couchdb:couchdb when running as root and that user exists; otherwise leave ownership.
-fn default_owner() -> Option<(Uid, Gid)> {
-    if !Uid::effective().is_root() {
-        return None;
-    }
-    let user = User::from_name("couchdb").ok().flatten()?;
-    let gid = Group::from_name("couchdb")
-        .ok()
-        .flatten()
-        .map_or(user.gid, |g| g.gid);
-    Some((user.uid, gid))
-}
-
 fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let meta = catalog::load(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, &args.id)?;
-    let owner = match args
-        .owner
-        .as_deref()
-        .or(ctx.vault.config.restore.owner.as_deref())
-    {
-        Some(spec) => Some(parse_owner(spec)?),
-        None => default_owner(),
-    };
+    let owner = restore_owner(
+        args.owner
+            .as_deref()
+            .or(ctx.vault.config.restore.owner.as_deref()),
+    )?;
     let opts = RestoreOptions {
         target: args.to,
         view_index_target: args.view_index_to,

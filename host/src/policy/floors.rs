@@ -32,7 +32,7 @@ impl Default for Floors {
 }
 
 /// The outcome for one backup.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Verdict {
     pub id: String,
     pub keep: bool,

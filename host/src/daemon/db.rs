@@ -1,0 +1,236 @@
+//! The daemon's state in sled: schedules, jobs, hashed API tokens and the backup index.
+//! Every record is JSON with a format version field; every acknowledged write is flushed.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::jobs::Job;
+use crate::scheduler::Schedule;
+
+pub const DB_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the daemon's database {path}: {source}; is another couchvault daemon running on this state directory?")]
+    Open { path: String, source: sled::Error },
+    #[error("the daemon's database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the daemon's database has a damaged record in {tree}: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error("the daemon's database is format {found}; this couchvault reads format {DB_FORMAT}")]
+    Format { found: String },
+}
+
+/// A stored API token: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub couchvault_token: u32,
+    /// Short public id, for listing and revoking.
+    pub id: String,
+    /// None for the admin token.
+    pub tenant: Option<String>,
+    pub label: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One row of the backup index (rebuilt from the store; the store is the truth).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub couchvault_index: u32,
+    pub backup_id: String,
+    pub tenant: String,
+    pub instance: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub files: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub key_id: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+impl IndexEntry {
+    pub fn of(m: &crate::format::BackupMetadata) -> IndexEntry {
+        IndexEntry {
+            couchvault_index: DB_FORMAT,
+            backup_id: m.backup_id.clone(),
+            tenant: m.tenant.clone(),
+            instance: m.instance.clone(),
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            files: m.totals.files,
+            bytes: m.totals.bytes,
+            stored_bytes: m.data.size,
+            key_id: m.encryption.key_id.clone(),
+            tags: m.tags.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Db {
+    db: sled::Db,
+    pub schedules: sled::Tree,
+    pub jobs: sled::Tree,
+    pub tokens: sled::Tree,
+    pub index: sled::Tree,
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, DbError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| DbError::Corrupt {
+                tree: name,
+                reason: e.to_string(),
+            }),
+    }
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, prefix: &[u8]) -> Result<Vec<T>, DbError> {
+    tree.scan_prefix(prefix)
+        .map(|kv| {
+            let (_, v) = kv?;
+            serde_json::from_slice(&v).map_err(|e| DbError::Corrupt {
+                tree: name,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), DbError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| DbError::Corrupt {
+        tree: "write",
+        reason: e.to_string(),
+    })?;
+    tree.insert(key, bytes)?;
+    Ok(())
+}
+
+impl Db {
+    pub fn open(dir: &Path) -> Result<Db, DbError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|source| DbError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        match db.get("couchvault_db")? {
+            None => {
+                db.insert("couchvault_db", DB_FORMAT.to_string().as_bytes())?;
+            }
+            Some(v) if v.as_ref() == DB_FORMAT.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(DbError::Format {
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                })
+            }
+        }
+        Ok(Db {
+            schedules: db.open_tree("schedules")?,
+            jobs: db.open_tree("jobs")?,
+            tokens: db.open_tree("tokens")?,
+            index: db.open_tree("backup_index")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable; called before the API acknowledges one.
+    pub async fn flush(&self) -> Result<(), DbError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), DbError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn schedule(&self, id: &str) -> Result<Option<Schedule>, DbError> {
+        get(&self.schedules, "schedules", id.as_bytes())
+    }
+    pub fn schedules(&self) -> Result<Vec<Schedule>, DbError> {
+        all(&self.schedules, "schedules", b"")
+    }
+    pub fn put_schedule(&self, s: &Schedule) -> Result<(), DbError> {
+        put(&self.schedules, s.id.as_bytes(), s)
+    }
+    pub fn remove_schedule(&self, id: &str) -> Result<bool, DbError> {
+        Ok(self.schedules.remove(id)?.is_some())
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
+        get(&self.jobs, "jobs", id.as_bytes())
+    }
+    pub fn jobs(&self) -> Result<Vec<Job>, DbError> {
+        all(&self.jobs, "jobs", b"")
+    }
+    pub fn put_job(&self, j: &Job) -> Result<(), DbError> {
+        put(&self.jobs, j.id.as_bytes(), j)
+    }
+    pub fn remove_job(&self, id: &str) -> Result<(), DbError> {
+        self.jobs.remove(id)?;
+        Ok(())
+    }
+
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, DbError> {
+        get(&self.tokens, "tokens", hash.as_bytes())
+    }
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, DbError> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let rec = serde_json::from_slice(&v).map_err(|e| DbError::Corrupt {
+                    tree: "tokens",
+                    reason: e.to_string(),
+                })?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), rec))
+            })
+            .collect()
+    }
+    pub fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<(), DbError> {
+        put(&self.tokens, hash.as_bytes(), t)
+    }
+    pub fn remove_token(&self, hash: &str) -> Result<(), DbError> {
+        self.tokens.remove(hash)?;
+        Ok(())
+    }
+
+    fn index_key(tenant: &str, id: &str) -> Vec<u8> {
+        format!("{tenant}/{id}").into_bytes()
+    }
+    pub fn index_put(&self, e: &IndexEntry) -> Result<(), DbError> {
+        put(&self.index, &Self::index_key(&e.tenant, &e.backup_id), e)
+    }
+    pub fn index_remove(&self, tenant: &str, id: &str) -> Result<(), DbError> {
+        self.index.remove(Self::index_key(tenant, id))?;
+        Ok(())
+    }
+    /// A tenant's indexed backups, oldest first (ids sort by time).
+    pub fn index_list(&self, tenant: &str) -> Result<Vec<IndexEntry>, DbError> {
+        all(&self.index, "backup_index", format!("{tenant}/").as_bytes())
+    }
+    /// Replaces a tenant's index with what the store holds.
+    pub fn index_replace(&self, tenant: &str, entries: &[IndexEntry]) -> Result<(), DbError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.index.scan_prefix(format!("{tenant}/").as_bytes()) {
+            batch.remove(kv?.0);
+        }
+        for e in entries {
+            let bytes = serde_json::to_vec(e).map_err(|e| DbError::Corrupt {
+                tree: "backup_index",
+                reason: e.to_string(),
+            })?;
+            batch.insert(Self::index_key(&e.tenant, &e.backup_id), bytes);
+        }
+        self.index.apply_batch(batch)?;
+        Ok(())
+    }
+}

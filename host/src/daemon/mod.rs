@@ -1,0 +1,217 @@
+//! `couchvault daemon`: schedules, jobs and the HTTP API over one store and key ring.
+//!
+//! State is in sled under `<state_dir>/daemon.db`; the store stays the source of truth for
+//! backups (the index in sled is rebuilt from it at start and every
+//! `daemon.reindex_interval`).
+
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod jobs;
+pub mod metrics;
+pub mod schedules;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::catalog;
+use crate::config::parse_duration;
+use crate::ops::Vault;
+use db::{Db, IndexEntry};
+use jobs::Runner;
+use schedules::Schedules;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Schedule(#[from] schedules::ScheduleError),
+    #[error("cannot listen on {addr}: {source}; is another daemon running? (daemon.listen)")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Everything the API handlers and the loops share.
+pub struct Daemon {
+    pub vault: Arc<Vault>,
+    pub db: Db,
+    pub runner: Arc<Runner>,
+    pub schedules: Arc<Schedules>,
+}
+
+/// What `couchvault daemon` was asked to do beyond the config.
+pub struct DaemonOptions {
+    /// Write an admin token to this file (0600) when it has none valid.
+    pub admin_token_file: Option<PathBuf>,
+    /// Apply these schedule files at start.
+    pub schedules_dir: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Opens the state, recovers jobs cut off by the last stop and loads the schedules.
+    pub fn open(vault: Vault, opts: &DaemonOptions) -> Result<Arc<Daemon>, DaemonError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&vault.state_dir)
+            .map_err(|e| DaemonError::Setup(format!("creating {}: {e}", vault.state_dir.display())))?;
+        let db = Db::open(&vault.state_dir.join("daemon.db"))?;
+        let vault = Arc::new(vault);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let runner = Arc::new(Runner::new(
+            vault.clone(),
+            db.clone(),
+            metrics,
+            vault.config.daemon.job_history,
+        ));
+        let interrupted = runner.recover()?;
+        let schedules = Arc::new(Schedules::load(db.clone(), runner.clone())?);
+        if let Some(file) = &opts.admin_token_file {
+            auth::ensure_admin_file(&db, file).map_err(DaemonError::Setup)?;
+        }
+        if let Some(dir) = &opts.schedules_dir {
+            let report = schedules.apply_dir(dir, "default", Utc::now())?;
+            tracing::info!(dir = %dir.display(), created = report.created.len(), updated = report.updated.len(), unchanged = report.unchanged.len(), "schedule files applied");
+            db.flush_blocking()?;
+        }
+        schedules.retry_interrupted(&interrupted, Utc::now());
+        db.flush_blocking()?;
+        tracing::info!(
+            schedules = schedules.len(),
+            interrupted = interrupted.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "daemon state loaded"
+        );
+        Ok(Arc::new(Daemon {
+            vault,
+            db,
+            runner,
+            schedules,
+        }))
+    }
+
+    /// Rebuilds the backup index of every tenant from the store. Returns the count.
+    pub fn reindex(&self) -> Result<usize, String> {
+        let keyring = self.vault.keyring().map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for tenant in self.vault.store.tenants().map_err(|e| e.to_string())? {
+            let entries: Vec<IndexEntry> = catalog::list(&*self.vault.store, &keyring, &tenant, None)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter_map(|l| l.metadata)
+                .map(|m| IndexEntry::of(&m))
+                .collect();
+            n += entries.len();
+            self.db
+                .index_replace(&tenant, &entries)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(n)
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn serve(self: Arc<Self>) -> Result<(), DaemonError> {
+        let addr: SocketAddr = self
+            .vault
+            .config
+            .daemon
+            .listen
+            .parse()
+            .map_err(|_| DaemonError::Setup(format!("daemon.listen '{}' is not an address", self.vault.config.daemon.listen)))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+        tracing::info!(address = %local, store = %self.vault.store.describe(), "couchvault daemon listening on http://{local}");
+        eprintln!("couchvault daemon listening on http://{local}");
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let ticker = tokio::spawn(tick_loop(self.clone(), stop_rx.clone()));
+        let indexer = tokio::spawn(reindex_loop(self.clone(), stop_rx));
+        let app = api::router(self.clone());
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| DaemonError::Setup(format!("serving: {e}")))?;
+
+        tracing::info!("shutting down: no new jobs; waiting for running ones");
+        let _ = stop_tx.send(true);
+        let _ = ticker.await;
+        indexer.abort();
+        let timeout = parse_duration(&self.vault.config.daemon.shutdown_timeout).unwrap_or(Duration::from_secs(60));
+        let runner = self.runner.clone();
+        let _ = tokio::task::spawn_blocking(move || runner.shutdown(timeout)).await;
+        self.db.flush().await?;
+        tracing::info!("daemon stopped");
+        Ok(())
+    }
+}
+
+/// Wakes at the next due time (at most a second later, to notice the clock moving) or
+/// when a schedule changes, and starts what is due.
+async fn tick_loop(d: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let wait = d
+            .schedules
+            .earliest()
+            .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = d.schedules.changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = d.schedules.tick(Utc::now()).await {
+            tracing::error!("scheduler tick: {e}");
+        }
+    }
+}
+
+async fn reindex_loop(d: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = parse_duration(&d.vault.config.daemon.reindex_interval).unwrap_or(Duration::from_secs(600));
+    loop {
+        let d2 = d.clone();
+        match tokio::task::spawn_blocking(move || d2.reindex()).await {
+            Ok(Ok(n)) => tracing::info!(backups = n, "backup index rebuilt from the store"),
+            Ok(Err(e)) => tracing::warn!("backup index not rebuilt: {e}"),
+            Err(e) => tracing::warn!("backup index not rebuilt: {e}"),
+        }
+        if every.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
