@@ -21,9 +21,18 @@ pub struct Cli {
     /// Key ring file (mode 0600) (overrides the config file).
     #[arg(long, global = true, env = "COUCHVAULT_KEYRING", value_name = "FILE")]
     pub keyring: Option<PathBuf>,
-    /// Tenant whose backups and keys to use.
-    #[arg(long, global = true, default_value = "default", value_parser = parse_tenant)]
-    pub tenant: String,
+    /// Tenant whose backups, keys, schedules and policies to use (default: `default`, or a
+    /// tenant token's own tenant).
+    #[arg(long, global = true, value_parser = parse_tenant)]
+    pub tenant: Option<String>,
+    /// Talk to a couchvault daemon at this URL instead of working locally (schedule, job
+    /// and token commands always do; default from [client] server or daemon.listen).
+    #[arg(long, global = true, env = "COUCHVAULT_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token for the daemon (or COUCHVAULT_TOKEN, [client] token_file, or the
+    /// daemon's ./couchvault-data/admin.token on the embedded defaults).
+    #[arg(long, global = true, env = "COUCHVAULT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print stable JSON instead of tables and sentences.
     #[arg(long, global = true)]
     pub json: bool,
@@ -49,6 +58,112 @@ pub enum Command {
     /// Test, add, list and remove the tenant's policies (WebAssembly components).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the scheduler daemon and its HTTP API.
+    Daemon(DaemonArgs),
+    /// Manage recurring backups on a daemon.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Follow, list and cancel a daemon's jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Create, list and revoke a daemon's API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Apply the schedule files in this directory at start (default: daemon.schedules_dir,
+    /// or ./schedules on the embedded defaults when it exists).
+    #[arg(long, value_name = "DIR")]
+    pub schedules: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule; it first runs at the next matching time, never at once.
+    Add(ScheduleAddArgs),
+    /// List schedules with their next run.
+    List,
+    /// Show one schedule with its recent runs.
+    Show { id: String },
+    /// Remove a schedule (its backups stay).
+    Rm { id: String },
+    /// Pause a schedule.
+    Pause { id: String },
+    /// Resume a schedule; runs missed while paused are not caught up.
+    Resume { id: String },
+    /// Create or update the schedules in DIR/*.toml (matched by tenant and name).
+    Apply { dir: PathBuf },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["couchdb_config", "data_dir"])))]
+pub struct ScheduleAddArgs {
+    /// The CouchDB instance to back up.
+    #[arg(long, value_parser = parse_instance)]
+    pub instance: String,
+    /// Schedule name, unique per tenant (default: the instance name).
+    #[arg(long, value_parser = parse_instance)]
+    pub name: Option<String>,
+    #[arg(long, value_name = "DIR")]
+    pub couchdb_config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub view_index_dir: Option<PathBuf>,
+    /// 5-field cron expression or @hourly/@daily/@weekly/@monthly/@yearly.
+    #[arg(long)]
+    pub cron: String,
+    /// IANA time zone the cron expression is read in.
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// A policy of the tenant's (retention or protection); repeatable.
+    #[arg(long = "policy", value_name = "NAME")]
+    pub policies: Vec<String>,
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Spread runs by up to this much (e.g. 5m).
+    #[arg(long, default_value = "0")]
+    pub jitter: String,
+    /// A run not started within this long of its time is missed.
+    #[arg(long, default_value = "1h")]
+    pub starting_deadline: String,
+    /// Create it paused.
+    #[arg(long)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List jobs (newest first).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Show one job.
+    Show { id: String },
+    /// Follow a job with a progress bar until it ends; exits 1 unless it succeeded.
+    Watch { id: String },
+    /// Ask a running job to stop.
+    Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for --tenant (or, with --admin, another admin token); printed once.
+    Create {
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List tokens (ids and tenants, never secrets).
+    List,
+    /// Revoke a token by id.
+    Rm { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +217,9 @@ pub enum BackupCommand {
     /// Show one backup's metadata.
     Show { id: String },
     /// Check a backup end to end without writing anything.
-    Verify { id: String },
+    Verify {
+        id: String,
+    },
     /// Delete a backup (metadata first, then data).
     Delete { id: String },
 }
@@ -134,6 +251,9 @@ pub struct CreateArgs {
     /// The tenant's retention policy to run after the backup (overrides policy.retention).
     #[arg(long, value_name = "NAME")]
     pub retention: Option<String>,
+    /// With --server: return once the daemon has accepted the job, without waiting.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +278,9 @@ pub struct RestoreArgs {
     /// Owner of the restored files, USER:GROUP (default couchdb:couchdb when root).
     #[arg(long, value_name = "USER:GROUP")]
     pub owner: Option<String>,
+    /// With --server: return once the daemon has accepted the job, without waiting.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Args)]

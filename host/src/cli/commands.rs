@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use couchvault::catalog;
-use couchvault::config::parse_duration;
+use couchvault::config::{parse_duration, Config};
 use couchvault::couchdb::{Source, SourceSpec};
 use couchvault::engine::{self, Progress, RestoreOptions};
 use couchvault::ops::{restore_owner, BackupRequest};
@@ -18,6 +18,16 @@ use super::context::Context;
 use super::output::{bytes, print_json, table, with_progress};
 
 pub fn run(cli: Cli) -> Result<()> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    if super::client::wants_server(&cli, &config) {
+        return super::client::run(cli, config);
+    }
+    if let Command::Daemon(args) = &cli.command {
+        return super::daemon::run(&cli, config, args);
+    }
     // A bad source is reported before first use creates anything.
     let source = match &cli.command {
         Command::Backup(BackupCommand::Create(args)) => Some(Source::discover(&SourceSpec {
@@ -27,7 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         })?),
         _ => None,
     };
-    let ctx = Context::open(&cli)?;
+    let ctx = Context::open(&cli, config)?;
     match cli.command {
         Command::Backup(BackupCommand::Create(args)) => {
             backup_create(&ctx, args, source.expect("discovered above"))
@@ -41,6 +51,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key(KeyCommand::Add) => key_add(ctx),
         Command::Key(KeyCommand::List) => key_list(&ctx),
         Command::Policy(cmd) => super::policy::run(&ctx, cmd),
+        Command::Daemon(_) | Command::Schedule(_) | Command::Job(_) | Command::Token(_) => {
+            unreachable!("daemon commands are dispatched above")
+        }
     }
 }
 

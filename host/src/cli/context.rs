@@ -15,16 +15,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn open(cli: &Cli) -> Result<Context> {
-        let config = match &cli.config {
-            Some(path) => Config::load(path)?,
-            None => Config::embedded(),
-        };
+    pub fn open(cli: &Cli, config: Config) -> Result<Context> {
         let vault = Vault::open(config, cli.store.clone(), cli.keyring.clone())?;
         Ok(Context {
             keyring: vault.keyring()?,
             vault,
-            tenant: cli.tenant.clone(),
+            tenant: cli.tenant.clone().unwrap_or_else(|| "default".into()),
             json: cli.json,
         })
     }

@@ -1,8 +1,10 @@
 //! The `couchvault` command line: argument parsing, the commands, and their output.
 
 pub mod args;
+mod client;
 mod commands;
 mod context;
+mod daemon;
 mod output;
 mod policy;
 
