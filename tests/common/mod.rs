@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the CouchDB fixture, a local store, a key ring.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod faultproxy;
 pub mod swift;
 

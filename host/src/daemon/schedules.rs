@@ -126,7 +126,8 @@ impl Schedules {
         mut spec: ScheduleSpec,
         now: DateTime<Utc>,
     ) -> Result<Schedule, ScheduleError> {
-        spec.tenant = Some(tenant.to_string());
+        // The stored schedule carries its tenant once, outside the spec.
+        spec.tenant = None;
         let c = self.check(tenant, &spec)?;
         if let Some(other) = self
             .list(Some(tenant))?
@@ -162,7 +163,7 @@ impl Schedules {
         now: DateTime<Utc>,
     ) -> Result<Schedule, ScheduleError> {
         let mut s = self.get(tenant, id)?;
-        spec.tenant = Some(s.tenant.clone());
+        spec.tenant = None;
         let c = self.check(&s.tenant, &spec)?;
         if let Some(other) = self
             .list(Some(&s.tenant))?
@@ -353,8 +354,10 @@ impl Schedules {
         }
         let mut report = ApplyReport::default();
         for (_, mut spec) in specs {
-            let tenant = spec.tenant.clone().unwrap_or_else(|| default_tenant.to_string());
-            spec.tenant = Some(tenant.clone());
+            let tenant = spec
+                .tenant
+                .take()
+                .unwrap_or_else(|| default_tenant.to_string());
             let label = format!("{tenant}/{}", spec.name);
             match self
                 .list(Some(&tenant))?

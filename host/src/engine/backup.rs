@@ -318,7 +318,12 @@ fn write_tar(
     let mut tar = tar::Builder::new(out);
     let mut files = Vec::with_capacity(plan.len());
     let mut vanished = Vec::new();
-    for f in plan {
+    for (i, f) in plan.iter().enumerate() {
+        match i {
+            1 => super::test_pause("after-first-file"),
+            i if i == plan.len() / 2 => super::test_pause("mid-stream"),
+            _ => {}
+        }
         let file = match File::open(&f.source) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -1,0 +1,480 @@
+//! The daemon end to end, as a real process over HTTP: crash safety (R1, R7), tenant
+//! isolation on every route (R6), bad input, and scheduled backups with retention and an
+//! on-demand restore against the local store and the real Swift.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::swift::{unique, SwiftEnv};
+use common::{couchvault, generate_data, sha256_file, tree, unpack_fixture};
+use couchvault::catalog;
+use couchvault::keyring::KeyRing;
+use couchvault::store::{LocalStore, Store};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The GFS retention component built by scripts/test.sh; None (skip) outside CI.
+fn gfs_wasm() -> Option<Vec<u8>> {
+    let p = repo().join("policies/gfs-retention/target/wasm32-wasip2/release/gfs_retention.wasm");
+    match std::fs::read(&p) {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(std::env::var("CI").is_err(), "CI builds {} first", p.display());
+            eprintln!("skipping: {} is not built (run scripts/test.sh)", p.display());
+            None
+        }
+    }
+}
+
+/// A key ring with keys for `tenants`, at `dir/keyring.toml`.
+fn keyring(dir: &Path, tenants: &[&str]) -> KeyRing {
+    let path = dir.join("keyring.toml");
+    let mut ring = KeyRing::create(&path, tenants[0]).unwrap();
+    for t in &tenants[1..] {
+        ring.add_key(t).unwrap();
+    }
+    ring.save(false).unwrap();
+    ring
+}
+
+fn store_line(dir: &Path) -> String {
+    format!("store = \"file://{}\"\n", dir.join("store").display())
+}
+
+fn backup_body(instance: &str, data: &Path) -> Value {
+    json!({ "instance": instance, "data_dir": data })
+}
+
+/// Starts a backup and returns its job.
+fn start_backup(d: &Daemon, token: &str, instance: &str, data: &Path) -> Value {
+    let (s, job) = d.post("/v1/backups", token, &backup_body(instance, data));
+    assert_eq!(s, 202, "{job}");
+    job
+}
+
+fn backup_ids(d: &Daemon, token: &str) -> Vec<String> {
+    let (s, v) = d.get("/v1/backups", token);
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn r7_acknowledged_schedule_changes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let mut d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    for round in 0..3 {
+        let mut acked = Vec::new();
+        for i in 0..15 {
+            let (s, v) = d.post(
+                "/v1/schedules",
+                &d.admin,
+                &json!({
+                    "name": format!("r{round}-s{i}"),
+                    "instance": format!("db{i}"),
+                    "data_dir": "/var/lib/couchdb",
+                    "cron": "17 3 * * *",
+                    "tz": "Europe/Berlin",
+                }),
+            );
+            assert_eq!(s, 201, "{v}");
+            acked.push(v["id"].as_str().unwrap().to_string());
+        }
+        // Pause the last one; kill the daemon the moment the answer arrives.
+        let last = acked.last().unwrap().clone();
+        let (s, v) = d.post(&format!("/v1/schedules/{last}/pause"), &d.admin, &json!({}));
+        assert_eq!(s, 200, "{v}");
+        d.kill9();
+        d.restart(&[]);
+        let (s, list) = d.get("/v1/schedules", &d.admin);
+        assert_eq!(s, 200);
+        let ids: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        for id in &acked {
+            assert!(ids.contains(&id.as_str()), "round {round}: schedule {id} lost");
+        }
+        assert_eq!(ids.len(), 15 * (round + 1));
+        let (_, shown) = d.get(&format!("/v1/schedules/{last}"), &d.admin);
+        assert_eq!(shown["paused"], true, "the acknowledged pause was lost");
+        assert_eq!(shown["next_run"], Value::Null);
+    }
+    // SIGTERM: a clean exit.
+    let status = d.terminate();
+    assert!(status.success(), "{status}: {}", d.log());
+    assert!(d.log().contains("daemon stopped"), "{}", d.log());
+}
+
+#[test]
+fn r1_kill_9_during_backups_leaves_no_trace_and_the_next_run_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = dir.path().join("gen");
+    generate_data(&data, 24, 5);
+    let extra = format!("{}[backup]\nsegment_size = 1048576\n", store_line(dir.path()));
+    let mut d = Daemon::start(dir.path(), &extra, "", &[]);
+    let store = LocalStore::new(dir.path().join("store"), 1 << 20);
+    for trial in 0..2 {
+        for point in ["after-first-file", "mid-stream", "before-commit"] {
+            d.kill9();
+            d.restart(&[("COUCHVAULT_TEST_PAUSE", &format!("{point}:120000"))]);
+            let pauses = d.log().matches("COUCHVAULT_TEST_PAUSE: pausing").count();
+            let job = start_backup(&d, &d.admin, "node1", &data);
+            let job_id = job["id"].as_str().unwrap().to_string();
+            let backup_id = job["backup_id"].as_str().unwrap().to_string();
+            let started = Instant::now();
+            while d.log().matches("COUCHVAULT_TEST_PAUSE: pausing").count() == pauses {
+                assert!(started.elapsed() < Duration::from_secs(60), "{}", d.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if trial == 0 && point == "mid-stream" {
+                // One job per instance: a second backup of it is refused while one runs.
+                let (s, v) = d.post("/v1/backups", &d.admin, &backup_body("node1", &data));
+                assert_eq!(s, 409, "{v}");
+                assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
+                let segs = store.list_segmented("default").unwrap();
+                assert!(!segs.is_empty(), "mid-upload: segments should exist");
+            }
+            d.kill9();
+            d.restart(&[]);
+
+            let job = d.wait_job(&job_id, &d.admin);
+            assert_eq!(job["state"], "interrupted", "{point}: {job}");
+            assert!(
+                job["error"].as_str().unwrap().contains("daemon stopped"),
+                "{job}"
+            );
+            assert!(!backup_ids(&d, &d.admin).contains(&backup_id), "{point}");
+            let ring = KeyRing::load(&dir.path().join("keyring.toml")).unwrap();
+            let listed = catalog::list(&store, &ring, "default", None).unwrap();
+            assert!(listed.iter().all(|l| l.backup_id != backup_id), "{point}");
+            let leftovers: Vec<String> = store
+                .list_segmented("default")
+                .unwrap()
+                .into_iter()
+                .chain(store.list("default", "").unwrap())
+                .map(|o| o.name)
+                .filter(|n| n.contains(&backup_id))
+                .collect();
+            assert!(leftovers.is_empty(), "{point}: orphans {leftovers:?}");
+            let gc = catalog::gc(&store, Duration::ZERO, true).unwrap();
+            assert!(gc.removed.is_empty(), "{point}: gc would remove {:?}", gc.removed);
+        }
+    }
+    // The next run succeeds.
+    let job = start_backup(&d, &d.admin, "node1", &data);
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(backup_ids(&d, &d.admin), vec![done["backup_id"].as_str().unwrap().to_string()]);
+}
+
+#[test]
+fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["acme", "umbrella"]);
+    let data = unpack_fixture(dir.path());
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    let a = d.tenant_token("acme");
+    let b = d.tenant_token("umbrella");
+
+    // Tenant A's objects: a backup, a restore job, a schedule, a policy.
+    let job = start_backup(&d, &a, "shop", &data);
+    let backup_job = d.wait_job(job["id"].as_str().unwrap(), &a);
+    assert_eq!(backup_job["state"], "succeeded", "{backup_job}");
+    let backup = backup_job["backup_id"].as_str().unwrap().to_string();
+    let (s, restore) = d.post("/v1/restores", &a, &json!({ "backup_id": backup, "target": "r1" }));
+    assert_eq!(s, 202, "{restore}");
+    let restore_id = restore["id"].as_str().unwrap().to_string();
+    assert_eq!(d.wait_job(&restore_id, &a)["state"], "succeeded");
+    assert!(dir.path().join("state/restores/acme/r1/_dbs.couch").exists());
+    let (s, sched) = d.post(
+        "/v1/schedules",
+        &a,
+        &json!({ "name": "nightly", "instance": "shop", "data_dir": data, "cron": "@daily" }),
+    );
+    assert_eq!(s, 201, "{sched}");
+    let sched = sched["id"].as_str().unwrap().to_string();
+    let policy = gfs_wasm();
+    if let Some(wasm) = &policy {
+        let (s, v) = d.call(d.req(Method::PUT, "/v1/policies/keep", Some(&a)).body(wasm.clone()));
+        assert_eq!(s, 201, "{v}");
+    }
+
+    // Tenant B on A's ids: 404, and nothing changes.
+    let sched_body = json!({ "name": "x", "instance": "shop", "data_dir": data, "cron": "@hourly" });
+    let restore_body = json!({ "backup_id": backup, "target": "stolen" });
+    let mut routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/v1/backups/{backup}"), None),
+        (Method::DELETE, format!("/v1/backups/{backup}"), None),
+        (Method::POST, format!("/v1/backups/{backup}/verify"), Some(json!({}))),
+        (Method::POST, "/v1/restores".into(), Some(restore_body)),
+        (Method::GET, format!("/v1/restores/{restore_id}"), None),
+        (Method::GET, format!("/v1/jobs/{restore_id}"), None),
+        (Method::POST, format!("/v1/jobs/{restore_id}/cancel"), Some(json!({}))),
+        (Method::GET, format!("/v1/schedules/{sched}"), None),
+        (Method::PUT, format!("/v1/schedules/{sched}"), Some(sched_body)),
+        (Method::DELETE, format!("/v1/schedules/{sched}"), None),
+        (Method::POST, format!("/v1/schedules/{sched}/pause"), Some(json!({}))),
+        (Method::POST, format!("/v1/schedules/{sched}/resume"), Some(json!({}))),
+    ];
+    if policy.is_some() {
+        routes.push((Method::GET, "/v1/policies/keep".into(), None));
+        routes.push((Method::DELETE, "/v1/policies/keep".into(), None));
+        routes.push((Method::POST, "/v1/policies/keep/dry-run".into(), Some(json!({}))));
+    }
+    for (m, path, body) in &routes {
+        let mut rb = d.req(m.clone(), path, Some(&b));
+        if let Some(body) = body {
+            rb = rb.json(body);
+        }
+        let (s, v) = d.call(rb);
+        assert_eq!(s, 404, "{m} {path} with the other tenant's token: {v}");
+        // No token at all: 401.
+        let (s, _) = d.call(d.req(m.clone(), path, None));
+        assert_eq!(s, 401, "{m} {path} without a token");
+    }
+    // Lists show B nothing of A's; naming A's tenant is forbidden.
+    for path in ["/v1/backups", "/v1/jobs", "/v1/schedules", "/v1/policies"] {
+        let (s, v) = d.get(path, &b);
+        assert_eq!(s, 200, "{path}: {v}");
+        assert_eq!(v.as_array().unwrap().len(), 0, "{path}: {v}");
+        let (s, _) = d.get(&format!("{path}?tenant=acme"), &b);
+        assert_eq!(s, 403, "{path}?tenant=acme");
+        let (s, _) = d.call(d.req(Method::GET, path, None));
+        assert_eq!(s, 401, "{path} without a token");
+    }
+    // Tenant tokens on admin routes: 403.
+    for (m, path) in [
+        (Method::GET, "/metrics"),
+        (Method::GET, "/v1/tokens"),
+        (Method::POST, "/v1/tokens"),
+        (Method::DELETE, "/v1/tokens/abc"),
+        (Method::POST, "/v1/gc"),
+        (Method::POST, "/v1/reindex"),
+    ] {
+        let (s, v) = d.call(d.req(m.clone(), path, Some(&a)).json(&json!({})));
+        assert_eq!(s, 403, "{m} {path}: {v}");
+    }
+    // Everything of A's is as it was.
+    let (s, _) = d.get(&format!("/v1/backups/{backup}"), &a);
+    assert_eq!(s, 200);
+    assert_eq!(backup_ids(&d, &a), vec![backup.clone()]);
+    let (s, v) = d.get(&format!("/v1/schedules/{sched}"), &a);
+    assert_eq!((s, &v["paused"], &v["cron"]), (200, &json!(false), &json!("@daily")));
+    assert_eq!(d.get(&format!("/v1/jobs/{restore_id}"), &a).0, 200);
+    assert!(!dir.path().join("state/restores/umbrella").exists());
+    if policy.is_some() {
+        assert_eq!(d.get("/v1/policies/keep", &a).0, 200);
+    }
+    // The admin sees both tenants' jobs, and metrics count them.
+    let (_, jobs) = d.get("/v1/jobs", &d.admin);
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    let (s, _) = d.get("/metrics", &d.admin);
+    assert_eq!(s, 200);
+    let text = d
+        .req(Method::GET, "/metrics", Some(&d.admin))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains(r#"couchvault_jobs_total{kind="backup",outcome="succeeded"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("couchvault_last_success_timestamp_seconds{tenant=\"acme\",instance=\"shop\"}"), "{text}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_400_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "max_body_bytes = 4096", &[]);
+    let spec = |k: &str, v: Value| {
+        let mut s = json!({ "name": "n", "instance": "db", "data_dir": "/var/lib/couchdb", "cron": "@daily" });
+        s[k] = v;
+        s
+    };
+    for (body, expect) in [
+        (spec("cron", json!("61 * * * *")), "minute field: 61 is out of range"),
+        (spec("cron", json!("* * *")), "has 3 fields"),
+        (spec("tz", json!("Mars/Olympus")), "unknown time zone 'Mars/Olympus'"),
+        (spec("policies", json!(["nope"])), "no policy 'nope'"),
+        (spec("jitter", json!("soon")), "jitter"),
+        (spec("data_dir", json!("relative/dir")), "absolute"),
+        (spec("instance", json!("../etc")), "invalid instance name"),
+        (json!({ "name": "n" }), "invalid JSON body"),
+    ] {
+        let (s, v) = d.post("/v1/schedules", &d.admin, &body);
+        assert_eq!(s, 400, "{body}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(expect), "{body}: expected '{expect}' in '{msg}'");
+    }
+    let (s, v) = d.call(
+        d.req(Method::POST, "/v1/schedules", Some(&d.admin))
+            .header("content-type", "application/json")
+            .body("{\"name\": \"n\", "),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("invalid JSON body"), "{v}");
+    // Oversized: 413, with a message that names the setting.
+    let big = "x".repeat(20 << 20);
+    let (s, v) = d.call(
+        d.req(Method::POST, "/v1/schedules", Some(&d.admin))
+            .header("content-type", "application/json")
+            .body(format!("{{\"name\": \"{big}\"}}")),
+    );
+    assert_eq!(s, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("max_body_bytes"), "{v}");
+    let (s, v) = d.post("/v1/backups", &d.admin, &json!({ "instance": "db" }));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = d.post("/v1/restores", &d.admin, &json!({ "backup_id": "01NOPE", "target": "/tmp/x" }));
+    assert_eq!(s, 404, "{v}");
+    // Nothing was stored.
+    let (_, list) = d.get("/v1/schedules", &d.admin);
+    assert_eq!(list, json!([]));
+    let (_, jobs) = d.get("/v1/jobs", &d.admin);
+    assert_eq!(jobs, json!([]));
+
+    // The CLI client: one clear error line, exit 1.
+    let out = couchvault(
+        dir.path(),
+        &[
+            "--server", &d.url, "--token", &d.admin, "schedule", "add", "--instance", "db",
+            "--data-dir", "/var/lib/couchdb", "--cron", "0 25 * * *",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("400") && stderr.contains("hour field: 25"), "{stderr}");
+    let out = couchvault(dir.path(), &["--server", &d.url, "--token", "wrong", "schedule", "list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+/// Schedules a backup every minute with keep-last-1 retention, lets two runs happen,
+/// checks retention deleted the first, and restores the second on demand.
+fn scheduled_backups_with_retention_and_restore(d: &Daemon, dir: &Path, data: &Path, wasm: &[u8]) {
+    let params = r#"{"keep_last":1,"keep_hourly":0,"keep_daily":0,"keep_weekly":0,"keep_monthly":0,"keep_yearly":0}"#;
+    let (s, v) = d.call(
+        d.req(Method::PUT, "/v1/policies/keep1", Some(&d.admin))
+            .query(&[("params", params)])
+            .body(wasm.to_vec()),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, sched) = d.post(
+        "/v1/schedules",
+        &d.admin,
+        &json!({ "name": "every-minute", "instance": "node1", "data_dir": data,
+                 "cron": "* * * * *", "policies": ["keep1"] }),
+    );
+    assert_eq!(s, 201, "{sched}");
+    let sched_id = sched["id"].as_str().unwrap();
+    // Never at once: no job right after creation.
+    let (_, jobs) = d.get("/v1/jobs", &d.admin);
+    assert_eq!(jobs, json!([]));
+    let started = Instant::now();
+    let finished = loop {
+        let (_, jobs) = d.get(&format!("/v1/jobs?schedule={sched_id}"), &d.admin);
+        let done: Vec<Value> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["state"] != "running")
+            .cloned()
+            .collect();
+        if done.len() >= 2 {
+            break done;
+        }
+        assert!(started.elapsed() < Duration::from_secs(200), "two runs did not happen: {jobs}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Pause so no third run interferes.
+    d.post(&format!("/v1/schedules/{sched_id}/pause"), &d.admin, &json!({}));
+    let mut finished = finished;
+    finished.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    for j in &finished {
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    let (first, second) = (&finished[0], &finished[1]);
+    let first_backup = first["backup_id"].as_str().unwrap();
+    let second_backup = second["backup_id"].as_str().unwrap();
+    assert_ne!(first["scheduled"]["scheduled_for"], second["scheduled"]["scheduled_for"]);
+    let verdicts = second["retention"].as_array().unwrap();
+    let deleted: Vec<&str> = verdicts
+        .iter()
+        .filter(|v| v["keep"] == false)
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, vec![first_backup], "{second}");
+    let listed = backup_ids(d, &d.admin);
+    assert!(!listed.contains(&first_backup.to_string()), "{listed:?}");
+    assert!(listed.contains(&second_backup.to_string()), "{listed:?}");
+    let (s, _) = d.get(&format!("/v1/backups/{first_backup}"), &d.admin);
+    assert_eq!(s, 404, "the deleted backup is gone from the store");
+
+    // Restore on demand into a new directory: byte-identical.
+    let target = dir.join("restored");
+    let (s, job) = d.post(
+        "/v1/restores",
+        &d.admin,
+        &json!({ "backup_id": second_backup, "target": target }),
+    );
+    assert_eq!(s, 202, "{job}");
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let want = tree(data);
+    assert_eq!(tree(&target), want);
+    for f in &want {
+        assert_eq!(sha256_file(&data.join(f)), sha256_file(&target.join(f)), "{f}");
+    }
+    let (_, shown) = d.get(&format!("/v1/schedules/{sched_id}"), &d.admin);
+    let history = shown["history"].as_array().unwrap();
+    assert!(history.iter().filter(|h| h["outcome"] == "started").count() >= 2, "{shown}");
+}
+
+#[test]
+fn scheduled_backups_retention_and_restore_on_the_local_store() {
+    let Some(wasm) = gfs_wasm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = unpack_fixture(dir.path());
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    scheduled_backups_with_retention_and_restore(&d, dir.path(), &data, &wasm);
+}
+
+#[test]
+fn scheduled_backups_retention_and_restore_on_swift() {
+    let Some(env) = SwiftEnv::load() else { return };
+    let Some(wasm) = gfs_wasm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = unpack_fixture(dir.path());
+    let extra = format!(
+        "store = \"swift://{}\"\n[backup]\nsegment_size = 1048576\n",
+        unique("daemon")
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &extra,
+        "",
+        &[
+            ("ST_AUTH", env.get("SWIFT_AUTH_URL")),
+            ("ST_USER", env.get("SWIFT_USER")),
+            ("ST_KEY", env.get("SWIFT_KEY")),
+        ],
+    );
+    scheduled_backups_with_retention_and_restore(&d, dir.path(), &data, &wasm);
+}
