@@ -26,8 +26,15 @@ fn gfs_wasm() -> Option<Vec<u8>> {
     match std::fs::read(&p) {
         Ok(b) => Some(b),
         Err(_) => {
-            assert!(std::env::var("CI").is_err(), "CI builds {} first", p.display());
-            eprintln!("skipping: {} is not built (run scripts/test.sh)", p.display());
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI builds {} first",
+                p.display()
+            );
+            eprintln!(
+                "skipping: {} is not built (run scripts/test.sh)",
+                p.display()
+            );
             None
         }
     }
@@ -106,7 +113,10 @@ fn r7_acknowledged_schedule_changes_survive_kill_9() {
             .map(|s| s["id"].as_str().unwrap())
             .collect();
         for id in &acked {
-            assert!(ids.contains(&id.as_str()), "round {round}: schedule {id} lost");
+            assert!(
+                ids.contains(&id.as_str()),
+                "round {round}: schedule {id} lost"
+            );
         }
         assert_eq!(ids.len(), 15 * (round + 1));
         let (_, shown) = d.get(&format!("/v1/schedules/{last}"), &d.admin);
@@ -125,7 +135,10 @@ fn r1_kill_9_during_backups_leaves_no_trace_and_the_next_run_succeeds() {
     keyring(dir.path(), &["default"]);
     let data = dir.path().join("gen");
     generate_data(&data, 24, 5);
-    let extra = format!("{}[backup]\nsegment_size = 1048576\n", store_line(dir.path()));
+    let extra = format!(
+        "{}[backup]\nsegment_size = 1048576\n",
+        store_line(dir.path())
+    );
     let mut d = Daemon::start(dir.path(), &extra, "", &[]);
     let store = LocalStore::new(dir.path().join("store"), 1 << 20);
     for trial in 0..2 {
@@ -172,14 +185,21 @@ fn r1_kill_9_during_backups_leaves_no_trace_and_the_next_run_succeeds() {
                 .collect();
             assert!(leftovers.is_empty(), "{point}: orphans {leftovers:?}");
             let gc = catalog::gc(&store, Duration::ZERO, true).unwrap();
-            assert!(gc.removed.is_empty(), "{point}: gc would remove {:?}", gc.removed);
+            assert!(
+                gc.removed.is_empty(),
+                "{point}: gc would remove {:?}",
+                gc.removed
+            );
         }
     }
     // The next run succeeds.
     let job = start_backup(&d, &d.admin, "node1", &data);
     let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(backup_ids(&d, &d.admin), vec![done["backup_id"].as_str().unwrap().to_string()]);
+    assert_eq!(
+        backup_ids(&d, &d.admin),
+        vec![done["backup_id"].as_str().unwrap().to_string()]
+    );
 }
 
 #[test]
@@ -196,11 +216,18 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
     let backup_job = d.wait_job(job["id"].as_str().unwrap(), &a);
     assert_eq!(backup_job["state"], "succeeded", "{backup_job}");
     let backup = backup_job["backup_id"].as_str().unwrap().to_string();
-    let (s, restore) = d.post("/v1/restores", &a, &json!({ "backup_id": backup, "target": "r1" }));
+    let (s, restore) = d.post(
+        "/v1/restores",
+        &a,
+        &json!({ "backup_id": backup, "target": "r1" }),
+    );
     assert_eq!(s, 202, "{restore}");
     let restore_id = restore["id"].as_str().unwrap().to_string();
     assert_eq!(d.wait_job(&restore_id, &a)["state"], "succeeded");
-    assert!(dir.path().join("state/restores/acme/r1/_dbs.couch").exists());
+    assert!(dir
+        .path()
+        .join("state/restores/acme/r1/_dbs.couch")
+        .exists());
     let (s, sched) = d.post(
         "/v1/schedules",
         &a,
@@ -210,31 +237,59 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
     let sched = sched["id"].as_str().unwrap().to_string();
     let policy = gfs_wasm();
     if let Some(wasm) = &policy {
-        let (s, v) = d.call(d.req(Method::PUT, "/v1/policies/keep", Some(&a)).body(wasm.clone()));
+        let (s, v) = d.call(
+            d.req(Method::PUT, "/v1/policies/keep", Some(&a))
+                .body(wasm.clone()),
+        );
         assert_eq!(s, 201, "{v}");
     }
 
     // Tenant B on A's ids: 404, and nothing changes.
-    let sched_body = json!({ "name": "x", "instance": "shop", "data_dir": data, "cron": "@hourly" });
+    let sched_body =
+        json!({ "name": "x", "instance": "shop", "data_dir": data, "cron": "@hourly" });
     let restore_body = json!({ "backup_id": backup, "target": "stolen" });
     let mut routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/v1/backups/{backup}"), None),
         (Method::DELETE, format!("/v1/backups/{backup}"), None),
-        (Method::POST, format!("/v1/backups/{backup}/verify"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("/v1/backups/{backup}/verify"),
+            Some(json!({})),
+        ),
         (Method::POST, "/v1/restores".into(), Some(restore_body)),
         (Method::GET, format!("/v1/restores/{restore_id}"), None),
         (Method::GET, format!("/v1/jobs/{restore_id}"), None),
-        (Method::POST, format!("/v1/jobs/{restore_id}/cancel"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("/v1/jobs/{restore_id}/cancel"),
+            Some(json!({})),
+        ),
         (Method::GET, format!("/v1/schedules/{sched}"), None),
-        (Method::PUT, format!("/v1/schedules/{sched}"), Some(sched_body)),
+        (
+            Method::PUT,
+            format!("/v1/schedules/{sched}"),
+            Some(sched_body),
+        ),
         (Method::DELETE, format!("/v1/schedules/{sched}"), None),
-        (Method::POST, format!("/v1/schedules/{sched}/pause"), Some(json!({}))),
-        (Method::POST, format!("/v1/schedules/{sched}/resume"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("/v1/schedules/{sched}/pause"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/schedules/{sched}/resume"),
+            Some(json!({})),
+        ),
     ];
     if policy.is_some() {
         routes.push((Method::GET, "/v1/policies/keep".into(), None));
         routes.push((Method::DELETE, "/v1/policies/keep".into(), None));
-        routes.push((Method::POST, "/v1/policies/keep/dry-run".into(), Some(json!({}))));
+        routes.push((
+            Method::POST,
+            "/v1/policies/keep/dry-run".into(),
+            Some(json!({})),
+        ));
     }
     for (m, path, body) in &routes {
         let mut rb = d.req(m.clone(), path, Some(&b));
@@ -274,7 +329,10 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
     assert_eq!(s, 200);
     assert_eq!(backup_ids(&d, &a), vec![backup.clone()]);
     let (s, v) = d.get(&format!("/v1/schedules/{sched}"), &a);
-    assert_eq!((s, &v["paused"], &v["cron"]), (200, &json!(false), &json!("@daily")));
+    assert_eq!(
+        (s, &v["paused"], &v["cron"]),
+        (200, &json!(false), &json!("@daily"))
+    );
     assert_eq!(d.get(&format!("/v1/jobs/{restore_id}"), &a).0, 200);
     assert!(!dir.path().join("state/restores/umbrella").exists());
     if policy.is_some() {
@@ -295,23 +353,39 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
         text.contains(r#"couchvault_jobs_total{kind="backup",outcome="succeeded"} 1"#),
         "{text}"
     );
-    assert!(text.contains("couchvault_last_success_timestamp_seconds{tenant=\"acme\",instance=\"shop\"}"), "{text}");
+    assert!(
+        text.contains(
+            "couchvault_last_success_timestamp_seconds{tenant=\"acme\",instance=\"shop\"}"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
 fn bad_input_gets_a_clear_400_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     keyring(dir.path(), &["default"]);
-    let d = Daemon::start(dir.path(), &store_line(dir.path()), "max_body_bytes = 4096", &[]);
+    let d = Daemon::start(
+        dir.path(),
+        &store_line(dir.path()),
+        "max_body_bytes = 4096",
+        &[],
+    );
     let spec = |k: &str, v: Value| {
         let mut s = json!({ "name": "n", "instance": "db", "data_dir": "/var/lib/couchdb", "cron": "@daily" });
         s[k] = v;
         s
     };
     for (body, expect) in [
-        (spec("cron", json!("61 * * * *")), "minute field: 61 is out of range"),
+        (
+            spec("cron", json!("61 * * * *")),
+            "minute field: 61 is out of range",
+        ),
         (spec("cron", json!("* * *")), "has 3 fields"),
-        (spec("tz", json!("Mars/Olympus")), "unknown time zone 'Mars/Olympus'"),
+        (
+            spec("tz", json!("Mars/Olympus")),
+            "unknown time zone 'Mars/Olympus'",
+        ),
         (spec("policies", json!(["nope"])), "no policy 'nope'"),
         (spec("jitter", json!("soon")), "jitter"),
         (spec("data_dir", json!("relative/dir")), "absolute"),
@@ -321,7 +395,10 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
         let (s, v) = d.post("/v1/schedules", &d.admin, &body);
         assert_eq!(s, 400, "{body}: {v}");
         let msg = v["error"].as_str().unwrap();
-        assert!(msg.contains(expect), "{body}: expected '{expect}' in '{msg}'");
+        assert!(
+            msg.contains(expect),
+            "{body}: expected '{expect}' in '{msg}'"
+        );
     }
     let (s, v) = d.call(
         d.req(Method::POST, "/v1/schedules", Some(&d.admin))
@@ -329,7 +406,10 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
             .body("{\"name\": \"n\", "),
     );
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("invalid JSON body"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("invalid JSON body"),
+        "{v}"
+    );
     // Oversized: 413, with a message that names the setting.
     let big = "x".repeat(20 << 20);
     let (s, v) = d.call(
@@ -338,10 +418,17 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
             .body(format!("{{\"name\": \"{big}\"}}")),
     );
     assert_eq!(s, 413, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("max_body_bytes"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("max_body_bytes"),
+        "{v}"
+    );
     let (s, v) = d.post("/v1/backups", &d.admin, &json!({ "instance": "db" }));
     assert_eq!(s, 400, "{v}");
-    let (s, v) = d.post("/v1/restores", &d.admin, &json!({ "backup_id": "01NOPE", "target": "/tmp/x" }));
+    let (s, v) = d.post(
+        "/v1/restores",
+        &d.admin,
+        &json!({ "backup_id": "01NOPE", "target": "/tmp/x" }),
+    );
     assert_eq!(s, 404, "{v}");
     // Nothing was stored.
     let (_, list) = d.get("/v1/schedules", &d.admin);
@@ -353,14 +440,30 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
     let out = couchvault(
         dir.path(),
         &[
-            "--server", &d.url, "--token", &d.admin, "schedule", "add", "--instance", "db",
-            "--data-dir", "/var/lib/couchdb", "--cron", "0 25 * * *",
+            "--server",
+            &d.url,
+            "--token",
+            &d.admin,
+            "schedule",
+            "add",
+            "--instance",
+            "db",
+            "--data-dir",
+            "/var/lib/couchdb",
+            "--cron",
+            "0 25 * * *",
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("400") && stderr.contains("hour field: 25"), "{stderr}");
-    let out = couchvault(dir.path(), &["--server", &d.url, "--token", "wrong", "schedule", "list"]);
+    assert!(
+        stderr.contains("400") && stderr.contains("hour field: 25"),
+        "{stderr}"
+    );
+    let out = couchvault(
+        dir.path(),
+        &["--server", &d.url, "--token", "wrong", "schedule", "list"],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
 
@@ -398,11 +501,19 @@ fn scheduled_backups_with_retention_and_restore(d: &Daemon, dir: &Path, data: &P
         if done.len() >= 2 {
             break done;
         }
-        assert!(started.elapsed() < Duration::from_secs(200), "two runs did not happen: {jobs}\n{}", d.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(200),
+            "two runs did not happen: {jobs}\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     // Pause so no third run interferes.
-    d.post(&format!("/v1/schedules/{sched_id}/pause"), &d.admin, &json!({}));
+    d.post(
+        &format!("/v1/schedules/{sched_id}/pause"),
+        &d.admin,
+        &json!({}),
+    );
     let mut finished = finished;
     finished.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     for j in &finished {
@@ -411,7 +522,10 @@ fn scheduled_backups_with_retention_and_restore(d: &Daemon, dir: &Path, data: &P
     let (first, second) = (&finished[0], &finished[1]);
     let first_backup = first["backup_id"].as_str().unwrap();
     let second_backup = second["backup_id"].as_str().unwrap();
-    assert_ne!(first["scheduled"]["scheduled_for"], second["scheduled"]["scheduled_for"]);
+    assert_ne!(
+        first["scheduled"]["scheduled_for"],
+        second["scheduled"]["scheduled_for"]
+    );
     let verdicts = second["retention"].as_array().unwrap();
     let deleted: Vec<&str> = verdicts
         .iter()
@@ -438,11 +552,18 @@ fn scheduled_backups_with_retention_and_restore(d: &Daemon, dir: &Path, data: &P
     let want = tree(data);
     assert_eq!(tree(&target), want);
     for f in &want {
-        assert_eq!(sha256_file(&data.join(f)), sha256_file(&target.join(f)), "{f}");
+        assert_eq!(
+            sha256_file(&data.join(f)),
+            sha256_file(&target.join(f)),
+            "{f}"
+        );
     }
     let (_, shown) = d.get(&format!("/v1/schedules/{sched_id}"), &d.admin);
     let history = shown["history"].as_array().unwrap();
-    assert!(history.iter().filter(|h| h["outcome"] == "started").count() >= 2, "{shown}");
+    assert!(
+        history.iter().filter(|h| h["outcome"] == "started").count() >= 2,
+        "{shown}"
+    );
 }
 
 #[test]

@@ -122,20 +122,19 @@ impl Vault {
         &self,
         host: &PolicyHost,
         keyring: &KeyRing,
-        tenant: &str,
         name: &str,
-        instance: &str,
-        schedule: Option<&str>,
+        req: &BackupRequest,
         source_size: u64,
     ) -> Result<ProtectionDecision> {
+        let tenant = req.tenant.as_str();
         let (policy, params) = self.registered(host, tenant, name)?;
         let answer = host.protect(
             &policy,
             &ProtectionInput {
                 now: Utc::now().timestamp(),
                 tenant: tenant.to_string(),
-                instance: instance.to_string(),
-                schedule: schedule.map(str::to_string),
+                instance: req.instance.clone(),
+                schedule: req.schedule.clone(),
                 source_size,
                 params,
             },
@@ -182,12 +181,13 @@ impl Vault {
                 backups: backups.clone(),
             },
         )?;
-        let verdicts = floors::retention(&self.config.floors, now, &backups, &keeps).map_err(
-            |reason| OpsError::Policy {
-                name: name.to_string(),
-                reason: reason.to_string(),
-            },
-        )?;
+        let verdicts =
+            floors::retention(&self.config.floors, now, &backups, &keeps).map_err(|reason| {
+                OpsError::Policy {
+                    name: name.to_string(),
+                    reason: reason.to_string(),
+                }
+            })?;
         for v in verdicts.iter().filter(|v| !v.keep) {
             catalog::delete(&*self.store, tenant, &v.id)?;
             tracing::info!(backup = %v.id, reason = %v.reason, "retention deleted a backup");
@@ -232,15 +232,7 @@ impl Vault {
         if let (Some(name), Some(host)) = (protection, &host) {
             let t0 = std::time::Instant::now();
             let size = crate::couchdb::total_size(&source.plan().map_err(crate::Error::from)?);
-            let decision = self.protection(
-                host,
-                &keyring,
-                &req.tenant,
-                name,
-                &req.instance,
-                req.schedule.as_deref(),
-                size,
-            )?;
+            let decision = self.protection(host, &keyring, name, req, size)?;
             notes.extend(
                 decision
                     .overrides
@@ -501,9 +493,8 @@ fn open_default_keyring(data_dir: &Path) -> Result<PathBuf> {
     let path = data_dir.join("keyring.toml");
     match KeyRing::load(&path) {
         Err(KeyringError::Missing { .. }) => {
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                OpsError::Setup(format!("creating {}: {e}", data_dir.display()))
-            })?;
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| OpsError::Setup(format!("creating {}: {e}", data_dir.display())))?;
             KeyRing::create(&path, "default")?;
             eprintln!(
                 "couchvault: first use: created {} with a local store and a new key ring at {}.\n\
@@ -529,19 +520,23 @@ pub fn restore_owner(spec: Option<&str>) -> Result<Option<(Uid, Gid)>> {
     };
     let uid = match u.parse::<u32>() {
         Ok(n) => Uid::from_raw(n),
-        Err(_) => User::from_name(u)
-            .ok()
-            .flatten()
-            .ok_or_else(|| bad(format!("no user '{u}' on this machine")))?
-            .uid,
+        Err(_) => {
+            User::from_name(u)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(format!("no user '{u}' on this machine")))?
+                .uid
+        }
     };
     let gid = match g.parse::<u32>() {
         Ok(n) => Gid::from_raw(n),
-        Err(_) => Group::from_name(g)
-            .ok()
-            .flatten()
-            .ok_or_else(|| bad(format!("no group '{g}' on this machine")))?
-            .gid,
+        Err(_) => {
+            Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(format!("no group '{g}' on this machine")))?
+                .gid
+        }
     };
     Ok(Some((uid, gid)))
 }

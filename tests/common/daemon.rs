@@ -76,7 +76,12 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
-        for (k, v) in self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(env.iter().copied()) {
+        for (k, v) in self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(env.iter().copied())
+        {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("start the daemon"));

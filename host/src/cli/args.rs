@@ -31,7 +31,13 @@ pub struct Cli {
     pub server: Option<String>,
     /// Bearer token for the daemon (or COUCHVAULT_TOKEN, [client] token_file, or the
     /// daemon's ./couchvault-data/admin.token on the embedded defaults).
-    #[arg(long, global = true, env = "COUCHVAULT_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "COUCHVAULT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Print stable JSON instead of tables and sentences.
     #[arg(long, global = true)]
@@ -82,7 +88,7 @@ pub struct DaemonArgs {
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Add a schedule; it first runs at the next matching time, never at once.
-    Add(ScheduleAddArgs),
+    Add(Box<ScheduleAddArgs>),
     /// List schedules with their next run.
     List,
     /// Show one schedule with its recent runs.
@@ -217,9 +223,7 @@ pub enum BackupCommand {
     /// Show one backup's metadata.
     Show { id: String },
     /// Check a backup end to end without writing anything.
-    Verify {
-        id: String,
-    },
+    Verify { id: String },
     /// Delete a backup (metadata first, then data).
     Delete { id: String },
 }

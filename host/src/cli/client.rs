@@ -41,7 +41,9 @@ pub fn wants_server(cli: &Cli, config: &Config) -> bool {
             cli.command,
             Command::Backup(_)
                 | Command::Restore(_)
-                | Command::Policy(PolicyCommand::Add { .. } | PolicyCommand::List | PolicyCommand::Rm { .. })
+                | Command::Policy(
+                    PolicyCommand::Add { .. } | PolicyCommand::List | PolicyCommand::Rm { .. }
+                )
         )
 }
 
@@ -295,12 +297,26 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                             s(b, "instance"),
                             s(b, "finished_at"),
                             s(b, "files"),
-                            b.get("bytes").and_then(Value::as_u64).map_or("-".into(), bytes),
-                            b.get("stored_bytes").and_then(Value::as_u64).map_or("-".into(), bytes),
+                            b.get("bytes")
+                                .and_then(Value::as_u64)
+                                .map_or("-".into(), bytes),
+                            b.get("stored_bytes")
+                                .and_then(Value::as_u64)
+                                .map_or("-".into(), bytes),
                         ]
                     })
                     .collect();
-                table(&["ID", "INSTANCE", "FINISHED (UTC)", "FILES", "SIZE", "STORED"], &rows);
+                table(
+                    &[
+                        "ID",
+                        "INSTANCE",
+                        "FINISHED (UTC)",
+                        "FILES",
+                        "SIZE",
+                        "STORED",
+                    ],
+                    &rows,
+                );
             })
         }
         Command::Backup(BackupCommand::Show { id }) => {
@@ -331,13 +347,16 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
             c.submitted(job, a.detach)
         }
         Command::Policy(PolicyCommand::Add { name, file, params }) => {
-            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let v: Value = c.send(
                 c.request(Method::PUT, &format!("/v1/policies/{name}"))
                     .query(&[("params", params)])
                     .body(wasm),
             )?;
-            c.show(&v, |v| println!("added policy {} ({})", s(v, "name"), s(v, "kinds")))
+            c.show(&v, |v| {
+                println!("added policy {} ({})", s(v, "name"), s(v, "kinds"))
+            })
         }
         Command::Policy(PolicyCommand::List) => {
             let v: Value = c.get("/v1/policies")?;
@@ -413,7 +432,12 @@ fn print_schedule(v: &Value) {
     if let Some(n) = v.get("next_run") {
         println!("  next run  {}", n.as_str().unwrap_or("none (paused)"));
     }
-    for r in v.get("history").and_then(Value::as_array).into_iter().flatten() {
+    for r in v
+        .get("history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         println!(
             "  {}  {:<8} {}",
             s(r, "scheduled_for"),
@@ -429,7 +453,7 @@ fn print_schedule(v: &Value) {
 fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
     match cmd {
         ScheduleCommand::Add(a) => {
-            let spec = schedule_spec(a)?;
+            let spec = schedule_spec(*a)?;
             let v: Value = c.post("/v1/schedules", &serde_json::to_value(spec)?)?;
             c.show(&v, print_schedule)
         }
@@ -455,7 +479,10 @@ fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
                         ]
                     })
                     .collect();
-                table(&["ID", "TENANT", "NAME", "INSTANCE", "CRON", "STATE"], &rows);
+                table(
+                    &["ID", "TENANT", "NAME", "INSTANCE", "CRON", "STATE"],
+                    &rows,
+                );
             })
         }
         ScheduleCommand::Show { id } => {
@@ -479,7 +506,8 @@ fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
         }
         ScheduleCommand::Apply { dir } => {
             // Read and check the files here so errors name the file and line.
-            let specs = couchvault::daemon::schedules::read_dir_specs(&dir).map_err(|e| anyhow!(e))?;
+            let specs =
+                couchvault::daemon::schedules::read_dir_specs(&dir).map_err(|e| anyhow!(e))?;
             let mut list = Vec::new();
             for (file, mut spec) in specs {
                 spec.compile().map_err(|e| anyhow!("{file}: {e}"))?;
@@ -505,7 +533,14 @@ fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
                         .flatten()
                         .filter_map(|x| x.as_str().map(str::to_string))
                         .collect();
-                    println!("{k:<9} {}", if names.is_empty() { "-".into() } else { names.join(", ") });
+                    println!(
+                        "{k:<9} {}",
+                        if names.is_empty() {
+                            "-".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    );
                 }
             })
         }
@@ -541,7 +576,18 @@ fn job(c: &Client, cmd: JobCommand) -> Result<()> {
                     ]
                 })
                 .collect();
-            table(&["ID", "KIND", "TENANT", "INSTANCE", "STATE", "CREATED (UTC)", "ERROR"], &rows);
+            table(
+                &[
+                    "ID",
+                    "KIND",
+                    "TENANT",
+                    "INSTANCE",
+                    "STATE",
+                    "CREATED (UTC)",
+                    "ERROR",
+                ],
+                &rows,
+            );
             Ok(())
         }
         JobCommand::Show { id } => {
@@ -587,12 +633,18 @@ fn token(c: &Client, cmd: TokenCommand) -> Result<()> {
                 eprintln!(
                     "token {} for {} created; it is shown only this once",
                     s(v, "id"),
-                    tenant.as_deref().map_or("admin".to_string(), |t| format!("tenant '{t}'"))
+                    tenant
+                        .as_deref()
+                        .map_or("admin".to_string(), |t| format!("tenant '{t}'"))
                 );
             })
         }
         TokenCommand::List => {
-            let v: Value = c.send(c.http.get(format!("{}/v1/tokens", c.base)).bearer_auth(&c.token))?;
+            let v: Value = c.send(
+                c.http
+                    .get(format!("{}/v1/tokens", c.base))
+                    .bearer_auth(&c.token),
+            )?;
             c.show(&v, |v| {
                 let rows: Vec<Vec<String>> = v
                     .as_array()
@@ -601,7 +653,10 @@ fn token(c: &Client, cmd: TokenCommand) -> Result<()> {
                     .map(|t| {
                         vec![
                             s(t, "id"),
-                            t.get("tenant").and_then(Value::as_str).unwrap_or("(admin)").into(),
+                            t.get("tenant")
+                                .and_then(Value::as_str)
+                                .unwrap_or("(admin)")
+                                .into(),
                             s(t, "label"),
                             s(t, "created_at"),
                         ]

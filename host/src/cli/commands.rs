@@ -9,8 +9,8 @@ use couchvault::catalog;
 use couchvault::config::{parse_duration, Config};
 use couchvault::couchdb::{Source, SourceSpec};
 use couchvault::engine::{self, Progress, RestoreOptions};
-use couchvault::ops::{restore_owner, BackupRequest};
 use couchvault::format::BackupMetadata;
+use couchvault::ops::{restore_owner, BackupRequest};
 use serde::Serialize;
 
 use super::args::{BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, RestoreArgs};
@@ -124,10 +124,7 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
         eprintln!("couchvault: {note}");
     }
     let meta = &outcome.meta;
-    let retention = outcome
-        .retention
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let retention = outcome.retention.transpose().map_err(anyhow::Error::msg)?;
     if ctx.json {
         #[derive(Serialize)]
         struct Created<'a> {
@@ -179,7 +176,12 @@ struct ListRow<'a> {
 }
 
 fn backup_list(ctx: &Context, instance: Option<String>) -> Result<()> {
-    let listed = catalog::list(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, instance.as_deref())?;
+    let listed = catalog::list(
+        &*ctx.vault.store,
+        &ctx.keyring,
+        &ctx.tenant,
+        instance.as_deref(),
+    )?;
     if ctx.json {
         let rows: Vec<ListRow<'_>> = listed
             .iter()
@@ -397,7 +399,9 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
 }
 
 fn gc(ctx: &Context, args: GcArgs) -> Result<()> {
-    let grace_text = args.grace.unwrap_or_else(|| ctx.vault.config.gc.grace.clone());
+    let grace_text = args
+        .grace
+        .unwrap_or_else(|| ctx.vault.config.gc.grace.clone());
     let grace = parse_duration(&grace_text).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
     let report = catalog::gc(&*ctx.vault.store, grace, args.dry_run)?;
     if ctx.json {

@@ -156,7 +156,8 @@ pub fn run(ctx: &Context, cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::List => {
-            let entries = registry::list(&ctx.vault.state_dir, &ctx.tenant).map_err(|e| anyhow!(e))?;
+            let entries =
+                registry::list(&ctx.vault.state_dir, &ctx.tenant).map_err(|e| anyhow!(e))?;
             if ctx.json {
                 return print_json(&entries);
             }

@@ -119,10 +119,7 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> ApiResult<Bytes>
     Bytes::from_request(req, state).await.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "request body too large (see daemon.max_body_bytes)",
-            )
+            ApiError::new(status, "request body too large (see daemon.max_body_bytes)")
         } else {
             ApiError::new(status, e.body_text())
         }
@@ -215,7 +212,9 @@ pub fn router(d: Shared) -> Router {
         .route("/v1/schedules/apply", post(schedule_apply))
         .route(
             "/v1/schedules/{id}",
-            get(schedule_show).put(schedule_replace).delete(schedule_delete),
+            get(schedule_show)
+                .put(schedule_replace)
+                .delete(schedule_delete),
         )
         .route("/v1/schedules/{id}/pause", post(schedule_pause))
         .route("/v1/schedules/{id}/resume", post(schedule_resume))
@@ -229,7 +228,9 @@ pub fn router(d: Shared) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(token_delete))
         .route("/v1/gc", post(gc))
         .route("/v1/reindex", post(reindex))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route (see docs/API.md)") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route (see docs/API.md)")
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(d)
 }
@@ -247,9 +248,11 @@ async fn healthz(State(d): State<Shared>) -> Json<serde_json::Value> {
 
 async fn metrics(p: Principal, State(d): State<Shared>) -> ApiResult<Response> {
     admin_only(&p)?;
-    d.runner
-        .metrics
-        .set("couchvault_jobs_running", String::new(), d.runner.running() as f64);
+    d.runner.metrics.set(
+        "couchvault_jobs_running",
+        String::new(),
+        d.runner.running() as f64,
+    );
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         d.runner.metrics.render(),
@@ -306,9 +309,11 @@ async fn backup_create(
     JsonBody(b): JsonBody<BackupBody>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &q)?;
-    crate::names::validate_name("instance", &b.instance).map_err(|e| ApiError::bad(e.to_string()))?;
+    crate::names::validate_name("instance", &b.instance)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     check_source(&d, &p, &b.source)?;
-    crate::ops::resolve_policies(&d.vault.state_dir, &tenant, &b.policies).map_err(ApiError::bad)?;
+    crate::ops::resolve_policies(&d.vault.state_dir, &tenant, &b.policies)
+        .map_err(ApiError::bad)?;
     if let Some(l) = b.compression_level {
         if !(1..=19).contains(&l) {
             return Err(ApiError::bad("compression_level must be 1-19"));
@@ -332,7 +337,9 @@ fn check_source(d: &Daemon, p: &Principal, s: &SourceSettings) -> ApiResult<()> 
         .flatten()
         .collect();
     if s.couchdb_config.is_some() == s.data_dir.is_some() {
-        return Err(ApiError::bad("give couchdb_config or data_dir (one of them)"));
+        return Err(ApiError::bad(
+            "give couchdb_config or data_dir (one of them)",
+        ));
     }
     for path in &paths {
         if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
@@ -374,7 +381,11 @@ async fn backup_show(
 }
 
 /// Checks that a backup id belongs to the tenant before a job is started for it.
-async fn owned_backup(d: &Daemon, tenant: &str, id: &str) -> ApiResult<crate::format::BackupMetadata> {
+async fn owned_backup(
+    d: &Daemon,
+    tenant: &str,
+    id: &str,
+) -> ApiResult<crate::format::BackupMetadata> {
     if crate::names::validate_name("backup id", id).is_err() {
         return Err(ApiError::not_found("backup"));
     }
@@ -433,7 +444,10 @@ struct RestoreBody {
 /// `<tenant_restore_root>/<tenant>/`.
 fn restore_path(d: &Daemon, p: &Principal, path: &std::path::Path) -> ApiResult<PathBuf> {
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(ApiError::bad(format!("{}: '..' is not allowed", path.display())));
+        return Err(ApiError::bad(format!(
+            "{}: '..' is not allowed",
+            path.display()
+        )));
     }
     match p {
         Principal::Admin if path.is_absolute() => Ok(path.to_path_buf()),
@@ -519,32 +533,48 @@ async fn job_list(
 ) -> ApiResult<Json<Vec<Job>>> {
     let tenant = match (&p, &q.tenant) {
         (Principal::Admin, None) => None,
-        _ => Some(tenant_of(&p, &TenantQuery { tenant: q.tenant.clone() })?),
+        _ => Some(tenant_of(
+            &p,
+            &TenantQuery {
+                tenant: q.tenant.clone(),
+            },
+        )?),
     };
-    let jobs = d
-        .db
-        .jobs()?
-        .into_iter()
-        .filter(|j| tenant.as_ref().is_none_or(|t| &j.tenant == t))
-        .filter(|j| q.instance.as_ref().is_none_or(|i| j.request.instance() == Some(i.as_str())))
-        .filter(|j| q.state.as_ref().is_none_or(|s| j.state.as_str() == s))
-        .filter(|j| q.kind.as_ref().is_none_or(|k| j.request.kind() == k))
-        .filter(|j| {
-            q.schedule
-                .as_ref()
-                .is_none_or(|s| j.scheduled.as_ref().is_some_and(|r| &r.schedule_id == s))
-        })
-        .map(|j| d.runner.show(j))
-        .collect();
+    let jobs =
+        d.db.jobs()?
+            .into_iter()
+            .filter(|j| tenant.as_ref().is_none_or(|t| &j.tenant == t))
+            .filter(|j| {
+                q.instance
+                    .as_ref()
+                    .is_none_or(|i| j.request.instance() == Some(i.as_str()))
+            })
+            .filter(|j| q.state.as_ref().is_none_or(|s| j.state.as_str() == s))
+            .filter(|j| q.kind.as_ref().is_none_or(|k| j.request.kind() == k))
+            .filter(|j| {
+                q.schedule
+                    .as_ref()
+                    .is_none_or(|s| j.scheduled.as_ref().is_some_and(|r| &r.schedule_id == s))
+            })
+            .map(|j| d.runner.show(j))
+            .collect();
     Ok(Json(jobs))
 }
 
-async fn job_show(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+async fn job_show(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
     let job = visible_job(&d, &p, &id)?;
     Ok(Json(d.runner.show(job)))
 }
 
-async fn job_cancel(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn job_cancel(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let job = visible_job(&d, &p, &id)?;
     if !d.runner.cancel(&job.id) {
         return Err(ApiError::new(
@@ -622,7 +652,11 @@ async fn schedule_apply(
     Ok(Json(report).into_response())
 }
 
-async fn schedule_show(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn schedule_show(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let s = d.schedules.get(scope(&p), &id)?;
     #[derive(Serialize)]
     struct Shown<'a> {
@@ -654,19 +688,31 @@ async fn schedule_replace(
     Ok(Json(s).into_response())
 }
 
-async fn schedule_delete(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn schedule_delete(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     d.schedules.remove(scope(&p), &id)?;
     d.db.flush().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn schedule_pause(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn schedule_pause(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let s = d.schedules.set_paused(scope(&p), &id, true, Utc::now())?;
     d.db.flush().await?;
     Ok(Json(s).into_response())
 }
 
-async fn schedule_resume(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn schedule_resume(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let s = d.schedules.set_paused(scope(&p), &id, false, Utc::now())?;
     d.db.flush().await?;
     Ok(Json(s).into_response())
@@ -719,10 +765,11 @@ async fn policy_upload(
     let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
     policy_name(&name)?;
     let vault = d.vault.clone();
-    let entry = tokio::task::spawn_blocking(move || vault.add_policy(&tenant, &name, &wasm, &q.params))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let entry =
+        tokio::task::spawn_blocking(move || vault.add_policy(&tenant, &name, &wasm, &q.params))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(entry)).into_response())
 }
 
@@ -744,10 +791,14 @@ async fn policy_delete(
     if !in_use.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("policy '{name}' is used by schedule(s) {}; change them first", in_use.join(", ")),
+            format!(
+                "policy '{name}' is used by schedule(s) {}; change them first",
+                in_use.join(", ")
+            ),
         ));
     }
-    registry::remove(&d.vault.state_dir, &tenant, &name).map_err(|_| ApiError::not_found("policy"))?;
+    registry::remove(&d.vault.state_dir, &tenant, &name)
+        .map_err(|_| ApiError::not_found("policy"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -856,7 +907,8 @@ async fn token_create(
     if let Some(t) = &b.tenant {
         crate::names::validate_name("tenant", t).map_err(|e| ApiError::bad(e.to_string()))?;
     }
-    let (token, rec) = auth::create(&d.db, b.tenant.as_deref(), &b.label).map_err(ApiError::internal)?;
+    let (token, rec) =
+        auth::create(&d.db, b.tenant.as_deref(), &b.label).map_err(ApiError::internal)?;
     d.db.flush().await?;
     Ok((
         StatusCode::CREATED,
@@ -871,7 +923,11 @@ async fn token_list(p: Principal, State(d): State<Shared>) -> ApiResult<Response
     Ok(Json(list).into_response())
 }
 
-async fn token_delete(p: Principal, State(d): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn token_delete(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     admin_only(&p)?;
     let Some((hash, _)) = d.db.tokens()?.into_iter().find(|(_, r)| r.id == id) else {
         return Err(ApiError::not_found("token"));
@@ -887,7 +943,11 @@ struct GcBody {
     grace: Option<String>,
 }
 
-async fn gc(p: Principal, State(d): State<Shared>, JsonBody(b): JsonBody<GcBody>) -> ApiResult<Response> {
+async fn gc(
+    p: Principal,
+    State(d): State<Shared>,
+    JsonBody(b): JsonBody<GcBody>,
+) -> ApiResult<Response> {
     admin_only(&p)?;
     let grace = b.grace.unwrap_or_else(|| d.vault.config.gc.grace.clone());
     crate::config::parse_duration(&grace).map_err(|e| ApiError::bad(format!("grace: {e}")))?;

@@ -78,7 +78,11 @@ pub struct Db {
     pub index: sled::Tree,
 }
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, DbError> {
+fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, DbError> {
     match tree.get(key)? {
         None => Ok(None),
         Some(v) => serde_json::from_slice(&v)
@@ -90,7 +94,11 @@ fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -
     }
 }
 
-fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, prefix: &[u8]) -> Result<Vec<T>, DbError> {
+fn all<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    prefix: &[u8],
+) -> Result<Vec<T>, DbError> {
     tree.scan_prefix(prefix)
         .map(|kv| {
             let (_, v) = kv?;

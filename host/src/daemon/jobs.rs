@@ -163,7 +163,9 @@ pub struct Job {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("instance '{instance}' is busy with {kind} job {job_id}; try again when it has finished")]
+    #[error(
+        "instance '{instance}' is busy with {kind} job {job_id}; try again when it has finished"
+    )]
     Busy {
         instance: String,
         kind: String,
@@ -174,6 +176,9 @@ pub enum SubmitError {
     #[error(transparent)]
     Db(#[from] super::db::DbError),
 }
+
+/// (tenant, instance) → (job id, job kind) of the job holding it.
+type Holders = HashMap<(String, String), (String, &'static str)>;
 
 struct Active {
     progress: Arc<Progress>,
@@ -186,7 +191,7 @@ pub struct Runner {
     pub db: Db,
     pub metrics: Arc<Metrics>,
     /// (tenant, instance) → the job holding it.
-    busy: Mutex<HashMap<(String, String), (String, &'static str)>>,
+    busy: Mutex<Holders>,
     active: Mutex<HashMap<String, Active>>,
     accepting: AtomicBool,
     history: usize,
@@ -339,7 +344,11 @@ impl Runner {
         }
         tracing::info!(job = %job.id, state = job.state.as_str(), error = job.error.as_deref().unwrap_or(""), "job finished");
         self.record_metrics(&job);
-        if let Err(e) = self.db.put_job(&job).and_then(|()| self.db.flush_blocking()) {
+        if let Err(e) = self
+            .db
+            .put_job(&job)
+            .and_then(|()| self.db.flush_blocking())
+        {
             tracing::error!(job = %job.id, "cannot record the job's end: {e}");
         }
         if let Some(inst) = job.request.instance() {
@@ -408,8 +417,11 @@ impl Runner {
                         String::new(),
                         outcome.policy_time.as_secs_f64(),
                     );
-                    self.metrics
-                        .add("couchvault_policy_evaluation_seconds_count", String::new(), 1.0);
+                    self.metrics.add(
+                        "couchvault_policy_evaluation_seconds_count",
+                        String::new(),
+                        1.0,
+                    );
                 }
                 job.notes = outcome.notes.clone();
                 match outcome.retention {
@@ -470,8 +482,7 @@ impl Runner {
             }
             JobRequest::Gc { grace } => {
                 let grace = crate::config::parse_duration(&grace)?;
-                let report =
-                    catalog::gc(&*vault.store, grace, false).map_err(|e| e.to_string())?;
+                let report = catalog::gc(&*vault.store, grace, false).map_err(|e| e.to_string())?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
             }
@@ -558,7 +569,9 @@ impl Runner {
                 }
                 None => match catalog::delete(&*self.vault.store, &job.tenant, id) {
                     Ok(_) => error.push_str("; its partial upload was removed"),
-                    Err(crate::Error::NotFound { .. }) => error.push_str("; it had uploaded nothing"),
+                    Err(crate::Error::NotFound { .. }) => {
+                        error.push_str("; it had uploaded nothing")
+                    }
                     Err(e) => error.push_str(&format!(
                         "; removing its partial upload failed ({e}); `couchvault gc` will"
                     )),
@@ -591,7 +604,10 @@ impl Runner {
         if self.running() == 0 {
             return;
         }
-        tracing::warn!(running = self.running(), "shutdown timeout: cancelling running jobs");
+        tracing::warn!(
+            running = self.running(),
+            "shutdown timeout: cancelling running jobs"
+        );
         for a in lock(&self.active).values() {
             a.progress.cancel();
         }

@@ -32,7 +32,10 @@ pub enum DaemonError {
     #[error(transparent)]
     Schedule(#[from] schedules::ScheduleError),
     #[error("cannot listen on {addr}: {source}; is another daemon running? (daemon.listen)")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -57,8 +60,9 @@ impl Daemon {
     /// Opens the state, recovers jobs cut off by the last stop and loads the schedules.
     pub fn open(vault: Vault, opts: &DaemonOptions) -> Result<Arc<Daemon>, DaemonError> {
         let started = Instant::now();
-        std::fs::create_dir_all(&vault.state_dir)
-            .map_err(|e| DaemonError::Setup(format!("creating {}: {e}", vault.state_dir.display())))?;
+        std::fs::create_dir_all(&vault.state_dir).map_err(|e| {
+            DaemonError::Setup(format!("creating {}: {e}", vault.state_dir.display()))
+        })?;
         let db = Db::open(&vault.state_dir.join("daemon.db"))?;
         let vault = Arc::new(vault);
         let metrics = Arc::new(metrics::Metrics::default());
@@ -99,12 +103,13 @@ impl Daemon {
         let keyring = self.vault.keyring().map_err(|e| e.to_string())?;
         let mut n = 0;
         for tenant in self.vault.store.tenants().map_err(|e| e.to_string())? {
-            let entries: Vec<IndexEntry> = catalog::list(&*self.vault.store, &keyring, &tenant, None)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter_map(|l| l.metadata)
-                .map(|m| IndexEntry::of(&m))
-                .collect();
+            let entries: Vec<IndexEntry> =
+                catalog::list(&*self.vault.store, &keyring, &tenant, None)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter_map(|l| l.metadata)
+                    .map(|m| IndexEntry::of(&m))
+                    .collect();
             n += entries.len();
             self.db
                 .index_replace(&tenant, &entries)
@@ -115,23 +120,24 @@ impl Daemon {
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn serve(self: Arc<Self>) -> Result<(), DaemonError> {
-        let addr: SocketAddr = self
-            .vault
-            .config
-            .daemon
-            .listen
-            .parse()
-            .map_err(|_| DaemonError::Setup(format!("daemon.listen '{}' is not an address", self.vault.config.daemon.listen)))?;
+        let addr: SocketAddr = self.vault.config.daemon.listen.parse().map_err(|_| {
+            DaemonError::Setup(format!(
+                "daemon.listen '{}' is not an address",
+                self.vault.config.daemon.listen
+            ))
+        })?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DaemonError::Listen {
                 addr: addr.to_string(),
                 source,
             })?;
-        let local = listener.local_addr().map_err(|source| DaemonError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| DaemonError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
         tracing::info!(address = %local, store = %self.vault.store.describe(), "couchvault daemon listening on http://{local}");
         eprintln!("couchvault daemon listening on http://{local}");
 
@@ -148,7 +154,8 @@ impl Daemon {
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         indexer.abort();
-        let timeout = parse_duration(&self.vault.config.daemon.shutdown_timeout).unwrap_or(Duration::from_secs(60));
+        let timeout = parse_duration(&self.vault.config.daemon.shutdown_timeout)
+            .unwrap_or(Duration::from_secs(60));
         let runner = self.runner.clone();
         let _ = tokio::task::spawn_blocking(move || runner.shutdown(timeout)).await;
         self.db.flush().await?;
@@ -182,7 +189,8 @@ async fn tick_loop(d: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>)
 }
 
 async fn reindex_loop(d: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let every = parse_duration(&d.vault.config.daemon.reindex_interval).unwrap_or(Duration::from_secs(600));
+    let every =
+        parse_duration(&d.vault.config.daemon.reindex_interval).unwrap_or(Duration::from_secs(600));
     loop {
         let d2 = d.clone();
         match tokio::task::spawn_blocking(move || d2.reindex()).await {

@@ -59,12 +59,16 @@ impl Schedules {
                     inner.compiled.insert(s.id.clone(), c);
                 }
                 // Stored schedules were valid when stored; a newer rule may refuse one.
-                Err(e) => tracing::error!(schedule = %s.id, "schedule no longer valid, not run: {e}"),
+                Err(e) => {
+                    tracing::error!(schedule = %s.id, "schedule no longer valid, not run: {e}")
+                }
             }
         }
-        runner
-            .metrics
-            .set("couchvault_schedules", String::new(), inner.compiled.len() as f64);
+        runner.metrics.set(
+            "couchvault_schedules",
+            String::new(),
+            inner.compiled.len() as f64,
+        );
         Ok(Schedules {
             db,
             runner,
@@ -111,9 +115,11 @@ impl Schedules {
         let mut inner = lock(&self.inner);
         inner.timetable.set(&s.id, s.next_due(&c));
         inner.compiled.insert(s.id.clone(), c);
-        self.runner
-            .metrics
-            .set("couchvault_schedules", String::new(), inner.compiled.len() as f64);
+        self.runner.metrics.set(
+            "couchvault_schedules",
+            String::new(),
+            inner.compiled.len() as f64,
+        );
         drop(inner);
         self.changed.notify_one();
         Ok(())
@@ -209,9 +215,11 @@ impl Schedules {
         let mut inner = lock(&self.inner);
         inner.timetable.set(id, None);
         inner.compiled.remove(id);
-        self.runner
-            .metrics
-            .set("couchvault_schedules", String::new(), inner.compiled.len() as f64);
+        self.runner.metrics.set(
+            "couchvault_schedules",
+            String::new(),
+            inner.compiled.len() as f64,
+        );
         Ok(())
     }
 
@@ -317,11 +325,15 @@ impl Schedules {
             if s.spec.paused || now - run.scheduled_for > c.deadline {
                 continue;
             }
-            match self
-                .runner
-                .submit(&job.tenant, job.request.clone(), Some(run.clone()), job.attempt + 1)
-            {
-                Ok(new) => tracing::info!(job = %job.id, retry = %new.id, "retrying an interrupted scheduled backup"),
+            match self.runner.submit(
+                &job.tenant,
+                job.request.clone(),
+                Some(run.clone()),
+                job.attempt + 1,
+            ) {
+                Ok(new) => {
+                    tracing::info!(job = %job.id, retry = %new.id, "retrying an interrupted scheduled backup")
+                }
                 Err(e) => tracing::warn!(job = %job.id, "cannot retry: {e}"),
             }
         }

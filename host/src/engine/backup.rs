@@ -87,7 +87,11 @@ pub fn backup(
         .files_total
         .store(plan.len() as u64, std::sync::atomic::Ordering::Relaxed);
 
-    let id = opts.id.unwrap_or_else(Ulid::new);
+    // Not unwrap_or_default: Ulid's default is the nil id.
+    let id = match opts.id {
+        Some(id) => id,
+        None => Ulid::new(),
+    };
     let started_at = Utc::now();
     tracing::info!(backup = %id, files = plan.len(), bytes = total, "backup started");
     let (sealed, (files, vanished)) = store_stream(
@@ -143,7 +147,10 @@ pub fn backup(
     };
     super::test_pause("before-commit");
     if progress.is_cancelled() {
-        let _ = store.delete(&opts.tenant, &format::data_object(&opts.instance, &meta.backup_id));
+        let _ = store.delete(
+            &opts.tenant,
+            &format::data_object(&opts.instance, &meta.backup_id),
+        );
         return Err(Error::Cancelled);
     }
     catalog::commit(store, &key.secret, &meta)?;

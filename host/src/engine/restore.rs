@@ -64,7 +64,8 @@ pub fn verify(
     meta: &BackupMetadata,
     progress: &Progress,
 ) -> Result<VerifyReport> {
-    let chunks = unpack(store, keyring, meta, &|_| None, progress).map_err(|e| progress.explain(e))?;
+    let chunks =
+        unpack(store, keyring, meta, &|_| None, progress).map_err(|e| progress.explain(e))?;
     Ok(VerifyReport {
         backup_id: meta.backup_id.clone(),
         files: meta.totals.files,

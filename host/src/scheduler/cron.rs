@@ -316,7 +316,8 @@ mod tests {
     fn parses_fields_and_shorthands() {
         let c = cron("*/15 9-17 * * mon-fri", "UTC");
         assert_eq!(
-            c.next_after(utc("2026-11-27T17:50:00Z")).map(|t| t.to_rfc3339()),
+            c.next_after(utc("2026-11-27T17:50:00Z"))
+                .map(|t| t.to_rfc3339()),
             Some("2026-11-30T09:00:00+00:00".into()),
             "Friday evening to Monday morning"
         );
@@ -356,7 +357,9 @@ mod tests {
             let e = Cron::parse(expr, tz).expect_err(expr).to_string();
             assert!(e.contains(needle), "{expr}: {e}");
         }
-        assert!(parse_tz("Mars/Olympus").unwrap_err().contains("unknown time zone"));
+        assert!(parse_tz("Mars/Olympus")
+            .unwrap_err()
+            .contains("unknown time zone"));
     }
 
     #[test]

@@ -180,10 +180,7 @@ pub fn jitter_for(schedule_id: &str, run: DateTime<Utc>, jitter: Duration) -> Du
     }
     // FNV-1a: stable, and spread enough to keep runs of many schedules apart.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in schedule_id
-        .bytes()
-        .chain(run.timestamp().to_le_bytes().into_iter())
-    {
+    for b in schedule_id.bytes().chain(run.timestamp().to_le_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -427,9 +424,7 @@ mod tests {
         );
         s.record(
             &d,
-            Some(Outcome::Started {
-                job_id: "j".into(),
-            }),
+            Some(Outcome::Started { job_id: "j".into() }),
             t("2026-11-26T12:34:00Z"),
         );
         // Not again at the next tick.
@@ -477,7 +472,9 @@ mod tests {
             now,
         );
         assert_eq!(s.history.len(), 1);
-        assert!(matches!(&s.history[0].outcome, Outcome::Skipped { reason } if reason.contains("busy")));
+        assert!(
+            matches!(&s.history[0].outcome, Outcome::Skipped { reason } if reason.contains("busy"))
+        );
         // The skipped run is not retried; the next is 08:10.
         assert_eq!(s.decide(&c, t("2026-11-26T08:09:00Z")), None);
         assert_eq!(s.next_due(&c), Some(t("2026-11-26T08:10:00Z")));
