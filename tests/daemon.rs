@@ -115,7 +115,9 @@ fn r7_acknowledged_schedule_changes_survive_kill_9() {
         for id in &acked {
             assert!(
                 ids.contains(&id.as_str()),
-                "round {round}: schedule {id} lost"
+                "round {round}: schedule {id} lost; have {} of {}",
+                ids.len(),
+                acked.len()
             );
         }
         assert_eq!(ids.len(), 15 * (round + 1));

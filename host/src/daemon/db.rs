@@ -160,9 +160,6 @@ impl Db {
         Ok(())
     }
 
-    pub fn schedule(&self, id: &str) -> Result<Option<Schedule>, DbError> {
-        get(&self.schedules, "schedules", id.as_bytes())
-    }
     pub fn schedules(&self) -> Result<Vec<Schedule>, DbError> {
         all(&self.schedules, "schedules", b"")
     }

@@ -1,7 +1,7 @@
 //! The daemon's schedules: create/replace/pause/resume/remove (persisted in sled) and the
 //! tick that starts due runs. The semantics live in `crate::scheduler`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -30,10 +30,12 @@ pub enum ScheduleError {
     Db(#[from] super::db::DbError),
 }
 
+/// Every schedule in memory (sled is written through), so reads never scan the database.
 #[derive(Default)]
 struct Inner {
     timetable: Timetable,
     compiled: HashMap<String, Compiled>,
+    schedules: BTreeMap<String, Schedule>,
 }
 
 pub struct Schedules {
@@ -63,6 +65,7 @@ impl Schedules {
                     tracing::error!(schedule = %s.id, "schedule no longer valid, not run: {e}")
                 }
             }
+            inner.schedules.insert(s.id.clone(), s);
         }
         runner.metrics.set(
             "couchvault_schedules",
@@ -87,19 +90,28 @@ impl Schedules {
 
     /// The tenant's schedules (all for None), sorted by id.
     pub fn list(&self, tenant: Option<&str>) -> Result<Vec<Schedule>, ScheduleError> {
-        Ok(self
-            .db
-            .schedules()?
-            .into_iter()
+        Ok(lock(&self.inner)
+            .schedules
+            .values()
             .filter(|s| tenant.is_none_or(|t| s.tenant == t))
+            .cloned()
             .collect())
     }
 
     pub fn get(&self, tenant: Option<&str>, id: &str) -> Result<Schedule, ScheduleError> {
-        match self.db.schedule(id)? {
-            Some(s) if tenant.is_none_or(|t| s.tenant == t) => Ok(s),
+        match lock(&self.inner).schedules.get(id) {
+            Some(s) if tenant.is_none_or(|t| s.tenant == t) => Ok(s.clone()),
             _ => Err(ScheduleError::NotFound),
         }
+    }
+
+    /// The id of the tenant's schedule named `name`, other than `except`.
+    fn named(&self, tenant: &str, name: &str, except: Option<&str>) -> Option<String> {
+        lock(&self.inner)
+            .schedules
+            .values()
+            .find(|s| s.tenant == tenant && s.spec.name == name && Some(s.id.as_str()) != except)
+            .map(|s| s.id.clone())
     }
 
     /// Checks a spec for `tenant`: every field, and that its policies exist.
@@ -115,6 +127,7 @@ impl Schedules {
         let mut inner = lock(&self.inner);
         inner.timetable.set(&s.id, s.next_due(&c));
         inner.compiled.insert(s.id.clone(), c);
+        inner.schedules.insert(s.id.clone(), s.clone());
         self.runner.metrics.set(
             "couchvault_schedules",
             String::new(),
@@ -135,15 +148,11 @@ impl Schedules {
         // The stored schedule carries its tenant once, outside the spec.
         spec.tenant = None;
         let c = self.check(tenant, &spec)?;
-        if let Some(other) = self
-            .list(Some(tenant))?
-            .into_iter()
-            .find(|s| s.spec.name == spec.name)
-        {
+        if let Some(id) = self.named(tenant, &spec.name, None) {
             return Err(ScheduleError::Exists {
                 tenant: tenant.to_string(),
                 name: spec.name,
-                id: other.id,
+                id,
             });
         }
         let s = Schedule {
@@ -171,15 +180,11 @@ impl Schedules {
         let mut s = self.get(tenant, id)?;
         spec.tenant = None;
         let c = self.check(&s.tenant, &spec)?;
-        if let Some(other) = self
-            .list(Some(&s.tenant))?
-            .into_iter()
-            .find(|o| o.spec.name == spec.name && o.id != s.id)
-        {
+        if let Some(id) = self.named(&s.tenant, &spec.name, Some(&s.id)) {
             return Err(ScheduleError::Exists {
                 tenant: s.tenant.clone(),
                 name: spec.name,
-                id: other.id,
+                id,
             });
         }
         s.spec = spec;
@@ -215,6 +220,7 @@ impl Schedules {
         let mut inner = lock(&self.inner);
         inner.timetable.set(id, None);
         inner.compiled.remove(id);
+        inner.schedules.remove(id);
         self.runner.metrics.set(
             "couchvault_schedules",
             String::new(),
@@ -247,7 +253,7 @@ impl Schedules {
     }
 
     fn handle(&self, id: &str, now: DateTime<Utc>) -> Result<(), ScheduleError> {
-        let Some(mut s) = self.db.schedule(id)? else {
+        let Ok(mut s) = self.get(None, id) else {
             lock(&self.inner).timetable.set(id, None);
             return Ok(());
         };
@@ -305,7 +311,9 @@ impl Schedules {
         });
         s.record(&decision, outcome, now);
         self.db.put_schedule(&s)?;
-        lock(&self.inner).timetable.set(id, s.next_due(&c));
+        let mut inner = lock(&self.inner);
+        inner.timetable.set(id, s.next_due(&c));
+        inner.schedules.insert(s.id.clone(), s);
         Ok(())
     }
 
@@ -316,7 +324,7 @@ impl Schedules {
             let (JobState::Interrupted, Some(run)) = (job.state, &job.scheduled) else {
                 continue;
             };
-            let Ok(Some(s)) = self.db.schedule(&run.schedule_id) else {
+            let Ok(s) = self.get(None, &run.schedule_id) else {
                 continue;
             };
             let Some(c) = lock(&self.inner).compiled.get(&s.id).cloned() else {
@@ -371,18 +379,16 @@ impl Schedules {
                 .take()
                 .unwrap_or_else(|| default_tenant.to_string());
             let label = format!("{tenant}/{}", spec.name);
-            match self
-                .list(Some(&tenant))?
-                .into_iter()
-                .find(|s| s.spec.name == spec.name)
-            {
+            match self.named(&tenant, &spec.name, None) {
                 None => {
                     self.create(&tenant, spec, now)?;
                     report.created.push(label);
                 }
-                Some(s) if same_spec(&s.spec, &spec) => report.unchanged.push(label),
-                Some(s) => {
-                    self.replace(Some(&tenant), &s.id, spec, now)?;
+                Some(id) if same_spec(&self.get(None, &id)?.spec, &spec) => {
+                    report.unchanged.push(label)
+                }
+                Some(id) => {
+                    self.replace(Some(&tenant), &id, spec, now)?;
                     report.updated.push(label);
                 }
             }
