@@ -393,6 +393,7 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
         (spec("data_dir", json!("relative/dir")), "absolute"),
         (spec("instance", json!("../etc")), "invalid instance name"),
         (json!({ "name": "n" }), "invalid JSON body"),
+        (spec("pasued", json!(true)), "unknown field `pasued`"),
     ] {
         let (s, v) = d.post("/v1/schedules", &d.admin, &body);
         assert_eq!(s, 400, "{body}: {v}");
@@ -426,6 +427,13 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
     );
     let (s, v) = d.post("/v1/backups", &d.admin, &json!({ "instance": "db" }));
     assert_eq!(s, 400, "{v}");
+    let (s, v) = d.post(
+        "/v1/backups",
+        &d.admin,
+        &json!({ "instance": "db", "data_dir": "/var/lib/couchdb", "bogus": 1 }),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bogus"), "{v}");
     let (s, v) = d.post(
         "/v1/restores",
         &d.admin,

@@ -14,7 +14,7 @@ use couchvault::daemon::db::IndexEntry;
 use couchvault::daemon::{api, Daemon, DaemonOptions};
 use couchvault::keyring::KeyRing;
 use couchvault::ops::Vault;
-use couchvault::scheduler::{ScheduleSpec, SourceSettings};
+use couchvault::scheduler::ScheduleSpec;
 
 const SCHEDULES: usize = 10_000;
 const TENANTS: usize = 100;
@@ -73,10 +73,9 @@ fn main() -> anyhow::Result<()> {
             name: format!("s{i}"),
             tenant: None,
             instance: format!("db{i}"),
-            source: SourceSettings {
-                data_dir: Some("/var/lib/couchdb".into()),
-                ..Default::default()
-            },
+            couchdb_config: None,
+            data_dir: Some("/var/lib/couchdb".into()),
+            view_index_dir: None,
             cron: format!("{} {} * * *", i % 60, (i / 60) % 24),
             tz: zones[i % zones.len()].into(),
             policies: vec![],

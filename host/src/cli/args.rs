@@ -104,7 +104,6 @@ pub enum ScheduleCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["couchdb_config", "data_dir"])))]
 pub struct ScheduleAddArgs {
     /// The CouchDB instance to back up.
     #[arg(long, value_parser = parse_instance)]
@@ -112,12 +111,8 @@ pub struct ScheduleAddArgs {
     /// Schedule name, unique per tenant (default: the instance name).
     #[arg(long, value_parser = parse_instance)]
     pub name: Option<String>,
-    #[arg(long, value_name = "DIR")]
-    pub couchdb_config: Option<PathBuf>,
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long, value_name = "DIR")]
-    pub view_index_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// 5-field cron expression or @hourly/@daily/@weekly/@monthly/@yearly.
     #[arg(long)]
     pub cron: String,
@@ -228,12 +223,11 @@ pub enum BackupCommand {
     Delete { id: String },
 }
 
+/// Where a CouchDB node's data is: its config directory, or its data directory.
 #[derive(Debug, Args)]
+#[group(skip)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["couchdb_config", "data_dir"])))]
-pub struct CreateArgs {
-    /// Name of the CouchDB instance (part of the backup's path in the store).
-    #[arg(long, value_parser = parse_instance)]
-    pub instance: String,
+pub struct SourceArgs {
     /// CouchDB's config directory (e.g. /opt/couchdb/etc): the ini files name the data dirs.
     #[arg(long, value_name = "DIR")]
     pub couchdb_config: Option<PathBuf>,
@@ -243,6 +237,15 @@ pub struct CreateArgs {
     /// CouchDB's view_index_dir, when it differs from the data dir.
     #[arg(long, value_name = "DIR")]
     pub view_index_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the CouchDB instance (part of the backup's path in the store).
+    #[arg(long, value_parser = parse_instance)]
+    pub instance: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// A tag recorded with the backup; repeatable.
     #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,

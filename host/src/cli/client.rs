@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use couchvault::config::Config;
 use couchvault::daemon::jobs::Job;
 use couchvault::scheduler::{ScheduleSpec, SourceSettings};
-use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -18,9 +17,9 @@ use serde_json::{json, Value};
 
 use super::args::{
     BackupCommand, Cli, Command, JobCommand, PolicyCommand, ScheduleAddArgs, ScheduleCommand,
-    TokenCommand,
+    SourceArgs, TokenCommand,
 };
-use super::output::{bytes, print_json, table};
+use super::output::{bytes, print_json, progress_bar, table};
 
 pub struct Client {
     http: Http,
@@ -143,17 +142,7 @@ impl Client {
 
     /// Follows a job until it ends; a progress bar on a terminal. Errors unless it succeeded.
     fn watch(&self, id: &str) -> Result<Job> {
-        let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b
-        });
+        let bar = (!self.json && std::io::stderr().is_terminal()).then(progress_bar);
         let job = loop {
             let job: Job = self.get(&format!("/v1/jobs/{id}"))?;
             if let Some(b) = &bar {
@@ -268,12 +257,13 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 "tags": a.tags.into_iter().collect::<BTreeMap<_, _>>(),
                 "policies": a.protection.into_iter().chain(a.retention).collect::<Vec<_>>(),
             });
-            let source = SourceSettings {
-                couchdb_config: a.couchdb_config.map(absolute).transpose()?,
-                data_dir: a.data_dir.map(absolute).transpose()?,
-                view_index_dir: a.view_index_dir.map(absolute).transpose()?,
-            };
-            merge(&mut body, serde_json::to_value(source)?);
+            let source = source_settings(a.source)?;
+            let source = json!({
+                "couchdb_config": source.couchdb_config,
+                "data_dir": source.data_dir,
+                "view_index_dir": source.view_index_dir,
+            });
+            merge(&mut body, source);
             if let Some(l) = a.compression_level {
                 body["compression_level"] = json!(l);
             }
@@ -388,6 +378,15 @@ fn absolute(p: PathBuf) -> Result<PathBuf> {
     std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
 }
 
+/// The source as the daemon needs it: absolute paths.
+fn source_settings(a: SourceArgs) -> Result<SourceSettings> {
+    Ok(SourceSettings {
+        couchdb_config: a.couchdb_config.map(absolute).transpose()?,
+        data_dir: a.data_dir.map(absolute).transpose()?,
+        view_index_dir: a.view_index_dir.map(absolute).transpose()?,
+    })
+}
+
 fn merge(into: &mut Value, from: Value) {
     if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
         a.extend(b);
@@ -395,15 +394,14 @@ fn merge(into: &mut Value, from: Value) {
 }
 
 fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {
+    let source = source_settings(a.source)?;
     Ok(ScheduleSpec {
         name: a.name.unwrap_or_else(|| a.instance.clone()),
         tenant: None,
         instance: a.instance,
-        source: SourceSettings {
-            couchdb_config: a.couchdb_config.map(absolute).transpose()?,
-            data_dir: a.data_dir.map(absolute).transpose()?,
-            view_index_dir: a.view_index_dir.map(absolute).transpose()?,
-        },
+        couchdb_config: source.couchdb_config,
+        data_dir: source.data_dir,
+        view_index_dir: source.view_index_dir,
         cron: a.cron,
         tz: a.tz,
         policies: a.policies,
@@ -512,9 +510,9 @@ fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
             for (file, mut spec) in specs {
                 spec.compile().map_err(|e| anyhow!("{file}: {e}"))?;
                 for p in [
-                    &mut spec.source.couchdb_config,
-                    &mut spec.source.data_dir,
-                    &mut spec.source.view_index_dir,
+                    &mut spec.couchdb_config,
+                    &mut spec.data_dir,
+                    &mut spec.view_index_dir,
                 ]
                 .into_iter()
                 .flatten()

@@ -31,9 +31,9 @@ pub fn run(cli: Cli) -> Result<()> {
     // A bad source is reported before first use creates anything.
     let source = match &cli.command {
         Command::Backup(BackupCommand::Create(args)) => Some(Source::discover(&SourceSpec {
-            couchdb_config: args.couchdb_config.clone(),
-            data_dir: args.data_dir.clone(),
-            view_index_dir: args.view_index_dir.clone(),
+            couchdb_config: args.source.couchdb_config.clone(),
+            data_dir: args.source.data_dir.clone(),
+            view_index_dir: args.source.view_index_dir.clone(),
         })?),
         _ => None,
     };

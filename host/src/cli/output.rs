@@ -50,6 +50,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A byte progress bar on stderr.
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Runs `work` while a progress bar (only on a terminal, never with --json) shows `progress`.
 pub fn with_progress<T>(
     label: &str,
@@ -63,14 +76,7 @@ pub fn with_progress<T>(
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            let bar = progress_bar();
             bar.set_message(label.to_string());
             while !done.load(Ordering::Relaxed) {
                 bar.set_length(progress.bytes_total.load(Ordering::Relaxed));

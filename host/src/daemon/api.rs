@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Principal};
 use super::db::IndexEntry;
-use super::jobs::{Job, JobRequest, SubmitError};
+use super::jobs::{BackupParams, Job, JobRequest, SubmitError};
 use super::schedules::ScheduleError;
 use super::Daemon;
 use crate::catalog;
@@ -288,30 +288,16 @@ async fn backup_list(
     Ok(Json(list))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupBody {
-    instance: String,
-    #[serde(flatten)]
-    source: SourceSettings,
-    #[serde(default)]
-    policies: Vec<String>,
-    #[serde(default)]
-    tags: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    compression_level: Option<i32>,
-}
-
 async fn backup_create(
     p: Principal,
     State(d): State<Shared>,
     Query(q): Query<TenantQuery>,
-    JsonBody(b): JsonBody<BackupBody>,
+    JsonBody(b): JsonBody<BackupParams>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &q)?;
     crate::names::validate_name("instance", &b.instance)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    check_source(&d, &p, &b.source)?;
+    check_source(&d, &p, &b.source())?;
     crate::ops::resolve_policies(&d.vault.state_dir, &tenant, &b.policies)
         .map_err(ApiError::bad)?;
     if let Some(l) = b.compression_level {
@@ -319,14 +305,7 @@ async fn backup_create(
             return Err(ApiError::bad("compression_level must be 1-19"));
         }
     }
-    let req = JobRequest::Backup {
-        instance: b.instance,
-        source: b.source,
-        policies: b.policies,
-        tags: b.tags,
-        compression_level: b.compression_level,
-    };
-    accepted(&d, &tenant, req).await
+    accepted(&d, &tenant, JobRequest::Backup(b)).await
 }
 
 /// A source must be one absolute directory choice; tenant tokens are held to
@@ -622,7 +601,7 @@ async fn schedule_create(
     JsonBody(spec): JsonBody<ScheduleSpec>,
 ) -> ApiResult<Response> {
     let tenant = spec_tenant(&p, &q, &spec)?;
-    check_source(&d, &p, &spec.source)?;
+    check_source(&d, &p, &spec.source())?;
     let s = d.schedules.create(&tenant, spec, Utc::now())?;
     d.db.flush().await?;
     Ok((StatusCode::CREATED, Json(s)).into_response())
@@ -644,7 +623,7 @@ async fn schedule_apply(
     let mut specs = Vec::new();
     for (i, spec) in b.schedules.into_iter().enumerate() {
         spec_tenant(&p, &q, &spec)?;
-        check_source(&d, &p, &spec.source)?;
+        check_source(&d, &p, &spec.source())?;
         specs.push((format!("schedule #{}", i + 1), spec));
     }
     let report = d.schedules.apply(specs, &default_tenant, Utc::now())?;
@@ -682,7 +661,7 @@ async fn schedule_replace(
     if spec.tenant.as_ref().is_some_and(|t| t != &existing.tenant) {
         return Err(ApiError::bad("a schedule cannot move to another tenant"));
     }
-    check_source(&d, &p, &spec.source)?;
+    check_source(&d, &p, &spec.source())?;
     let s = d.schedules.replace(scope(&p), &id, spec, Utc::now())?;
     d.db.flush().await?;
     Ok(Json(s).into_response())

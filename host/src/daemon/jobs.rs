@@ -49,21 +49,42 @@ impl JobState {
     }
 }
 
+/// A backup's parameters (also the body of `POST /v1/backups`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupParams {
+    pub instance: String,
+    // The source's fields, inline: serde cannot reject unknown fields through a flatten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_config: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_index_dir: Option<PathBuf>,
+    /// The tenant's policies (retention and/or protection) by name.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+}
+
+impl BackupParams {
+    pub fn source(&self) -> SourceSettings {
+        SourceSettings {
+            couchdb_config: self.couchdb_config.clone(),
+            data_dir: self.data_dir.clone(),
+            view_index_dir: self.view_index_dir.clone(),
+        }
+    }
+}
+
 /// What a job does, with its parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobRequest {
-    Backup {
-        instance: String,
-        #[serde(flatten)]
-        source: SourceSettings,
-        #[serde(default)]
-        policies: Vec<String>,
-        #[serde(default)]
-        tags: BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        compression_level: Option<i32>,
-    },
+    Backup(BackupParams),
     Restore {
         backup_id: String,
         /// The instance being restored (locks it against its backups); default the backup's.
@@ -92,7 +113,7 @@ pub enum JobRequest {
 impl JobRequest {
     pub fn kind(&self) -> &'static str {
         match self {
-            JobRequest::Backup { .. } => "backup",
+            JobRequest::Backup(_) => "backup",
             JobRequest::Restore { .. } => "restore",
             JobRequest::Verify { .. } => "verify",
             JobRequest::Delete { .. } => "delete",
@@ -103,9 +124,8 @@ impl JobRequest {
     /// The instance this job holds exclusively, if any.
     pub fn instance(&self) -> Option<&str> {
         match self {
-            JobRequest::Backup { instance, .. } | JobRequest::Restore { instance, .. } => {
-                Some(instance)
-            }
+            JobRequest::Backup(BackupParams { instance, .. })
+            | JobRequest::Restore { instance, .. } => Some(instance),
             _ => None,
         }
     }
@@ -241,7 +261,7 @@ impl Runner {
         let id = Ulid::new().to_string();
         // A backup's id is chosen now, so a crash can be cleaned up after.
         let backup_id = match &mut request {
-            JobRequest::Backup { .. } => Some(Ulid::new().to_string()),
+            JobRequest::Backup(_) => Some(Ulid::new().to_string()),
             JobRequest::Restore { backup_id, .. }
             | JobRequest::Verify { backup_id }
             | JobRequest::Delete { backup_id } => Some(backup_id.clone()),
@@ -362,17 +382,19 @@ impl Runner {
         let vault = &*self.vault;
         let tenant = job.tenant.clone();
         match job.request.clone() {
-            JobRequest::Backup {
+            JobRequest::Backup(BackupParams {
                 instance,
-                source,
+                couchdb_config,
+                data_dir,
+                view_index_dir,
                 policies,
                 tags,
                 compression_level,
-            } => {
+            }) => {
                 let source = Source::discover(&SourceSpec {
-                    couchdb_config: source.couchdb_config,
-                    data_dir: source.data_dir,
-                    view_index_dir: source.view_index_dir,
+                    couchdb_config,
+                    data_dir,
+                    view_index_dir,
                 })
                 .map_err(|e| e.to_string())?;
                 let (protection, retention) =
@@ -551,7 +573,7 @@ impl Runner {
         job.state = JobState::Interrupted;
         let mut error =
             "the daemon stopped (crash, kill or shutdown timeout) while this job ran".to_string();
-        if let (JobRequest::Backup { .. }, Some(id)) = (&job.request, &job.backup_id) {
+        if let (JobRequest::Backup(_), Some(id)) = (&job.request, &job.backup_id) {
             let committed = self
                 .vault
                 .keyring()

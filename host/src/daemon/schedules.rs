@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use ulid::Ulid;
 
 use super::db::Db;
-use super::jobs::{JobRequest, JobState, Runner, ScheduledRun, SubmitError};
+use super::jobs::{BackupParams, JobRequest, JobState, Runner, ScheduledRun, SubmitError};
 use super::metrics::labels;
 use crate::ops::resolve_policies;
 use crate::scheduler::{Compiled, Outcome, Schedule, ScheduleSpec, Timetable, SCHEDULE_FORMAT};
@@ -274,13 +274,15 @@ impl Schedules {
             tracing::warn!(schedule = %s.id, "runs missed beyond the starting deadline");
         }
         let outcome = decision.due.map(|t| {
-            let request = JobRequest::Backup {
+            let request = JobRequest::Backup(BackupParams {
                 instance: s.spec.instance.clone(),
-                source: s.spec.source.clone(),
+                couchdb_config: s.spec.couchdb_config.clone(),
+                data_dir: s.spec.data_dir.clone(),
+                view_index_dir: s.spec.view_index_dir.clone(),
                 policies: s.spec.policies.clone(),
                 tags: s.spec.tags.clone(),
                 compression_level: None,
-            };
+            });
             let run = ScheduledRun {
                 schedule_id: s.id.clone(),
                 schedule_name: s.spec.name.clone(),

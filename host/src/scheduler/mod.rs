@@ -24,14 +24,10 @@ pub const SCHEDULE_FORMAT: u32 = 1;
 pub const HISTORY: usize = 20;
 
 /// Where an instance's data is (the same choices as `backup create`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub couchdb_config: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_index_dir: Option<PathBuf>,
 }
 
@@ -46,8 +42,13 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     pub instance: String,
-    #[serde(flatten)]
-    pub source: SourceSettings,
+    // The source's fields, inline: serde cannot reject unknown fields through a flatten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_config: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_index_dir: Option<PathBuf>,
     /// 5-field cron or @hourly/@daily/@weekly/@monthly/@yearly.
     pub cron: String,
     /// IANA time zone the cron expression is read in.
@@ -130,6 +131,14 @@ fn duration(field: &str, text: &str) -> Result<Duration, String> {
 }
 
 impl ScheduleSpec {
+    pub fn source(&self) -> SourceSettings {
+        SourceSettings {
+            couchdb_config: self.couchdb_config.clone(),
+            data_dir: self.data_dir.clone(),
+            view_index_dir: self.view_index_dir.clone(),
+        }
+    }
+
     /// Checks every field; the error says which and why.
     pub fn compile(&self) -> Result<Compiled, String> {
         crate::names::validate_name("schedule name", &self.name).map_err(|e| e.to_string())?;
@@ -140,18 +149,14 @@ impl ScheduleSpec {
         for p in &self.policies {
             crate::names::validate_name("policy", p).map_err(|e| e.to_string())?;
         }
-        match (&self.source.couchdb_config, &self.source.data_dir) {
+        match (&self.couchdb_config, &self.data_dir) {
             (None, None) => return Err("give couchdb_config or data_dir".into()),
             (Some(_), Some(_)) => return Err("give couchdb_config or data_dir, not both".into()),
             _ => {}
         }
-        for p in [
-            &self.source.couchdb_config,
-            &self.source.data_dir,
-            &self.source.view_index_dir,
-        ]
-        .into_iter()
-        .flatten()
+        for p in [&self.couchdb_config, &self.data_dir, &self.view_index_dir]
+            .into_iter()
+            .flatten()
         {
             if !p.is_absolute() {
                 return Err(format!("{} is not an absolute path", p.display()));
@@ -339,10 +344,9 @@ mod tests {
             name: "nightly".into(),
             tenant: None,
             instance: "db1".into(),
-            source: SourceSettings {
-                data_dir: Some("/var/lib/couchdb".into()),
-                ..Default::default()
-            },
+            couchdb_config: None,
+            data_dir: Some("/var/lib/couchdb".into()),
+            view_index_dir: None,
             cron: cron.into(),
             tz: tz.into(),
             policies: vec![],
