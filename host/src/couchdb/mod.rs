@@ -1,6 +1,9 @@
 //! Finding what to back up on a CouchDB node: its directories from the ini files, and the
 //! files in the order a hot copy needs (view indexes, then database files, then config).
 
+pub mod etf;
+pub mod shardmap;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,252 @@
+//! A decoder for Erlang's external term format (`term_to_binary`), the encoding of every
+//! term in a CouchDB file. Only what CouchDB writes: integers, floats, atoms, binaries,
+//! tuples, lists, strings, maps.
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    Int(i64),
+    /// An integer too big for i64 (never a pointer or a count we need).
+    Big,
+    Float(f64),
+    Atom(String),
+    Bin(Vec<u8>),
+    Tuple(Vec<Term>),
+    List(Vec<Term>),
+    Map(Vec<(Term, Term)>),
+}
+
+impl Term {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Term::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_tuple(&self) -> Option<&[Term]> {
+        match self {
+            Term::Tuple(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn as_list(&self) -> Option<&[Term]> {
+        match self {
+            Term::List(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn is_atom(&self, name: &str) -> bool {
+        matches!(self, Term::Atom(a) if a == name)
+    }
+
+    /// A binary or a list of byte-sized integers (an Erlang string) as text.
+    pub fn as_text(&self) -> Option<String> {
+        match self {
+            Term::Bin(b) => String::from_utf8(b.clone()).ok(),
+            Term::List(l) => l
+                .iter()
+                .map(|t| t.as_int().and_then(|i| u8::try_from(i).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .and_then(|b| String::from_utf8(b).ok()),
+            _ => None,
+        }
+    }
+
+    /// A field of an EJSON object (`{[{Key, Value}, ...]}`).
+    pub fn field(&self, key: &str) -> Option<&Term> {
+        let pairs = self.as_tuple().filter(|t| t.len() == 1)?[0].as_list()?;
+        pairs.iter().find_map(|p| match p.as_tuple() {
+            Some([Term::Bin(k), v]) if k == key.as_bytes() => Some(v),
+            _ => None,
+        })
+    }
+
+    /// The keys of an EJSON object.
+    pub fn keys(&self) -> Vec<String> {
+        let Some(pairs) = self
+            .as_tuple()
+            .filter(|t| t.len() == 1)
+            .and_then(|t| t[0].as_list())
+        else {
+            return Vec::new();
+        };
+        pairs
+            .iter()
+            .filter_map(|p| match p.as_tuple() {
+                Some([k, _]) => k.as_text(),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| format!("term truncated at byte {}", self.pos))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<usize, String> {
+        let s = self.take(2)?;
+        Ok(u16::from_be_bytes([s[0], s[1]]) as usize)
+    }
+    fn u32(&mut self) -> Result<usize, String> {
+        let s = self.take(4)?;
+        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
+    }
+
+    /// Element counts come from the data: bound them by what is left, so a damaged
+    /// length cannot ask for a huge allocation.
+    fn count(&self, n: usize) -> Result<usize, String> {
+        if n > self.b.len() - self.pos {
+            return Err(format!("bad element count {n} at byte {}", self.pos));
+        }
+        Ok(n)
+    }
+
+    fn term(&mut self, depth: usize) -> Result<Term, String> {
+        if depth > 200 {
+            return Err("term nested too deeply".into());
+        }
+        let tag = self.u8()?;
+        Ok(match tag {
+            97 => Term::Int(self.u8()? as i64),
+            98 => {
+                let s = self.take(4)?;
+                Term::Int(i32::from_be_bytes([s[0], s[1], s[2], s[3]]) as i64)
+            }
+            70 => {
+                let s = self.take(8)?;
+                Term::Float(f64::from_be_bytes(s.try_into().map_err(|_| "float")?))
+            }
+            99 => {
+                let s = self.take(31)?;
+                let text = String::from_utf8_lossy(s);
+                Term::Float(text.trim_end_matches('\0').trim().parse().unwrap_or(0.0))
+            }
+            100 | 118 => {
+                let n = self.u16()?;
+                Term::Atom(String::from_utf8_lossy(self.take(n)?).into_owned())
+            }
+            115 | 119 => {
+                let n = self.u8()? as usize;
+                Term::Atom(String::from_utf8_lossy(self.take(n)?).into_owned())
+            }
+            104 | 105 => {
+                let n = if tag == 104 {
+                    self.u8()? as usize
+                } else {
+                    self.u32()?
+                };
+                let n = self.count(n)?;
+                Term::Tuple((0..n).map(|_| self.term(depth + 1)).collect::<Result<_, _>>()?)
+            }
+            106 => Term::List(Vec::new()),
+            107 => {
+                let n = self.u16()?;
+                Term::List(self.take(n)?.iter().map(|&b| Term::Int(b as i64)).collect())
+            }
+            108 => {
+                let n = self.u32()?;
+                let n = self.count(n)?;
+                let items = (0..n)
+                    .map(|_| self.term(depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // The tail: [] for a proper list.
+                self.term(depth + 1)?;
+                Term::List(items)
+            }
+            109 => {
+                let n = self.u32()?;
+                Term::Bin(self.take(n)?.to_vec())
+            }
+            77 => {
+                let n = self.u32()?;
+                self.u8()?;
+                Term::Bin(self.take(n)?.to_vec())
+            }
+            110 | 111 => {
+                let n = if tag == 110 {
+                    self.u8()? as usize
+                } else {
+                    self.u32()?
+                };
+                let negative = self.u8()? == 1;
+                let digits = self.take(n)?;
+                if n <= 7 {
+                    let v = digits
+                        .iter()
+                        .rev()
+                        .fold(0i64, |acc, &d| (acc << 8) | d as i64);
+                    Term::Int(if negative { -v } else { v })
+                } else {
+                    Term::Big
+                }
+            }
+            116 => {
+                let n = self.u32()?;
+                let n = self.count(n)?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((self.term(depth + 1)?, self.term(depth + 1)?));
+                }
+                Term::Map(pairs)
+            }
+            t => return Err(format!("unsupported term tag {t} at byte {}", self.pos - 1)),
+        })
+    }
+}
+
+/// Decodes `term_to_binary` output (starting with the version byte 131).
+pub fn decode(bytes: &[u8]) -> Result<Term, String> {
+    match bytes.first() {
+        Some(131) => {}
+        _ => return Err("not an Erlang term (no version byte 131)".into()),
+    }
+    if bytes.get(1) == Some(&80) {
+        return Err("zlib-compressed term (file_compression = deflate_N) is not supported".into());
+    }
+    let mut r = Reader { b: bytes, pos: 1 };
+    r.term(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_couchdb_writes() {
+        // term_to_binary({kv_node, [{<<"db">>, 42}], "ab", -300, 1.5})
+        let mut b = vec![131, 104, 5, 119, 7];
+        b.extend(b"kv_node");
+        b.extend([108, 0, 0, 0, 1, 104, 2, 109, 0, 0, 0, 2]);
+        b.extend(b"db");
+        b.extend([97, 42, 106, 107, 0, 2, b'a', b'b', 98]);
+        b.extend((-300i32).to_be_bytes());
+        b.push(70);
+        b.extend(1.5f64.to_be_bytes());
+        let t = decode(&b).expect("decodes");
+        let parts = t.as_tuple().expect("tuple");
+        assert!(parts[0].is_atom("kv_node"));
+        assert_eq!(parts[2].as_text().as_deref(), Some("ab"));
+        assert_eq!(parts[3], Term::Int(-300));
+        assert_eq!(parts[4], Term::Float(1.5));
+        // Damage: truncation and absurd counts are errors, not panics or huge allocations.
+        for cut in 0..b.len() {
+            let _ = decode(&b[..cut]);
+        }
+        assert!(decode(&[131, 108, 255, 255, 255, 255]).is_err());
+    }
+}
