@@ -478,6 +478,7 @@ fn cli_tenants_are_isolated_and_bad_input_gets_one_clear_error() {
                 "big",
                 "--data-dir",
                 "gen",
+                "--allow-incomplete",
             ],
             &[],
         ),

@@ -126,6 +126,10 @@ pub struct BackupMetadata {
     /// Files listed at the start that were gone when their turn came (e.g. a deleted database).
     #[serde(default)]
     pub vanished: Vec<String>,
+    /// Shard files (or the shard map) missing by the shard map, backed up anyway with
+    /// `--allow-incomplete`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

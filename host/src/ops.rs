@@ -254,6 +254,7 @@ impl Vault {
         tags.extend(req.tags.clone());
         let opts = BackupOptions {
             id: req.backup_id,
+            allow_incomplete: req.allow_incomplete,
             tenant: req.tenant.clone(),
             instance: req.instance.clone(),
             key_id,
@@ -438,6 +439,8 @@ pub struct BackupRequest {
     pub schedule: Option<String>,
     pub compression_level: Option<i32>,
     pub tags: BTreeMap<String, String>,
+    /// See `BackupOptions::allow_incomplete`.
+    pub allow_incomplete: bool,
 }
 
 #[derive(Debug, Serialize)]

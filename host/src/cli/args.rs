@@ -258,6 +258,10 @@ pub struct CreateArgs {
     /// The tenant's retention policy to run after the backup (overrides policy.retention).
     #[arg(long, value_name = "NAME")]
     pub retention: Option<String>,
+    /// Back up even when the shard map names shard files the data dir lacks (or the map is
+    /// missing); the gaps are recorded in the backup.
+    #[arg(long)]
+    pub allow_incomplete: bool,
     /// With --server: return once the daemon has accepted the job, without waiting.
     #[arg(long)]
     pub detach: bool,

@@ -264,6 +264,9 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 "view_index_dir": source.view_index_dir,
             });
             merge(&mut body, source);
+            if a.allow_incomplete {
+                body["allow_incomplete"] = json!(true);
+            }
             if let Some(l) = a.compression_level {
                 body["compression_level"] = json!(l);
             }

@@ -112,6 +112,7 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
         schedule: None,
         compression_level: args.compression_level,
         tags: args.tags.into_iter().collect(),
+        allow_incomplete: args.allow_incomplete,
     };
     let progress = Progress::default();
     let started = Instant::now();
@@ -150,6 +151,12 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
         secs,
         bytes((meta.totals.bytes as f64 / secs.max(1e-3)) as u64),
     );
+    if !meta.incomplete.is_empty() {
+        println!(
+            "warning: backed up with --allow-incomplete; missing by the shard map:\n  {}",
+            meta.incomplete.join("\n  ")
+        );
+    }
     if !meta.vanished.is_empty() {
         println!(
             "note: {} file(s) vanished during the copy (deleted databases): {}",

@@ -151,7 +151,11 @@ impl Reader<'_> {
                     self.u32()?
                 };
                 let n = self.count(n)?;
-                Term::Tuple((0..n).map(|_| self.term(depth + 1)).collect::<Result<_, _>>()?)
+                Term::Tuple(
+                    (0..n)
+                        .map(|_| self.term(depth + 1))
+                        .collect::<Result<_, _>>()?,
+                )
             }
             106 => Term::List(Vec::new()),
             107 => {

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error("cannot read the shard map {path}: {reason}; pass --allow-incomplete to back up without the completeness check")]
+    ShardMap { path: PathBuf, reason: String },
+    #[error("the backup would be incomplete, and CouchDB would silently lose or empty databases after a restore; missing by the shard map: {}; fix the data directory (for a database deleted during the backup, run it again), or pass --allow-incomplete to back up anyway and record the gap", .gaps.join("; "))]
+    Incomplete { gaps: Vec<String> },
     #[error("{what} {path} does not exist")]
     Missing { what: &'static str, path: PathBuf },
     #[error("{what} {path} is not a directory")]
@@ -53,6 +57,35 @@ pub struct Source {
     /// Ini files in the order CouchDB reads them.
     pub ini_files: Vec<PathBuf>,
     pub node_name: Option<String>,
+}
+
+impl Source {
+    /// What the copy plan lacks by the node's shard map (`_dbs.couch`, read offline): every
+    /// shard file the map places on this node, and the map itself whenever shards are
+    /// copied. An unreadable map is an error: without it nothing can be checked.
+    pub fn gaps(&self, plan: &[PlannedFile]) -> Result<shardmap::Gaps, SourceError> {
+        let present: std::collections::BTreeSet<String> = plan
+            .iter()
+            .filter_map(|f| f.archive_path.strip_prefix("data/"))
+            .map(str::to_string)
+            .collect();
+        let map_path = self.database_dir.join("_dbs.couch");
+        let map = if present.contains("_dbs.couch") {
+            Some(
+                shardmap::read(&map_path).map_err(|reason| SourceError::ShardMap {
+                    path: map_path.clone(),
+                    reason,
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(shardmap::gaps(
+            map.as_deref(),
+            &present,
+            self.node_name.as_deref(),
+        ))
+    }
 }
 
 /// One file to copy, with its path inside the archive.

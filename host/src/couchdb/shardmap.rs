@@ -100,10 +100,7 @@ impl CouchFile {
 
     fn header_at(&self, pos: u64) -> Result<Term, String> {
         let p = pos as usize;
-        let size = self
-            .bytes
-            .get(p + 1..p + 5)
-            .ok_or("header truncated")?;
+        let size = self.bytes.get(p + 1..p + 5).ok_or("header truncated")?;
         let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
         let bin = self.read(pos + 5, size)?;
         if bin.len() < 16 || !checksum_ok(&bin[..16], &bin[16..]) {
@@ -115,7 +112,8 @@ impl CouchFile {
 
 /// CouchDB 3.4+ writes XXH3-128 checksums (big-endian); older files MD5.
 fn checksum_ok(stored: &[u8], data: &[u8]) -> bool {
-    stored == xxhash_rust::xxh3::xxh3_128(data).to_be_bytes() || stored == Md5::digest(data).as_slice()
+    stored == xxhash_rust::xxh3::xxh3_128(data).to_be_bytes()
+        || stored == Md5::digest(data).as_slice()
 }
 
 /// The physical position `n` logical bytes after `pos`.
@@ -211,7 +209,9 @@ pub fn read(path: &Path) -> Result<Vec<DbShards>, String> {
             }
             // Leaf: {Id, {Seq, Deleted, Sizes, DiskTree}}.
             let Some(name) = key.as_text() else { continue };
-            let Some(info) = value.as_tuple() else { continue };
+            let Some(info) = value.as_tuple() else {
+                continue;
+            };
             if name.starts_with("_design/") || info.get(1).and_then(Term::as_int) != Some(0) {
                 continue;
             }
@@ -278,11 +278,7 @@ impl Gaps {
 
 /// Checks that every shard file the map names for `node` is among `present` (paths
 /// relative to the database dir), and that the map is there whenever shards are.
-pub fn gaps(
-    map: Option<&[DbShards]>,
-    present: &BTreeSet<String>,
-    node: Option<&str>,
-) -> Gaps {
+pub fn gaps(map: Option<&[DbShards]>, present: &BTreeSet<String>, node: Option<&str>) -> Gaps {
     let any_shard = present.iter().any(|p| p.starts_with("shards/"));
     let Some(map) = map else {
         return Gaps {
@@ -310,7 +306,8 @@ mod tests {
 
     /// The fixture's `_dbs.couch` (unpacked by the integration tests' helper path).
     fn fixture_map() -> Option<Vec<DbShards>> {
-        let tgz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/couchdb-3-datadir.tar.gz");
+        let tgz = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/couchdb-3-datadir.tar.gz");
         let dir = tempfile::tempdir().ok()?;
         let ok = std::process::Command::new("tar")
             .arg("xzf")
@@ -342,7 +339,10 @@ mod tests {
                 "fixture_views"
             ]
         );
-        let basic = map.iter().find(|d| d.name == "fixture_basic").expect("basic");
+        let basic = map
+            .iter()
+            .find(|d| d.name == "fixture_basic")
+            .expect("basic");
         assert_eq!(basic.suffix, ".1795703450");
         assert_eq!(
             basic.files_on(Some("couchdb@127.0.0.1")),
@@ -352,7 +352,10 @@ mod tests {
             ]
         );
         let q1 = map.iter().find(|d| d.name == "fixture_q1").expect("q1");
-        assert_eq!(q1.by_range.keys().collect::<Vec<_>>(), vec!["00000000-ffffffff"]);
+        assert_eq!(
+            q1.by_range.keys().collect::<Vec<_>>(),
+            vec!["00000000-ffffffff"]
+        );
         assert!(basic.files_on(Some("couchdb@elsewhere")).is_empty());
     }
 

@@ -68,6 +68,9 @@ pub struct BackupParams {
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,
+    /// Back up even when the shard map names files the data dir lacks; record the gaps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_incomplete: bool,
 }
 
 impl BackupParams {
@@ -390,6 +393,7 @@ impl Runner {
                 policies,
                 tags,
                 compression_level,
+                allow_incomplete,
             }) => {
                 let source = Source::discover(&SourceSpec {
                     couchdb_config,
@@ -412,6 +416,7 @@ impl Runner {
                     schedule: job.scheduled.as_ref().map(|s| s.schedule_name.clone()),
                     compression_level,
                     tags,
+                    allow_incomplete,
                 };
                 let outcome = vault
                     .backup(&req, &source, progress)

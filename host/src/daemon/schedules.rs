@@ -282,6 +282,7 @@ impl Schedules {
                 policies: s.spec.policies.clone(),
                 tags: s.spec.tags.clone(),
                 compression_level: None,
+                allow_incomplete: false,
             });
             let run = ScheduledRun {
                 schedule_id: s.id.clone(),

@@ -12,7 +12,7 @@ use ulid::Ulid;
 
 use super::{pick_error, recycler, Block, BlockWriter, Progress, QUEUE_BLOCKS};
 use crate::catalog;
-use crate::couchdb::{PlannedFile, Source};
+use crate::couchdb::{PlannedFile, Source, SourceError};
 use crate::crypto::{self, SecretKey, StreamSealer, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -37,6 +37,9 @@ pub struct BackupOptions {
     pub key_id: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub stream: StreamSettings,
+    /// Back up even when the shard map names shard files the data dir lacks (or the map
+    /// itself is missing or unreadable); the gaps are recorded in the metadata.
+    pub allow_incomplete: bool,
 }
 
 /// How the tar stream is compressed and sealed.
@@ -79,6 +82,16 @@ pub fn backup(
         None => keyring.active(&opts.tenant)?,
     };
     let plan = source.plan()?;
+    let incomplete = match source.gaps(&plan) {
+        Ok(g) if g.is_empty() => Vec::new(),
+        Ok(g) if opts.allow_incomplete => g.lines(),
+        Ok(g) => return Err(SourceError::Incomplete { gaps: g.lines() }.into()),
+        Err(e) if opts.allow_incomplete => vec![e.to_string()],
+        Err(e) => return Err(e.into()),
+    };
+    for gap in &incomplete {
+        tracing::warn!(gap = %gap, "backing up an incomplete data directory (--allow-incomplete)");
+    }
     let total = crate::couchdb::total_size(&plan);
     progress
         .bytes_total
@@ -144,6 +157,7 @@ pub fn backup(
         },
         files,
         vanished,
+        incomplete,
     };
     super::test_pause("before-commit");
     if progress.is_cancelled() {
