@@ -22,6 +22,7 @@ fn backup(
     let opts = BackupOptions {
         id: None,
         allow_incomplete,
+        live: None,
         tenant: "default".into(),
         instance: "node1".into(),
         key_id: None,

@@ -95,6 +95,7 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
         id: None,
         // Synthetic files, no shard map.
         allow_incomplete: true,
+        live: None,
         tenant: "default".into(),
         instance: "node1".into(),
         key_id: None,
@@ -363,6 +364,7 @@ fn commit_hostile(
         files,
         vanished: vec![],
         incomplete: vec![],
+        couchdb: None,
     };
     catalog::commit(&env.store, &key.secret, &meta).unwrap();
     catalog::load(&env.store, &env.keyring, "default", &meta.backup_id).unwrap()

@@ -52,9 +52,22 @@ pub struct Config {
     #[serde(default)]
     pub floors: crate::policy::floors::Floors,
     #[serde(default)]
+    pub couchdb: CouchDbConfig,
+    #[serde(default)]
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub client: ClientConfig,
+}
+
+/// How to reach the CouchDB node over HTTP. Also from `COUCHDB_URL`, `COUCHDB_USER`,
+/// `COUCHDB_PASSWORD`; values here win. Never on the command line.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CouchDbConfig {
+    /// e.g. `http://127.0.0.1:5984`.
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 /// `couchvault daemon`: where it listens and how it treats jobs.
@@ -180,6 +193,13 @@ pub struct RestoreConfig {
     pub owner: Option<String>,
     /// Flush restored files to disk before swapping them into place.
     pub sync: bool,
+    /// Run (with `sh -c`) just before the swap, e.g. `systemctl stop couchdb`.
+    pub stop_command: Option<String>,
+    /// Run after the swap, e.g. `systemctl start couchdb`; then the restore waits for
+    /// CouchDB and checks every database (with a CouchDB URL configured).
+    pub start_command: Option<String>,
+    /// How long to wait for CouchDB to answer after the start command.
+    pub start_timeout: String,
 }
 
 impl Default for RestoreConfig {
@@ -187,6 +207,9 @@ impl Default for RestoreConfig {
         RestoreConfig {
             owner: None,
             sync: true,
+            stop_command: None,
+            start_command: None,
+            start_timeout: "120s".into(),
         }
     }
 }
@@ -347,6 +370,7 @@ impl Config {
             swift: SwiftConfig::default(),
             policy: PolicyConfig::default(),
             floors: crate::policy::floors::Floors::default(),
+            couchdb: CouchDbConfig::default(),
             daemon: DaemonConfig::default(),
             client: ClientConfig::default(),
         }
@@ -395,6 +419,8 @@ impl Config {
             ));
         }
         parse_duration(&cfg.gc.grace).map_err(|e| invalid(format!("gc.grace: {e}")))?;
+        parse_duration(&cfg.restore.start_timeout)
+            .map_err(|e| invalid(format!("restore.start_timeout: {e}")))?;
         parse_duration(&cfg.swift.max_retry_time)
             .map_err(|e| invalid(format!("swift.max_retry_time: {e}")))?;
         parse_duration(&cfg.swift.request_timeout)

@@ -130,6 +130,10 @@ pub struct BackupMetadata {
     /// `--allow-incomplete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incomplete: Vec<String>,
+    /// What CouchDB answered over HTTP at backup start (version, node, per-database counts
+    /// and security), when a CouchDB URL was configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb: Option<crate::couchdb::http::LiveInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::catalog;
 use crate::config::{self, Config, ConfigError};
+use crate::couchdb::http::{CouchClient, Password};
 use crate::couchdb::Source;
 use crate::engine::{self, backup::StreamSettings, BackupOptions, Progress};
 use crate::format::BackupMetadata;
@@ -88,6 +89,20 @@ impl Vault {
             store,
             keyring_path,
         })
+    }
+
+    /// The CouchDB HTTP client, when a URL is configured (`[couchdb] url` or `COUCHDB_URL`).
+    pub fn couch_client(&self) -> Result<Option<CouchClient>> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let c = &self.config.couchdb;
+        let Some(url) = c.url.clone().or_else(|| env("COUCHDB_URL")) else {
+            return Ok(None);
+        };
+        let user = c.user.clone().or_else(|| env("COUCHDB_USER"));
+        let password = c.password.clone().or_else(|| env("COUCHDB_PASSWORD")).map(Password);
+        CouchClient::new(&url, user, password)
+            .map(Some)
+            .map_err(|e| OpsError::Setup(e.to_string()))
     }
 
     /// The key ring as it is on disk now (keys added with `key add` are seen at once).
@@ -252,9 +267,20 @@ impl Vault {
             tags.insert("schedule".into(), s.clone());
         }
         tags.extend(req.tags.clone());
+        // Live stats from CouchDB at the start; an unreachable CouchDB is noted, not fatal.
+        let live = self.couch_client()?.map(|c| {
+            let info = c.live_info(source.node_name.as_deref());
+            if let Some(e) = &info.error {
+                notes.push(format!(
+                    "CouchDB did not answer ({e}); backing up the files without live stats"
+                ));
+            }
+            info
+        });
         let opts = BackupOptions {
             id: req.backup_id,
             allow_incomplete: req.allow_incomplete,
+            live,
             tenant: req.tenant.clone(),
             instance: req.instance.clone(),
             key_id,

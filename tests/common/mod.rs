@@ -111,6 +111,7 @@ pub fn backup_to(
         id: None,
         // Synthetic data sets have no real shard map; the check has tests of its own.
         allow_incomplete: true,
+        live: None,
         tenant: "default".into(),
         instance: instance.into(),
         key_id: None,

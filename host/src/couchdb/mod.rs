@@ -2,6 +2,7 @@
 //! files in the order a hot copy needs (view indexes, then database files, then config).
 
 pub mod etf;
+pub mod http;
 pub mod shardmap;
 
 use std::fs;

@@ -40,6 +40,8 @@ pub struct BackupOptions {
     /// Back up even when the shard map names shard files the data dir lacks (or the map
     /// itself is missing or unreadable); the gaps are recorded in the metadata.
     pub allow_incomplete: bool,
+    /// What CouchDB said over HTTP at the start, recorded in the metadata.
+    pub live: Option<crate::couchdb::http::LiveInfo>,
 }
 
 /// How the tar stream is compressed and sealed.
@@ -131,7 +133,10 @@ pub fn backup(
             hostname: nix::unistd::gethostname()
                 .ok()
                 .map(|h| h.to_string_lossy().into_owned()),
-            node_name: source.node_name.clone(),
+            node_name: source
+                .node_name
+                .clone()
+                .or_else(|| opts.live.as_ref().and_then(|l| l.node_name.clone())),
             database_dir: source.database_dir.display().to_string(),
             view_index_dir: source
                 .view_index_dir
@@ -158,6 +163,7 @@ pub fn backup(
         files,
         vanished,
         incomplete,
+        couchdb: opts.live.clone(),
     };
     super::test_pause("before-commit");
     if progress.is_cancelled() {

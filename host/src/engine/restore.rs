@@ -90,6 +90,19 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
+    restore_with(store, keyring, meta, opts, progress, &|| Ok(()))
+}
+
+/// [`restore`], calling `before_swap` once everything is staged and verified, just before
+/// the target is replaced (to stop CouchDB as late as possible). Its error cancels the swap.
+pub fn restore_with(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    meta: &BackupMetadata,
+    opts: &RestoreOptions,
+    progress: &Progress,
+    before_swap: &dyn Fn() -> std::result::Result<(), String>,
+) -> Result<RestoreReport> {
     let mut dests = vec![Destination::new(
         &opts.target,
         &meta.backup_id,
@@ -142,7 +155,7 @@ pub fn restore(
                 sync_tree(&d.staging)?;
             }
         }
-        Ok(())
+        before_swap().map_err(|reason| Error::Hook { reason })
     })();
     if let Err(e) = staged {
         for d in &dests {

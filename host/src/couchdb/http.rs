@@ -1,0 +1,329 @@
+//! A small CouchDB HTTP client: version, node name, per-database stats and security at
+//! backup time; waiting for CouchDB, rewriting shard maps and checking databases after a
+//! restore. The URL and credentials come from `[couchdb]` or `COUCHDB_URL`,
+//! `COUCHDB_USER`, `COUCHDB_PASSWORD`; they never reach argv, logs or error messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, RequestBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CouchError {
+    #[error("CouchDB at {url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("CouchDB URL '{0}' is not http(s)://HOST[:PORT][/PREFIX]")]
+    Url(String),
+}
+
+/// A password that never prints.
+#[derive(Clone)]
+pub struct Password(pub String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Per-database counts recorded at backup start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbStats {
+    pub doc_count: u64,
+    pub doc_del_count: u64,
+    /// Opaque (a string in CouchDB 3, an integer in PouchDB Server).
+    pub update_seq: Value,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub security: Value,
+}
+
+/// What CouchDB said over HTTP when the backup started (recorded in the metadata).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveInfo {
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DbStats>,
+}
+
+pub struct CouchClient {
+    /// Without credentials: safe to show.
+    base: String,
+    user: Option<String>,
+    password: Option<Password>,
+    http: Client,
+}
+
+/// Percent-encodes a database name for a path segment (`/` included, as CouchDB wants).
+pub fn encode_db(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl CouchClient {
+    /// A client for `url`; user info inside the URL is taken out and used as credentials.
+    pub fn new(
+        url: &str,
+        user: Option<String>,
+        password: Option<Password>,
+    ) -> Result<CouchClient, CouchError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| CouchError::Url(redact(url)))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(CouchError::Url(redact(url)));
+        }
+        let url_user = (!parsed.username().is_empty()).then(|| parsed.username().to_string());
+        let url_pass = parsed.password().map(|p| Password(p.to_string()));
+        let mut clean = parsed.clone();
+        let _ = clean.set_username("");
+        let _ = clean.set_password(None);
+        Ok(CouchClient {
+            base: clean.as_str().trim_end_matches('/').to_string(),
+            user: user.or(url_user),
+            password: password.or(url_pass),
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| CouchError::Http {
+                    url: String::new(),
+                    reason: e.to_string(),
+                })?,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let rb = self.http.request(method, format!("{}{path}", self.base));
+        match &self.user {
+            Some(u) => rb.basic_auth(u, self.password.as_ref().map(|p| &p.0)),
+            None => rb,
+        }
+    }
+
+    fn fail(&self, path: &str, reason: impl fmt::Display) -> CouchError {
+        CouchError::Http {
+            url: format!("{}{path}", self.base),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Sends; a non-2xx answer is an error with CouchDB's reason.
+    fn send(&self, rb: RequestBuilder, path: &str) -> Result<(u16, Value), CouchError> {
+        // reqwest's errors name the URL, which holds no credentials.
+        let resp = rb
+            .send()
+            .map_err(|e| self.fail(path, e.without_url()))?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    fn get(&self, path: &str) -> Result<Value, CouchError> {
+        let (status, body) = self.send(self.req(reqwest::Method::GET, path), path)?;
+        if !(200..300).contains(&status) {
+            return Err(self.fail(path, format!("HTTP {status} {}", reason_of(&body))));
+        }
+        Ok(body)
+    }
+
+    pub fn version(&self) -> Result<String, CouchError> {
+        let w = self.get("/")?;
+        Ok(w.get("version")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string())
+    }
+
+    /// This node's name from `/_membership` (the only node, or the one matching `hint`).
+    pub fn node_name(&self, hint: Option<&str>) -> Result<Option<String>, CouchError> {
+        let m = self.get("/_membership")?;
+        let nodes: Vec<String> = m
+            .get("all_nodes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        Ok(match (nodes.len(), hint) {
+            (1, _) => nodes.into_iter().next(),
+            (_, Some(h)) => nodes.into_iter().find(|n| n == h),
+            _ => None,
+        })
+    }
+
+    pub fn all_dbs(&self) -> Result<Vec<String>, CouchError> {
+        let v = self.get("/_all_dbs")?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect())
+    }
+
+    pub fn db_stats(&self, db: &str) -> Result<DbStats, CouchError> {
+        let path = format!("/{}", encode_db(db));
+        let info = self.get(&path)?;
+        let count = |k: &str| info.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let security = self
+            .get(&format!("{path}/_security"))
+            .unwrap_or(Value::Null);
+        Ok(DbStats {
+            doc_count: count("doc_count"),
+            doc_del_count: count("doc_del_count"),
+            update_seq: info.get("update_seq").cloned().unwrap_or(Value::Null),
+            security,
+        })
+    }
+
+    /// Everything recorded at backup start. Never fails: an unreachable CouchDB is recorded
+    /// as such, and the backup goes on.
+    pub fn live_info(&self, node_hint: Option<&str>) -> LiveInfo {
+        let collect = || -> Result<LiveInfo, CouchError> {
+            let version = self.version()?;
+            let node_name = self.node_name(node_hint).unwrap_or(None);
+            let mut databases = BTreeMap::new();
+            for db in self.all_dbs()? {
+                databases.insert(db.clone(), self.db_stats(&db)?);
+            }
+            Ok(LiveInfo {
+                reachable: true,
+                error: None,
+                version: Some(version),
+                node_name,
+                databases,
+            })
+        };
+        collect().unwrap_or_else(|e| LiveInfo {
+            reachable: false,
+            error: Some(e.to_string()),
+            ..LiveInfo::default()
+        })
+    }
+
+    /// Waits until CouchDB answers `/_up` (or `/` for servers without it, like PouchDB
+    /// Server).
+    pub fn wait_up(&self, timeout: Duration) -> Result<(), CouchError> {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            match self.send(self.req(reqwest::Method::GET, "/_up"), "/_up") {
+                Ok((200, _)) => return Ok(()),
+                Ok((404, _)) | Ok((400, _)) => match self.get("/") {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                },
+                Ok((s, b)) => last = format!("HTTP {s} {}", reason_of(&b)),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(self.fail(
+                    "/_up",
+                    format!("not up after {}s ({last})", timeout.as_secs()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn shard_map(&self, db: &str) -> Result<Value, CouchError> {
+        self.get(&format!("/_node/_local/_dbs/{}", encode_db(db)))
+    }
+
+    pub fn put_shard_map(&self, db: &str, doc: &Value) -> Result<(), CouchError> {
+        let path = format!("/_node/_local/_dbs/{}", encode_db(db));
+        let (status, body) = self.send(self.req(reqwest::Method::PUT, &path).json(doc), &path)?;
+        if !(200..300).contains(&status) {
+            return Err(self.fail(&path, format!("HTTP {status} {}", reason_of(&body))));
+        }
+        Ok(())
+    }
+
+    /// A database's doc count now, or why it cannot be opened.
+    pub fn doc_count(&self, db: &str) -> Result<u64, CouchError> {
+        let info = self.get(&format!("/{}", encode_db(db)))?;
+        Ok(info.get("doc_count").and_then(Value::as_u64).unwrap_or(0))
+    }
+}
+
+fn reason_of(body: &Value) -> String {
+    let e = body.get("error").and_then(Value::as_str).unwrap_or("");
+    let r = body.get("reason").and_then(Value::as_str).unwrap_or("");
+    format!("{e} {r}").trim().to_string()
+}
+
+/// A URL with any password replaced, for messages about a URL that did not parse.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// A shard map with node `from` renamed to `to` in `by_node` and `by_range`; everything
+/// else (suffix, changelog, props, `_rev`) unchanged.
+pub fn rename_node(doc: &Value, from: &str, to: &str) -> Value {
+    let mut doc = doc.clone();
+    if let Some(by_node) = doc.get_mut("by_node").and_then(Value::as_object_mut) {
+        if let Some(ranges) = by_node.remove(from) {
+            by_node.insert(to.to_string(), ranges);
+        }
+    }
+    if let Some(by_range) = doc.get_mut("by_range").and_then(Value::as_object_mut) {
+        for nodes in by_range.values_mut() {
+            for n in nodes.as_array_mut().into_iter().flatten() {
+                if n.as_str() == Some(from) {
+                    *n = Value::String(to.to_string());
+                }
+            }
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_urls_are_encoded_and_redacted() {
+        assert_eq!(encode_db("fixture/nested+name$(x)"), "fixture%2Fnested%2Bname%24%28x%29");
+        assert_eq!(redact("http://admin:s3cret@host:5984"), "http://***@host:5984");
+        let c = CouchClient::new("http://admin:s3cret@127.0.0.1:5984/", None, None).expect("url");
+        assert_eq!(c.base(), "http://127.0.0.1:5984");
+        assert_eq!(c.user.as_deref(), Some("admin"));
+        assert!(!format!("{:?}", c.password).contains("s3cret"));
+        assert!(CouchClient::new("ftp://x", None, None).is_err());
+    }
+
+    #[test]
+    fn renaming_a_node_touches_only_the_node() {
+        let doc = serde_json::json!({
+            "_id": "db", "_rev": "1-a", "shard_suffix": [46, 49],
+            "changelog": [["add", "00000000-7fffffff", "couchdb@127.0.0.1"]],
+            "by_node": {"couchdb@127.0.0.1": ["00000000-7fffffff"]},
+            "by_range": {"00000000-7fffffff": ["couchdb@127.0.0.1"]},
+            "props": {}
+        });
+        let r = rename_node(&doc, "couchdb@127.0.0.1", "couchdb@other");
+        assert_eq!(r["by_node"], serde_json::json!({"couchdb@other": ["00000000-7fffffff"]}));
+        assert_eq!(r["by_range"]["00000000-7fffffff"], serde_json::json!(["couchdb@other"]));
+        assert_eq!(r["changelog"], doc["changelog"]);
+        assert_eq!(r["_rev"], "1-a");
+    }
+}
