@@ -53,7 +53,9 @@ pub enum Error {
     NotFound { tenant: String, id: String },
     #[error("the backup pipeline stopped before the end of the stream")]
     PipelineAborted,
-    #[error("{reason}; the restored data was verified but not swapped in (the target is as it was)")]
+    #[error(
+        "{reason}; the restored data was verified but not swapped in (the target is as it was)"
+    )]
     Hook { reason: String },
     #[error("cancelled; nothing was committed or swapped in")]
     Cancelled,

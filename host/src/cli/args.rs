@@ -270,7 +270,8 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The backup id (see `backup list`).
-    pub id: String,
+    #[arg(required_unless_present = "rollback")]
+    pub id: Option<String>,
     /// Directory to restore the database files into.
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
@@ -289,6 +290,20 @@ pub struct RestoreArgs {
     /// Owner of the restored files, USER:GROUP (default couchdb:couchdb when root).
     #[arg(long, value_name = "USER:GROUP")]
     pub owner: Option<String>,
+    /// The node name the restored CouchDB runs as; a backup from another node is refused
+    /// unless --rename-node.
+    #[arg(long, value_name = "NAME", conflicts_with = "couchdb_config")]
+    pub node_name: Option<String>,
+    /// The target CouchDB's config directory: its vm.args names the target node.
+    #[arg(long, value_name = "DIR")]
+    pub couchdb_config: Option<PathBuf>,
+    /// Rewrite every database's shard map for the target node name after CouchDB starts
+    /// (needs [couchdb] url or COUCHDB_URL).
+    #[arg(long)]
+    pub rename_node: bool,
+    /// Undo the last restore into --to: put the previous data back (kept aside by --force).
+    #[arg(long, conflicts_with_all = ["force", "discard_old", "rename_node", "detach"])]
+    pub rollback: bool,
     /// With --server: return once the daemon has accepted the job, without waiting.
     #[arg(long)]
     pub detach: bool,

@@ -328,7 +328,17 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
             if a.owner.is_some() {
                 bail!("--owner is set by the daemon's [restore] owner; leave it out with --server");
             }
+            if a.rollback {
+                bail!("--rollback works on the daemon's machine, without --server");
+            }
+            let node_name = match (&a.node_name, &a.couchdb_config) {
+                (Some(n), _) => Some(n.clone()),
+                (None, Some(dir)) => Some(couchvault::ops::restore::node_from_config(dir)?),
+                (None, None) => None,
+            };
             let body = json!({
+                "node_name": node_name,
+                "rename_node": a.rename_node,
                 "backup_id": a.id,
                 "target": a.to,
                 "view_index_target": a.view_index_to,

@@ -10,7 +10,8 @@ use couchvault::config::{parse_duration, Config};
 use couchvault::couchdb::{Source, SourceSpec};
 use couchvault::engine::{self, Progress, RestoreOptions};
 use couchvault::format::BackupMetadata;
-use couchvault::ops::{restore_owner, BackupRequest};
+use couchvault::ops::restore::{backup_node, node_from_config, DbCheck, RestoreRequest};
+use couchvault::ops::{restore_owner, BackupRequest, OpsError};
 use serde::Serialize;
 
 use super::args::{BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, RestoreArgs};
@@ -363,29 +364,61 @@ fn backup_delete(ctx: &Context, id: &str) -> Result<()> {
 }
 
 fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
-    let meta = catalog::load(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, &args.id)?;
+    if args.rollback {
+        let aside = ctx.vault.rollback(&args.to)?;
+        if ctx.json {
+            return print_json(&serde_json::json!({"target": args.to, "rolled_back_to": aside}));
+        }
+        println!(
+            "rolled back {}: the previous data is back; the restored data was moved to {}",
+            args.to.display(),
+            aside.display()
+        );
+        return Ok(());
+    }
+    let id = args.id.clone().unwrap_or_default();
+    let meta = catalog::load(&*ctx.vault.store, &ctx.keyring, &ctx.tenant, &id)?;
     let owner = restore_owner(
         args.owner
             .as_deref()
             .or(ctx.vault.config.restore.owner.as_deref()),
+        &args.to,
     )?;
-    let opts = RestoreOptions {
-        target: args.to,
-        view_index_target: args.view_index_to,
-        config_target: args.config_to,
-        force: args.force,
-        discard_old: args.discard_old,
-        owner,
-        sync: ctx.vault.config.restore.sync,
+    let target_node = match (&args.node_name, &args.couchdb_config) {
+        (Some(n), _) => Some(n.clone()),
+        (None, Some(dir)) => Some(node_from_config(dir)?),
+        (None, None) => None,
+    };
+    let req = RestoreRequest {
+        opts: RestoreOptions {
+            target: args.to,
+            view_index_target: args.view_index_to,
+            config_target: args.config_to,
+            force: args.force,
+            discard_old: args.discard_old,
+            owner,
+            sync: ctx.vault.config.restore.sync,
+        },
+        target_node,
+        rename_node: args.rename_node,
     };
     let progress = Progress::default();
-    let report = with_progress("restore", &progress, ctx.json, || {
-        engine::restore(&*ctx.vault.store, &ctx.keyring, &meta, &opts, &progress)
-    })
-    .with_context(|| format!("restore of backup {} failed", args.id))?;
+    let outcome = with_progress("restore", &progress, ctx.json, || {
+        ctx.vault.restore(&meta, &req, &progress)
+    });
+    let outcome = match outcome {
+        Err(OpsError::PostCheck { checks, message }) => {
+            if !ctx.json {
+                print_checks(&checks);
+            }
+            anyhow::bail!("restore of backup {id} failed: {message}");
+        }
+        other => other.with_context(|| format!("restore of backup {id} failed"))?,
+    };
     if ctx.json {
-        return print_json(&report);
+        return print_json(&outcome);
     }
+    let report = &outcome.report;
     println!(
         "restored backup {} into {}: {} files ({}) verified",
         report.backup_id,
@@ -393,16 +426,46 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         report.files,
         bytes(report.bytes)
     );
+    if !outcome.renamed.is_empty() {
+        println!(
+            "rewrote the shard maps of {} database(s) for the new node name",
+            outcome.renamed.len()
+        );
+    }
+    if !outcome.checks.is_empty() {
+        print_checks(&outcome.checks);
+    }
     for old in &report.previous_kept {
         println!(
             "previous contents kept at {} (delete it when satisfied)",
             old.display()
         );
     }
-    if let Some(node) = &meta.source.node_name {
-        println!("the backup was taken on node {node}: start CouchDB with the same node name");
+    if outcome.checks.is_empty() {
+        if let Some(node) = backup_node(&meta) {
+            println!("the backup was taken on node {node}: start CouchDB with the same node name (or restore with --rename-node)");
+        }
     }
     Ok(())
+}
+
+fn print_checks(checks: &[DbCheck]) {
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.database.clone(),
+                c.recorded.map_or("-".into(), |n| n.to_string()),
+                c.now.map_or("-".into(), |n| n.to_string()),
+                if c.ok {
+                    "ok".into()
+                } else {
+                    format!("FAILED: {}", c.error.as_deref().unwrap_or(""))
+                },
+            ]
+        })
+        .collect();
+    table(&["DATABASE", "DOCS AT BACKUP", "DOCS NOW", "CHECK"], &rows);
 }
 
 fn gc(ctx: &Context, args: GcArgs) -> Result<()> {

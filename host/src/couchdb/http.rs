@@ -126,9 +126,7 @@ impl CouchClient {
     /// Sends; a non-2xx answer is an error with CouchDB's reason.
     fn send(&self, rb: RequestBuilder, path: &str) -> Result<(u16, Value), CouchError> {
         // reqwest's errors name the URL, which holds no credentials.
-        let resp = rb
-            .send()
-            .map_err(|e| self.fail(path, e.without_url()))?;
+        let resp = rb.send().map_err(|e| self.fail(path, e.without_url()))?;
         let status = resp.status().as_u16();
         let body: Value = resp.json().unwrap_or(Value::Null);
         Ok((status, body))
@@ -302,8 +300,14 @@ mod tests {
 
     #[test]
     fn names_and_urls_are_encoded_and_redacted() {
-        assert_eq!(encode_db("fixture/nested+name$(x)"), "fixture%2Fnested%2Bname%24%28x%29");
-        assert_eq!(redact("http://admin:s3cret@host:5984"), "http://***@host:5984");
+        assert_eq!(
+            encode_db("fixture/nested+name$(x)"),
+            "fixture%2Fnested%2Bname%24%28x%29"
+        );
+        assert_eq!(
+            redact("http://admin:s3cret@host:5984"),
+            "http://***@host:5984"
+        );
         let c = CouchClient::new("http://admin:s3cret@127.0.0.1:5984/", None, None).expect("url");
         assert_eq!(c.base(), "http://127.0.0.1:5984");
         assert_eq!(c.user.as_deref(), Some("admin"));
@@ -321,8 +325,14 @@ mod tests {
             "props": {}
         });
         let r = rename_node(&doc, "couchdb@127.0.0.1", "couchdb@other");
-        assert_eq!(r["by_node"], serde_json::json!({"couchdb@other": ["00000000-7fffffff"]}));
-        assert_eq!(r["by_range"]["00000000-7fffffff"], serde_json::json!(["couchdb@other"]));
+        assert_eq!(
+            r["by_node"],
+            serde_json::json!({"couchdb@other": ["00000000-7fffffff"]})
+        );
+        assert_eq!(
+            r["by_range"]["00000000-7fffffff"],
+            serde_json::json!(["couchdb@other"])
+        );
         assert_eq!(r["changelog"], doc["changelog"]);
         assert_eq!(r["_rev"], "1-a");
     }

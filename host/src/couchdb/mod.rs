@@ -207,7 +207,7 @@ pub fn ini_lookup(
 }
 
 /// The Erlang node name from `vm.args` (`-name couchdb@HOST` or `-sname`).
-fn node_name(config_dir: &Path) -> Option<String> {
+pub fn node_name(config_dir: &Path) -> Option<String> {
     let text = fs::read_to_string(config_dir.join("vm.args")).ok()?;
     text.lines().find_map(|l| {
         let mut parts = l.split_whitespace();

@@ -425,6 +425,10 @@ struct RestoreBody {
     force: bool,
     #[serde(default)]
     discard_old: bool,
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    rename_node: bool,
 }
 
 /// Where a restore may write: anywhere absolute for the admin; for a tenant, only under
@@ -479,6 +483,8 @@ async fn restore_create(
         config_target: opt(b.config_target)?,
         force: b.force,
         discard_old: b.discard_old && b.force,
+        node_name: b.node_name,
+        rename_node: b.rename_node,
     };
     accepted(&d, &tenant, req).await
 }

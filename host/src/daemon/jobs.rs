@@ -17,7 +17,8 @@ use super::metrics::{labels, Metrics};
 use crate::catalog;
 use crate::couchdb::{Source, SourceSpec};
 use crate::engine::{self, Progress, RestoreOptions};
-use crate::ops::{resolve_policies, restore_owner, BackupRequest, Vault};
+use crate::ops::restore::RestoreRequest;
+use crate::ops::{resolve_policies, restore_owner, BackupRequest, OpsError, Vault};
 use crate::policy::floors::Verdict;
 use crate::scheduler::SourceSettings;
 
@@ -101,6 +102,12 @@ pub enum JobRequest {
         force: bool,
         #[serde(default)]
         discard_old: bool,
+        /// The node name the restored CouchDB runs as; a backup from another node is
+        /// refused unless `rename_node`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_name: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rename_node: bool,
     },
     Verify {
         backup_id: String,
@@ -470,26 +477,39 @@ impl Runner {
                 config_target,
                 force,
                 discard_old,
+                node_name,
+                rename_node,
                 ..
             } => {
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
                 let meta = catalog::load(&*vault.store, &keyring, &tenant, &backup_id)
                     .map_err(|e| e.to_string())?;
-                let owner = restore_owner(vault.config.restore.owner.as_deref())
+                let owner = restore_owner(vault.config.restore.owner.as_deref(), &target)
                     .map_err(|e| e.to_string())?;
-                let opts = RestoreOptions {
-                    target,
-                    view_index_target,
-                    config_target,
-                    force,
-                    discard_old,
-                    owner,
-                    sync: vault.config.restore.sync,
+                let req = RestoreRequest {
+                    opts: RestoreOptions {
+                        target,
+                        view_index_target,
+                        config_target,
+                        force,
+                        discard_old,
+                        owner,
+                        sync: vault.config.restore.sync,
+                    },
+                    target_node: node_name,
+                    rename_node,
                 };
-                let report = engine::restore(&*vault.store, &keyring, &meta, &opts, progress)
-                    .map_err(|e| e.to_string())?;
-                job.result = serde_json::to_value(&report).ok();
-                Ok(())
+                match vault.restore(&meta, &req, progress) {
+                    Ok(outcome) => {
+                        job.result = serde_json::to_value(&outcome).ok();
+                        Ok(())
+                    }
+                    Err(OpsError::PostCheck { checks, message }) => {
+                        job.result = serde_json::to_value(&checks).ok();
+                        Err(message)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
             JobRequest::Verify { backup_id } => {
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;

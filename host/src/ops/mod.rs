@@ -1,6 +1,8 @@
 //! Operations shared by the CLI's local mode and the daemon: one place that opens the
 //! store and key ring from the config, asks the protection policy, takes the backup and
-//! runs retention after it.
+//! runs retention after it; the CouchDB-aware restore around the engine's (`restore`).
+
+pub mod restore;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,11 @@ pub enum OpsError {
     Policy { name: String, reason: String },
     #[error("{0}")]
     Setup(String),
+    #[error("{message}")]
+    PostCheck {
+        checks: Vec<restore::DbCheck>,
+        message: String,
+    },
 }
 
 pub type Result<T, E = OpsError> = std::result::Result<T, E>;
@@ -99,7 +106,11 @@ impl Vault {
             return Ok(None);
         };
         let user = c.user.clone().or_else(|| env("COUCHDB_USER"));
-        let password = c.password.clone().or_else(|| env("COUCHDB_PASSWORD")).map(Password);
+        let password = c
+            .password
+            .clone()
+            .or_else(|| env("COUCHDB_PASSWORD"))
+            .map(Password);
         CouchClient::new(&url, user, password)
             .map(Some)
             .map_err(|e| OpsError::Setup(e.to_string()))
@@ -537,10 +548,17 @@ fn open_default_keyring(data_dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The owner for restored files: `USER:GROUP` by name or number, or by default
-/// couchdb:couchdb when running as root and that user exists (else ownership is left).
-pub fn restore_owner(spec: Option<&str>) -> Result<Option<(Uid, Gid)>> {
+/// The owner for restored files: `USER:GROUP` by name or number; by default, when running
+/// as root, the owner of the existing target directory, else couchdb:couchdb when that user
+/// exists (otherwise ownership is left as it is).
+pub fn restore_owner(spec: Option<&str>, target: &Path) -> Result<Option<(Uid, Gid)>> {
     let Some(spec) = spec else {
+        if Uid::effective().is_root() {
+            if let Ok(m) = std::fs::metadata(target) {
+                use std::os::unix::fs::MetadataExt;
+                return Ok(Some((Uid::from_raw(m.uid()), Gid::from_raw(m.gid()))));
+            }
+        }
         return Ok(default_owner());
     };
     let bad = |m: String| OpsError::Setup(m);
