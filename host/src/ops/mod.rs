@@ -258,7 +258,13 @@ impl Vault {
         if let (Some(name), Some(host)) = (protection, &host) {
             let t0 = std::time::Instant::now();
             let size = crate::couchdb::total_size(&source.plan().map_err(crate::Error::from)?);
-            let decision = self.protection(host, &keyring, name, req, size)?;
+            let decision = self
+                .protection(host, &keyring, name, req, size)
+                .map_err(|e| {
+                    OpsError::Setup(format!(
+                        "backup not started: the protection policy '{name}' failed: {e}"
+                    ))
+                })?;
             notes.extend(
                 decision
                     .overrides
