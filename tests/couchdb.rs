@@ -137,3 +137,246 @@ fn the_cli_names_what_is_missing_in_one_line() {
     );
     assert!(out.contains(BASIC_80), "{out}");
 }
+
+/// Runs the CLI with extra environment; returns (exit code, stdout, stderr).
+fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("COUCHVAULT_CONFIG")
+        .env_remove("COUCHDB_URL")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run couchvault");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The fixture as a node: `data/` plus `etc/` with vm.args (node couchdb@127.0.0.1) and a
+/// local.ini naming the data dir. Backs it up; returns the backup id.
+fn backup_node_fixture(cwd: &Path, env: &[(&str, &str)]) -> String {
+    let data = unpack_fixture(cwd);
+    std::fs::create_dir_all(cwd.join("etc")).unwrap();
+    std::fs::write(
+        cwd.join("etc/vm.args"),
+        "-name couchdb@127.0.0.1\n-setcookie monster\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cwd.join("etc/local.ini"),
+        format!("[couchdb]\ndatabase_dir = {}\n", data.display()),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--couchdb-config",
+            "etc",
+        ],
+        env,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["node_name"], "couchdb@127.0.0.1");
+    v["backup_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_restore_under_another_node_name_is_refused_with_both_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let id = backup_node_fixture(cwd, &[]);
+    let (code, _, err) = run(
+        cwd,
+        &["restore", &id, "--to", "t1", "--node-name", "couchdb@other"],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    for needle in [
+        "'couchdb@127.0.0.1'",
+        "'couchdb@other'",
+        "--rename-node",
+        "vm.args",
+        "No DB shards could be opened",
+    ] {
+        assert!(err.contains(needle), "expected {needle} in: {err}");
+    }
+    assert!(!cwd.join("t1").exists(), "nothing restored");
+    // The target node named by its own vm.args.
+    std::fs::create_dir_all(cwd.join("other-etc")).unwrap();
+    std::fs::write(cwd.join("other-etc/vm.args"), "-name couchdb@other\n").unwrap();
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            "t1",
+            "--couchdb-config",
+            "other-etc",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("'couchdb@other'"), "{err}");
+    // --rename-node without a CouchDB to talk to: refused before anything is written.
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            "t1",
+            "--node-name",
+            "couchdb@other",
+            "--rename-node",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("COUCHDB_URL"), "{err}");
+    // The same node name restores.
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            "t1",
+            "--node-name",
+            "couchdb@127.0.0.1",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn rename_node_rewrites_every_shard_map_exactly_and_leaks_no_credentials() {
+    use common::fakecouch::{serve, Couch};
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let id = backup_node_fixture(cwd, &[]);
+    let couch = std::sync::Arc::new(Couch::from_fixture("couchdb@other"));
+    let before = couch.maps.lock().unwrap().clone();
+    let url = serve(couch.clone());
+    let secret = "Sup3r-S3cret-pw";
+    // The hooks record what a process listing and their environment show.
+    std::fs::write(
+        cwd.join("config.toml"),
+        format!(
+            "couchvault_config = 1\n[restore]\nstop_command = \"ps -eo args > {0}/ps.txt; env > {0}/env.txt\"\nstart_command = \"ps -eo args >> {0}/ps.txt\"\nstart_timeout = \"10s\"\n",
+            cwd.display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("COUCHDB_URL", url.as_str()),
+        ("COUCHDB_USER", "admin"),
+        ("COUCHDB_PASSWORD", secret),
+    ];
+    let (code, out, err) = run(
+        cwd,
+        &[
+            "-vv",
+            "--config",
+            "config.toml",
+            "restore",
+            &id,
+            "--to",
+            "t2",
+            "--node-name",
+            "couchdb@other",
+            "--rename-node",
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("rewrote the shard maps of 8 database(s)"),
+        "{out}"
+    );
+    // Every database answers afterwards: the post-restore table.
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" ok")).count(),
+        8,
+        "{out}"
+    );
+
+    // The rewrite requests, exactly: the node replaced in by_node and by_range, nothing else.
+    let puts = couch.puts.lock().unwrap().clone();
+    assert_eq!(puts.len(), 8);
+    for (db, doc) in &puts {
+        let mut want = before[db].clone();
+        let ranges = want["by_node"]["couchdb@127.0.0.1"].take();
+        want["by_node"] = serde_json::json!({ "couchdb@other": ranges });
+        for nodes in want["by_range"].as_object_mut().unwrap().values_mut() {
+            *nodes = serde_json::json!(["couchdb@other"]);
+        }
+        assert_eq!(doc, &want, "{db}");
+    }
+    assert!(puts.iter().any(|(db, _)| db == "fixture/nested+name$(x)"));
+
+    // Credentials reached CouchDB (basic auth) and nowhere else.
+    assert!(!couch.auth_seen.lock().unwrap().is_empty());
+    for (what, text) in [
+        ("stdout", out.clone()),
+        ("stderr (-vv logs)", err.clone()),
+        (
+            "ps in the hooks",
+            std::fs::read_to_string(cwd.join("ps.txt")).unwrap(),
+        ),
+        (
+            "the hooks' environment",
+            std::fs::read_to_string(cwd.join("env.txt")).unwrap(),
+        ),
+    ] {
+        assert!(!text.contains(secret), "the password leaked into {what}");
+    }
+    // A CouchDB URL with the password inside: not in errors or the metadata either.
+    let bad = format!("http://admin:{secret}@127.0.0.1:9");
+    let (code, out, err) = run(
+        cwd,
+        &[
+            "-vv",
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--couchdb-config",
+            "etc",
+        ],
+        &[("COUCHDB_URL", bad.as_str())],
+    );
+    assert_eq!(code, Some(0), "an unreachable CouchDB is not fatal: {err}");
+    assert!(
+        !out.contains(secret) && !err.contains(secret),
+        "{out}\n{err}"
+    );
+    assert!(err.contains("CouchDB did not answer"), "{err}");
+    let backup: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (_, shown, _) = run(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "show",
+            backup["backup_id"].as_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!shown.contains(secret), "{shown}");
+    let meta: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(meta["couchdb"]["reachable"], false, "{shown}");
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fakecouch;
 pub mod faultproxy;
 pub mod swift;
 
