@@ -380,3 +380,197 @@ fn rename_node_rewrites_every_shard_map_exactly_and_leaks_no_credentials() {
     let meta: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(meta["couchdb"]["reachable"], false, "{shown}");
 }
+
+/// A real CouchDB-compatible server: PouchDB Server (npm `pouchdb-server`, installed by
+/// .ci/run), in memory on a free loopback port.
+struct Pouch {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Pouch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pouchdb_server(dir: &Path) -> Option<Pouch> {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v pouchdb-server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI installs pouchdb-server (.ci/run)"
+        );
+        eprintln!("skipping: pouchdb-server is not installed (npm install -g pouchdb-server)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("pouchdb-server")
+        .args([
+            "--in-memory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start pouchdb-server");
+    let pouch = Pouch {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::blocking::Client::new();
+    let started = std::time::Instant::now();
+    while http.get(&pouch.url).send().is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "pouchdb-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Some(pouch)
+}
+
+#[test]
+fn live_stats_and_the_post_restore_check_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let Some(pouch) = pouchdb_server(cwd) else {
+        return;
+    };
+    let http = reqwest::blocking::Client::new();
+    let url = |p: &str| format!("{}{p}", pouch.url);
+    let mut beta_docs = Vec::new();
+    for (db, n) in [("alpha", 3), ("beta", 2)] {
+        assert!(http
+            .put(url(&format!("/{db}")))
+            .send()
+            .unwrap()
+            .status()
+            .is_success());
+        for i in 0..n {
+            let r: serde_json::Value = http
+                .post(url(&format!("/{db}")))
+                .json(&serde_json::json!({ "i": i }))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if db == "beta" {
+                beta_docs.push((
+                    r["id"].as_str().unwrap().to_string(),
+                    r["rev"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    unpack_fixture(cwd);
+    let env = [("COUCHDB_URL", pouch.url.as_str())];
+    let (code, out, err) = run(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, shown, _) = run(cwd, &["--json", "backup", "show", &id], &[]);
+    let meta: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let live = &meta["couchdb"];
+    assert_eq!(live["reachable"], true, "{live}");
+    assert_eq!(live["version"], "4.2.0");
+    assert_eq!(live["databases"]["alpha"]["doc_count"], 3, "{live}");
+    assert_eq!(live["databases"]["beta"]["doc_count"], 2, "{live}");
+    assert!(
+        live["databases"]["beta"]["update_seq"].is_number(),
+        "{live}"
+    );
+    assert_eq!(
+        live["databases"]["alpha"]["security"],
+        serde_json::json!({})
+    );
+
+    // The server is already running: the start hook is a no-op, the check is real.
+    std::fs::write(
+        cwd.join("config.toml"),
+        "couchvault_config = 1\n[restore]\nstart_command = \"true\"\nstart_timeout = \"20s\"\n",
+    )
+    .unwrap();
+    let restore = |args: &[&str]| {
+        let mut a = vec!["--config", "config.toml", "restore"];
+        a.extend_from_slice(args);
+        run(cwd, &a, &env)
+    };
+    let (code, out, err) = restore(&[&id, "--to", "r1"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("alpha") && l.ends_with("ok")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("beta") && l.ends_with("ok")),
+        "{out}"
+    );
+
+    // Fewer documents than recorded: the restore fails, says which, and how to roll back.
+    let (doc, rev) = &beta_docs[0];
+    assert!(http
+        .delete(url(&format!("/beta/{doc}?rev={rev}")))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+    let (code, out, err) = restore(&[&id, "--to", "r1", "--force"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("beta: 1 documents, fewer than the 2 recorded"),
+        "{err}"
+    );
+    assert!(err.contains("couchvault restore --rollback --to"), "{err}");
+    assert!(out.contains("FAILED"), "{out}");
+    let (code, out, err) = restore(&["--rollback", "--to", "r1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("rolled back"), "{out}");
+    assert!(cwd.join("r1/_dbs.couch").exists());
+
+    // A database gone: named, with CouchDB's answer.
+    assert!(http
+        .delete(url("/alpha"))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+    let (code, _, err) = restore(&[&id, "--to", "r3"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("alpha: CouchDB at") && err.contains("404"),
+        "{err}"
+    );
+    assert!(
+        err.contains("there was no previous data to go back to"),
+        "{err}"
+    );
+}
