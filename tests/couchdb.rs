@@ -574,3 +574,43 @@ fn live_stats_and_the_post_restore_check_against_a_real_server() {
         "{err}"
     );
 }
+
+#[test]
+fn restored_files_belong_to_the_owner_of_the_existing_data_dir() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: chown needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    unpack_fixture(cwd);
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+        ],
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = cwd.join("live");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("old.couch"), b"old").unwrap();
+    nix::unistd::chown(&target, Some(4321.into()), Some(4322.into())).unwrap();
+    ok(cwd, &["restore", &id, "--to", "live", "--force"]);
+    for f in [
+        "_dbs.couch",
+        "shards/00000000-ffffffff/fixture_q1.1795703453.couch",
+    ] {
+        let m = std::fs::metadata(target.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4321, 4322), "{f}");
+    }
+}
