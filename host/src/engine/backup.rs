@@ -92,7 +92,7 @@ pub fn backup(
         Err(e) => return Err(e.into()),
     };
     for gap in &incomplete {
-        tracing::warn!(gap = %gap, "backing up an incomplete data directory (--allow-incomplete)");
+        tracing::info!(gap = %gap, "backing up an incomplete data directory (--allow-incomplete)");
     }
     let total = crate::couchdb::total_size(&plan);
     progress
