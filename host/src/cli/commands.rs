@@ -401,6 +401,7 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         },
         target_node,
         rename_node: args.rename_node,
+        hooks: true,
     };
     let progress = Progress::default();
     let outcome = with_progress("restore", &progress, ctx.json, || {

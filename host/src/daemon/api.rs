@@ -485,6 +485,7 @@ async fn restore_create(
         discard_old: b.discard_old && b.force,
         node_name: b.node_name,
         rename_node: b.rename_node,
+        hooks: p == Principal::Admin,
     };
     accepted(&d, &tenant, req).await
 }

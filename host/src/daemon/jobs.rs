@@ -108,6 +108,9 @@ pub enum JobRequest {
         node_name: Option<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rename_node: bool,
+        /// Run the restore hooks (admin requests only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hooks: bool,
     },
     Verify {
         backup_id: String,
@@ -479,6 +482,7 @@ impl Runner {
                 discard_old,
                 node_name,
                 rename_node,
+                hooks,
                 ..
             } => {
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
@@ -498,6 +502,7 @@ impl Runner {
                     },
                     target_node: node_name,
                     rename_node,
+                    hooks,
                 };
                 match vault.restore(&meta, &req, progress) {
                     Ok(outcome) => {

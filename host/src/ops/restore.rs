@@ -21,6 +21,9 @@ pub struct RestoreRequest {
     pub target_node: Option<String>,
     /// Rewrite every database's shard map for `target_node` after CouchDB starts.
     pub rename_node: bool,
+    /// Run the configured stop/start hooks. The daemon runs them only for the admin: a
+    /// tenant's restore into its own directory must not stop the node's CouchDB.
+    pub hooks: bool,
 }
 
 /// One database after the restore.
@@ -107,14 +110,19 @@ impl Vault {
             _ => None,
         };
         let cfg = &self.config.restore;
+        let (stop_command, start_command) = if req.hooks {
+            (cfg.stop_command.as_ref(), cfg.start_command.as_ref())
+        } else {
+            (None, None)
+        };
         // With a check to come, the old data stays until it passes.
-        let checking = client.is_some() && (cfg.start_command.is_some() || renaming.is_some());
+        let checking = client.is_some() && (start_command.is_some() || renaming.is_some());
         let mut opts = req.opts.clone();
         if checking {
             opts.discard_old = false;
         }
         let keyring = self.keyring()?;
-        let stop = || match &cfg.stop_command {
+        let stop = || match stop_command {
             Some(c) => run_hook("stop", c),
             None => Ok(()),
         };
@@ -134,7 +142,7 @@ impl Vault {
                 }
             ))
         };
-        if let Some(c) = &cfg.start_command {
+        if let Some(c) = start_command {
             run_hook("start", c).map_err(rollback_hint)?;
         }
         let mut outcome = RestoreOutcome {
@@ -142,7 +150,7 @@ impl Vault {
             renamed: Vec::new(),
             checks: Vec::new(),
         };
-        if let (Some(client), true) = (&client, cfg.start_command.is_some() || renaming.is_some()) {
+        if let (Some(client), true) = (&client, start_command.is_some() || renaming.is_some()) {
             let timeout = crate::config::parse_duration(&cfg.start_timeout)
                 .unwrap_or(Duration::from_secs(120));
             client
