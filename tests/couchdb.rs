@@ -3,38 +3,22 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{couchvault, ok, unpack_fixture, Env};
-use couchvault::couchdb::{Source, SourceSpec};
-use couchvault::engine::{self, backup::StreamSettings, BackupOptions, Progress};
+use common::{backup_checked, couchvault, ok, unpack_fixture, Env};
 
 fn backup(
     env: &Env,
     data: &Path,
     allow_incomplete: bool,
 ) -> couchvault::Result<couchvault::format::BackupMetadata> {
-    let source = Source::discover(&SourceSpec {
-        data_dir: Some(data.to_path_buf()),
-        ..Default::default()
-    })?;
-    let opts = BackupOptions {
-        id: None,
-        allow_incomplete,
-        live: None,
-        tenant: "default".into(),
-        instance: "node1".into(),
-        key_id: None,
-        tags: BTreeMap::new(),
-        stream: StreamSettings::default(),
-    };
-    engine::backup(
+    backup_checked(
         &env.store,
         &env.keyring,
-        &source,
-        &opts,
-        &Progress::default(),
+        data,
+        "node1",
+        1 << 20,
+        allow_incomplete,
     )
 }
 

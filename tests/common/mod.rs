@@ -96,7 +96,8 @@ pub fn restore_opts(target: &Path) -> engine::RestoreOptions {
     }
 }
 
-/// Backs up a data directory for tenant `default`.
+/// Backs up a data directory for tenant `default`. Synthetic data sets have no real shard
+/// map, so the completeness check is off here; it has tests of its own (tests/couchdb.rs).
 pub fn backup_to(
     store: &dyn Store,
     keyring: &KeyRing,
@@ -104,14 +105,25 @@ pub fn backup_to(
     instance: &str,
     chunk_size: u32,
 ) -> couchvault::Result<BackupMetadata> {
+    backup_checked(store, keyring, data, instance, chunk_size, true)
+}
+
+/// [`backup_to`], choosing whether an incomplete data directory is allowed.
+pub fn backup_checked(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    data: &Path,
+    instance: &str,
+    chunk_size: u32,
+    allow_incomplete: bool,
+) -> couchvault::Result<BackupMetadata> {
     let source = Source::discover(&SourceSpec {
         data_dir: Some(data.to_path_buf()),
         ..Default::default()
     })?;
     let opts = BackupOptions {
         id: None,
-        // Synthetic data sets have no real shard map; the check has tests of its own.
-        allow_incomplete: true,
+        allow_incomplete,
         live: None,
         tenant: "default".into(),
         instance: instance.into(),

@@ -1,14 +1,13 @@
 //! The CLI as a client of `couchvault daemon` (`--server`, and the schedule, job and token
 //! commands). Same verbs and output as local mode; the daemon does the work.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use couchvault::config::Config;
-use couchvault::daemon::jobs::Job;
+use couchvault::daemon::jobs::{BackupParams, Job};
 use couchvault::scheduler::{ScheduleSpec, SourceSettings};
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::Method;
@@ -252,25 +251,18 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
     let c = Client::new(&cli, &config)?;
     match cli.command {
         Command::Backup(BackupCommand::Create(a)) => {
-            let mut body = json!({
-                "instance": a.instance,
-                "tags": a.tags.into_iter().collect::<BTreeMap<_, _>>(),
-                "policies": a.protection.into_iter().chain(a.retention).collect::<Vec<_>>(),
-            });
             let source = source_settings(a.source)?;
-            let source = json!({
-                "couchdb_config": source.couchdb_config,
-                "data_dir": source.data_dir,
-                "view_index_dir": source.view_index_dir,
-            });
-            merge(&mut body, source);
-            if a.allow_incomplete {
-                body["allow_incomplete"] = json!(true);
-            }
-            if let Some(l) = a.compression_level {
-                body["compression_level"] = json!(l);
-            }
-            let job: Job = c.post("/v1/backups", &body)?;
+            let body = BackupParams {
+                instance: a.instance,
+                couchdb_config: source.couchdb_config,
+                data_dir: source.data_dir,
+                view_index_dir: source.view_index_dir,
+                policies: a.protection.into_iter().chain(a.retention).collect(),
+                tags: a.tags.into_iter().collect(),
+                compression_level: a.compression_level,
+                allow_incomplete: a.allow_incomplete,
+            };
+            let job: Job = c.post("/v1/backups", &serde_json::to_value(body)?)?;
             c.submitted(job, a.detach)
         }
         Command::Backup(BackupCommand::List { instance }) => {
@@ -398,12 +390,6 @@ fn source_settings(a: SourceArgs) -> Result<SourceSettings> {
         data_dir: a.data_dir.map(absolute).transpose()?,
         view_index_dir: a.view_index_dir.map(absolute).transpose()?,
     })
-}
-
-fn merge(into: &mut Value, from: Value) {
-    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
-        a.extend(b);
-    }
 }
 
 fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {

@@ -38,26 +38,41 @@ impl DbShards {
     }
 }
 
+/// Read with positioned reads: `_dbs.couch` is append-only and can grow large, so it is
+/// never loaded whole.
 struct CouchFile {
-    bytes: Vec<u8>,
+    file: std::fs::File,
+    /// The length when opened: what a hot copy of this file will hold.
+    len: u64,
 }
 
 impl CouchFile {
+    /// Exactly `buf.len()` bytes at physical position `pos`.
+    fn at(&self, pos: u64, buf: &mut [u8]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, pos)
+            .map_err(|_| format!("pointer {pos} is past the end of the file"))
+    }
+
     /// `n` logical bytes from physical position `pos`, skipping each block's marker byte.
     fn read(&self, mut pos: u64, n: usize) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(n.min(self.bytes.len()));
-        while out.len() < n {
+        // A damaged length must not ask for more memory than the file has bytes.
+        if n as u64 > self.len {
+            return Err(format!(
+                "a length of {n} bytes at {pos} runs past the end of the file"
+            ));
+        }
+        let mut out = vec![0u8; n];
+        let mut filled = 0;
+        while filled < n {
             if pos % BLOCK == 0 {
                 pos += 1;
             }
             let block_end = (pos / BLOCK + 1) * BLOCK;
-            let want = (n - out.len()).min((block_end - pos) as usize);
-            let start = pos as usize;
-            let chunk = self
-                .bytes
-                .get(start..start + want)
-                .ok_or_else(|| format!("pointer {pos} is past the end of the file"))?;
-            out.extend_from_slice(chunk);
+            let want = (n - filled).min((block_end - pos) as usize);
+            self.at(pos, &mut out[filled..filled + want])?;
+            filled += want;
             pos += want as u64;
         }
         Ok(out)
@@ -83,10 +98,11 @@ impl CouchFile {
 
     /// The newest valid header, searching back from the end.
     fn last_header(&self) -> Result<Term, String> {
-        let mut block = self.bytes.len() as u64 / BLOCK;
+        let mut block = self.len / BLOCK;
         loop {
             let pos = block * BLOCK;
-            if self.bytes.get(pos as usize) == Some(&1) {
+            let mut marker = [0u8];
+            if pos < self.len && self.at(pos, &mut marker).is_ok() && marker[0] == 1 {
                 if let Ok(t) = self.header_at(pos) {
                     return Ok(t);
                 }
@@ -99,9 +115,10 @@ impl CouchFile {
     }
 
     fn header_at(&self, pos: u64) -> Result<Term, String> {
-        let p = pos as usize;
-        let size = self.bytes.get(p + 1..p + 5).ok_or("header truncated")?;
-        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+        let mut size = [0u8; 4];
+        self.at(pos + 1, &mut size)
+            .map_err(|_| "header truncated".to_string())?;
+        let size = u32::from_be_bytes(size) as usize;
         let bin = self.read(pos + 5, size)?;
         if bin.len() < 16 || !checksum_ok(&bin[..16], &bin[16..]) {
             return Err("header checksum mismatch".into());
@@ -179,8 +196,12 @@ fn winning_body(tree: &Term) -> Option<u64> {
 
 /// Reads every live database's shard map from a `_dbs.couch` file.
 pub fn read(path: &Path) -> Result<Vec<DbShards>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = CouchFile { bytes };
+    let open = || -> std::io::Result<CouchFile> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(CouchFile { file, len })
+    };
+    let file = open().map_err(|e| format!("{}: {e}", path.display()))?;
     let header = file.last_header()?;
     let fields = header.as_tuple().ok_or("the header is not a record")?;
     if !fields.first().is_some_and(|f| f.is_atom("db_header")) {

@@ -95,6 +95,9 @@ impl From<SubmitError> for ApiError {
             e @ SubmitError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
+            e @ SubmitError::Thread(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             SubmitError::Db(e) => ApiError::internal(e),
         }
     }
@@ -357,17 +360,10 @@ async fn backup_show(
     Query(q): Query<TenantQuery>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &q)?;
-    let vault = d.vault.clone();
-    let meta = tokio::task::spawn_blocking(move || {
-        let keyring = vault.keyring().map_err(ApiError::internal)?;
-        catalog::load(&*vault.store, &keyring, &tenant, &id).map_err(library_error)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    Ok(Json(meta).into_response())
+    Ok(Json(owned_backup(&d, &tenant, &id).await?).into_response())
 }
 
-/// Checks that a backup id belongs to the tenant before a job is started for it.
+/// Loads a tenant's backup (authenticated); another tenant's id or a bad one is 404.
 async fn owned_backup(
     d: &Daemon,
     tenant: &str,

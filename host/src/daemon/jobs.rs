@@ -206,6 +206,8 @@ pub enum SubmitError {
     },
     #[error("the daemon is shutting down and takes no new jobs")]
     ShuttingDown,
+    #[error("cannot start a thread for the job ({0}); the machine is out of threads or memory")]
+    Thread(String),
     #[error(transparent)]
     Db(#[from] super::db::DbError),
 }
@@ -323,15 +325,22 @@ impl Runner {
         );
         let me = self.clone();
         let spawned = job.clone();
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name(format!("job-{id}"))
-            .spawn(move || me.run(spawned, progress))
-            .map_err(|e| {
-                SubmitError::Db(super::db::DbError::Corrupt {
-                    tree: "jobs",
-                    reason: format!("cannot start a thread: {e}"),
-                })
-            })?;
+            .spawn(move || me.run(spawned, progress));
+        if let Err(e) = started {
+            // Undo the claim: the job never ran.
+            if let Some(inst) = job.request.instance() {
+                lock(&self.busy).remove(&(tenant.to_string(), inst.to_string()));
+            }
+            lock(&self.active).remove(&id);
+            let mut failed = job;
+            failed.state = JobState::Failed;
+            failed.finished_at = Some(Utc::now());
+            failed.error = Some(format!("cannot start a thread: {e}"));
+            self.db.put_job(&failed)?;
+            return Err(SubmitError::Thread(e.to_string()));
+        }
         Ok(job)
     }
 

@@ -80,7 +80,6 @@ impl Daemon {
         if let Some(dir) = &opts.schedules_dir {
             let report = schedules.apply_dir(dir, "default", Utc::now())?;
             tracing::info!(dir = %dir.display(), created = report.created.len(), updated = report.updated.len(), unchanged = report.unchanged.len(), "schedule files applied");
-            db.flush_blocking()?;
         }
         schedules.retry_interrupted(&interrupted, Utc::now());
         db.flush_blocking()?;
