@@ -253,12 +253,44 @@ impl Client {
         Ok(())
     }
 
+    /// Sends a request whose answer is small and read whole. An answer cut off while its
+    /// body is read is retried like a failed request. None for 404.
+    fn fetch(
+        &self,
+        method: Method,
+        container: &str,
+        object: &str,
+        build: &dyn Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let what = what(&method, container, object);
+        let mut attempts = Attempts::new(&self.settings.retry);
+        loop {
+            let resp = self.send(method.clone(), container, object, build)?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let last = match check(resp, &what)?.bytes() {
+                Ok(b) => return Ok(Some(b.to_vec())),
+                Err(e) => error_chain(&e),
+            };
+            tracing::info!(%what, error = %last, attempt = attempts.made + 1, "Swift answer cut off; retrying");
+            if !attempts.backoff() {
+                return Err(StoreError::Unavailable {
+                    what,
+                    attempts: attempts.made,
+                    secs: attempts.elapsed().as_secs(),
+                    last,
+                });
+            }
+        }
+    }
+
     /// Lists a container (all pages) under `prefix`; a missing container is empty.
     fn list(&self, container: &str, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let mut out: Vec<Listed> = Vec::new();
         loop {
             let marker = out.last().map(|l| l.name.clone()).unwrap_or_default();
-            let resp = self.send(Method::GET, container, "", &|r| {
+            let body = self.fetch(Method::GET, container, "", &|r| {
                 r.timeout(self.settings.request_timeout).query(&[
                     ("format", "json"),
                     ("prefix", prefix),
@@ -266,15 +298,15 @@ impl Client {
                     ("limit", "10000"),
                 ])
             })?;
-            if resp.status() == StatusCode::NOT_FOUND {
+            let Some(body) = body else {
                 return Ok(out);
-            }
-            let resp = check(resp, &what(&Method::GET, container, ""))?;
-            let page: Vec<Listed> = resp.json().map_err(|e| StoreError::Http {
-                what: format!("listing {container}"),
-                status: 200,
-                detail: format!("unreadable listing: {e}"),
-            })?;
+            };
+            let page: Vec<Listed> =
+                serde_json::from_slice(&body).map_err(|e| StoreError::Http {
+                    what: format!("listing {container}"),
+                    status: 200,
+                    detail: format!("unreadable listing: {e}"),
+                })?;
             if page.is_empty() {
                 return Ok(out);
             }
@@ -374,22 +406,13 @@ impl Store for SwiftStore {
     fn get(&self, tenant: &str, name: &str) -> Result<Vec<u8>, StoreError> {
         let container = self.container(tenant);
         let object = self.object(name);
-        let resp = self.client.send(Method::GET, &container, &object, &|r| {
+        let body = self.client.fetch(Method::GET, &container, &object, &|r| {
             r.timeout(self.client.settings.request_timeout)
         })?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Err(StoreError::NotFound {
-                container,
-                name: name.to_string(),
-            });
-        }
-        let resp = check(resp, &what(&Method::GET, &container, &object))?;
-        resp.bytes()
-            .map(|b| b.to_vec())
-            .map_err(|e| StoreError::Unreachable {
-                what: what(&Method::GET, &container, &object),
-                reason: error_chain(&e),
-            })
+        body.ok_or_else(|| StoreError::NotFound {
+            container,
+            name: name.to_string(),
+        })
     }
 
     fn create_large(
