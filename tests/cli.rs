@@ -477,3 +477,98 @@ fn restore_sets_the_requested_owner() {
         "USER:GROUP",
     );
 }
+
+/// Every file under `dir` with its SHA-256.
+fn hashes(dir: &Path) -> Vec<(String, String)> {
+    common::tree(dir)
+        .into_iter()
+        .map(|f| {
+            let h = sha256_file(&dir.join(&f));
+            (f, h)
+        })
+        .collect()
+}
+
+/// The kept-aside directories of `target`, oldest first.
+fn kept_aside(target: &Path) -> Vec<std::path::PathBuf> {
+    let name = target.file_name().unwrap().to_string_lossy().into_owned();
+    let mut v: Vec<_> = fs::read_dir(target.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.couchvault-old-"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 10, finding 4: `restore --force` killed with SIGKILL at every step, then run again
+/// (what the interrupted job advises), then `--rollback`: the data it replaced (V1) is never
+/// lost, and a rerun after the swap does not move the restored data aside again.
+#[test]
+fn a_forced_restore_killed_at_every_step_then_rerun_and_rolled_back_never_loses_the_old_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    unpack_fixture(cwd);
+    let id = backup_fixture(cwd);
+    let v2 = hashes(&cwd.join("data"));
+    for point in ["restore-staged", "restore-moved-aside", "restore-swapped"] {
+        // V1: other data in the target.
+        let target = cwd.join(format!("target-{point}"));
+        fs::create_dir_all(target.join("shards")).unwrap();
+        fs::write(target.join("_dbs.couch"), format!("v1 map {point}")).unwrap();
+        fs::write(target.join("shards/a.couch"), b"v1 shard").unwrap();
+        let v1 = hashes(&target);
+        let to = target.to_str().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_couchvault"))
+            .args(["restore", &id, "--to", to, "--force"])
+            .current_dir(cwd)
+            .env_remove("COUCHVAULT_CONFIG")
+            .env("COUCHVAULT_TEST_PAUSE", format!("{point}:60000"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the pause, then SIGKILL.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+            assert!(n > 0, "{point}: the restore ended before its pause");
+            if line.contains("COUCHVAULT_TEST_PAUSE: pausing") {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // Run the same restore again: it completes, and V1 is still kept, once.
+        let out = ok(cwd, &["restore", &id, "--to", to, "--force"]);
+        assert_eq!(hashes(&target), v2, "{point}: the target holds the backup");
+        if point == "restore-swapped" {
+            assert!(out.contains("already restored"), "{point}: {out}");
+        }
+        let olds = kept_aside(&target);
+        let with_v1: Vec<_> = olds.iter().filter(|o| hashes(o) == v1).collect();
+        assert_eq!(
+            with_v1.len(),
+            1,
+            "{point}: V1 kept exactly once in {olds:?}"
+        );
+        assert_eq!(olds.len(), 1, "{point}: nothing else moved aside: {olds:?}");
+
+        // A second rerun changes nothing either.
+        ok(cwd, &["restore", &id, "--to", to, "--force"]);
+        assert_eq!(kept_aside(&target), olds, "{point}");
+
+        // Rollback puts V1 back.
+        ok(cwd, &["restore", "--rollback", "--to", to]);
+        assert_eq!(hashes(&target), v1, "{point}: rolled back to V1");
+        assert!(kept_aside(&target).is_empty(), "{point}");
+    }
+}

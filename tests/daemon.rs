@@ -67,6 +67,17 @@ fn start_backup(d: &Daemon, token: &str, instance: &str, data: &Path) -> Value {
     job
 }
 
+/// Registers an instance (admin) of `tenant` backing up `data`.
+fn register(d: &Daemon, tenant: &str, name: &str, data: &Path, in_place: bool) -> Value {
+    let (s, v) = d.post(
+        "/v1/instances",
+        &d.admin,
+        &json!({ "name": name, "tenant": tenant, "data_dir": data, "restore_in_place": in_place }),
+    );
+    assert_eq!(s, 201, "{v}");
+    v
+}
+
 fn backup_ids(d: &Daemon, token: &str) -> Vec<String> {
     let (s, v) = d.get("/v1/backups", token);
     assert_eq!(s, 200, "{v}");
@@ -213,9 +224,15 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
     let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
     let a = d.tenant_token("acme");
     let b = d.tenant_token("umbrella");
+    register(&d, "acme", "shop", &data, false);
 
     // Tenant A's objects: a backup, a restore job, a schedule, a policy.
-    let job = start_backup(&d, &a, "shop", &data);
+    let (s, job) = d.post(
+        "/v1/backups",
+        &a,
+        &json!({ "instance": "shop", "allow_incomplete": true }),
+    );
+    assert_eq!(s, 202, "{job}");
     let backup_job = d.wait_job(job["id"].as_str().unwrap(), &a);
     assert_eq!(backup_job["state"], "succeeded", "{backup_job}");
     let backup = backup_job["backup_id"].as_str().unwrap().to_string();
@@ -234,7 +251,7 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
     let (s, sched) = d.post(
         "/v1/schedules",
         &a,
-        &json!({ "name": "nightly", "instance": "shop", "data_dir": data, "cron": "@daily" }),
+        &json!({ "name": "nightly", "instance": "shop", "cron": "@daily" }),
     );
     assert_eq!(s, 201, "{sched}");
     let sched = sched["id"].as_str().unwrap().to_string();
@@ -248,8 +265,7 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
     }
 
     // Tenant B on A's ids: 404, and nothing changes.
-    let sched_body =
-        json!({ "name": "x", "instance": "shop", "data_dir": data, "cron": "@hourly" });
+    let sched_body = json!({ "name": "x", "instance": "shop", "cron": "@hourly" });
     let restore_body = json!({ "backup_id": backup, "target": "stolen" });
     let mut routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/v1/backups/{backup}"), None),
@@ -268,6 +284,7 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
             Some(json!({})),
         ),
         (Method::GET, format!("/v1/schedules/{sched}"), None),
+        (Method::GET, "/v1/instances/shop".into(), None),
         (
             Method::PUT,
             format!("/v1/schedules/{sched}"),
@@ -306,7 +323,13 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
         assert_eq!(s, 401, "{m} {path} without a token");
     }
     // Lists show B nothing of A's; naming A's tenant is forbidden.
-    for path in ["/v1/backups", "/v1/jobs", "/v1/schedules", "/v1/policies"] {
+    for path in [
+        "/v1/backups",
+        "/v1/jobs",
+        "/v1/schedules",
+        "/v1/policies",
+        "/v1/instances",
+    ] {
         let (s, v) = d.get(path, &b);
         assert_eq!(s, 200, "{path}: {v}");
         assert_eq!(v.as_array().unwrap().len(), 0, "{path}: {v}");
@@ -323,6 +346,9 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
         (Method::DELETE, "/v1/tokens/abc"),
         (Method::POST, "/v1/gc"),
         (Method::POST, "/v1/reindex"),
+        (Method::POST, "/v1/instances"),
+        (Method::POST, "/v1/instances/apply"),
+        (Method::DELETE, "/v1/instances/shop"),
     ] {
         let (s, v) = d.call(d.req(m.clone(), path, Some(&a)).json(&json!({})));
         assert_eq!(s, 403, "{m} {path}: {v}");
@@ -427,8 +453,10 @@ fn bad_input_gets_a_clear_400_and_stores_nothing() {
         v["error"].as_str().unwrap().contains("max_body_bytes"),
         "{v}"
     );
+    // Neither paths nor a registered instance.
     let (s, v) = d.post("/v1/backups", &d.admin, &json!({ "instance": "db" }));
-    assert_eq!(s, 400, "{v}");
+    assert_eq!(s, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("instance add"), "{v}");
     let (s, v) = d.post(
         "/v1/backups",
         &d.admin,
@@ -610,4 +638,333 @@ fn scheduled_backups_retention_and_restore_on_swift() {
         ],
     );
     scheduled_backups_with_retention_and_restore(&d, dir.path(), &data, &wasm);
+}
+
+/// Issue 10, finding 1: a tenant never names a path. It backs up only instances the admin
+/// registered for it; what a backup opens (after ini files and symbolic links) stays in the
+/// registered directories; its restores stay under its restore root.
+#[test]
+fn tenants_never_name_paths_and_backups_stay_in_the_registered_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["acme", "umbrella"]);
+    let data = unpack_fixture(dir.path());
+    // Another tenant's data and a root-only secret.
+    let other = dir.path().join("umbrella-data");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(data.join("_dbs.couch"), other.join("_dbs.couch")).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(secret.join("x")).unwrap();
+    std::fs::write(secret.join("x/key.view"), b"top secret").unwrap();
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    let a = d.tenant_token("acme");
+
+    // A path from a tenant: refused, whatever it names; an unknown instance: 404.
+    for body in [
+        json!({ "instance": "x", "data_dir": other }),
+        json!({ "instance": "x", "couchdb_config": dir.path() }),
+        json!({ "instance": "x", "data_dir": data }),
+    ] {
+        let (s, v) = d.post("/v1/backups", &a, &body);
+        assert_eq!(s, 403, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("never a path"), "{v}");
+    }
+    let (s, v) = d.post("/v1/backups", &a, &json!({ "instance": "x" }));
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("couchvault instance add"),
+        "{v}"
+    );
+    let (s, v) = d.post(
+        "/v1/schedules",
+        &a,
+        &json!({ "name": "n", "instance": "x", "data_dir": other, "cron": "@daily" }),
+    );
+    assert_eq!(s, 403, "{v}");
+    // Another tenant's instance is not this tenant's.
+    register(&d, "umbrella", "theirs", &other, true);
+    let (s, _) = d.post("/v1/backups", &a, &json!({ "instance": "theirs" }));
+    assert_eq!(s, 404);
+
+    // The registered instance backs up; a symbolic link planted in it is refused, named.
+    let shown = register(&d, "acme", "shop", &data, false);
+    assert!(shown["roots"].to_string().contains("data"), "{shown}");
+    let run = |body: Value| {
+        let (s, job) = d.post("/v1/backups", &a, &body);
+        assert_eq!(s, 202, "{job}");
+        d.wait_job(job["id"].as_str().unwrap(), &a)
+    };
+    let ok_job = run(json!({ "instance": "shop", "allow_incomplete": true }));
+    assert_eq!(ok_job["state"], "succeeded", "{ok_job}");
+    let views = data.join(".shards");
+    let _ = std::fs::remove_dir_all(&views);
+    std::os::unix::fs::symlink(&secret, &views).unwrap();
+    let refused = run(json!({ "instance": "shop", "allow_incomplete": true }));
+    assert_eq!(refused["state"], "failed", "{refused}");
+    let err = refused["error"].as_str().unwrap();
+    assert!(
+        err.contains("key.view") && err.contains("outside the instance's registered directories"),
+        "{err}"
+    );
+    std::fs::remove_file(&views).unwrap();
+    let second = run(json!({ "instance": "shop", "allow_incomplete": true }));
+    assert_eq!(second["state"], "succeeded", "{second}");
+
+    // A CouchDB config whose local.ini is changed (through _config) to point elsewhere.
+    let root = dir.path().join("couch");
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let node_data = root.join("data");
+    std::fs::create_dir_all(&node_data).unwrap();
+    std::fs::copy(data.join("_dbs.couch"), node_data.join("_dbs.couch")).unwrap();
+    std::fs::write(etc.join("local.ini"), "[couchdb]\ndatabase_dir = ./data\n").unwrap();
+    let (s, v) = d.post(
+        "/v1/instances",
+        &d.admin,
+        &json!({ "name": "node", "tenant": "acme", "couchdb_config": etc }),
+    );
+    assert_eq!(s, 201, "{v}");
+    let job = run(json!({ "instance": "node", "allow_incomplete": true }));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    std::fs::write(
+        etc.join("local.ini"),
+        format!("[couchdb]\ndatabase_dir = {}\n", secret.display()),
+    )
+    .unwrap();
+    let job = run(json!({ "instance": "node", "allow_incomplete": true }));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the instance's registered directories"),
+        "{job}"
+    );
+    // A local.ini that is itself a link out is refused before it is read.
+    std::fs::remove_file(etc.join("local.ini")).unwrap();
+    std::os::unix::fs::symlink(secret.join("x/key.view"), etc.join("local.ini")).unwrap();
+    let job = run(json!({ "instance": "node", "allow_incomplete": true }));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("local.ini"),
+        "{job}"
+    );
+
+    // Restores by the tenant: only under <root>/acme/, never "", ".", "..", absolute or
+    // through a link; nothing is written outside, kept-aside data included.
+    let backup = ok_job["backup_id"].as_str().unwrap();
+    let restores = dir.path().join("state/restores");
+    std::fs::create_dir_all(restores.join("acme")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), restores.join("acme/out")).unwrap();
+    for target in [
+        "",
+        ".",
+        "..",
+        "../umbrella",
+        "/tmp/x",
+        "a/../..",
+        "out",
+        "out/x",
+        ".hidden",
+    ] {
+        let (s, v) = d.post(
+            "/v1/restores",
+            &a,
+            &json!({ "backup_id": backup, "target": target }),
+        );
+        assert_eq!(s, 400, "target {target:?}: {v}");
+    }
+    let (s, v) = d.post(
+        "/v1/restores",
+        &a,
+        &json!({ "backup_id": backup, "in_place": true }),
+    );
+    assert_eq!(s, 403, "in place needs restore_in_place: {v}");
+    let before: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let second = second["backup_id"].as_str().unwrap();
+    for (id, force) in [(backup, false), (second, true), (backup, true)] {
+        let (s, job) = d.post(
+            "/v1/restores",
+            &a,
+            &json!({ "backup_id": id, "target": "r1", "force": force }),
+        );
+        assert_eq!(s, 202, "{job}");
+        let done = d.wait_job(job["id"].as_str().unwrap(), &a);
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let mut after: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    after.retain(|n| !before.contains(n) && n != "daemon.log");
+    assert!(
+        after.is_empty(),
+        "written outside the restore root: {after:?}"
+    );
+    let kept: Vec<String> = std::fs::read_dir(restores.join("acme"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("couchvault-old"))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        2,
+        "each forced restore kept its own copy: {kept:?}"
+    );
+    assert!(!restores.join("acme.couchvault-old").exists());
+}
+
+/// Threads of a process, from /proc.
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 10, finding 3: one tenant floods the daemon with policy uploads (of a component
+/// that sleeps) and holds connections open mid-body; another tenant's requests keep
+/// answering, the daemon's threads stay bounded, the flood gets 429 with Retry-After,
+/// and SIGTERM ends the daemon within shutdown_timeout plus a few seconds.
+#[test]
+fn a_flooding_tenant_does_not_starve_others_and_shutdown_ends_in_time() {
+    let hostile = repo().join("tests/policies/hostile/target/wasm32-wasip2/release/hostile.wasm");
+    let Ok(wasm) = std::fs::read(&hostile) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI builds {}",
+            hostile.display()
+        );
+        eprintln!("skipping: {} is not built", hostile.display());
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["flood", "calm"]);
+    let data = unpack_fixture(dir.path());
+    let mut d = Daemon::start(
+        dir.path(),
+        &store_line(dir.path()),
+        "shutdown_timeout = \"5s\"",
+        &[],
+    );
+    let flood = d.tenant_token("flood");
+    let calm = d.tenant_token("calm");
+    register(&d, "calm", "db", &data, false);
+    let (s, job) = d.post(
+        "/v1/backups",
+        &calm,
+        &json!({ "instance": "db", "allow_incomplete": true }),
+    );
+    assert_eq!(s, 202, "{job}");
+    let done = d.wait_job(job["id"].as_str().unwrap(), &calm);
+    let backup = done["backup_id"].as_str().unwrap().to_string();
+    let idle_threads = threads(d.pid());
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (too_many, peak_threads, worst) = std::thread::scope(|s| {
+        // Connections that send half a body and hang.
+        let mut hung = Vec::new();
+        for _ in 0..20 {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(d.url.trim_start_matches("http://")).unwrap();
+            write!(
+                c,
+                "PUT /v1/policies/slow?params=sleep HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {flood}\r\nContent-Length: 1000000\r\n\r\nxx"
+            )
+            .unwrap();
+            hung.push(c);
+        }
+        let uploads: Vec<_> = (0..200)
+            .map(|i| {
+                let (d, flood, wasm, stop) = (&d, &flood, &wasm, &stop);
+                s.spawn(move || {
+                    let mut statuses = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = d
+                            .req(Method::PUT, &format!("/v1/policies/p{i}"), Some(flood))
+                            .query(&[("params", "sleep")])
+                            .body(wasm.clone())
+                            .send();
+                        let Ok(r) = r else { continue };
+                        let retry = r.headers().get("retry-after").is_some();
+                        statuses.push((r.status().as_u16(), retry));
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        // The calm tenant, meanwhile: every answer within a bound.
+        let mut worst = Duration::ZERO;
+        let mut peak = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(8) {
+            let t = Instant::now();
+            let (s, v) = d.get(&format!("/v1/backups/{backup}"), &calm);
+            assert_eq!(s, 200, "{v}");
+            let (s, v) = d.post(
+                "/v1/restores",
+                &calm,
+                &json!({ "backup_id": backup, "target": format!("r{}", t.elapsed().as_nanos()) }),
+            );
+            assert_eq!(s, 202, "{v}");
+            d.wait_job(v["id"].as_str().unwrap(), &calm);
+            worst = worst.max(t.elapsed());
+            peak = peak.max(threads(d.pid()));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let statuses: Vec<(u16, bool)> = uploads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert!(
+            statuses.iter().all(|(s, _)| [400, 429].contains(s)),
+            "a sleeping policy is refused (its dry run stops at the deadline) or the flood is limited: {statuses:?}"
+        );
+        let too_many: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+        assert!(
+            too_many.iter().all(|(_, retry)| *retry),
+            "429 carries Retry-After"
+        );
+        drop(hung);
+        (too_many.len(), peak, worst)
+    });
+    eprintln!("flood: {too_many} answered 429; threads idle {idle_threads}, peak {peak_threads}; the calm tenant's slowest backup show + restore: {worst:?}");
+    assert!(too_many > 0, "the flood was limited");
+    assert!(
+        worst < Duration::from_secs(10),
+        "the calm tenant waited {worst:?}"
+    );
+    assert!(
+        peak_threads < idle_threads + 40,
+        "threads bounded: idle {idle_threads}, peak {peak_threads}"
+    );
+
+    // SIGTERM with connections hung mid-body: the daemon exits within 5 s + a few.
+    let mut hung = Vec::new();
+    for _ in 0..5 {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(d.url.trim_start_matches("http://")).unwrap();
+        write!(
+            c,
+            "PUT /v1/policies/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {flood}\r\nContent-Length: 1000000\r\n\r\nxx"
+        )
+        .unwrap();
+        hung.push(c);
+    }
+    let started = Instant::now();
+    let status = d.terminate();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5 + 5),
+        "shutdown took {took:?}: {}",
+        d.log()
+    );
+    assert!(status.success(), "{status}: {}", d.log());
 }

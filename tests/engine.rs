@@ -486,3 +486,55 @@ fn hostile_tar_entries_are_refused_and_nothing_escapes_staging() {
         assert!(stray.is_empty(), "{label}: stray files {stray:?}");
     }
 }
+
+/// Issue 10, finding 5: a file list naming one file twice in two spellings (`data/x`,
+/// `data/./x`) passed verify, and restore then refused it. Verify applies restore's rules.
+#[test]
+fn verify_refuses_a_file_list_that_restore_would_refuse() {
+    let env = Env::new(1 << 20);
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, b"fine"));
+    let entry = |path: &str| FileEntry {
+        path: path.into(),
+        size: 4,
+        mode: 0o644,
+        mtime: 0,
+        sha256: sha.clone(),
+    };
+    for (label, second) in [
+        ("dot", "data/./x.couch"),
+        ("double-slash", "data//x.couch"),
+        ("same", "data/x.couch"),
+        ("prefix", "other/x.couch"),
+    ] {
+        let mut tar = tar::Builder::new(Vec::new());
+        raw_entry(
+            &mut tar,
+            "data/x.couch",
+            tar::EntryType::Regular,
+            "",
+            b"fine",
+        );
+        raw_entry(&mut tar, second, tar::EntryType::Regular, "", b"fine");
+        let meta = commit_hostile(
+            &env,
+            label,
+            tar.into_inner().unwrap(),
+            vec![entry("data/x.couch"), entry(second)],
+        );
+        let verified = engine::verify(&env.store, &env.keyring, &meta, &Progress::default());
+        let target = env.path(&format!("t-{label}"));
+        let restored = engine::restore(
+            &env.store,
+            &env.keyring,
+            &meta,
+            &restore_opts(&target),
+            &Progress::default(),
+        );
+        let (Err(v), Err(r)) = (&verified, &restored) else {
+            panic!("{label}: verify {verified:?} and restore {restored:?} must both refuse");
+        };
+        assert!(matches!(v, Error::Hostile { .. }), "{label}: {v}");
+        assert_eq!(v.to_string(), r.to_string(), "{label}: the same rule");
+        assert!(!target.exists(), "{label}: target untouched");
+    }
+}

@@ -630,3 +630,180 @@ fn cli_adds_tests_and_applies_policies_around_backups() {
     let out = couchvault(cwd, &["policy", "rm", "evil"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no policy 'evil'"));
 }
+
+/// Issue 10, findings 2 and 5: fuel and the epoch deadline stop running wasm, not a WASI
+/// host call. Sleeps and blocked pollables end at the deadline, a cancel stops one at once,
+/// a host call's cost is bounded, and every error is one line without escape sequences.
+#[test]
+fn host_calls_end_within_the_deadline_and_errors_are_one_clean_line() {
+    let Some(bad) = hostile() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let bad = host.load("hostile", &bad).unwrap();
+    let list = backups(&["2026-11-26T00:00:00Z"]);
+    let deadline = Limits::default().deadline;
+    let cases = [
+        ("sleep", "deadline"),
+        ("block", "deadline"),
+        ("random-loop", "deadline"),
+        ("exit", "called exit(3)"),
+        ("random-huge", "exceeds limit"),
+        ("escape", "pwned"),
+    ];
+    for (mode, expect) in cases {
+        let started = Instant::now();
+        let err = retain(&host, &bad, mode, list.clone()).expect_err(mode);
+        let took = started.elapsed();
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{mode}: {msg}");
+        assert!(
+            !msg.contains('\n') && !msg.contains('\x1b') && !msg.contains('\x07'),
+            "{mode}: one line, no control characters: {msg:?}"
+        );
+        // Within the deadline and one bounded host call (a 64 KiB random answer).
+        assert!(
+            took < deadline * 3,
+            "{mode}: ended in {took:?}, deadline {deadline:?}"
+        );
+    }
+    let started = Instant::now();
+    let err = host.protect(&bad, &protection_input("sleep")).unwrap_err();
+    assert!(err.to_string().contains("deadline"), "{err}");
+    assert!(started.elapsed() < deadline * 3);
+
+    // A long deadline, and a cancel: the evaluation stops at once.
+    let mut patient = PolicyHost::new(
+        &dir.path().join("cache"),
+        Limits {
+            deadline: Duration::from_secs(600),
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    patient.cancel_on(flag.clone());
+    let sleeper = patient.load("hostile", &hostile().unwrap()).unwrap();
+    let canceller = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let started = Instant::now();
+    let err = retain(&patient, &sleeper, "sleep", list).unwrap_err();
+    canceller.join().unwrap();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Issue 10, findings 2 and 5 through the CLI: a retention policy that sleeps for ever
+/// after the commit ends within its deadline (the backup stays committed); a protection
+/// policy cannot set the tags retention trusts nor put escape sequences on a terminal.
+#[test]
+fn cli_backups_are_not_held_by_a_sleeping_policy_nor_fooled_by_forged_tags() {
+    let Some(_) = hostile() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    common::unpack_fixture(cwd);
+    let bad_file = repo().join("tests/policies/hostile/target/wasm32-wasip2/release/hostile.wasm");
+    let bad_file = bad_file.to_str().unwrap();
+
+    // Behaves at `policy add`, sleeps afterwards.
+    ok(cwd, &["policy", "add", "sleepy", bad_file, "--params", "x"]);
+    let reg = cwd.join("couchvault-data/policies/default/sleepy.json");
+    let text = std::fs::read_to_string(&reg)
+        .unwrap()
+        .replace("\"params\": \"x\"", "\"params\": \"sleep\"");
+    std::fs::write(&reg, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args([
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+            "--retention",
+            "sleepy",
+        ])
+        .current_dir(cwd)
+        .env_remove("COUCHVAULT_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("backup create --retention held by a sleeping policy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("committed") && stderr.contains("deadline"),
+        "{stderr}"
+    );
+
+    // Forged host tags and escape sequences from a protection policy.
+    ok(
+        cwd,
+        &["policy", "add", "forge", bad_file, "--params", "forge-tags"],
+    );
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "m",
+            "--data-dir",
+            "data",
+            "--protection",
+            "forge",
+        ],
+    );
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tags = &created["tags"];
+    assert_eq!(tags["protection-policy"], "forge", "{created}");
+    assert!(tags.get("schedule").is_none(), "{created}");
+    assert!(tags.get("color").is_none(), "{created}");
+    assert_eq!(tags["team"], "blue", "{created}");
+    // A tenant's own tags are held to the same rules.
+    let out = couchvault(
+        cwd,
+        &[
+            "backup",
+            "create",
+            "--instance",
+            "m",
+            "--data-dir",
+            "data",
+            "--tag",
+            "schedule=nightly",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reserved"));
+    // Policy text never reaches the terminal raw.
+    let out = couchvault(cwd, &["policy", "test", bad_file, "--params", "escape"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pwned") && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+}

@@ -40,6 +40,7 @@ fn open(dir: &std::path::Path) -> anyhow::Result<Arc<Daemon>> {
         &DaemonOptions {
             admin_token_file: Some(dir.join("state/admin.token")),
             schedules_dir: None,
+            instances_dir: None,
         },
     )?)
 }

@@ -68,6 +68,16 @@ pub struct CouchDbConfig {
     pub url: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Named credentials that registered instances refer to (`couchdb_credentials`), so
+    /// that no secret is stored in the daemon's database: `[couchdb.credentials.NAME]`.
+    pub credentials: std::collections::BTreeMap<String, CouchCredentials>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CouchCredentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 /// `couchvault daemon`: where it listens and how it treats jobs.
@@ -88,9 +98,15 @@ pub struct DaemonConfig {
     /// Restores requested with a tenant token go under `<tenant_restore_root>/<tenant>/`.
     /// Default `<state_dir>/restores`.
     pub tenant_restore_root: Option<PathBuf>,
-    /// When set, schedules and backups made with a tenant token may only read sources
-    /// under these directories.
-    pub tenant_source_roots: Vec<PathBuf>,
+    /// Instance files applied at start (`*.toml`); none when unset. The embedded defaults
+    /// use `./instances` when it exists.
+    pub instances_dir: Option<PathBuf>,
+    /// Policy uploads and dry runs one tenant may have in progress at once; more get 429.
+    pub tenant_policy_uploads: usize,
+    /// Jobs one tenant may have running at once; more get 429.
+    pub tenant_jobs: usize,
+    /// Threads compiling and dry-running uploaded policies, for all tenants together.
+    pub policy_workers: usize,
     /// How often the backup index is rebuilt from the store (it is also updated by every
     /// job): picks up backups made by the CLI or another daemon.
     pub reindex_interval: String,
@@ -105,7 +121,10 @@ impl Default for DaemonConfig {
             job_history: 50,
             max_body_bytes: 16 << 20,
             tenant_restore_root: None,
-            tenant_source_roots: Vec::new(),
+            instances_dir: None,
+            tenant_policy_uploads: 2,
+            tenant_jobs: 4,
+            policy_workers: 2,
             reindex_interval: "10m".into(),
         }
     }

@@ -27,7 +27,11 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors may quote tenant-controlled text: never raw control characters.
+            eprintln!(
+                "error: {}",
+                couchvault::names::escape_control(&format!("{e:#}"))
+            );
             ExitCode::from(1)
         }
     }

@@ -25,9 +25,65 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Tenant-controlled text (tags, policy messages, guest output) made safe for terminals
+/// and logs: control characters (escape sequences, newlines) are shown as `\u{..}`.
+pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Tags the host sets itself; neither a tenant nor a policy may set them.
+pub const RESERVED_TAGS: &[&str] = &["schedule", "protection-policy"];
+
+/// Checks tags a tenant or a policy gives: not reserved, no control characters, bounded.
+pub fn validate_tags<'a>(
+    tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    for (k, v) in tags {
+        if RESERVED_TAGS.contains(&k.as_str()) || k.starts_with("couchvault") {
+            return Err(format!(
+                "tag '{}' is reserved: couchvault sets it itself",
+                escape_control(k)
+            ));
+        }
+        if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+            return Err(format!(
+                "tag '{}': keys are 1-128 bytes, values at most 1024",
+                escape_control(k)
+            ));
+        }
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(format!(
+                "tag '{}' holds control characters",
+                escape_control(k)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::validate_name;
+    use super::{escape_control, validate_name};
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_control("plain"), "plain");
+        assert_eq!(
+            escape_control("a\x1b]0;x\x07\nb"),
+            "a\\u{1b}]0;x\\u{7}\\u{a}b"
+        );
+    }
 
     #[test]
     fn names() {

@@ -66,6 +66,9 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Run the scheduler daemon and its HTTP API.
     Daemon(DaemonArgs),
+    /// Register the CouchDB instances that tenants back up, on a daemon (admin).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Manage recurring backups on a daemon.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -83,6 +86,45 @@ pub struct DaemonArgs {
     /// or ./schedules on the embedded defaults when it exists).
     #[arg(long, value_name = "DIR")]
     pub schedules: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Register (or re-register) an instance of --tenant: where its data is, how to reach
+    /// its CouchDB, its restore hooks. Its backups may read only inside the directories
+    /// its source resolves to now.
+    Add(Box<InstanceAddArgs>),
+    /// List instances (a tenant token: its own).
+    List,
+    /// Show one instance with the directories its backups are confined to.
+    Show { name: String },
+    /// Unregister an instance (its backups stay); refused while a schedule names it.
+    Rm { name: String },
+    /// Register every instance in DIR/*.toml (one bad entry registers nothing).
+    Apply { dir: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceAddArgs {
+    #[arg(long, value_parser = parse_instance)]
+    pub name: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The node's CouchDB, e.g. http://127.0.0.1:5984 (no credentials in it).
+    #[arg(long, value_name = "URL")]
+    pub couchdb_url: Option<String>,
+    /// Names [couchdb.credentials.NAME] in the daemon's config.
+    #[arg(long, value_name = "NAME")]
+    pub couchdb_credentials: Option<String>,
+    /// Run (sh -c) before an in-place restore swaps the data in, e.g. `systemctl stop couchdb`.
+    #[arg(long, value_name = "CMD")]
+    pub stop_command: Option<String>,
+    /// Run after an in-place restore, e.g. `systemctl start couchdb`.
+    #[arg(long, value_name = "CMD")]
+    pub start_command: Option<String>,
+    /// Let the tenant restore into the instance itself (with its hooks).
+    #[arg(long)]
+    pub restore_in_place: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,9 +314,14 @@ pub struct RestoreArgs {
     /// The backup id (see `backup list`).
     #[arg(required_unless_present = "rollback")]
     pub id: Option<String>,
-    /// Directory to restore the database files into.
-    #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
+    /// Directory to restore the database files into (with a tenant token: a directory name
+    /// under the tenant's restore root).
+    #[arg(long, value_name = "DIR", required_unless_present = "in_place")]
+    pub to: Option<PathBuf>,
+    /// With --server: restore into the registered instance itself (its directories, its
+    /// hooks); a tenant needs the instance's restore_in_place.
+    #[arg(long, conflicts_with_all = ["to", "view_index_to", "config_to", "rollback"])]
+    pub in_place: bool,
     /// Directory for view indexes when they were kept apart (default: under --to).
     #[arg(long, value_name = "DIR")]
     pub view_index_to: Option<PathBuf>,

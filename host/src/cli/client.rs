@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use couchvault::config::Config;
+use couchvault::daemon::instances::{self, InstanceSpec};
 use couchvault::daemon::jobs::{BackupParams, Job};
+use couchvault::names::escape_control;
 use couchvault::scheduler::{ScheduleSpec, SourceSettings};
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::Method;
@@ -15,8 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::args::{
-    BackupCommand, Cli, Command, JobCommand, PolicyCommand, ScheduleAddArgs, ScheduleCommand,
-    SourceArgs, TokenCommand,
+    BackupCommand, Cli, Command, InstanceCommand, JobCommand, PolicyCommand, ScheduleAddArgs,
+    ScheduleCommand, SourceArgs, TokenCommand,
 };
 use super::output::{bytes, print_json, progress_bar, table};
 
@@ -33,7 +35,7 @@ pub struct Client {
 pub fn wants_server(cli: &Cli, config: &Config) -> bool {
     matches!(
         cli.command,
-        Command::Schedule(_) | Command::Job(_) | Command::Token(_)
+        Command::Instance(_) | Command::Schedule(_) | Command::Job(_) | Command::Token(_)
     ) || (cli.server.is_some() || config.client.server.is_some())
         && matches!(
             cli.command,
@@ -228,10 +230,10 @@ fn print_job(j: &Job) {
         bytes(p.rate)
     );
     for n in &j.notes {
-        println!("  note        {n}");
+        println!("  note        {}", escape_control(n));
     }
     if let Some(e) = &j.error {
-        println!("  error       {e}");
+        println!("  error       {}", escape_control(e));
     }
     if !j.retention.is_empty() {
         println!("  retention:");
@@ -333,6 +335,7 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 "rename_node": a.rename_node,
                 "backup_id": a.id,
                 "target": a.to,
+                "in_place": a.in_place,
                 "view_index_target": a.view_index_to,
                 "config_target": a.config_to,
                 "force": a.force,
@@ -372,6 +375,7 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
             }
             Ok(())
         }
+        Command::Instance(cmd) => instance(&c, cmd, cli.tenant.clone()),
         Command::Schedule(cmd) => schedule(&c, cmd),
         Command::Job(cmd) => job(&c, cmd),
         Command::Token(cmd) => token(&c, cmd),
@@ -390,6 +394,99 @@ fn source_settings(a: SourceArgs) -> Result<SourceSettings> {
         data_dir: a.data_dir.map(absolute).transpose()?,
         view_index_dir: a.view_index_dir.map(absolute).transpose()?,
     })
+}
+
+fn instance(c: &Client, cmd: InstanceCommand, tenant: Option<String>) -> Result<()> {
+    let print_one = |v: &Value| {
+        println!(
+            "instance {}/{}: backups read only inside {}{}",
+            s(v, "tenant"),
+            s(v, "name"),
+            v.get("roots")
+                .and_then(Value::as_array)
+                .map(|r| r
+                    .iter()
+                    .map(|x| s(&json!({ "x": x }), "x"))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            if v.get("restore_in_place") == Some(&Value::Bool(true)) {
+                "; its tenant may restore in place"
+            } else {
+                ""
+            }
+        )
+    };
+    match cmd {
+        InstanceCommand::Add(a) => {
+            let source = source_settings(a.source)?;
+            let spec = InstanceSpec {
+                name: a.name,
+                tenant: tenant.unwrap_or_else(|| "default".into()),
+                couchdb_config: source.couchdb_config,
+                data_dir: source.data_dir,
+                view_index_dir: source.view_index_dir,
+                couchdb_url: a.couchdb_url,
+                couchdb_credentials: a.couchdb_credentials,
+                stop_command: a.stop_command,
+                start_command: a.start_command,
+                restore_in_place: a.restore_in_place,
+            };
+            let v: Value = c.post("/v1/instances", &serde_json::to_value(spec)?)?;
+            c.show(&v, print_one)
+        }
+        InstanceCommand::List => {
+            let v: Value = c.get("/v1/instances")?;
+            c.show(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        let src = i
+                            .get("couchdb_config")
+                            .or_else(|| i.get("data_dir"))
+                            .map(|p| s(&json!({ "p": p }), "p"))
+                            .unwrap_or_default();
+                        vec![
+                            s(i, "tenant"),
+                            s(i, "name"),
+                            src,
+                            s(i, "couchdb_url"),
+                            s(i, "restore_in_place"),
+                        ]
+                    })
+                    .collect();
+                table(&["TENANT", "NAME", "SOURCE", "COUCHDB", "IN-PLACE"], &rows);
+            })
+        }
+        InstanceCommand::Show { name } => {
+            let v: Value = c.get(&format!("/v1/instances/{name}"))?;
+            c.show(&v, print_one)
+        }
+        InstanceCommand::Rm { name } => {
+            c.delete(&format!("/v1/instances/{name}"))?;
+            if !c.json {
+                println!("unregistered instance {name} (its backups stay)");
+            }
+            Ok(())
+        }
+        InstanceCommand::Apply { dir } => {
+            let specs: Vec<InstanceSpec> = instances::read_dir_specs(&dir)
+                .map_err(|e| anyhow!(e))?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
+            let v: Value = c.post("/v1/instances/apply", &json!({ "instances": specs }))?;
+            c.show(&v, |v| {
+                println!(
+                    "instances: {} registered, {} unchanged",
+                    v["registered"].as_array().map_or(0, Vec::len),
+                    v["unchanged"].as_array().map_or(0, Vec::len)
+                )
+            })
+        }
+    }
 }
 
 fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {

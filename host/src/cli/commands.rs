@@ -10,7 +10,7 @@ use couchvault::config::{parse_duration, Config};
 use couchvault::couchdb::{Source, SourceSpec};
 use couchvault::engine::{self, Progress, RestoreOptions};
 use couchvault::format::BackupMetadata;
-use couchvault::ops::restore::{backup_node, node_from_config, DbCheck, RestoreRequest};
+use couchvault::ops::restore::{backup_node, node_from_config, DbCheck, Hooks, RestoreRequest};
 use couchvault::ops::{restore_owner, BackupRequest, OpsError};
 use serde::Serialize;
 
@@ -52,7 +52,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key(KeyCommand::Add) => key_add(ctx),
         Command::Key(KeyCommand::List) => key_list(&ctx),
         Command::Policy(cmd) => super::policy::run(&ctx, cmd),
-        Command::Daemon(_) | Command::Schedule(_) | Command::Job(_) | Command::Token(_) => {
+        Command::Daemon(_)
+        | Command::Instance(_)
+        | Command::Schedule(_)
+        | Command::Job(_)
+        | Command::Token(_) => {
             unreachable!("daemon commands are dispatched above")
         }
     }
@@ -96,11 +100,14 @@ impl<'a> Summary<'a> {
     }
 }
 
-fn tags_text(tags: &BTreeMap<String, String>) -> String {
-    tags.iter()
+/// Tags as `k=v,k=v`, control characters escaped (tags are tenant text).
+pub fn tags_text<'a>(tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let text = tags
+        .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
-        .join(",")
+        .join(",");
+    couchvault::names::escape_control(&text).into_owned()
 }
 
 fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> {
@@ -114,6 +121,7 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
         compression_level: args.compression_level,
         tags: args.tags.into_iter().collect(),
         allow_incomplete: args.allow_incomplete,
+        couchdb: None,
     };
     let progress = Progress::default();
     let started = Instant::now();
@@ -364,14 +372,17 @@ fn backup_delete(ctx: &Context, id: &str) -> Result<()> {
 }
 
 fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
+    let Some(to) = args.to.clone() else {
+        anyhow::bail!("--in-place restores a daemon's registered instance: add --server");
+    };
     if args.rollback {
-        let aside = ctx.vault.rollback(&args.to)?;
+        let aside = ctx.vault.rollback(&to)?;
         if ctx.json {
-            return print_json(&serde_json::json!({"target": args.to, "rolled_back_to": aside}));
+            return print_json(&serde_json::json!({"target": to, "rolled_back_to": aside}));
         }
         println!(
             "rolled back {}: the previous data is back; the restored data was moved to {}",
-            args.to.display(),
+            to.display(),
             aside.display()
         );
         return Ok(());
@@ -382,7 +393,7 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         args.owner
             .as_deref()
             .or(ctx.vault.config.restore.owner.as_deref()),
-        &args.to,
+        &to,
     )?;
     let target_node = match (&args.node_name, &args.couchdb_config) {
         (Some(n), _) => Some(n.clone()),
@@ -391,7 +402,7 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     };
     let req = RestoreRequest {
         opts: RestoreOptions {
-            target: args.to,
+            target: to,
             view_index_target: args.view_index_to,
             config_target: args.config_to,
             force: args.force,
@@ -401,7 +412,8 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         },
         target_node,
         rename_node: args.rename_node,
-        hooks: true,
+        hooks: Hooks::from_config(&ctx.vault.config.restore),
+        couchdb: None,
     };
     let progress = Progress::default();
     let outcome = with_progress("restore", &progress, ctx.json, || {
@@ -420,13 +432,21 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         return print_json(&outcome);
     }
     let report = &outcome.report;
-    println!(
-        "restored backup {} into {}: {} files ({}) verified",
-        report.backup_id,
-        report.target.display(),
-        report.files,
-        bytes(report.bytes)
-    );
+    if report.already_restored {
+        println!(
+            "backup {} was already restored into {} (an earlier run completed its swap); nothing was moved",
+            report.backup_id,
+            report.target.display()
+        );
+    } else {
+        println!(
+            "restored backup {} into {}: {} files ({}) verified",
+            report.backup_id,
+            report.target.display(),
+            report.files,
+            bytes(report.bytes)
+        );
+    }
     if !outcome.renamed.is_empty() {
         println!(
             "rewrote the shard maps of {} database(s) for the new node name",

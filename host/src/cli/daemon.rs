@@ -20,9 +20,18 @@ pub fn run(cli: &Cli, config: Config, args: &DaemonArgs) -> Result<()> {
         }
         (None, None) => None,
     };
+    // Likewise the instance files in ./instances.
+    let instances_dir = match &vault.config.daemon.instances_dir {
+        Some(d) => Some(d.clone()),
+        None if embedded && Path::new("instances").is_dir() => {
+            Some(std::path::absolute("instances").context("resolving ./instances")?)
+        }
+        None => None,
+    };
     let opts = DaemonOptions {
         admin_token_file: Some(vault.state_dir.join("admin.token")),
         schedules_dir,
+        instances_dir,
     };
     // Opening recovers interrupted jobs through the (blocking) store client: do it before
     // the async runtime starts.
@@ -31,6 +40,9 @@ pub fn run(cli: &Cli, config: Config, args: &DaemonArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon.serve())?;
+    let served = runtime.block_on(daemon.serve());
+    // Work still on the blocking pool (a policy being compiled) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served?;
     Ok(())
 }

@@ -28,8 +28,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// Prints rows as left-aligned columns under a header.
+/// Prints rows as left-aligned columns under a header. Cells may hold tenant text (tags,
+/// reasons): control characters are escaped.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| couchvault::names::escape_control(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {

@@ -67,11 +67,7 @@ fn print_report(r: &DryRunReport) {
             "protection: zstd level {}, encrypted, key {}, tags {}",
             p.compression_level,
             p.key_id.as_deref().unwrap_or("(the tenant's active key)"),
-            p.tags
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
+            super::commands::tags_text(p.tags.iter().map(|(k, v)| (k, v)))
         );
         for o in &p.overrides {
             println!("  floor applied: {o}");

@@ -1,6 +1,7 @@
 //! Finding what to back up on a CouchDB node: its directories from the ini files, and the
 //! files in the order a hot copy needs (view indexes, then database files, then config).
 
+pub mod confine;
 pub mod etf;
 pub mod http;
 pub mod shardmap;
@@ -21,6 +22,12 @@ pub enum SourceError {
     NotDir { what: &'static str, path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} resolves to {resolved}, outside the instance's registered directories ({roots}): refused, nothing was read from it (an ini setting or a symbolic link points elsewhere; if the node really moved, the admin registers the instance again)")]
+    Outside {
+        path: PathBuf,
+        resolved: PathBuf,
+        roots: String,
+    },
     #[error("{path} does not look like a CouchDB data directory: it holds no _dbs.couch and no shards/ (point --data-dir or database_dir at the directory that does)")]
     NotCouchData { path: PathBuf },
     #[error("no CouchDB ini files in {dir}: expected default.ini and/or local.ini there")]
@@ -58,6 +65,8 @@ pub struct Source {
     /// Ini files in the order CouchDB reads them.
     pub ini_files: Vec<PathBuf>,
     pub node_name: Option<String>,
+    /// For a registered instance: the only directories its files may be read from.
+    pub confine: Option<confine::Confinement>,
 }
 
 impl Source {
@@ -72,8 +81,9 @@ impl Source {
             .collect();
         let map_path = self.database_dir.join("_dbs.couch");
         let map = if present.contains("_dbs.couch") {
+            let file = self.open(&map_path).map_err(io_err(&map_path))?;
             Some(
-                shardmap::read(&map_path).map_err(|reason| SourceError::ShardMap {
+                shardmap::read_file(file, &map_path).map_err(|reason| SourceError::ShardMap {
                     path: map_path.clone(),
                     reason,
                 })?,
@@ -223,15 +233,52 @@ impl Source {
         Self::discover_with_env(spec, std::env::var("COUCHDB_INI_FILES").ok().as_deref())
     }
 
+    /// A registered instance's source: every directory and file it resolves to, and every
+    /// file the backup opens later, must lie inside `confine`.
+    pub fn discover_confined(
+        spec: &SourceSpec,
+        confine: confine::Confinement,
+    ) -> Result<Source, SourceError> {
+        Self::discover_in(
+            spec,
+            std::env::var("COUCHDB_INI_FILES").ok().as_deref(),
+            Some(confine),
+        )
+    }
+
     pub fn discover_with_env(
         spec: &SourceSpec,
         ini_env: Option<&str>,
     ) -> Result<Source, SourceError> {
+        Self::discover_in(spec, ini_env, None)
+    }
+
+    /// Opens one of the source's files for reading, confined for a registered instance.
+    pub fn open(&self, path: &Path) -> io::Result<fs::File> {
+        confine::open(self.confine.as_ref(), path)
+    }
+
+    fn discover_in(
+        spec: &SourceSpec,
+        ini_env: Option<&str>,
+        confine: Option<confine::Confinement>,
+    ) -> Result<Source, SourceError> {
+        // Checked before it is read: an ini file or vm.args may be a link out.
+        let check = |p: &Path| -> Result<(), SourceError> {
+            match &confine {
+                Some(c) => c.check(p).map(drop),
+                None => Ok(()),
+            }
+        };
         let (database_dir, mut view_index_dir, config_dir, ini_files, node_name) =
             match &spec.couchdb_config {
                 Some(cfg) => {
                     let cfg = require_dir("CouchDB config directory", cfg)?;
+                    check(&cfg)?;
                     let files = ini_files(&cfg, ini_env)?;
+                    for f in &files {
+                        check(f)?;
+                    }
                     // Relative paths in the ini files are relative to the install root, the
                     // parent of etc/.
                     let root = cfg.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -249,6 +296,10 @@ impl Source {
                         Some(v) => resolve(Some(v)),
                         None => db.clone(),
                     };
+                    let vm_args = cfg.join("vm.args");
+                    if vm_args.exists() {
+                        check(&vm_args)?;
+                    }
                     let node = node_name(&cfg);
                     (db, Some(views), Some(cfg), files, node)
                 }
@@ -264,6 +315,7 @@ impl Source {
             view_index_dir = Some(v.clone());
         }
         let database_dir = require_dir("CouchDB data directory", &database_dir)?;
+        check(&database_dir)?;
         let database_dir = fs::canonicalize(&database_dir).map_err(io_err(&database_dir))?;
         if !looks_like_couch_data(&database_dir) {
             return Err(SourceError::NotCouchData { path: database_dir });
@@ -271,6 +323,7 @@ impl Source {
         let view_index_dir = match view_index_dir {
             Some(v) => {
                 let v = require_dir("CouchDB view index directory", &v)?;
+                check(&v)?;
                 let v = fs::canonicalize(&v).map_err(io_err(&v))?;
                 (v != database_dir).then_some(v)
             }
@@ -282,6 +335,7 @@ impl Source {
             config_dir,
             ini_files,
             node_name,
+            confine,
         })
     }
 

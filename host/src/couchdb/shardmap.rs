@@ -196,12 +196,17 @@ fn winning_body(tree: &Term) -> Option<u64> {
 
 /// Reads every live database's shard map from a `_dbs.couch` file.
 pub fn read(path: &Path) -> Result<Vec<DbShards>, String> {
-    let open = || -> std::io::Result<CouchFile> {
-        let file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        Ok(CouchFile { file, len })
-    };
-    let file = open().map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    read_file(file, path)
+}
+
+/// [`read`] on a file already opened (`path` names it in errors).
+pub fn read_file(file: std::fs::File, path: &Path) -> Result<Vec<DbShards>, String> {
+    let len = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    let file = CouchFile { file, len };
     let header = file.last_header()?;
     let fields = header.as_tuple().ok_or("the header is not a record")?;
     if !fields.first().is_some_and(|f| f.is_atom("db_header")) {

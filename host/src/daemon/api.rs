@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Principal};
 use super::db::IndexEntry;
-use super::jobs::{BackupParams, Job, JobRequest, SubmitError};
+use super::instances::{self, InstanceError, InstanceSpec};
+use super::jobs::{BackupParams, Job, JobRequest, SubmitError, ADMIN_TENANT};
 use super::schedules::ScheduleError;
 use super::Daemon;
 use crate::catalog;
@@ -35,12 +36,18 @@ pub struct ApiError {
     message: String,
 }
 
+/// Seconds a client is told to wait after a 429.
+const RETRY_AFTER_SECS: &str = "5";
+
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
+    }
+    fn too_many(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
     }
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -60,8 +67,17 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         // The rest of a refused body is never read: tell the client not to reuse the connection.
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             r.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
@@ -92,6 +108,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             e @ SubmitError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e @ SubmitError::TooMany { .. } => ApiError::too_many(e.to_string()),
             e @ SubmitError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -99,6 +116,18 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
             SubmitError::Db(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<InstanceError> for ApiError {
+    fn from(e: InstanceError) -> Self {
+        match e {
+            InstanceError::Invalid(m) => ApiError::bad(m),
+            e @ InstanceError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            InstanceError::Db(e) => ApiError::internal(e),
         }
     }
 }
@@ -135,16 +164,6 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> ApiResult<Bytes>
             ApiError::new(status, e.body_text())
         }
     })
-}
-
-/// Raw bytes (policy uploads), with the same limit handling.
-pub struct RawBody(pub Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Ok(RawBody(body_bytes(req, state).await?))
-    }
 }
 
 impl FromRequestParts<Shared> for Principal {
@@ -219,6 +238,12 @@ pub fn router(d: Shared) -> Router {
         .route("/v1/jobs", get(job_list))
         .route("/v1/jobs/{id}", get(job_show))
         .route("/v1/jobs/{id}/cancel", post(job_cancel))
+        .route("/v1/instances", get(instance_list).post(instance_create))
+        .route("/v1/instances/apply", post(instance_apply))
+        .route(
+            "/v1/instances/{name}",
+            get(instance_show).delete(instance_delete),
+        )
         .route("/v1/schedules", get(schedule_list).post(schedule_create))
         .route("/v1/schedules/apply", post(schedule_apply))
         .route(
@@ -306,9 +331,8 @@ async fn backup_create(
     JsonBody(b): JsonBody<BackupParams>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &q)?;
-    crate::names::validate_name("instance", &b.instance)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
-    check_source(&d, &p, &b.source())?;
+    check_source(&d, &p, &tenant, &b.instance, &b.source())?;
+    crate::names::validate_tags(&b.tags).map_err(ApiError::bad)?;
     crate::ops::resolve_policies(&d.vault.state_dir, &tenant, &b.policies)
         .map_err(ApiError::bad)?;
     if let Some(l) = b.compression_level {
@@ -319,13 +343,30 @@ async fn backup_create(
     accepted(&d, &tenant, JobRequest::Backup(b)).await
 }
 
-/// A source must be one absolute directory choice; tenant tokens are held to
-/// `daemon.tenant_source_roots` when the operator set them.
-fn check_source(d: &Daemon, p: &Principal, s: &SourceSettings) -> ApiResult<()> {
+/// Where a backup or schedule reads from. A tenant names one of its registered instances
+/// and never a path; the admin names a registered instance or gives the paths itself.
+fn check_source(
+    d: &Daemon,
+    p: &Principal,
+    tenant: &str,
+    instance: &str,
+    s: &SourceSettings,
+) -> ApiResult<()> {
+    crate::names::validate_name("instance", instance).map_err(|e| ApiError::bad(e.to_string()))?;
     let paths: Vec<&PathBuf> = [&s.couchdb_config, &s.data_dir, &s.view_index_dir]
         .into_iter()
         .flatten()
         .collect();
+    if paths.is_empty() {
+        instances::require(&d.db, tenant, instance)?;
+        return Ok(());
+    }
+    if matches!(p, Principal::Tenant(_)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a tenant names a registered instance, never a path (the admin registers instances: `couchvault instance add`)",
+        ));
+    }
     if s.couchdb_config.is_some() == s.data_dir.is_some() {
         return Err(ApiError::bad(
             "give couchdb_config or data_dir (one of them)",
@@ -337,17 +378,6 @@ fn check_source(d: &Daemon, p: &Principal, s: &SourceSettings) -> ApiResult<()> 
                 "{} must be an absolute path without '..'",
                 path.display()
             )));
-        }
-    }
-    let roots = &d.vault.config.daemon.tenant_source_roots;
-    if matches!(p, Principal::Tenant(_)) && !roots.is_empty() {
-        for path in paths {
-            if !roots.iter().any(|r| path.starts_with(r)) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!("{} is outside daemon.tenant_source_roots", path.display()),
-                ));
-            }
         }
     }
     Ok(())
@@ -409,10 +439,17 @@ async fn backup_verify(
 #[serde(deny_unknown_fields)]
 struct RestoreBody {
     backup_id: String,
-    /// Absolute for the admin; for a tenant, relative to its restore root.
-    target: PathBuf,
+    /// Absolute for the admin; for a tenant, a directory name under its restore root.
+    /// Not with `in_place`.
+    #[serde(default)]
+    target: Option<PathBuf>,
+    /// The instance being restored (default: the backup's).
     #[serde(default)]
     instance: Option<String>,
+    /// Into the registered instance's own directories, with its hooks (a tenant needs the
+    /// instance's `restore_in_place`).
+    #[serde(default)]
+    in_place: bool,
     #[serde(default)]
     view_index_target: Option<PathBuf>,
     #[serde(default)]
@@ -427,27 +464,22 @@ struct RestoreBody {
     rename_node: bool,
 }
 
-/// Where a restore may write: anywhere absolute for the admin; for a tenant, only under
-/// `<tenant_restore_root>/<tenant>/`.
+/// Where a restore may write: anywhere absolute for the admin; for a tenant, only a
+/// directory strictly inside `<tenant_restore_root>/<tenant>/`, so that everything a
+/// restore writes beside its target (staging, kept-aside data, its journal) stays inside
+/// too.
 fn restore_path(d: &Daemon, p: &Principal, path: &std::path::Path) -> ApiResult<PathBuf> {
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(ApiError::bad(format!(
-            "{}: '..' is not allowed",
-            path.display()
-        )));
-    }
     match p {
-        Principal::Admin if path.is_absolute() => Ok(path.to_path_buf()),
+        Principal::Admin
+            if path.is_absolute() && !path.components().any(|c| c == Component::ParentDir) =>
+        {
+            Ok(path.to_path_buf())
+        }
         Principal::Admin => Err(ApiError::bad(format!(
-            "{} is not an absolute path",
+            "{} is not an absolute path without '..'",
             path.display()
         ))),
         Principal::Tenant(t) => {
-            if path.is_absolute() {
-                return Err(ApiError::bad(
-                    "a tenant restores to a path relative to its restore root (daemon.tenant_restore_root)",
-                ));
-            }
             let root = d
                 .vault
                 .config
@@ -455,9 +487,56 @@ fn restore_path(d: &Daemon, p: &Principal, path: &std::path::Path) -> ApiResult<
                 .tenant_restore_root
                 .clone()
                 .unwrap_or_else(|| d.vault.state_dir.join("restores"));
-            Ok(root.join(t).join(path))
+            tenant_target(&root.join(t), path)
         }
     }
+}
+
+/// `rel` inside `base`: plain names only (not empty, no `.`, `..`, absolute paths, hidden
+/// names or couchvault's own suffixes), and no symbolic link on the way out of `base`.
+fn tenant_target(base: &std::path::Path, rel: &std::path::Path) -> ApiResult<PathBuf> {
+    let refuse = |why: &str| {
+        ApiError::bad(format!(
+            "restore target '{}': {why}; a tenant restores into a directory name under its restore root (daemon.tenant_restore_root), e.g. \"restore-1\"",
+            crate::names::escape_control(&rel.to_string_lossy())
+        ))
+    };
+    if rel.as_os_str().is_empty() {
+        return Err(refuse("empty"));
+    }
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => {
+                let n = n.to_string_lossy();
+                if n.starts_with('.') || n.contains(".couchvault-") {
+                    return Err(refuse(
+                        "hidden names and couchvault's own names are reserved",
+                    ));
+                }
+            }
+            _ => {
+                return Err(refuse(
+                    "only plain names: no '/', '.', '..' or absolute paths",
+                ))
+            }
+        }
+    }
+    std::fs::create_dir_all(base).map_err(ApiError::internal)?;
+    let base = std::fs::canonicalize(base).map_err(ApiError::internal)?;
+    // Every existing step must be a real directory inside the base.
+    let mut at = base.clone();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(refuse("a symbolic link is in the way"))
+            }
+            Ok(m) if !m.is_dir() => return Err(refuse("not a directory")),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(base.join(rel))
 }
 
 async fn restore_create(
@@ -470,18 +549,47 @@ async fn restore_create(
     let meta = owned_backup(&d, &tenant, &b.backup_id).await?;
     let instance = b.instance.unwrap_or(meta.instance);
     crate::names::validate_name("instance", &instance).map_err(|e| ApiError::bad(e.to_string()))?;
-    let opt = |x: Option<PathBuf>| x.map(|x| restore_path(&d, &p, &x)).transpose();
+    let (target, view_index_target, config_target) = if b.in_place {
+        if b.target.is_some() || b.view_index_target.is_some() || b.config_target.is_some() {
+            return Err(ApiError::bad(
+                "an in-place restore goes into the instance's own directories: give no target",
+            ));
+        }
+        let inst = instances::require(&d.db, &tenant, &instance)?;
+        if p != Principal::Admin && !inst.spec.restore_in_place {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("instance '{instance}' does not allow in-place restores by its tenant (restore_in_place); restore under your restore root instead"),
+            ));
+        }
+        (
+            inst.database_dir.clone(),
+            inst.view_index_dir_resolved.clone(),
+            None,
+        )
+    } else {
+        let Some(target) = &b.target else {
+            return Err(ApiError::bad("give a target, or in_place"));
+        };
+        let opt = |x: Option<PathBuf>| x.map(|x| restore_path(&d, &p, &x)).transpose();
+        (
+            restore_path(&d, &p, target)?,
+            opt(b.view_index_target)?,
+            opt(b.config_target)?,
+        )
+    };
     let req = JobRequest::Restore {
         backup_id: b.backup_id,
         instance,
-        target: restore_path(&d, &p, &b.target)?,
-        view_index_target: opt(b.view_index_target)?,
-        config_target: opt(b.config_target)?,
+        target,
+        view_index_target,
+        config_target,
         force: b.force,
         discard_old: b.discard_old && b.force,
         node_name: b.node_name,
         rename_node: b.rename_node,
-        hooks: p == Principal::Admin,
+        hooks: p == Principal::Admin && !b.in_place,
+        in_place: b.in_place,
     };
     accepted(&d, &tenant, req).await
 }
@@ -575,6 +683,107 @@ async fn job_cancel(
     Ok((StatusCode::ACCEPTED, Json(d.runner.show(job))).into_response())
 }
 
+// ---- instances ----
+
+async fn instance_list(
+    p: Principal,
+    State(d): State<Shared>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Response> {
+    let tenant = match (&p, &q.tenant) {
+        (Principal::Admin, None) => None,
+        _ => Some(tenant_of(&p, &q)?),
+    };
+    Ok(Json(instances::list(&d.db, tenant.as_deref())?).into_response())
+}
+
+async fn instance_show(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Response> {
+    let tenant = tenant_of(&p, &q)?;
+    Ok(Json(instances::require(&d.db, &tenant, &name)?).into_response())
+}
+
+/// Registers (or re-registers) an instance: admin only. Resolving its source reads the
+/// file system, so it runs off the async threads.
+async fn instance_create(
+    p: Principal,
+    State(d): State<Shared>,
+    req: Request,
+) -> ApiResult<Response> {
+    // The admin check before the body: a tenant learns nothing from a parse error.
+    admin_only(&p)?;
+    let JsonBody(spec) = JsonBody::<InstanceSpec>::from_request(req, &()).await?;
+    let d2 = d.clone();
+    let inst = tokio::task::spawn_blocking(move || instances::put(&d2.db, &d2.vault.config, spec))
+        .await
+        .map_err(ApiError::internal)??;
+    d.db.flush().await?;
+    Ok((StatusCode::CREATED, Json(inst)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceApplyBody {
+    instances: Vec<InstanceSpec>,
+}
+
+async fn instance_apply(
+    p: Principal,
+    State(d): State<Shared>,
+    req: Request,
+) -> ApiResult<Response> {
+    admin_only(&p)?;
+    let JsonBody(b) = JsonBody::<InstanceApplyBody>::from_request(req, &()).await?;
+    let specs = b
+        .instances
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (format!("instance #{}", i + 1), s))
+        .collect();
+    let d2 = d.clone();
+    let report =
+        tokio::task::spawn_blocking(move || instances::apply(&d2.db, &d2.vault.config, specs))
+            .await
+            .map_err(ApiError::internal)??;
+    d.db.flush().await?;
+    Ok(Json(report).into_response())
+}
+
+/// Unregisters an instance (its backups stay); refused while a schedule names it.
+async fn instance_delete(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<StatusCode> {
+    admin_only(&p)?;
+    let tenant = tenant_of(&p, &q)?;
+    instances::require(&d.db, &tenant, &name)?;
+    let users: Vec<String> = d
+        .schedules
+        .list(Some(&tenant))?
+        .into_iter()
+        .filter(|s| s.spec.instance == name && s.spec.source() == SourceSettings::default())
+        .map(|s| s.spec.name)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "instance '{name}' is used by schedule(s) {}; remove them first",
+                users.join(", ")
+            ),
+        ));
+    }
+    instances::remove(&d.db, &tenant, &name)?;
+    d.db.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ---- schedules ----
 
 async fn schedule_list(
@@ -612,7 +821,7 @@ async fn schedule_create(
     JsonBody(spec): JsonBody<ScheduleSpec>,
 ) -> ApiResult<Response> {
     let tenant = spec_tenant(&p, &q, &spec)?;
-    check_source(&d, &p, &spec.source())?;
+    check_source(&d, &p, &tenant, &spec.instance, &spec.source())?;
     let s = d.schedules.create(&tenant, spec, Utc::now())?;
     d.db.flush().await?;
     Ok((StatusCode::CREATED, Json(s)).into_response())
@@ -633,8 +842,8 @@ async fn schedule_apply(
     let default_tenant = tenant_of(&p, &q)?;
     let mut specs = Vec::new();
     for (i, spec) in b.schedules.into_iter().enumerate() {
-        spec_tenant(&p, &q, &spec)?;
-        check_source(&d, &p, &spec.source())?;
+        let tenant = spec_tenant(&p, &q, &spec)?;
+        check_source(&d, &p, &tenant, &spec.instance, &spec.source())?;
         specs.push((format!("schedule #{}", i + 1), spec));
     }
     let report = d.schedules.apply(specs, &default_tenant, Utc::now())?;
@@ -672,7 +881,7 @@ async fn schedule_replace(
     if spec.tenant.as_ref().is_some_and(|t| t != &existing.tenant) {
         return Err(ApiError::bad("a schedule cannot move to another tenant"));
     }
-    check_source(&d, &p, &spec.source())?;
+    check_source(&d, &p, &existing.tenant, &spec.instance, &spec.source())?;
     let s = d.schedules.replace(scope(&p), &id, spec, Utc::now())?;
     d.db.flush().await?;
     Ok(Json(s).into_response())
@@ -745,21 +954,54 @@ struct UploadQuery {
     params: String,
 }
 
+/// A slot for one of the tenant's policy uploads or dry runs, or 429 at once.
+fn policy_slot(d: &Daemon, tenant: &str) -> ApiResult<super::limits::Slot> {
+    d.policy_slots.try_take(tenant).ok_or_else(|| {
+        ApiError::too_many(format!(
+            "tenant '{tenant}' already has {} policy uploads or dry runs in progress (daemon.tenant_policy_uploads); try again when they have finished",
+            d.policy_slots.per_tenant()
+        ))
+    })
+}
+
+/// Runs policy work on the shared policy pool (bounded threads for all tenants).
+async fn on_policy_pool<T: Send + 'static>(
+    d: &Daemon,
+    work: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let permit = d
+        .policy_pool
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
 async fn policy_upload(
     p: Principal,
     State(d): State<Shared>,
     Path(name): Path<String>,
     Query(q): Query<UploadQuery>,
-    RawBody(wasm): RawBody,
+    req: Request,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
     policy_name(&name)?;
+    // The slot first: a flood is refused before its bodies are read.
+    let _slot = policy_slot(&d, &tenant)?;
+    let wasm = body_bytes(req, &()).await?;
     let vault = d.vault.clone();
-    let entry =
-        tokio::task::spawn_blocking(move || vault.add_policy(&tenant, &name, &wasm, &q.params))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::bad(e.to_string()))?;
+    let entry = on_policy_pool(&d, move || {
+        vault
+            .add_policy(&tenant, &name, &wasm, &q.params)
+            .map_err(|e| ApiError::bad(e.to_string()))
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(entry)).into_response())
 }
 
@@ -826,9 +1068,10 @@ async fn policy_dry_run(
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &q)?;
     policy_name(&name).map_err(|_| ApiError::not_found("policy"))?;
+    let _slot = policy_slot(&d, &tenant)?;
     let now = b.now.unwrap_or_else(Utc::now).timestamp();
     let vault = d.vault.clone();
-    let report = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+    let report = on_policy_pool(&d, move || -> ApiResult<_> {
         let host = vault.policy_host().map_err(ApiError::internal)?;
         let keyring = vault.keyring().map_err(ApiError::internal)?;
         let (policy, params) = vault
@@ -872,8 +1115,7 @@ async fn policy_dry_run(
             )
             .map_err(|e| ApiError::bad(e.to_string()))
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     Ok(Json(report).into_response())
 }
 
@@ -941,7 +1183,7 @@ async fn gc(
     admin_only(&p)?;
     let grace = b.grace.unwrap_or_else(|| d.vault.config.gc.grace.clone());
     crate::config::parse_duration(&grace).map_err(|e| ApiError::bad(format!("grace: {e}")))?;
-    accepted(&d, "_admin", JobRequest::Gc { grace }).await
+    accepted(&d, ADMIN_TENANT, JobRequest::Gc { grace }).await
 }
 
 async fn reindex(p: Principal, State(d): State<Shared>) -> ApiResult<Response> {

@@ -76,6 +76,7 @@ pub struct Db {
     pub jobs: sled::Tree,
     pub tokens: sled::Tree,
     pub index: sled::Tree,
+    pub instances: sled::Tree,
 }
 
 fn get<T: DeserializeOwned>(
@@ -145,8 +146,36 @@ impl Db {
             jobs: db.open_tree("jobs")?,
             tokens: db.open_tree("tokens")?,
             index: db.open_tree("backup_index")?,
+            instances: db.open_tree("instances")?,
             db,
         })
+    }
+
+    /// One JSON record of `tree` (named `name` in errors).
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, DbError> {
+        get(tree, name, key)
+    }
+    /// Every record of `tree` under `prefix`, in key order.
+    pub fn all<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, DbError> {
+        all(tree, name, prefix)
+    }
+    pub fn put<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), DbError> {
+        put(tree, key, value)
     }
 
     /// Makes every write so far durable; called before the API acknowledges one.

@@ -13,16 +13,19 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use super::db::{Db, IndexEntry};
+use super::instances;
 use super::metrics::{labels, Metrics};
 use crate::catalog;
 use crate::couchdb::{Source, SourceSpec};
 use crate::engine::{self, Progress, RestoreOptions};
-use crate::ops::restore::RestoreRequest;
+use crate::ops::restore::{Hooks, RestoreRequest};
 use crate::ops::{resolve_policies, restore_owner, BackupRequest, OpsError, Vault};
 use crate::policy::floors::Verdict;
 use crate::scheduler::SourceSettings;
 
 pub const JOB_FORMAT: u32 = 1;
+/// The tenant the admin's own jobs (gc) are recorded under.
+pub const ADMIN_TENANT: &str = "_admin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,9 +111,12 @@ pub enum JobRequest {
         node_name: Option<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rename_node: bool,
-        /// Run the restore hooks (admin requests only).
+        /// Run the config's restore hooks (admin requests only).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hooks: bool,
+        /// Into the registered instance itself: its hooks and its CouchDB.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_place: bool,
     },
     Verify {
         backup_id: String,
@@ -204,6 +210,8 @@ pub enum SubmitError {
         kind: String,
         job_id: String,
     },
+    #[error("tenant '{tenant}' already has {limit} jobs running (daemon.tenant_jobs); try again when one has finished")]
+    TooMany { tenant: String, limit: usize },
     #[error("the daemon is shutting down and takes no new jobs")]
     ShuttingDown,
     #[error("cannot start a thread for the job ({0}); the machine is out of threads or memory")]
@@ -216,6 +224,7 @@ pub enum SubmitError {
 type Holders = HashMap<(String, String), (String, &'static str)>;
 
 struct Active {
+    tenant: String,
     progress: Arc<Progress>,
     started: Instant,
 }
@@ -302,6 +311,18 @@ impl Runner {
         };
         {
             let mut busy = lock(&self.busy);
+            // One tenant cannot take every thread: admin jobs (gc) are not counted.
+            let limit = self.vault.config.daemon.tenant_jobs.max(1);
+            let mine = lock(&self.active)
+                .values()
+                .filter(|a| a.tenant == tenant)
+                .count();
+            if tenant != ADMIN_TENANT && mine >= limit {
+                return Err(SubmitError::TooMany {
+                    tenant: tenant.to_string(),
+                    limit,
+                });
+            }
             if let Some(inst) = job.request.instance() {
                 let key = (tenant.to_string(), inst.to_string());
                 if let Some((other, kind)) = busy.get(&key) {
@@ -319,6 +340,7 @@ impl Runner {
         lock(&self.active).insert(
             id.clone(),
             Active {
+                tenant: tenant.to_string(),
                 progress: progress.clone(),
                 started: Instant::now(),
             },
@@ -384,7 +406,7 @@ impl Runner {
                 job.error = Some(e);
             }
         }
-        tracing::info!(job = %job.id, state = job.state.as_str(), error = job.error.as_deref().unwrap_or(""), "job finished");
+        tracing::info!(job = %job.id, state = job.state.as_str(), error = %crate::names::escape_control(job.error.as_deref().unwrap_or("")), "job finished");
         self.record_metrics(&job);
         if let Err(e) = self
             .db
@@ -414,12 +436,20 @@ impl Runner {
                 compression_level,
                 allow_incomplete,
             }) => {
-                let source = Source::discover(&SourceSpec {
-                    couchdb_config,
-                    data_dir,
-                    view_index_dir,
-                })
-                .map_err(|e| e.to_string())?;
+                // Paths come from the admin only; otherwise the registered instance,
+                // confined to its directories.
+                let (source, couchdb) = if couchdb_config.is_some() || data_dir.is_some() {
+                    let spec = SourceSpec {
+                        couchdb_config,
+                        data_dir,
+                        view_index_dir,
+                    };
+                    (Source::discover(&spec).map_err(|e| e.to_string())?, None)
+                } else {
+                    let inst = instances::require(&self.db, &tenant, &instance)
+                        .map_err(|e| e.to_string())?;
+                    (inst.source()?, Some(inst.couchdb(&vault.config)))
+                };
                 let (protection, retention) =
                     resolve_policies(&vault.state_dir, &tenant, &policies)?;
                 let backup_id = job
@@ -436,6 +466,7 @@ impl Runner {
                     compression_level,
                     tags,
                     allow_incomplete,
+                    couchdb,
                 };
                 let outcome = vault
                     .backup(&req, &source, progress)
@@ -492,13 +523,28 @@ impl Runner {
                 node_name,
                 rename_node,
                 hooks,
-                ..
+                in_place,
+                instance,
             } => {
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
                 let meta = catalog::load(&*vault.store, &keyring, &tenant, &backup_id)
                     .map_err(|e| e.to_string())?;
                 let owner = restore_owner(vault.config.restore.owner.as_deref(), &target)
                     .map_err(|e| e.to_string())?;
+                let (hooks, couchdb) = if in_place {
+                    let inst = instances::require(&self.db, &tenant, &instance)
+                        .map_err(|e| e.to_string())?;
+                    let hooks = Hooks {
+                        stop: inst.spec.stop_command.clone(),
+                        start: inst.spec.start_command.clone(),
+                    };
+                    (hooks, Some(inst.couchdb(&vault.config)))
+                } else if hooks {
+                    (Hooks::from_config(&vault.config.restore), None)
+                } else {
+                    // A tenant's restore into its restore root: no hooks, no CouchDB.
+                    (Hooks::default(), Some(Default::default()))
+                };
                 let req = RestoreRequest {
                     opts: RestoreOptions {
                         target,
@@ -512,6 +558,7 @@ impl Runner {
                     target_node: node_name,
                     rename_node,
                     hooks,
+                    couchdb,
                 };
                 match vault.restore(&meta, &req, progress) {
                     Ok(outcome) => {
@@ -672,7 +719,9 @@ impl Runner {
         for a in lock(&self.active).values() {
             a.progress.cancel();
         }
-        let grace = Instant::now() + Duration::from_secs(10);
+        // A cancelled job stops at its next block; one stuck elsewhere (a hook, a dead
+        // store) is recorded as interrupted and left to the process exit.
+        let grace = Instant::now() + Duration::from_secs(3);
         while self.running() > 0 && Instant::now() < grace {
             std::thread::sleep(Duration::from_millis(100));
         }

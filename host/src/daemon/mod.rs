@@ -7,7 +7,9 @@
 pub mod api;
 pub mod auth;
 pub mod db;
+pub mod instances;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod schedules;
 
@@ -46,6 +48,10 @@ pub struct Daemon {
     pub db: Db,
     pub runner: Arc<Runner>,
     pub schedules: Arc<Schedules>,
+    /// Policy uploads and dry runs in progress per tenant.
+    pub policy_slots: Arc<limits::TenantSlots>,
+    /// The threads that compile and dry-run uploaded policies, for every tenant.
+    pub policy_pool: Arc<tokio::sync::Semaphore>,
 }
 
 /// What `couchvault daemon` was asked to do beyond the config.
@@ -54,6 +60,8 @@ pub struct DaemonOptions {
     pub admin_token_file: Option<PathBuf>,
     /// Apply these schedule files at start.
     pub schedules_dir: Option<PathBuf>,
+    /// Apply these instance files at start (before the schedules, which may name them).
+    pub instances_dir: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -77,6 +85,12 @@ impl Daemon {
         if let Some(file) = &opts.admin_token_file {
             auth::ensure_admin_file(&db, file).map_err(DaemonError::Setup)?;
         }
+        if let Some(dir) = &opts.instances_dir {
+            let specs = instances::read_dir_specs(dir).map_err(DaemonError::Setup)?;
+            let report = instances::apply(&db, &vault.config, specs)
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            tracing::info!(dir = %dir.display(), registered = report.registered.len(), unchanged = report.unchanged.len(), "instance files applied");
+        }
         if let Some(dir) = &opts.schedules_dir {
             let report = schedules.apply_dir(dir, "default", Utc::now())?;
             tracing::info!(dir = %dir.display(), created = report.created.len(), updated = report.updated.len(), unchanged = report.unchanged.len(), "schedule files applied");
@@ -89,11 +103,18 @@ impl Daemon {
             ms = started.elapsed().as_millis() as u64,
             "daemon state loaded"
         );
+        let daemon_cfg = &vault.config.daemon;
+        let policy_slots = limits::TenantSlots::new(daemon_cfg.tenant_policy_uploads);
+        let policy_pool = Arc::new(tokio::sync::Semaphore::new(
+            daemon_cfg.policy_workers.max(1),
+        ));
         Ok(Arc::new(Daemon {
             vault,
             db,
             runner,
             schedules,
+            policy_slots,
+            policy_pool,
         }))
     }
 
@@ -144,19 +165,32 @@ impl Daemon {
         let ticker = tokio::spawn(tick_loop(self.clone(), stop_rx.clone()));
         let indexer = tokio::spawn(reindex_loop(self.clone(), stop_rx));
         let app = api::router(self.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| DaemonError::Setup(format!("serving: {e}")))?;
+        let timeout = parse_duration(&self.vault.config.daemon.shutdown_timeout)
+            .unwrap_or(Duration::from_secs(60));
+        // The whole shutdown (requests in flight, then jobs) fits in shutdown_timeout,
+        // counted from the signal; a request that hangs past it is dropped.
+        let (signalled_tx, mut signalled) = tokio::sync::watch::channel(None::<Instant>);
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = signalled_tx.send(Some(Instant::now()));
+        });
+        let drain_limit = async {
+            let _ = signalled.wait_for(Option::is_some).await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            served = server => served.map_err(|e| DaemonError::Setup(format!("serving: {e}")))?,
+            _ = drain_limit => tracing::warn!("requests still in progress after daemon.shutdown_timeout: dropping them"),
+        }
+        let since = signalled.borrow().unwrap_or_else(Instant::now);
 
         tracing::info!("shutting down: no new jobs; waiting for running ones");
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         indexer.abort();
-        let timeout = parse_duration(&self.vault.config.daemon.shutdown_timeout)
-            .unwrap_or(Duration::from_secs(60));
         let runner = self.runner.clone();
-        let _ = tokio::task::spawn_blocking(move || runner.shutdown(timeout)).await;
+        let left = timeout.saturating_sub(since.elapsed());
+        let _ = tokio::task::spawn_blocking(move || runner.shutdown(left)).await;
         self.db.flush().await?;
         tracing::info!("daemon stopped");
         Ok(())

@@ -420,24 +420,37 @@ struct ScheduleFile {
     schedule: Vec<ScheduleSpec>,
 }
 
-/// Reads every `*.toml` in `dir` (sorted), each entry labelled with its file.
-pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, ScheduleSpec)>, String> {
+/// The `*.toml` files of `dir`, sorted, with their text.
+pub fn toml_files(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files: Vec<_> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            Ok((f, text))
+        })
+        .collect()
+}
+
+/// A TOML error in a file, with its line.
+pub fn toml_error(f: &Path, text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
+        .unwrap_or_default();
+    format!("{}: {line}{}", f.display(), e.message())
+}
+
+/// Reads every `*.toml` in `dir` (sorted), each entry labelled with its file.
+pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, ScheduleSpec)>, String> {
     let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let parsed: ScheduleFile = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
-            format!("{}: {line}{}", f.display(), e.message())
-        })?;
+    for (f, text) in toml_files(dir)? {
+        let parsed: ScheduleFile = toml::from_str(&text).map_err(|e| toml_error(&f, &text, &e))?;
         if parsed.couchvault_schedules != 1 {
             return Err(format!(
                 "{}: couchvault_schedules = {} is not supported (this couchvault reads 1)",

@@ -116,7 +116,7 @@ pub fn backup(
         &opts.instance,
         id,
         &opts.stream,
-        |out| write_tar(&plan, out, progress),
+        |out| write_tar(source, &plan, out, progress),
     )
     .map_err(|e| progress.explain(e))?;
 
@@ -338,6 +338,7 @@ impl<W: Write> Write for CountingWriter<W> {
 /// when opened is copied: CouchDB files are append-only, so that prefix is a valid file, and
 /// a file swapped by compaction is read from the inode we opened.
 fn write_tar(
+    source: &Source,
     plan: &[PlannedFile],
     out: &mut dyn Write,
     progress: &Progress,
@@ -351,7 +352,8 @@ fn write_tar(
             i if i == plan.len() / 2 => super::test_pause("mid-stream"),
             _ => {}
         }
-        let file = match File::open(&f.source) {
+        // Confined for a registered instance: a link out is refused, named.
+        let file = match source.open(&f.source) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tracing::warn!(path = %f.source.display(), "file vanished before it was copied (deleted database?)");

@@ -23,7 +23,8 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     pub files_total: AtomicU64,
     pub files_done: AtomicU64,
-    cancelled: AtomicBool,
+    /// Shared so that work outside the pipeline (a policy evaluation) can watch it.
+    cancelled: std::sync::Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -31,6 +32,10 @@ impl Progress {
     /// and cleans up as after any failure.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn cancel_flag(&self) -> std::sync::Arc<AtomicBool> {
+        self.cancelled.clone()
     }
 
     pub fn is_cancelled(&self) -> bool {

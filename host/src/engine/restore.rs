@@ -46,7 +46,7 @@ pub struct RestoreOptions {
     pub sync: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RestoreReport {
     pub backup_id: String,
     pub files: u64,
@@ -54,6 +54,65 @@ pub struct RestoreReport {
     pub target: PathBuf,
     /// Where the previous contents of each target were moved, when kept.
     pub previous_kept: Vec<PathBuf>,
+    /// True when a rerun found this backup's restore into the target already complete and
+    /// changed nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_restored: bool,
+}
+
+pub const JOURNAL_FORMAT: u32 = 1;
+
+/// Written beside the target (`.<name>.couchvault-restore.json`) just before a restore's
+/// swap, naming the staging directory by device and inode: a rename keeps the inode, so
+/// once the target is that directory, a rerun of the same restore knows the swap completed
+/// and does not move the restored data aside again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    couchvault_restore: u32,
+    dev: u64,
+    ino: u64,
+    written_at: chrono::DateTime<chrono::Utc>,
+    report: RestoreReport,
+}
+
+/// Where the journal of restores into `target` is kept.
+pub fn journal_path(target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    target.with_file_name(format!(".{name}.couchvault-restore.json"))
+}
+
+/// The finished restore of `backup_id` into `target`, if that is what the target holds.
+fn finished_restore(target: &Path, backup_id: &str) -> Option<RestoreReport> {
+    use std::os::unix::fs::MetadataExt;
+    let text = fs::read(journal_path(target)).ok()?;
+    let j: Journal = serde_json::from_slice(&text).ok()?;
+    let m = fs::metadata(target).ok()?;
+    (j.couchvault_restore == JOURNAL_FORMAT
+        && j.report.backup_id == backup_id
+        && (m.dev(), m.ino()) == (j.dev, j.ino))
+        .then_some(j.report)
+}
+
+fn write_journal(report: &RestoreReport, staging: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(staging)
+        .map_err(|e| Error::io(format!("reading {}", staging.display()), e))?;
+    let j = Journal {
+        couchvault_restore: JOURNAL_FORMAT,
+        dev: m.dev(),
+        ino: m.ino(),
+        written_at: chrono::Utc::now(),
+        report: report.clone(),
+    };
+    let path = journal_path(&report.target);
+    let tmp = path.with_extension("json.tmp");
+    let ctx = |e| Error::io(format!("writing {}", path.display()), e);
+    let text = serde_json::to_vec_pretty(&j).map_err(|e| ctx(io::Error::other(e)))?;
+    let mut f = File::create(&tmp).map_err(ctx)?;
+    f.write_all(&text)
+        .and_then(|()| f.sync_all())
+        .map_err(ctx)?;
+    fs::rename(&tmp, &path).map_err(ctx)
 }
 
 /// Checks a backup end to end (every chunk tag, the stream hash, every file's size and
@@ -66,6 +125,7 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let chunks =
         unpack(store, keyring, meta, &|_| None, progress).map_err(|e| progress.explain(e))?;
+    // Verify passes exactly what restore accepts.
     Ok(VerifyReport {
         backup_id: meta.backup_id.clone(),
         files: meta.totals.files,
@@ -115,6 +175,13 @@ pub fn restore_with(
     if let Some(c) = &opts.config_target {
         dests.push(Destination::new(c, &meta.backup_id, vec!["etc/"])?);
     }
+    // A rerun of a restore whose swap completed (the process was killed afterwards) must
+    // not move the restored data aside again: it is done.
+    if let Some(mut done) = finished_restore(&dests[0].target, &meta.backup_id) {
+        tracing::info!(target = %dests[0].target.display(), "this backup's restore into the target already completed");
+        done.already_restored = true;
+        return Ok(done);
+    }
     // Refuse before anything is downloaded or written.
     for d in &dests {
         if !opts.force && !is_empty_or_missing(&d.target)? {
@@ -155,6 +222,7 @@ pub fn restore_with(
                 sync_tree(&d.staging)?;
             }
         }
+        super::test_pause("restore-staged");
         before_swap().map_err(|reason| Error::Hook { reason })
     })();
     if let Err(e) = staged {
@@ -166,19 +234,28 @@ pub fn restore_with(
         return Err(e);
     }
 
-    let mut previous_kept = Vec::new();
-    for d in &dests {
-        if let Some(old) = swap_into_place(d, &meta.backup_id, opts.discard_old)? {
-            previous_kept.push(old);
-        }
-    }
-    Ok(RestoreReport {
+    // Each non-empty target is moved aside under a new name, chosen (and journaled) now.
+    let asides = dests
+        .iter()
+        .map(|d| Ok((!is_empty_or_missing(&d.target)?).then(|| aside_name(&d.target))))
+        .collect::<Result<Vec<_>>>()?;
+    let report = RestoreReport {
         backup_id: meta.backup_id.clone(),
         files: meta.totals.files,
         bytes: meta.totals.bytes,
         target: dests[0].target.clone(),
-        previous_kept,
-    })
+        previous_kept: match opts.discard_old {
+            true => Vec::new(),
+            false => asides.iter().flatten().cloned().collect(),
+        },
+        already_restored: false,
+    };
+    write_journal(&report, &dests[0].staging)?;
+    for (d, aside) in dests.iter().zip(&asides) {
+        swap_into_place(d, aside.as_deref(), opts.discard_old)?;
+    }
+    super::test_pause("restore-swapped");
+    Ok(report)
 }
 
 impl Destination {
@@ -251,37 +328,51 @@ fn check_space(d: &Destination, meta: &BackupMetadata) -> Result<()> {
     Ok(())
 }
 
-/// Moves the verified staging directory into place. A non-empty target is moved aside
-/// first and put back if the swap fails; it is deleted afterwards only when asked.
-fn swap_into_place(d: &Destination, id: &str, discard_old: bool) -> Result<Option<PathBuf>> {
-    let rename = |from: &Path, to: &Path| {
-        fs::rename(from, to)
-            .map_err(|e| Error::io(format!("moving {} to {}", from.display(), to.display()), e))
-    };
-    if is_empty_or_missing(&d.target)? {
+/// Renames without ever replacing what is at `to` (renameat2 RENAME_NOREPLACE).
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| {
+        Error::io(
+            format!("moving {} to {}", from.display(), to.display()),
+            e.into(),
+        )
+    })
+}
+
+/// A new, unused name for a target's previous contents: `<target>.couchvault-old-<ULID>`,
+/// so names sort by age and none is ever reused.
+pub fn aside_name(target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    target.with_file_name(format!("{name}.couchvault-old-{}", ulid::Ulid::new()))
+}
+
+/// Moves the verified staging directory into place. A non-empty target is first moved to
+/// `aside` (a new name: an existing kept-aside directory is never touched or replaced) and
+/// put back if the swap fails; it is deleted afterwards only when asked.
+fn swap_into_place(d: &Destination, aside: Option<&Path>, discard_old: bool) -> Result<()> {
+    let Some(old) = aside else {
         if d.target.exists() {
             fs::remove_dir(&d.target)
                 .map_err(|e| Error::io(format!("replacing empty {}", d.target.display()), e))?;
         }
-        rename(&d.staging, &d.target)?;
-        return Ok(None);
-    }
-    let name = d.target.file_name().unwrap_or_default().to_string_lossy();
-    let old = d
-        .target
-        .with_file_name(format!("{name}.couchvault-old-{id}"));
-    remove_all(&old)?;
-    rename(&d.target, &old)?;
-    if let Err(e) = rename(&d.staging, &d.target) {
-        rename(&old, &d.target)?;
+        return rename_noreplace(&d.staging, &d.target);
+    };
+    rename_noreplace(&d.target, old)?;
+    super::test_pause("restore-moved-aside");
+    if let Err(e) = rename_noreplace(&d.staging, &d.target) {
+        rename_noreplace(old, &d.target)?;
         return Err(e);
     }
     if discard_old {
-        remove_all(&old)?;
-        Ok(None)
-    } else {
-        Ok(Some(old))
+        remove_all(old)?;
     }
+    Ok(())
 }
 
 fn chown_tree(dir: &Path, uid: Uid, gid: Gid) -> Result<()> {
@@ -329,6 +420,7 @@ fn unpack(
     place: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
     progress: &Progress,
 ) -> Result<u64> {
+    check_file_list(meta)?;
     let key = keyring.get(&meta.tenant, &meta.encryption.key_id)?;
     let data_key = crypto::unwrap_data_key(
         &key.secret,
@@ -447,6 +539,35 @@ fn safe_relative(path: &Path) -> std::result::Result<(), &'static str> {
     }
     if n < 2 {
         return Err("path is too short");
+    }
+    Ok(())
+}
+
+/// The metadata's file list, held to restore's rules before anything is read, so that
+/// verify passes exactly the backups restore accepts: every path plain, relative, spelled
+/// one way only (no `.`, empty or `..` components), under `data/`, `views/` or `etc/`, and
+/// listed once.
+fn check_file_list(meta: &BackupMetadata) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(meta.files.len());
+    for f in &meta.files {
+        let hostile = |reason: &str| Error::Hostile {
+            path: crate::names::escape_control(&f.path).into_owned(),
+            reason: format!("in the backup's file list: {reason}"),
+        };
+        let p = f.path.as_str();
+        safe_relative(Path::new(p)).map_err(hostile)?;
+        if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(hostile("not spelled plainly (empty or '.' components)"));
+        }
+        if !["data/", "views/", "etc/"]
+            .iter()
+            .any(|pre| p.starts_with(pre))
+        {
+            return Err(hostile("not under data/, views/ or etc/"));
+        }
+        if !seen.insert(p) {
+            return Err(hostile("listed twice"));
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use serde::Serialize;
 
 use crate::catalog;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, CouchDbConfig};
 use crate::couchdb::http::{CouchClient, Password};
 use crate::couchdb::Source;
 use crate::engine::{self, backup::StreamSettings, BackupOptions, Progress};
@@ -100,8 +100,20 @@ impl Vault {
 
     /// The CouchDB HTTP client, when a URL is configured (`[couchdb] url` or `COUCHDB_URL`).
     pub fn couch_client(&self) -> Result<Option<CouchClient>> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let c = &self.config.couchdb;
+        self.couch_client_for(None)
+    }
+
+    /// The client for `settings` alone (a registered instance's), else the config's and
+    /// the environment's.
+    pub fn couch_client_for(
+        &self,
+        settings: Option<&CouchDbConfig>,
+    ) -> Result<Option<CouchClient>> {
+        let env = |k: &str| match settings {
+            Some(_) => None,
+            None => std::env::var(k).ok().filter(|v| !v.is_empty()),
+        };
+        let c = settings.unwrap_or(&self.config.couchdb);
         let Some(url) = c.url.clone().or_else(|| env("COUCHDB_URL")) else {
             return Ok(None);
         };
@@ -251,7 +263,11 @@ impl Vault {
             .or(self.config.policy.retention.as_ref());
         let host = match (protection, retention) {
             (None, None) => None,
-            _ => Some(self.policy_host()?),
+            _ => {
+                let mut host = self.policy_host()?;
+                host.cancel_on(progress.cancel_flag());
+                Some(host)
+            }
         };
         let mut policy_time = std::time::Duration::ZERO;
         // The protection policy decides level, key and tags before anything is read.
@@ -273,19 +289,33 @@ impl Vault {
             );
             stream.compression_level = decision.compression_level;
             key_id = decision.key_id;
-            tags.extend(decision.tags);
-            tags.insert("protection-policy".into(), name.clone());
+            // A policy's tags are kept only when a tenant could have set them itself.
+            for (k, v) in decision.tags {
+                match crate::names::validate_tags([(&k, &v)]) {
+                    Ok(()) => {
+                        tags.insert(k, v);
+                    }
+                    Err(why) => {
+                        notes.push(format!("protection policy '{name}': tag dropped: {why}"))
+                    }
+                }
+            }
             policy_time += t0.elapsed();
         }
         if let Some(level) = req.compression_level {
             stream.compression_level = level;
         }
+        crate::names::validate_tags(&req.tags).map_err(OpsError::Setup)?;
+        tags.extend(req.tags.clone());
+        // The host's own tags last: retention trusts them.
+        if let Some(name) = protection {
+            tags.insert("protection-policy".into(), name.clone());
+        }
         if let Some(s) = &req.schedule {
             tags.insert("schedule".into(), s.clone());
         }
-        tags.extend(req.tags.clone());
         // Live stats from CouchDB at the start; an unreachable CouchDB is noted, not fatal.
-        let live = self.couch_client()?.map(|c| {
+        let live = self.couch_client_for(req.couchdb.as_ref())?.map(|c| {
             let info = c.live_info(source.node_name.as_deref());
             if let Some(e) = &info.error {
                 notes.push(format!(
@@ -484,6 +514,8 @@ pub struct BackupRequest {
     pub tags: BTreeMap<String, String>,
     /// See `BackupOptions::allow_incomplete`.
     pub allow_incomplete: bool,
+    /// A registered instance's CouchDB; None: the config's (and the environment's).
+    pub couchdb: Option<CouchDbConfig>,
 }
 
 #[derive(Debug, Serialize)]

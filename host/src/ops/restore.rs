@@ -21,9 +21,28 @@ pub struct RestoreRequest {
     pub target_node: Option<String>,
     /// Rewrite every database's shard map for `target_node` after CouchDB starts.
     pub rename_node: bool,
-    /// Run the configured stop/start hooks. The daemon runs them only for the admin: a
-    /// tenant's restore into its own directory must not stop the node's CouchDB.
-    pub hooks: bool,
+    /// The stop/start hooks to run. The daemon runs the config's only for the admin, a
+    /// registered instance's for an in-place restore, none for a tenant's restore into its
+    /// restore root (it must not stop the node's CouchDB).
+    pub hooks: Hooks,
+    /// The target's CouchDB (a registered instance's); None: the config's and environment's.
+    pub couchdb: Option<crate::config::CouchDbConfig>,
+}
+
+/// Commands run (with `sh -c`) just before the swap and after it.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub stop: Option<String>,
+    pub start: Option<String>,
+}
+
+impl Hooks {
+    pub fn from_config(c: &crate::config::RestoreConfig) -> Hooks {
+        Hooks {
+            stop: c.stop_command.clone(),
+            start: c.start_command.clone(),
+        }
+    }
 }
 
 /// One database after the restore.
@@ -90,7 +109,7 @@ impl Vault {
         req: &RestoreRequest,
         progress: &Progress,
     ) -> Result<RestoreOutcome> {
-        let client = self.couch_client()?;
+        let client = self.couch_client_for(req.couchdb.as_ref())?;
         let from = backup_node(meta);
         let renaming = match (from, req.target_node.as_deref()) {
             (Some(b), Some(t)) if b != t => {
@@ -110,11 +129,7 @@ impl Vault {
             _ => None,
         };
         let cfg = &self.config.restore;
-        let (stop_command, start_command) = if req.hooks {
-            (cfg.stop_command.as_ref(), cfg.start_command.as_ref())
-        } else {
-            (None, None)
-        };
+        let (stop_command, start_command) = (req.hooks.stop.as_ref(), req.hooks.start.as_ref());
         // With a check to come, the old data stays until it passes.
         let checking = client.is_some() && (start_command.is_some() || renaming.is_some());
         let mut opts = req.opts.clone();
@@ -225,11 +240,19 @@ impl Vault {
             run_hook("stop", c).map_err(OpsError::Setup)?;
         }
         let io = |what: &str, e: std::io::Error| OpsError::Setup(format!("{what}: {e}"));
-        std::fs::rename(&target, &aside).map_err(|e| io("moving the restored data aside", e))?;
+        // A restore killed between its two renames leaves no target: nothing to move aside.
+        let had_target = target.exists();
+        if had_target {
+            std::fs::rename(&target, &aside)
+                .map_err(|e| io("moving the restored data aside", e))?;
+        }
         if let Err(e) = std::fs::rename(parent.join(&old), &target) {
-            let _ = std::fs::rename(&aside, &target);
+            if had_target {
+                let _ = std::fs::rename(&aside, &target);
+            }
             return Err(io("putting the previous data back", e));
         }
+        let _ = std::fs::remove_file(engine::restore::journal_path(&target));
         if let Some(c) = &cfg.start_command {
             run_hook("start", c).map_err(OpsError::Setup)?;
         }

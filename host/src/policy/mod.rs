@@ -14,7 +14,8 @@ pub mod registry;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ring::digest::{digest, SHA256};
@@ -25,11 +26,21 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
+// Exports are async: an evaluation is a future the host can drop at its deadline, even
+// while the guest waits in a WASI host call (a sleep, a pollable's `block`).
 mod retention_world {
-    wasmtime::component::bindgen!({ path: "../wit", world: "retention-policy" });
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "retention-policy",
+        exports: { default: async },
+    });
 }
 mod protection_world {
-    wasmtime::component::bindgen!({ path: "../wit", world: "protection-policy" });
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "protection-policy",
+        exports: { default: async },
+    });
 }
 
 pub use protection_world::couchvault::policy::types::{Protection, ProtectionInput};
@@ -46,6 +57,9 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:filesystem/",
 ];
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Largest `get-random-bytes` answer: bounds what one host call may cost (the default is
+/// 64 MiB, tens of milliseconds of host time that no epoch tick interrupts).
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -205,6 +219,10 @@ pub struct PolicyHost {
     cache_dir: PathBuf,
     limits: Limits,
     compiles: AtomicU64,
+    /// Drives evaluations (and their deadline timers) on the calling thread.
+    runtime: tokio::runtime::Runtime,
+    /// Set by a job's cancel: an evaluation in progress stops at once.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// A loaded policy: compiled, checked, ready to instantiate.
@@ -274,17 +292,31 @@ impl PolicyHost {
                 source: e,
             })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Invalid {
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PolicyError::Invalid {
             name: "(linker)".into(),
             reason: e.to_string(),
         })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| PolicyError::Cache {
+                path: cache_dir.to_path_buf(),
+                source: e,
+            })?;
         Ok(PolicyHost {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
             limits,
             compiles: AtomicU64::new(0),
+            runtime,
+            cancel: None,
         })
+    }
+
+    /// Evaluations stop (as "cancelled") as soon as `flag` is set.
+    pub fn cancel_on(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
     }
 
     /// How many components this host has compiled (not loaded from the cache).
@@ -383,6 +415,7 @@ impl PolicyHost {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES)
             .wall_clock(StoppedClock)
             .monotonic_clock(StoppedClock)
             .build();
@@ -424,18 +457,19 @@ impl PolicyHost {
             Some(Trap::StackOverflow) => "it overflowed its stack (too deep recursion)".into(),
             Some(Trap::UnreachableCodeReached) => "it trapped (a panic or `unreachable`)".into(),
             Some(t) => format!("it trapped: {t}"),
-            None => {
-                let chain = format!("{err:#}");
-                if chain.contains("memory limit") {
-                    chain
-                        .split(": ")
-                        .find(|p| p.contains("memory limit"))
-                        .unwrap_or(&chain)
-                        .to_string()
-                } else {
-                    chain
+            None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) => format!("it called exit({}) instead of answering", exit.0),
+                // The root cause alone: the rest is a multi-line wasm backtrace.
+                None => {
+                    let cause = err.root_cause().to_string();
+                    let line = cause.lines().next().unwrap_or("").trim();
+                    if line.contains("exceeds limit") {
+                        format!("a host call was refused: {line}")
+                    } else {
+                        line.to_string()
+                    }
                 }
-            }
+            },
         };
         let mut output = String::new();
         for (label, pipe) in [("stderr", stderr), ("stdout", stdout)] {
@@ -443,7 +477,7 @@ impl PolicyHost {
             if !text.is_empty() {
                 output.push_str(&format!(
                     "; its {label}: {}",
-                    text.chars().take(500).collect::<String>()
+                    crate::names::escape_control(&text.chars().take(500).collect::<String>())
                 ));
             }
         }
@@ -456,18 +490,59 @@ impl PolicyHost {
 
     /// Runs `call` in a fresh sandbox, turning traps, refusals and oversized answers
     /// (`size` measures an answer) into errors that name the policy.
+    ///
+    /// The call is a future raced against the deadline and the cancel flag: running wasm is
+    /// stopped by fuel and the epoch deadline, a guest waiting in a host call by dropping
+    /// the future. Either way the evaluation ends within its deadline.
     fn run<R>(
         &self,
         policy: &Policy,
-        call: impl FnOnce(&mut Store<State>) -> wasmtime::Result<Result<R, String>>,
+        call: impl AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<Result<R, String>>,
         size: impl Fn(&R) -> usize,
     ) -> Result<R, PolicyError> {
         let (mut store, stdout, stderr) = self.store();
-        let answer = call(&mut store)
+        let ended = |reason: String| PolicyError::Stopped {
+            name: policy.name.clone(),
+            reason,
+            output: String::new(),
+        };
+        let deadline = self.limits.deadline;
+        let cancel = self.cancel.clone();
+        let cancelled = async move {
+            loop {
+                if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return;
+                }
+                tokio::time::sleep(EPOCH_TICK).await;
+            }
+        };
+        enum Ended<T> {
+            Answered(T),
+            Deadline,
+            Cancelled,
+        }
+        let outcome = self.runtime.block_on(async {
+            tokio::select! {
+                r = call(&mut store) => Ended::Answered(r),
+                _ = tokio::time::sleep(deadline) => Ended::Deadline,
+                _ = cancelled => Ended::Cancelled,
+            }
+        });
+        let answer = match outcome {
+            Ended::Answered(r) => r,
+            Ended::Deadline => {
+                return Err(ended(format!(
+                    "it ran past its {} ms deadline (waiting in a host call)",
+                    deadline.as_millis()
+                )))
+            }
+            Ended::Cancelled => return Err(ended("the job was cancelled".into())),
+        };
+        let answer = answer
             .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?
             .map_err(|message| PolicyError::Refused {
                 name: policy.name.clone(),
-                message,
+                message: crate::names::escape_control(&message).into_owned(),
             })?;
         let bytes = size(&answer);
         if bytes > self.limits.output_bytes {
@@ -500,9 +575,18 @@ impl PolicyHost {
             })?;
         self.run(
             policy,
-            |store| pre.instantiate(&mut *store)?.call_retain(store, input),
+            async |store| {
+                let p = pre.instantiate_async(&mut *store).await?;
+                p.call_retain(store, input).await
+            },
             |keeps| keeps.iter().map(|k| k.id.len() + k.reason.len()).sum(),
         )
+        .map(|mut keeps| {
+            for k in &mut keeps {
+                k.reason = crate::names::escape_control(&k.reason).into_owned();
+            }
+            keeps
+        })
     }
 
     /// Runs a policy's `protect` in a fresh sandbox.
@@ -523,7 +607,10 @@ impl PolicyHost {
             })?;
         self.run(
             policy,
-            |store| pre.instantiate(&mut *store)?.call_protect(store, input),
+            async |store| {
+                let p = pre.instantiate_async(&mut *store).await?;
+                p.call_protect(store, input).await
+            },
             |p| {
                 p.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
                     + p.key_id.as_ref().map_or(0, String::len)

@@ -149,9 +149,13 @@ impl ScheduleSpec {
         for p in &self.policies {
             crate::names::validate_name("policy", p).map_err(|e| e.to_string())?;
         }
+        crate::names::validate_tags(&self.tags)?;
+        // No paths: the instance is a registered one (checked by the daemon).
         match (&self.couchdb_config, &self.data_dir) {
-            (None, None) => return Err("give couchdb_config or data_dir".into()),
             (Some(_), Some(_)) => return Err("give couchdb_config or data_dir, not both".into()),
+            (None, None) if self.view_index_dir.is_some() => {
+                return Err("view_index_dir goes with couchdb_config or data_dir".into())
+            }
             _ => {}
         }
         for p in [&self.couchdb_config, &self.data_dir, &self.view_index_dir]

@@ -1,6 +1,10 @@
 //! A policy that misbehaves on request, for the sandbox tests. Its parameters choose:
 //! retain: "loop", "memory", "recursion", "panic", "huge", "none", "probe" (reports what it
-//! can see of the environment, filesystem and clock); protect: "noenc", "badkey", "loop".
+//! can see of the environment, filesystem and clock), "sleep" (std::thread::sleep for
+//! ever), "block" (a monotonic-clock pollable of u64::MAX ns, blocked on), "exit",
+//! "random-huge" (64 MiB of random in one call), "random-loop" (1 MiB calls for ever),
+//! "escape" (an error full of terminal escape sequences); protect: "noenc", "badkey",
+//! "loop", "sleep", "forge-tags" (sets the host's reserved tags and escape sequences).
 //! Anything else behaves: keep everything, protect with level 3.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
@@ -48,6 +52,30 @@ impl Guest for Hostile {
                 })
                 .collect()),
             "none" => Ok(Vec::new()),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(u64::MAX));
+                Ok(Vec::new())
+            }
+            "block" => {
+                wasi::clocks::monotonic_clock::subscribe_duration(u64::MAX).block();
+                Ok(Vec::new())
+            }
+            "exit" => std::process::exit(3),
+            "random-huge" => {
+                let r = wasi::random::random::get_random_bytes(64 << 20);
+                Ok(vec![Keep {
+                    id: r.len().to_string(),
+                    reason: String::new(),
+                }])
+            }
+            "random-loop" => {
+                let mut n = 0usize;
+                loop {
+                    n = n.wrapping_add(wasi::random::random::get_random_bytes(1 << 20).len());
+                    std::hint::black_box(n);
+                }
+            }
+            "escape" => Err("\x1b]0;pwned\x07\x1b[2J\x1b[31mred\nsecond line".into()),
             "probe" => {
                 let env = std::env::vars().count();
                 let fs = std::fs::read_dir("/")
@@ -94,6 +122,21 @@ impl Guest for Hostile {
             "loop" => loop {
                 std::hint::black_box(());
             },
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(u64::MAX));
+                Err("woke up".into())
+            }
+            "forge-tags" => Ok(Protection {
+                compression_level: 3,
+                encrypt: true,
+                key_id: None,
+                tags: vec![
+                    ("schedule".into(), "forged".into()),
+                    ("protection-policy".into(), "forged".into()),
+                    ("color".into(), "\x1b[31mred".into()),
+                    ("team".into(), "blue".into()),
+                ],
+            }),
             _ => Ok(Protection {
                 compression_level: 3,
                 encrypt: true,

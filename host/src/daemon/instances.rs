@@ -1,0 +1,292 @@
+//! Instances: the CouchDB nodes that tenants' backups, schedules and restores name.
+//!
+//! Only the admin registers an instance (API, CLI or `instances/*.toml`); a tenant names
+//! one of its own and never a path. Registration resolves the source once and records the
+//! directories it resolved to: every later backup of the instance may read only inside
+//! them (`couchdb::confine`), whatever its ini files or symbolic links say by then.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::db::{Db, DbError};
+use crate::config::{Config, CouchDbConfig};
+use crate::couchdb::confine::Confinement;
+use crate::couchdb::{Source, SourceSpec};
+
+pub const INSTANCE_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no instance '{name}' is registered for tenant '{tenant}' (the admin registers instances: `couchvault instance add`)")]
+    NotFound { tenant: String, name: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// What the admin gives to register an instance (API body, `instance add`, a file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub name: String,
+    /// The owning tenant; `default` when not given.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    // The source, as for `backup create`: one of couchdb_config and data_dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_config: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_index_dir: Option<PathBuf>,
+    /// The node's CouchDB URL (live stats at backup, checks after an in-place restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_url: Option<String>,
+    /// Names `[couchdb.credentials.NAME]` in the daemon's config: the secret stays there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_credentials: Option<String>,
+    /// Run (with `sh -c`) before an in-place restore swaps the data in, and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_command: Option<String>,
+    /// The tenant may restore into the instance itself (in place, with its hooks).
+    /// Otherwise its restores go under its restore root only.
+    #[serde(default)]
+    pub restore_in_place: bool,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+/// A registered instance (sled, format versioned by `couchvault_instance`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub couchvault_instance: u32,
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+    /// The canonical directories its source resolved to when registered: the only ones
+    /// its backups may read.
+    pub roots: Vec<PathBuf>,
+    /// Where its databases and (when separate) view indexes are: in-place restores go there.
+    pub database_dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_index_dir_resolved: Option<PathBuf>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl InstanceSpec {
+    fn source_spec(&self) -> SourceSpec {
+        SourceSpec {
+            couchdb_config: self.couchdb_config.clone(),
+            data_dir: self.data_dir.clone(),
+            view_index_dir: self.view_index_dir.clone(),
+        }
+    }
+
+    /// Checks every field against the config; the error says which and why.
+    fn check(&self, config: &Config) -> Result<(), String> {
+        crate::names::validate_name("instance", &self.name).map_err(|e| e.to_string())?;
+        crate::names::validate_name("tenant", &self.tenant).map_err(|e| e.to_string())?;
+        if self.couchdb_config.is_some() == self.data_dir.is_some() {
+            return Err("give couchdb_config or data_dir (one of them)".into());
+        }
+        for p in [&self.couchdb_config, &self.data_dir, &self.view_index_dir]
+            .into_iter()
+            .flatten()
+        {
+            if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+                return Err(format!(
+                    "{} must be an absolute path without '..'",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(u) = &self.couchdb_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains('@') {
+                return Err(format!(
+                    "couchdb_url '{u}' must be http(s)://HOST:PORT without credentials (name them with couchdb_credentials)"
+                ));
+            }
+        }
+        if let Some(c) = &self.couchdb_credentials {
+            if !config.couchdb.credentials.contains_key(c) {
+                return Err(format!(
+                    "couchdb_credentials '{c}': no [couchdb.credentials.{c}] in the daemon's config"
+                ));
+            }
+            if self.couchdb_url.is_none() {
+                return Err("couchdb_credentials needs couchdb_url".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Instance {
+    /// Resolves the source now and records where it is: what confines its backups.
+    fn register(
+        spec: InstanceSpec,
+        config: &Config,
+        now: DateTime<Utc>,
+    ) -> Result<Instance, String> {
+        spec.check(config)?;
+        let src = Source::discover(&spec.source_spec()).map_err(|e| {
+            format!(
+                "instance '{}': {e} (an instance is registered where its data is)",
+                spec.name
+            )
+        })?;
+        let mut roots = vec![src.database_dir.clone()];
+        roots.extend(src.view_index_dir.clone());
+        if let Some(c) = &src.config_dir {
+            roots.push(std::fs::canonicalize(c).map_err(|e| format!("{}: {e}", c.display()))?);
+        }
+        Ok(Instance {
+            couchvault_instance: INSTANCE_FORMAT,
+            spec,
+            roots,
+            database_dir: src.database_dir,
+            view_index_dir_resolved: src.view_index_dir,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// The source of a backup, confined to the registered directories.
+    pub fn source(&self) -> Result<Source, String> {
+        let confine = Confinement::new(&self.roots).map_err(|e| {
+            format!(
+                "instance '{}': a registered directory is gone: {e}",
+                self.spec.name
+            )
+        })?;
+        Source::discover_confined(&self.spec.source_spec(), confine).map_err(|e| e.to_string())
+    }
+
+    /// How to reach its CouchDB: its URL with the credentials its entry names, never the
+    /// config's or the environment's.
+    pub fn couchdb(&self, config: &Config) -> CouchDbConfig {
+        let creds = self
+            .spec
+            .couchdb_credentials
+            .as_ref()
+            .and_then(|c| config.couchdb.credentials.get(c));
+        CouchDbConfig {
+            url: self.spec.couchdb_url.clone(),
+            user: creds.and_then(|c| c.user.clone()),
+            password: creds.and_then(|c| c.password.clone()),
+            credentials: BTreeMap::new(),
+        }
+    }
+}
+
+fn key(tenant: &str, name: &str) -> Vec<u8> {
+    format!("{tenant}/{name}").into_bytes()
+}
+
+pub fn get(db: &Db, tenant: &str, name: &str) -> Result<Option<Instance>, DbError> {
+    db.get(&db.instances, "instances", &key(tenant, name))
+}
+
+/// A tenant's instance, or NotFound with what to do.
+pub fn require(db: &Db, tenant: &str, name: &str) -> Result<Instance, InstanceError> {
+    get(db, tenant, name)?.ok_or_else(|| InstanceError::NotFound {
+        tenant: tenant.into(),
+        name: name.into(),
+    })
+}
+
+/// Every instance, or one tenant's.
+pub fn list(db: &Db, tenant: Option<&str>) -> Result<Vec<Instance>, DbError> {
+    let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
+    db.all(&db.instances, "instances", prefix.as_bytes())
+}
+
+/// Registers (or re-registers, resolving the source again) an instance.
+pub fn put(db: &Db, config: &Config, spec: InstanceSpec) -> Result<Instance, InstanceError> {
+    let now = Utc::now();
+    let created = get(db, &spec.tenant, &spec.name)?.map(|i| i.created_at);
+    let mut inst = Instance::register(spec, config, now).map_err(InstanceError::Invalid)?;
+    inst.created_at = created.unwrap_or(now);
+    db.put(
+        &db.instances,
+        &key(&inst.spec.tenant, &inst.spec.name),
+        &inst,
+    )?;
+    Ok(inst)
+}
+
+pub fn remove(db: &Db, tenant: &str, name: &str) -> Result<bool, DbError> {
+    Ok(db.instances.remove(key(tenant, name))?.is_some())
+}
+
+/// What applying instance files did.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub registered: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// Registers every spec, checking all first: one bad entry applies nothing.
+pub fn apply(
+    db: &Db,
+    config: &Config,
+    specs: Vec<(String, InstanceSpec)>,
+) -> Result<ApplyReport, InstanceError> {
+    let now = Utc::now();
+    for (file, spec) in &specs {
+        Instance::register(spec.clone(), config, now)
+            .map_err(|e| InstanceError::Invalid(format!("{file}: {e}")))?;
+    }
+    let mut report = ApplyReport::default();
+    for (_, spec) in specs {
+        let label = format!("{}/{}", spec.tenant, spec.name);
+        match get(db, &spec.tenant, &spec.name)? {
+            Some(old) if old.spec == spec => report.unchanged.push(label),
+            _ => {
+                put(db, config, spec)?;
+                report.registered.push(label);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// An instance file: `couchvault_instances = 1` and one or more `[[instance]]` tables.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceFile {
+    couchvault_instances: u32,
+    #[serde(default)]
+    instance: Vec<InstanceSpec>,
+}
+
+/// Reads every `*.toml` in `dir` (sorted), each entry labelled with its file.
+pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, InstanceSpec)>, String> {
+    let mut out = Vec::new();
+    for (f, text) in super::schedules::toml_files(dir)? {
+        let parsed: InstanceFile =
+            toml::from_str(&text).map_err(|e| super::schedules::toml_error(&f, &text, &e))?;
+        if parsed.couchvault_instances != 1 {
+            return Err(format!(
+                "{}: couchvault_instances = {} is not supported (this couchvault reads 1)",
+                f.display(),
+                parsed.couchvault_instances
+            ));
+        }
+        out.extend(
+            parsed
+                .instance
+                .into_iter()
+                .map(|s| (f.display().to_string(), s)),
+        );
+    }
+    Ok(out)
+}
