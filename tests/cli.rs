@@ -135,6 +135,11 @@ fn first_use_backup_list_show_verify_restore_delete() {
         let rel = path.strip_prefix("data/").unwrap();
         assert_eq!(sha256_file(&cwd.join("restored").join(rel)), sha, "{path}");
     }
+    // Run again over the untouched restore: recognised, nothing moved.
+    let out = ok(cwd, &["restore", &id, "--to", "restored"]);
+    assert!(out.contains("already restored"), "{out}");
+    // Once CouchDB has written to it, the target is refused without --force, then replaced.
+    fs::write(cwd.join("restored/_dbs.couch"), b"written since").unwrap();
     fails(cwd, &["restore", &id, "--to", "restored"], 1, "--force");
     let out = ok(cwd, &["restore", &id, "--to", "restored", "--force"]);
     assert!(out.contains("previous contents kept"), "{out}");

@@ -287,11 +287,27 @@ fn non_empty_target_is_refused_without_force_and_kept_on_failure_with_it() {
         b"old data"
     );
 
-    // --discard-old removes the old copy once the new data is in place.
+    // The same restore again, over the untouched target: recognised, nothing moved.
+    let again =
+        engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
+    assert!(again.already_restored);
+    assert_eq!(again.previous_kept, report.previous_kept);
+
+    // --discard-old removes the copy it moves aside once the new data is in place, and
+    // never an older kept-aside directory.
+    let first_kept = report.previous_kept[0].clone();
+    let written = tree(&target)[0].clone();
+    fs::write(target.join(&written), b"written since").unwrap();
     opts.discard_old = true;
     let report =
         engine::restore(&env.store, &env.keyring, &meta, &opts, &Progress::default()).unwrap();
-    assert!(report.previous_kept.is_empty());
+    assert!(report.previous_kept.is_empty() && !report.already_restored);
+    assert_eq!(fs::read(first_kept.join("old.couch")).unwrap(), b"old data");
+    let kept = tree(env.dir.path())
+        .into_iter()
+        .filter(|p| p.contains("couchvault-old"))
+        .count();
+    assert_eq!(kept, 1, "only the first kept copy remains");
 }
 
 /// Builds a raw tar entry whose name bypasses the tar crate's own path checks.

@@ -81,16 +81,29 @@ pub fn journal_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.couchvault-restore.json"))
 }
 
-/// The finished restore of `backup_id` into `target`, if that is what the target holds.
-fn finished_restore(target: &Path, backup_id: &str) -> Option<RestoreReport> {
+/// The finished restore of `meta` into `d`, if that is what its target still holds: the
+/// journal names this backup and the target directory by inode, and every restored file
+/// has the size and mtime the restore gave it (CouchDB writing to it since changes them, and
+/// then a rerun restores again).
+fn finished_restore(d: &Destination, meta: &BackupMetadata) -> Option<RestoreReport> {
     use std::os::unix::fs::MetadataExt;
-    let text = fs::read(journal_path(target)).ok()?;
+    let text = fs::read(journal_path(&d.target)).ok()?;
     let j: Journal = serde_json::from_slice(&text).ok()?;
-    let m = fs::metadata(target).ok()?;
-    (j.couchvault_restore == JOURNAL_FORMAT
-        && j.report.backup_id == backup_id
-        && (m.dev(), m.ino()) == (j.dev, j.ino))
-        .then_some(j.report)
+    let m = fs::metadata(&d.target).ok()?;
+    if j.couchvault_restore != JOURNAL_FORMAT
+        || j.report.backup_id != meta.backup_id
+        || (m.dev(), m.ino()) != (j.dev, j.ino)
+    {
+        return None;
+    }
+    let untouched = meta.files.iter().all(|f| {
+        match d.prefixes.iter().find_map(|p| f.path.strip_prefix(p)) {
+            None => true,
+            Some(rest) => fs::symlink_metadata(d.target.join(rest))
+                .is_ok_and(|m| m.is_file() && m.len() == f.size && m.mtime() == f.mtime.max(0)),
+        }
+    });
+    untouched.then_some(j.report)
 }
 
 fn write_journal(report: &RestoreReport, staging: &Path) -> Result<()> {
@@ -177,7 +190,7 @@ pub fn restore_with(
     }
     // A rerun of a restore whose swap completed (the process was killed afterwards) must
     // not move the restored data aside again: it is done.
-    if let Some(mut done) = finished_restore(&dests[0].target, &meta.backup_id) {
+    if let Some(mut done) = finished_restore(&dests[0], meta) {
         tracing::info!(target = %dests[0].target.display(), "this backup's restore into the target already completed");
         done.already_restored = true;
         return Ok(done);
