@@ -96,13 +96,14 @@ fn finished_restore(d: &Destination, meta: &BackupMetadata) -> Option<RestoreRep
     {
         return None;
     }
-    let untouched = meta.files.iter().all(|f| {
-        match d.prefixes.iter().find_map(|p| f.path.strip_prefix(p)) {
-            None => true,
-            Some(rest) => fs::symlink_metadata(d.target.join(rest))
-                .is_ok_and(|m| m.is_file() && m.len() == f.size && m.mtime() == f.mtime.max(0)),
-        }
-    });
+    let untouched =
+        meta.files.iter().all(
+            |f| match d.prefixes.iter().find_map(|p| f.path.strip_prefix(p)) {
+                None => true,
+                Some(rest) => fs::symlink_metadata(d.target.join(rest))
+                    .is_ok_and(|m| m.is_file() && m.len() == f.size && m.mtime() == f.mtime.max(0)),
+            },
+        );
     untouched.then_some(j.report)
 }
 
