@@ -492,6 +492,17 @@ fn compiled_components_are_cached() {
     eprintln!("cold compile {cold:?}, cached load {warm:?}");
 }
 
+/// Adds the hostile policy behaving (so its dry run passes), then switches its registered
+/// parameters to `mode`: a policy that behaves when added and misbehaves later.
+fn add_then_misbehave(cwd: &Path, name: &str, file: &str, mode: &str) {
+    ok(cwd, &["policy", "add", name, file, "--params", "x"]);
+    let reg = cwd.join(format!("couchvault-data/policies/default/{name}.json"));
+    let text = std::fs::read_to_string(&reg)
+        .unwrap()
+        .replace("\"params\": \"x\"", &format!("\"params\": \"{mode}\""));
+    std::fs::write(&reg, text).unwrap();
+}
+
 #[test]
 fn cli_adds_tests_and_applies_policies_around_backups() {
     let (Some(_), Some(_), Some(_)) = (gfs(), standard(), hostile()) else {
@@ -595,12 +606,7 @@ fn cli_adds_tests_and_applies_policies_around_backups() {
     assert!(out.contains("floor applied: encryption kept on"), "{out}");
 
     // A hostile protection policy fails the backup before it starts, with one clear line.
-    ok(cwd, &["policy", "add", "evil", bad_file, "--params", "x"]);
-    let reg = cwd.join("couchvault-data/policies/default/evil.json");
-    let text = std::fs::read_to_string(&reg)
-        .unwrap()
-        .replace("\"params\": \"x\"", "\"params\": \"loop\"");
-    std::fs::write(&reg, text).unwrap();
+    add_then_misbehave(cwd, "evil", bad_file, "loop");
     let out = couchvault(
         cwd,
         &[
@@ -714,12 +720,7 @@ fn cli_backups_are_not_held_by_a_sleeping_policy_nor_fooled_by_forged_tags() {
     let bad_file = bad_file.to_str().unwrap();
 
     // Behaves at `policy add`, sleeps afterwards.
-    ok(cwd, &["policy", "add", "sleepy", bad_file, "--params", "x"]);
-    let reg = cwd.join("couchvault-data/policies/default/sleepy.json");
-    let text = std::fs::read_to_string(&reg)
-        .unwrap()
-        .replace("\"params\": \"x\"", "\"params\": \"sleep\"");
-    std::fs::write(&reg, text).unwrap();
+    add_then_misbehave(cwd, "sleepy", bad_file, "sleep");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
         .args([
             "backup",

@@ -63,14 +63,17 @@ pub struct RestoreReport {
 pub const JOURNAL_FORMAT: u32 = 1;
 
 /// Written beside the target (`.<name>.couchvault-restore.json`) just before a restore's
-/// swap, naming the staging directory by device and inode: a rename keeps the inode, so
-/// once the target is that directory, a rerun of the same restore knows the swap completed
-/// and does not move the restored data aside again.
+/// swap, naming the staging directory by device and inode, and marked complete once the
+/// restore has returned. A rename keeps the inode: when a run was cut off after its swap
+/// (the target is that directory, the journal not complete), a rerun of the same restore
+/// knows the swap happened and does not move the restored data aside again. A restore
+/// that completed is not repeated silently: run again with --force, it restores anew.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Journal {
     couchvault_restore: u32,
     dev: u64,
     ino: u64,
+    complete: bool,
     written_at: chrono::DateTime<chrono::Utc>,
     report: RestoreReport,
 }
@@ -91,6 +94,7 @@ fn finished_restore(d: &Destination, meta: &BackupMetadata) -> Option<RestoreRep
     let j: Journal = serde_json::from_slice(&text).ok()?;
     let m = fs::metadata(&d.target).ok()?;
     if j.couchvault_restore != JOURNAL_FORMAT
+        || j.complete
         || j.report.backup_id != meta.backup_id
         || (m.dev(), m.ino()) != (j.dev, j.ino)
     {
@@ -107,14 +111,16 @@ fn finished_restore(d: &Destination, meta: &BackupMetadata) -> Option<RestoreRep
     untouched.then_some(j.report)
 }
 
-fn write_journal(report: &RestoreReport, staging: &Path) -> Result<()> {
+/// Writes the journal of `report`, naming `dir` (the staging directory before the swap,
+/// the target after it: the same inode).
+fn write_journal(report: &RestoreReport, dir: &Path, complete: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(staging)
-        .map_err(|e| Error::io(format!("reading {}", staging.display()), e))?;
+    let m = fs::metadata(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
     let j = Journal {
         couchvault_restore: JOURNAL_FORMAT,
         dev: m.dev(),
         ino: m.ino(),
+        complete,
         written_at: chrono::Utc::now(),
         report: report.clone(),
     };
@@ -192,7 +198,8 @@ pub fn restore_with(
     // A rerun of a restore whose swap completed (the process was killed afterwards) must
     // not move the restored data aside again: it is done.
     if let Some(mut done) = finished_restore(&dests[0], meta) {
-        tracing::info!(target = %dests[0].target.display(), "this backup's restore into the target already completed");
+        tracing::info!(target = %dests[0].target.display(), "an earlier run of this restore completed its swap");
+        write_journal(&done, &dests[0].target, true)?;
         done.already_restored = true;
         return Ok(done);
     }
@@ -264,11 +271,12 @@ pub fn restore_with(
         },
         already_restored: false,
     };
-    write_journal(&report, &dests[0].staging)?;
+    write_journal(&report, &dests[0].staging, false)?;
     for (d, aside) in dests.iter().zip(&asides) {
         swap_into_place(d, aside.as_deref(), opts.discard_old)?;
     }
     super::test_pause("restore-swapped");
+    write_journal(&report, &dests[0].target, true)?;
     Ok(report)
 }
 
