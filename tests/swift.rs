@@ -414,6 +414,32 @@ fn cli_tenants_are_isolated_and_bad_input_gets_one_clear_error() {
         "no backup",
     );
 
+    // A store with an object prefix: a missing object is named as Swift names it (issue 11).
+    let prefixed = format!("{url}/pre");
+    let out = run(&[
+        "--store", &prefixed, "--json", "backup", "create", "--instance", "p", "--data-dir",
+        "data",
+    ]);
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (token, account) = env.token();
+    let container = format!("{}-default", url.trim_start_matches("swift://"));
+    let object = format!("pre/p/{id}/data");
+    let deleted = reqwest::blocking::Client::new()
+        .delete(format!(
+            "{account}/{container}/{object}?multipart-manifest=delete"
+        ))
+        .header("X-Auth-Token", token)
+        .send()
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    one_error_line(
+        &cli(&env, cwd, &["--store", &prefixed, "backup", "verify", &id], &[]),
+        &format!("object {container}/{object} not found"),
+    );
+
     // Bad input.
     one_error_line(
         &cli(

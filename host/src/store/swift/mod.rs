@@ -409,9 +409,10 @@ impl Store for SwiftStore {
         let body = self.client.fetch(Method::GET, &container, &object, &|r| {
             r.timeout(self.client.settings.request_timeout)
         })?;
-        body.ok_or_else(|| StoreError::NotFound {
+        // The real object name (with the store's prefix): what `swift list` shows.
+        body.ok_or(StoreError::NotFound {
             container,
-            name: name.to_string(),
+            name: object,
         })
     }
 
@@ -586,7 +587,7 @@ impl ResumingReader {
         match resp.status() {
             StatusCode::NOT_FOUND => Err(StoreError::NotFound {
                 container: self.container.clone(),
-                name: self.name.clone(),
+                name: self.object.clone(),
             }),
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 self.body = None;
