@@ -598,3 +598,85 @@ fn restored_files_belong_to_the_owner_of_the_existing_data_dir() {
         assert_eq!((m.uid(), m.gid()), (4321, 4322), "{f}");
     }
 }
+
+/// Issue 11: a data directory backed up alone (no vm.args, no CouchDB) still records its
+/// node, from the shard maps in `_dbs.couch`, so a restore under another name is refused.
+#[test]
+fn a_data_dir_backup_records_its_node_from_the_shard_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    unpack_fixture(cwd);
+    let (code, out, err) = run(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "n",
+            "--data-dir",
+            "data",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let node = fixture_node();
+    assert_eq!(v["node_name"], node.as_str(), "{v}");
+    let id = v["backup_id"].as_str().unwrap();
+    let (_, shown, _) = run(cwd, &["--json", "backup", "show", id], &[]);
+    let meta: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(meta["source"]["shard_map_nodes"], serde_json::json!([node]));
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            id,
+            "--to",
+            "t",
+            "--node-name",
+            "couchdb@other.example",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("'{node}'")) && err.contains("'couchdb@other.example'"),
+        "{err}"
+    );
+    assert!(!cwd.join("t").exists());
+}
+
+/// Issue 11: `--rename-node` without a start hook would swap the data in and then wait for a
+/// CouchDB nobody starts: refused before anything is downloaded, saying what it needs.
+#[test]
+fn rename_node_without_a_start_hook_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let id = backup_node_fixture(cwd, &[]);
+    let started = std::time::Instant::now();
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            "t",
+            "--node-name",
+            "couchdb@other",
+            "--rename-node",
+        ],
+        &[("COUCHDB_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("start_command"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!cwd.join("t").exists(), "nothing restored");
+}
+
+/// The node name the fixture was made on (its description).
+fn fixture_node() -> String {
+    let text = std::fs::read_to_string(common::fixtures().join("couchdb-3-datadir.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["node_name"].as_str().unwrap().to_string()
+}

@@ -353,6 +353,7 @@ fn commit_hostile(
         source: format::SourceInfo {
             hostname: None,
             node_name: None,
+            shard_map_nodes: vec![],
             database_dir: "/x".into(),
             view_index_dir: None,
             config_dir: None,

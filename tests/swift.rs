@@ -417,7 +417,14 @@ fn cli_tenants_are_isolated_and_bad_input_gets_one_clear_error() {
     // A store with an object prefix: a missing object is named as Swift names it (issue 11).
     let prefixed = format!("{url}/pre");
     let out = run(&[
-        "--store", &prefixed, "--json", "backup", "create", "--instance", "p", "--data-dir",
+        "--store",
+        &prefixed,
+        "--json",
+        "backup",
+        "create",
+        "--instance",
+        "p",
+        "--data-dir",
         "data",
     ]);
     let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["backup_id"]
@@ -436,7 +443,12 @@ fn cli_tenants_are_isolated_and_bad_input_gets_one_clear_error() {
         .unwrap();
     assert!(deleted.status().is_success(), "{}", deleted.status());
     one_error_line(
-        &cli(&env, cwd, &["--store", &prefixed, "backup", "verify", &id], &[]),
+        &cli(
+            &env,
+            cwd,
+            &["--store", &prefixed, "backup", "verify", &id],
+            &[],
+        ),
         &format!("object {container}/{object} not found"),
     );
 

@@ -140,6 +140,9 @@ pub struct BackupMetadata {
 pub struct SourceInfo {
     pub hostname: Option<String>,
     pub node_name: Option<String>,
+    /// Every node the shard maps in `_dbs.couch` name (a cluster member's map names all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_map_nodes: Vec<String>,
     pub database_dir: String,
     pub view_index_dir: Option<String>,
     pub config_dir: Option<String>,

@@ -70,10 +70,12 @@ pub struct Source {
 }
 
 impl Source {
-    /// What the copy plan lacks by the node's shard map (`_dbs.couch`, read offline): every
-    /// shard file the map places on this node, and the map itself whenever shards are
-    /// copied. An unreadable map is an error: without it nothing can be checked.
-    pub fn gaps(&self, plan: &[PlannedFile]) -> Result<shardmap::Gaps, SourceError> {
+    /// Checks the copy plan against the node's shard map (`_dbs.couch`, read offline): what
+    /// it lacks (every shard file the map places on this node, and the map itself whenever
+    /// shards are copied), and which nodes the map names. The node is this source's
+    /// (`vm.args`), else the map's own when it names exactly one. An unreadable map is an
+    /// error: without it nothing can be checked.
+    pub fn check_map(&self, plan: &[PlannedFile]) -> Result<MapCheck, SourceError> {
         let present: std::collections::BTreeSet<String> = plan
             .iter()
             .filter_map(|f| f.archive_path.strip_prefix("data/"))
@@ -91,12 +93,34 @@ impl Source {
         } else {
             None
         };
-        Ok(shardmap::gaps(
-            map.as_deref(),
-            &present,
-            self.node_name.as_deref(),
-        ))
+        let nodes: Vec<String> = map
+            .iter()
+            .flatten()
+            .flat_map(|db| db.by_range.values().flatten().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let node = match (&self.node_name, nodes.as_slice()) {
+            (Some(n), _) => Some(n.clone()),
+            (None, [only]) => Some(only.clone()),
+            (None, _) => None,
+        };
+        Ok(MapCheck {
+            gaps: shardmap::gaps(map.as_deref(), &present, node.as_deref()),
+            node,
+            nodes,
+        })
     }
+}
+
+/// A copy plan checked against the shard map.
+#[derive(Debug, Clone, Default)]
+pub struct MapCheck {
+    pub gaps: shardmap::Gaps,
+    /// The node the data belongs to: `vm.args`'s, else the only node the map names.
+    pub node: Option<String>,
+    /// Every node the shard map names (sorted).
+    pub nodes: Vec<String>,
 }
 
 /// One file to copy, with its path inside the archive.

@@ -84,11 +84,16 @@ pub fn backup(
         None => keyring.active(&opts.tenant)?,
     };
     let plan = source.plan()?;
-    let incomplete = match source.gaps(&plan) {
-        Ok(g) if g.is_empty() => Vec::new(),
-        Ok(g) if opts.allow_incomplete => g.lines(),
-        Ok(g) => return Err(SourceError::Incomplete { gaps: g.lines() }.into()),
-        Err(e) if opts.allow_incomplete => vec![e.to_string()],
+    let (incomplete, map) = match source.check_map(&plan) {
+        Ok(c) if c.gaps.is_empty() => (Vec::new(), c),
+        Ok(c) if opts.allow_incomplete => (c.gaps.lines(), c),
+        Ok(c) => {
+            return Err(SourceError::Incomplete {
+                gaps: c.gaps.lines(),
+            }
+            .into())
+        }
+        Err(e) if opts.allow_incomplete => (vec![e.to_string()], Default::default()),
         Err(e) => return Err(e.into()),
     };
     for gap in &incomplete {
@@ -133,10 +138,13 @@ pub fn backup(
             hostname: nix::unistd::gethostname()
                 .ok()
                 .map(|h| h.to_string_lossy().into_owned()),
+            // vm.args, else what CouchDB said, else the shard map's only node.
             node_name: source
                 .node_name
                 .clone()
-                .or_else(|| opts.live.as_ref().and_then(|l| l.node_name.clone())),
+                .or_else(|| opts.live.as_ref().and_then(|l| l.node_name.clone()))
+                .or(map.node),
+            shard_map_nodes: map.nodes,
             database_dir: source.database_dir.display().to_string(),
             view_index_dir: source
                 .view_index_dir

@@ -124,7 +124,31 @@ impl Vault {
                         "--rename-node needs the target CouchDB's URL ([couchdb] url or COUCHDB_URL) to rewrite the shard maps".into(),
                     ));
                 }
+                // The rename talks to the restored CouchDB: something must start it, or the
+                // restore would swap the data in and then wait for nobody.
+                if req.hooks.start.is_none() {
+                    return Err(OpsError::Setup(
+                        "--rename-node rewrites the shard maps through the restored CouchDB once it is up, and nothing would start it: set restore.start_command (and stop_command), e.g. `systemctl start couchdb`, or restore without --rename-node and run the target as the backup's node".into(),
+                    ));
+                }
                 Some((b.to_string(), t.to_string()))
+            }
+            // A cluster member's data without a node name of its own: the target must be
+            // one of the nodes its shard maps name.
+            (None, Some(t))
+                if !meta.source.shard_map_nodes.is_empty()
+                    && !meta.source.shard_map_nodes.iter().any(|n| n == t) =>
+            {
+                return Err(OpsError::Setup(format!(
+                    "backup {} holds shards placed on {} by its shard maps, but the target node is '{t}': CouchDB would answer 500 \"No DB shards could be opened\". Run the target as one of those nodes (-name in vm.args); --rename-node needs a backup of one node",
+                    meta.backup_id,
+                    meta.source
+                        .shard_map_nodes
+                        .iter()
+                        .map(|n| format!("'{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
             }
             _ => None,
         };

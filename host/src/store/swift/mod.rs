@@ -445,7 +445,6 @@ impl Store for SwiftStore {
             client: self.client.clone(),
             container: self.container(tenant),
             object: self.object(name),
-            name: name.to_string(),
             pos: offset,
             body: None,
         };
@@ -565,7 +564,6 @@ struct ResumingReader {
     client: Arc<Client>,
     container: String,
     object: String,
-    name: String,
     pos: u64,
     body: Option<Response>,
 }
