@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the CouchDB fixture, a local store, a key ring.
 #![allow(dead_code)]
 
+pub mod couch;
 pub mod daemon;
 pub mod fakecouch;
 pub mod faultproxy;

@@ -1,0 +1,526 @@
+//! couchvault against real Apache CouchDB 3.5 nodes (`../shared/couchdb/couch.sh`): a hot
+//! backup under a live writer restored onto a fresh node, a restore under another node name
+//! with `--rename-node`, the post-restore check and rollback, and live stats. Each test runs
+//! its own nodes with node names of its own, so the tests run in parallel.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::couch::{encode, script, Couch};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Runs the CLI in `cwd` with extra environment; returns (exit code, stdout, stderr).
+fn run(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("COUCHVAULT_CONFIG")
+        .env_remove("COUCHDB_URL")
+        .env_remove("COUCHDB_USER")
+        .env_remove("COUCHDB_PASSWORD")
+        .env_remove("COUCHDB_INI_FILES")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run couchvault");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> String {
+    let (code, out, err) = run(cwd, args, env);
+    assert_eq!(code, Some(0), "{args:?}: {out}\n{err}");
+    out
+}
+
+/// A document's payload, derived from what it is: every body read back can be checked.
+fn payload(db: &str, id: &str, v: u64) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{db}/{id}/{v}").as_bytes());
+    hex::encode(digest.as_ref())
+}
+
+/// An attachment's bytes, derived from its document and name.
+fn attachment(db: &str, id: &str, name: &str, len: usize) -> Vec<u8> {
+    let seed = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{db}/{id}/{name}").as_bytes(),
+    );
+    (0..len)
+        .map(|i| seed.as_ref()[i % 32] ^ (i / 32) as u8)
+        .collect()
+}
+
+const DBS: [&str; 3] = ["alpha", "orders/2026", "beta"];
+const DOCS: usize = 120;
+
+/// Three databases (q=2, one with `/` in its name) of documents, some with inline and some
+/// with standalone attachments, a JavaScript view and a Mango index each (both built).
+fn populate(c: &Couch) {
+    for db in DBS {
+        let path = format!("/{}", encode(db));
+        c.send(Method::PUT, &path, &json!({}));
+        let docs: Vec<Value> = (0..DOCS)
+            .map(|i| {
+                let id = format!("d{i:04}");
+                let mut doc = json!({ "_id": id, "v": 0, "payload": payload(db, &id, 0) });
+                if i % 10 == 0 {
+                    let data = base64::engine::general_purpose::STANDARD.encode(attachment(
+                        db,
+                        &id,
+                        "inline.txt",
+                        300,
+                    ));
+                    doc["_attachments"] = json!({
+                        "inline.txt": { "content_type": "text/plain", "data": data }
+                    });
+                }
+                doc
+            })
+            .collect();
+        c.send(
+            Method::POST,
+            &format!("{path}/_bulk_docs"),
+            &json!({ "docs": docs }),
+        );
+        for i in (5..DOCS).step_by(10) {
+            let id = format!("d{i:04}");
+            let rev = c.get(&format!("{path}/{id}"))["_rev"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let (s, v) = c.call(
+                c.req(Method::PUT, &format!("{path}/{id}/blob.bin?rev={rev}"))
+                    .header("content-type", "application/octet-stream")
+                    .body(attachment(db, &id, "blob.bin", 70_000)),
+            );
+            assert_eq!(s, 201, "{v}");
+        }
+        c.send(
+            Method::PUT,
+            &format!("{path}/_design/v"),
+            &json!({ "views": { "by_v": { "map": "function (doc) { if (doc.payload) emit(doc.v, null); }" } } }),
+        );
+        c.send(
+            Method::POST,
+            &format!("{path}/_index"),
+            &json!({ "index": { "fields": ["v"] }, "name": "v-idx", "type": "json" }),
+        );
+        // Build both indexes now, so their files are part of the backup.
+        c.get(&format!("{path}/_design/v/_view/by_v?limit=1"));
+        c.send(
+            Method::POST,
+            &format!("{path}/_find"),
+            &json!({ "selector": { "v": { "$gte": 0 } }, "limit": 1 }),
+        );
+    }
+}
+
+/// The live writer: in every database, rounds of insert A, insert B, update an existing
+/// document, delete A, each round under `between` (so counts can be read between rounds).
+/// Each shard's document count never drops below where it was at a round's start, and is
+/// at most one in-flight A above where it ends.
+fn write_until(c: &Couch, stop: &AtomicBool, between: &std::sync::Mutex<()>) -> u64 {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let _round = between.lock().unwrap();
+        for db in DBS {
+            let path = format!("/{}", encode(db));
+            let new = |tag: &str| {
+                let id = format!("w{round:05}{tag}");
+                let body = json!({ "_id": id, "v": 0, "payload": payload(db, &id, 0) });
+                let r = c.send(Method::POST, &path, &body);
+                (id, r["rev"].as_str().unwrap().to_string())
+            };
+            let (a, a_rev) = new("a");
+            new("b");
+            let id = format!("d{:04}", round as usize % DOCS);
+            let doc = c.get(&format!("{path}/{id}"));
+            let v = doc["v"].as_u64().unwrap() + 1;
+            let mut updated = doc.clone();
+            updated["v"] = json!(v);
+            updated["payload"] = json!(payload(db, &id, v));
+            c.send(Method::PUT, &format!("{path}/{id}"), &updated);
+            let (s, body) = c.call(c.req(Method::DELETE, &format!("{path}/{a}?rev={a_rev}")));
+            assert_eq!(s, 200, "{body}");
+        }
+        round += 1;
+    }
+    round
+}
+
+/// Every database of `c` against what was written: counts within bounds, every document's
+/// body, attachments, the view and the Mango query.
+fn check_restored(c: &Couch, before: &[u64], after: &[u64]) {
+    for (k, db) in DBS.iter().enumerate() {
+        let path = format!("/{}", encode(db));
+        let n = c.doc_count(db);
+        // Shard files are copied one at a time, each as of the moment it was opened: each
+        // shard holds at most one in-flight insert (q = 2: two shards).
+        assert!(
+            before[k] <= n && n <= after[k] + 2,
+            "{db}: {n} documents, {} before and {} after the backup",
+            before[k],
+            after[k]
+        );
+        let all = c.get(&format!("{path}/_all_docs?include_docs=true"));
+        let rows = all["rows"].as_array().unwrap();
+        assert_eq!(rows.len() as u64, n, "{db}");
+        let mut attachments = 0;
+        let mut plain = 0;
+        for row in rows {
+            let doc = &row["doc"];
+            let id = doc["_id"].as_str().unwrap();
+            if id.starts_with("_design/") {
+                continue;
+            }
+            plain += 1;
+            let v = doc["v"].as_u64().unwrap();
+            assert_eq!(doc["payload"], payload(db, id, v), "{db}/{id}");
+            if let Some(atts) = doc["_attachments"].as_object() {
+                for (name, meta) in atts {
+                    let len = meta["length"].as_u64().unwrap() as usize;
+                    let r = c
+                        .req(Method::GET, &format!("{path}/{id}/{name}"))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200, "{db}/{id}/{name}");
+                    let bytes = r.bytes().unwrap();
+                    assert_eq!(
+                        &bytes[..],
+                        &attachment(db, id, name, len)[..],
+                        "{db}/{id}/{name}"
+                    );
+                    attachments += 1;
+                }
+            }
+        }
+        assert_eq!(
+            attachments,
+            DOCS / 10 * 2,
+            "{db}: every attachment read back"
+        );
+        let view = c.get(&format!("{path}/_design/v/_view/by_v"));
+        // Design documents (the view's and the Mango index's) emit nothing.
+        assert_eq!(
+            view["total_rows"].as_u64().unwrap(),
+            plain,
+            "{db}: the view answers"
+        );
+        let found = c.send(
+            Method::POST,
+            &format!("{path}/_find"),
+            &json!({ "selector": { "v": { "$gte": 0 } }, "limit": 100000, "use_index": "v-idx" }),
+        );
+        assert_eq!(
+            found["docs"].as_array().unwrap().len() as u64,
+            plain,
+            "{db}: the Mango query answers: {}",
+            found["warning"]
+        );
+    }
+}
+
+#[test]
+fn a_hot_backup_under_load_restores_onto_a_fresh_node() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let node = "cvhot@127.0.0.1";
+    let src = Couch::start(&sh, "cv-hot-src", 25984, node);
+    populate(&src);
+    let env = src.env();
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+
+    let stop = AtomicBool::new(false);
+    let between = std::sync::Mutex::new(());
+    let (before, after, id, rounds) = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_until(&src, &stop, &between));
+        std::thread::sleep(Duration::from_millis(500));
+        let before: Vec<u64> = {
+            let _between_rounds = between.lock().unwrap();
+            DBS.iter().map(|db| src.doc_count(db)).collect()
+        };
+        let out = ok(
+            cwd,
+            &[
+                "--json",
+                "backup",
+                "create",
+                "--instance",
+                "hot",
+                "--couchdb-config",
+                src.etc.to_str().unwrap(),
+            ],
+            &env,
+        );
+        stop.store(true, Ordering::Relaxed);
+        let rounds = writer.join().unwrap();
+        let after: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
+        let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (before, after, id, rounds)
+    });
+    assert!(rounds > 0, "the writer ran during the backup");
+
+    // A fresh node with the same node name (one at a time per host: stop the source).
+    src.stop();
+    let fresh = Couch::start(&sh, "cv-hot-dst", 26084, node);
+    fresh.stop();
+    let out = ok(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            fresh.data.to_str().unwrap(),
+            "--force",
+            "--couchdb-config",
+            fresh.etc.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.contains("restored backup"), "{out}");
+    // The log of this start only: a brand-new node's first start logs an error of its own
+    // (its _users database is created a moment after the auth cache looks for it).
+    let first_start = fresh.log().len();
+    fresh.restart();
+    check_restored(&fresh, &before, &after);
+    let log = fresh.log()[first_start..].to_string();
+    let lines: Vec<&str> = log.lines().collect();
+    let errors: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("[error]"))
+        .map(|(i, _)| lines[i..(i + 6).min(lines.len())].join("\n"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "errors in the new node's log:\n{}",
+        errors.join("\n---\n")
+    );
+}
+
+#[test]
+fn another_node_name_is_refused_then_renamed_and_every_database_answers() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let src = Couch::start(&sh, "cv-ren-src", 26184, "cvren@127.0.0.1");
+    populate(&src);
+    let env: Vec<(&str, String)> = src.env().into_iter().collect();
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "ren",
+            "--couchdb-config",
+            src.etc.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let counts: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
+    src.stop();
+
+    let dst = Couch::start(&sh, "cv-ren-dst", 26284, "cvren2@127.0.0.1");
+    let target = dst.data.to_str().unwrap().to_string();
+    let dst_etc = dst.etc.to_str().unwrap().to_string();
+    // Refused, naming both nodes; nothing touched.
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            &target,
+            "--force",
+            "--couchdb-config",
+            &dst_etc,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("'cvren@127.0.0.1'") && err.contains("'cvren2@127.0.0.1'"),
+        "{err}"
+    );
+    // With the node's hooks and --rename-node: every database answers afterwards.
+    let (stop_cmd, start_cmd) = dst.hooks();
+    std::fs::write(
+        cwd.join("config.toml"),
+        format!(
+            "couchvault_config = 1\n[restore]\nstop_command = \"{stop_cmd}\"\nstart_command = \"{start_cmd}\"\nstart_timeout = \"60s\"\n"
+        ),
+    )
+    .unwrap();
+    let dst_env: Vec<(&str, String)> = dst.env().into_iter().collect();
+    let out = ok(
+        cwd,
+        &[
+            "--config",
+            "config.toml",
+            "restore",
+            &id,
+            "--to",
+            &target,
+            "--force",
+            "--couchdb-config",
+            &dst_etc,
+            "--rename-node",
+        ],
+        &dst_env,
+    );
+    assert!(out.contains("rewrote the shard maps"), "{out}");
+    for (k, db) in DBS.iter().enumerate() {
+        assert_eq!(dst.doc_count(db), counts[k], "{db}");
+        let all = dst.get(&format!("/{}/_all_docs", encode(db)));
+        assert_eq!(
+            all["rows"].as_array().unwrap().len() as u64,
+            counts[k],
+            "{db}"
+        );
+    }
+}
+
+#[test]
+fn live_stats_post_restore_check_and_rollback_on_real_couchdb() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let c = Couch::start(&sh, "cv-chk", 26384, "cvchk@127.0.0.1");
+    populate(&c);
+    let security = json!({ "admins": { "names": ["boss"], "roles": [] }, "members": { "names": [], "roles": ["staff"] } });
+    c.send(Method::PUT, "/beta/_security", &security);
+    let env: Vec<(&str, String)> = c.env().into_iter().collect();
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "chk",
+            "--couchdb-config",
+            c.etc.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Live stats as the real node reported them.
+    let meta: Value =
+        serde_json::from_str(&ok(cwd, &["--json", "backup", "show", &id], &[])).unwrap();
+    let live = &meta["couchdb"];
+    assert_eq!(live["reachable"], true, "{live}");
+    assert_eq!(live["version"], "3.5.0", "{live}");
+    assert_eq!(live["node_name"], "cvchk@127.0.0.1", "{live}");
+    for db in DBS {
+        let want = c.doc_count(db);
+        assert_eq!(live["databases"][db]["doc_count"], want, "{db}: {live}");
+        assert!(
+            live["databases"][db]["update_seq"].is_string()
+                || live["databases"][db]["update_seq"].is_number(),
+            "{live}"
+        );
+    }
+    assert_eq!(live["databases"]["beta"]["security"], security, "{live}");
+
+    // In place, with the node's hooks: the check passes.
+    let (stop_cmd, start_cmd) = c.hooks();
+    let target = c.data.to_str().unwrap().to_string();
+    let config = |start: &str| {
+        std::fs::write(
+            cwd.join("config.toml"),
+            format!(
+                "couchvault_config = 1\n[restore]\nstop_command = \"{stop_cmd}\"\nstart_command = \"{start}\"\nstart_timeout = \"60s\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    config(&start_cmd);
+    let restore = || {
+        run(
+            cwd,
+            &[
+                "--config",
+                "config.toml",
+                "restore",
+                &id,
+                "--to",
+                &target,
+                "--force",
+            ],
+            &env,
+        )
+    };
+    let (code, out, err) = restore();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("beta") && l.ends_with("ok")),
+        "{out}"
+    );
+
+    // CouchDB comes back with fewer documents than recorded (a document lost after the
+    // start): the restore fails naming it, keeps the previous data, and rolls back.
+    let curl = format!("curl -sf -u admin:password -X DELETE {}", c.url);
+    let rev = c.get("/beta/d0001")["_rev"].as_str().unwrap().to_string();
+    config(&format!(
+        "{start_cmd} && {curl}/beta/d0001?rev={rev} > /dev/null"
+    ));
+    let (code, out, err) = restore();
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let recorded = live["databases"]["beta"]["doc_count"].as_u64().unwrap();
+    assert!(
+        err.contains(&format!(
+            "beta: {} documents, fewer than the {recorded} recorded",
+            recorded - 1
+        )),
+        "{err}"
+    );
+    assert!(err.contains("couchvault restore --rollback --to"), "{err}");
+    assert!(out.contains("FAILED"), "{out}");
+    let (code, out, err) = run(
+        cwd,
+        &[
+            "--config",
+            "config.toml",
+            "restore",
+            "--rollback",
+            "--to",
+            &target,
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("rolled back"), "{out}");
+
+    // A database gone after the start: named, with CouchDB's answer.
+    config(&format!("{start_cmd} && {curl}/alpha > /dev/null"));
+    let (code, _, err) = restore();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("alpha: CouchDB at") && err.contains("404"),
+        "{err}"
+    );
+}
