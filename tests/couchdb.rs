@@ -426,6 +426,10 @@ fn pouchdb_server(dir: &Path) -> Option<Pouch> {
     Some(pouch)
 }
 
+/// Real CouchDB 3.5 covers live stats, the post-restore check and rollback in
+/// tests/realcouch.rs. This one stays because PouchDB Server answers without `/_up`: it is
+/// what exercises the post-restore wait falling back to `/`, and a CouchDB-compatible
+/// server that is not CouchDB.
 #[test]
 fn live_stats_and_the_post_restore_check_against_a_real_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -524,3 +524,136 @@ fn live_stats_post_restore_check_and_rollback_on_real_couchdb() {
         "{err}"
     );
 }
+
+/// Through the daemon, as Trove would: the admin registers both nodes as instances of a
+/// tenant (CouchDB credentials by reference to the config, hooks on the target); the tenant
+/// backs one up by name and restores it in place into the other, renamed.
+#[test]
+fn a_tenant_restores_in_place_into_a_registered_instance_with_its_hooks() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = Couch::start(&sh, "cv-inst-src", 26484, "cvinst@127.0.0.1");
+    populate(&src);
+    let counts: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
+    let dst = Couch::start(&sh, "cv-inst-dst", 26584, "cvinst2@127.0.0.1");
+    let path = dir.path().join("keyring.toml");
+    couchvault::keyring::KeyRing::create(&path, "acme").unwrap();
+    let d = common::daemon::Daemon::start(
+        dir.path(),
+        &format!(
+            "store = \"file://{}\"\n[couchdb.credentials.nodes]\nuser = \"admin\"\npassword = \"password\"\n",
+            dir.path().join("store").display()
+        ),
+        "",
+        &[],
+    );
+    let (stop_cmd, start_cmd) = dst.hooks();
+    for (name, c, hooks) in [("src", &src, false), ("dst", &dst, true)] {
+        let mut spec = json!({
+            "name": name, "tenant": "acme", "couchdb_config": c.etc,
+            "couchdb_url": c.url, "couchdb_credentials": "nodes",
+        });
+        if hooks {
+            spec["stop_command"] = json!(stop_cmd);
+            spec["start_command"] = json!(start_cmd);
+            spec["restore_in_place"] = json!(true);
+        }
+        let (s, v) = d.post("/v1/instances", &d.admin, &spec);
+        assert_eq!(s, 201, "{v}");
+        assert!(!v.to_string().contains("password"), "no secret stored: {v}");
+    }
+    let acme = d.tenant_token("acme");
+    let (s, job) = d.post("/v1/backups", &acme, &json!({ "instance": "src" }));
+    assert_eq!(s, 202, "{job}");
+    let job = d.wait_job(job["id"].as_str().unwrap(), &acme);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let id = job["backup_id"].as_str().unwrap();
+    let (_, meta) = d.get(&format!("/v1/backups/{id}"), &acme);
+    assert_eq!(
+        meta["couchdb"]["reachable"], true,
+        "live stats with the referenced credentials: {meta}"
+    );
+
+    let (s, job) = d.post(
+        "/v1/restores",
+        &acme,
+        &json!({ "backup_id": id, "instance": "dst", "in_place": true, "force": true,
+                 "node_name": "cvinst2@127.0.0.1", "rename_node": true }),
+    );
+    assert_eq!(s, 202, "{job}");
+    let job = d.wait_job(job["id"].as_str().unwrap(), &acme);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(
+        !job["result"]["renamed"].as_array().unwrap().is_empty(),
+        "{job}"
+    );
+    for (k, db) in DBS.iter().enumerate() {
+        assert_eq!(dst.doc_count(db), counts[k], "{db}");
+    }
+}
+
+/// A member of a real 3-node cluster backed up by its data directory alone: its shard maps
+/// name all three nodes, all are recorded, and a restore under a node outside them is
+/// refused naming them.
+#[test]
+fn a_cluster_members_data_dir_records_every_node_of_its_shard_maps() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let nodes = Couch::cluster(&sh, "cvcl", 3, 28984);
+    assert_eq!(nodes.len(), 3);
+    nodes[0].send(Method::PUT, "/shared", &json!({}));
+    for i in 0..20 {
+        nodes[i % 3].send(Method::POST, "/shared", &json!({ "i": i }));
+    }
+    let data = nodes[0].data.to_str().unwrap().to_string();
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            "member",
+            "--data-dir",
+            &data,
+        ],
+        &[],
+    );
+    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let meta: Value =
+        serde_json::from_str(&ok(cwd, &["--json", "backup", "show", &id], &[])).unwrap();
+    let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    assert_eq!(
+        meta["source"]["shard_map_nodes"],
+        json!(names),
+        "{}",
+        meta["source"]
+    );
+    let (code, _, err) = run(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--to",
+            "t",
+            "--node-name",
+            "couchdb@elsewhere",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        names.iter().all(|n| err.contains(&format!("'{n}'"))),
+        "{err}"
+    );
+    assert!(!cwd.join("t").exists());
+    ok(
+        cwd,
+        &["restore", &id, "--to", "t", "--node-name", &names[1]],
+        &[],
+    );
+}

@@ -50,16 +50,26 @@ fn assignments(out: &str) -> std::collections::HashMap<String, String> {
 impl Couch {
     /// Starts a fresh single node `name` on `port` named `node`.
     pub fn start(script: &Path, name: &str, port: u16, node: &str) -> Couch {
-        let out = Command::new(script)
-            .args(["start", name, &port.to_string(), node])
-            .output()
-            .expect("run couch.sh");
-        assert!(
-            out.status.success(),
-            "couch.sh start {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = couch_sh(script, &["start", name, &port.to_string(), node]);
+        Couch::of(script, name, out.trim())
+    }
+
+    /// Starts a real cluster of `n` nodes `NAME-1..NAME-n` (n = min(3, N) copies, q = 2).
+    pub fn cluster(script: &Path, name: &str, n: usize, port: u16) -> Vec<Couch> {
+        let out = couch_sh(
+            script,
+            &["cluster", name, &n.to_string(), &port.to_string()],
         );
-        let env = assignments(&String::from_utf8_lossy(&out.stdout));
+        out.lines()
+            .filter(|l| l.contains("COUCHDB_URL="))
+            .enumerate()
+            .map(|(i, line)| Couch::of(script, &format!("{name}-{}", i + 1), line))
+            .collect()
+    }
+
+    /// A node from the assignments couch.sh printed for it.
+    fn of(script: &Path, name: &str, printed: &str) -> Couch {
+        let env = assignments(printed);
         let get = |k: &str| {
             env.get(k)
                 .cloned()
@@ -163,6 +173,19 @@ impl Drop for Couch {
     fn drop(&mut self) {
         let _ = Command::new(&self.script).args(["rm", &self.name]).output();
     }
+}
+
+fn couch_sh(script: &Path, args: &[&str]) -> String {
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .expect("run couch.sh");
+    assert!(
+        out.status.success(),
+        "couch.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A database name as one path segment (`/` included, as CouchDB wants).
