@@ -1,7 +1,10 @@
 //! couchvault against real Apache CouchDB 3.5 nodes (`../shared/couchdb/couch.sh`): a hot
 //! backup under a live writer restored onto a fresh node, a restore under another node name
-//! with `--rename-node`, the post-restore check and rollback, and live stats. Each test runs
-//! its own nodes with node names of its own, so the tests run in parallel.
+//! with `--rename-node`, the post-restore check and rollback, live stats, an in-place restore
+//! through the daemon, a cluster member. Each test runs its own nodes with node names of its
+//! own, so the tests run in parallel. Ports: 11100-11222 (a node uses PORT, PORT+2 and
+//! PORT+20000): below the kernel's ephemeral range, so no client socket or free-port probe of
+//! another test can take one.
 
 mod common;
 
@@ -235,7 +238,7 @@ fn a_hot_backup_under_load_restores_onto_a_fresh_node() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     let node = "cvhot@127.0.0.1";
-    let src = Couch::start(&sh, "cv-hot-src", 25984, node);
+    let src = Couch::start(&sh, "cv-hot-src", 11100, node);
     populate(&src);
     let env = src.env();
     let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -275,7 +278,7 @@ fn a_hot_backup_under_load_restores_onto_a_fresh_node() {
 
     // A fresh node with the same node name (one at a time per host: stop the source).
     src.stop();
-    let fresh = Couch::start(&sh, "cv-hot-dst", 26084, node);
+    let fresh = Couch::start(&sh, "cv-hot-dst", 11110, node);
     fresh.stop();
     let out = ok(
         cwd,
@@ -316,7 +319,7 @@ fn another_node_name_is_refused_then_renamed_and_every_database_answers() {
     let Some(sh) = script() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let src = Couch::start(&sh, "cv-ren-src", 26184, "cvren@127.0.0.1");
+    let src = Couch::start(&sh, "cv-ren-src", 11120, "cvren@127.0.0.1");
     populate(&src);
     let env: Vec<(&str, String)> = src.env().into_iter().collect();
     let out = ok(
@@ -339,7 +342,7 @@ fn another_node_name_is_refused_then_renamed_and_every_database_answers() {
     let counts: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
     src.stop();
 
-    let dst = Couch::start(&sh, "cv-ren-dst", 26284, "cvren2@127.0.0.1");
+    let dst = Couch::start(&sh, "cv-ren-dst", 11130, "cvren2@127.0.0.1");
     let target = dst.data.to_str().unwrap().to_string();
     let dst_etc = dst.etc.to_str().unwrap().to_string();
     // Refused, naming both nodes; nothing touched.
@@ -404,7 +407,7 @@ fn live_stats_post_restore_check_and_rollback_on_real_couchdb() {
     let Some(sh) = script() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let c = Couch::start(&sh, "cv-chk", 26384, "cvchk@127.0.0.1");
+    let c = Couch::start(&sh, "cv-chk", 11140, "cvchk@127.0.0.1");
     populate(&c);
     let security = json!({ "admins": { "names": ["boss"], "roles": [] }, "members": { "names": [], "roles": ["staff"] } });
     c.send(Method::PUT, "/beta/_security", &security);
@@ -532,10 +535,10 @@ fn live_stats_post_restore_check_and_rollback_on_real_couchdb() {
 fn a_tenant_restores_in_place_into_a_registered_instance_with_its_hooks() {
     let Some(sh) = script() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let src = Couch::start(&sh, "cv-inst-src", 26484, "cvinst@127.0.0.1");
+    let src = Couch::start(&sh, "cv-inst-src", 11150, "cvinst@127.0.0.1");
     populate(&src);
     let counts: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
-    let dst = Couch::start(&sh, "cv-inst-dst", 26584, "cvinst2@127.0.0.1");
+    let dst = Couch::start(&sh, "cv-inst-dst", 11160, "cvinst2@127.0.0.1");
     let path = dir.path().join("keyring.toml");
     couchvault::keyring::KeyRing::create(&path, "acme").unwrap();
     let d = common::daemon::Daemon::start(
@@ -600,7 +603,7 @@ fn a_cluster_members_data_dir_records_every_node_of_its_shard_maps() {
     let Some(sh) = script() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let nodes = Couch::cluster(&sh, "cvcl", 3, 28984);
+    let nodes = Couch::cluster(&sh, "cvcl", 3, 11200);
     assert_eq!(nodes.len(), 3);
     nodes[0].send(Method::PUT, "/shared", &json!({}));
     for i in 0..20 {
