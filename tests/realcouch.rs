@@ -45,6 +45,27 @@ fn ok(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> String {
     out
 }
 
+/// Backs up node `c` (its etc/, its URL and credentials) as `instance`; returns the id.
+fn backup_of(cwd: &Path, c: &Couch, instance: &str) -> String {
+    let out = ok(
+        cwd,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--instance",
+            instance,
+            "--couchdb-config",
+            c.etc.to_str().unwrap(),
+        ],
+        &c.env(),
+    );
+    serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A document's payload, derived from what it is: every body read back can be checked.
 fn payload(db: &str, id: &str, v: u64) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, format!("{db}/{id}/{v}").as_bytes());
@@ -240,8 +261,6 @@ fn a_hot_backup_under_load_restores_onto_a_fresh_node() {
     let node = "cvhot@127.0.0.1";
     let src = Couch::start(&sh, "cv-hot-src", 11100, node);
     populate(&src);
-    let env = src.env();
-    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
 
     let stop = AtomicBool::new(false);
     let between = std::sync::Mutex::new(());
@@ -252,26 +271,10 @@ fn a_hot_backup_under_load_restores_onto_a_fresh_node() {
             let _between_rounds = between.lock().unwrap();
             DBS.iter().map(|db| src.doc_count(db)).collect()
         };
-        let out = ok(
-            cwd,
-            &[
-                "--json",
-                "backup",
-                "create",
-                "--instance",
-                "hot",
-                "--couchdb-config",
-                src.etc.to_str().unwrap(),
-            ],
-            &env,
-        );
+        let id = backup_of(cwd, &src, "hot");
         stop.store(true, Ordering::Relaxed);
         let rounds = writer.join().unwrap();
         let after: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
-        let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
         (before, after, id, rounds)
     });
     assert!(rounds > 0, "the writer ran during the backup");
@@ -321,24 +324,7 @@ fn another_node_name_is_refused_then_renamed_and_every_database_answers() {
     let cwd = dir.path();
     let src = Couch::start(&sh, "cv-ren-src", 11120, "cvren@127.0.0.1");
     populate(&src);
-    let env: Vec<(&str, String)> = src.env().into_iter().collect();
-    let out = ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "ren",
-            "--couchdb-config",
-            src.etc.to_str().unwrap(),
-        ],
-        &env,
-    );
-    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup_of(cwd, &src, "ren");
     let counts: Vec<u64> = DBS.iter().map(|db| src.doc_count(db)).collect();
     src.stop();
 
@@ -373,7 +359,7 @@ fn another_node_name_is_refused_then_renamed_and_every_database_answers() {
         ),
     )
     .unwrap();
-    let dst_env: Vec<(&str, String)> = dst.env().into_iter().collect();
+    let dst_env = dst.env();
     let out = ok(
         cwd,
         &[
@@ -411,24 +397,8 @@ fn live_stats_post_restore_check_and_rollback_on_real_couchdb() {
     populate(&c);
     let security = json!({ "admins": { "names": ["boss"], "roles": [] }, "members": { "names": [], "roles": ["staff"] } });
     c.send(Method::PUT, "/beta/_security", &security);
-    let env: Vec<(&str, String)> = c.env().into_iter().collect();
-    let out = ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "chk",
-            "--couchdb-config",
-            c.etc.to_str().unwrap(),
-        ],
-        &env,
-    );
-    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backup_of(cwd, &c, "chk");
+    let env = c.env();
 
     // Live stats as the real node reported them.
     let meta: Value =
