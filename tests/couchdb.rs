@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{backup_checked, couchvault, ok, unpack_fixture, Env};
+use common::{backup_checked, cli_with_env as run, couchvault, ok, unpack_fixture, Env};
 
 fn backup(
     env: &Env,
@@ -120,25 +120,6 @@ fn the_cli_names_what_is_missing_in_one_line() {
         "{out}"
     );
     assert!(out.contains(BASIC_80), "{out}");
-}
-
-/// Runs the CLI with extra environment; returns (exit code, stdout, stderr).
-fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("COUCHVAULT_CONFIG")
-        .env_remove("COUCHDB_URL")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run couchvault");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The fixture as a node: `data/` plus `etc/` with vm.args (node couchdb@127.0.0.1) and a

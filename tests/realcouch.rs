@@ -16,27 +16,10 @@ use base64::Engine as _;
 use common::couch::{encode, script, Couch};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// Runs the CLI in `cwd` with extra environment; returns (exit code, stdout, stderr).
+/// The CLI with a node's environment (`Couch::env`).
 fn run(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("COUCHVAULT_CONFIG")
-        .env_remove("COUCHDB_URL")
-        .env_remove("COUCHDB_USER")
-        .env_remove("COUCHDB_PASSWORD")
-        .env_remove("COUCHDB_INI_FILES")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run couchvault");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::cli_with_env(cwd, args, &env)
 }
 
 fn ok(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> String {

@@ -73,6 +73,36 @@ pub fn couchvault(cwd: &Path, args: &[&str]) -> std::process::Output {
         .expect("run couchvault")
 }
 
+/// Runs the `couchvault` binary in `cwd` with extra environment (and none of the caller's
+/// couchvault or CouchDB settings); returns (exit code, stdout, stderr).
+pub fn cli_with_env(
+    cwd: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_couchvault"));
+    cmd.args(args).current_dir(cwd);
+    for var in [
+        "COUCHVAULT_CONFIG",
+        "COUCHDB_URL",
+        "COUCHDB_USER",
+        "COUCHDB_PASSWORD",
+        "COUCHDB_INI_FILES",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run couchvault");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `couchvault` and returns its stdout; it must succeed.
 pub fn ok(cwd: &Path, args: &[&str]) -> String {
     let out = couchvault(cwd, args);

@@ -211,10 +211,15 @@ pub fn list(db: &Db, tenant: Option<&str>) -> Result<Vec<Instance>, DbError> {
 
 /// Registers (or re-registers, resolving the source again) an instance.
 pub fn put(db: &Db, config: &Config, spec: InstanceSpec) -> Result<Instance, InstanceError> {
-    let now = Utc::now();
-    let created = get(db, &spec.tenant, &spec.name)?.map(|i| i.created_at);
-    let mut inst = Instance::register(spec, config, now).map_err(InstanceError::Invalid)?;
-    inst.created_at = created.unwrap_or(now);
+    let inst = Instance::register(spec, config, Utc::now()).map_err(InstanceError::Invalid)?;
+    store(db, inst)
+}
+
+/// Stores a registered instance, keeping the creation time of the one it replaces.
+fn store(db: &Db, mut inst: Instance) -> Result<Instance, InstanceError> {
+    if let Some(old) = get(db, &inst.spec.tenant, &inst.spec.name)? {
+        inst.created_at = old.created_at;
+    }
     db.put(
         &db.instances,
         &key(&inst.spec.tenant, &inst.spec.name),
@@ -240,18 +245,22 @@ pub fn apply(
     config: &Config,
     specs: Vec<(String, InstanceSpec)>,
 ) -> Result<ApplyReport, InstanceError> {
+    // Resolve every entry first (once): one bad entry registers nothing.
     let now = Utc::now();
-    for (file, spec) in &specs {
-        Instance::register(spec.clone(), config, now)
-            .map_err(|e| InstanceError::Invalid(format!("{file}: {e}")))?;
-    }
+    let registered = specs
+        .into_iter()
+        .map(|(file, spec)| {
+            Instance::register(spec, config, now)
+                .map_err(|e| InstanceError::Invalid(format!("{file}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = ApplyReport::default();
-    for (_, spec) in specs {
-        let label = format!("{}/{}", spec.tenant, spec.name);
-        match get(db, &spec.tenant, &spec.name)? {
-            Some(old) if old.spec == spec => report.unchanged.push(label),
+    for inst in registered {
+        let label = format!("{}/{}", inst.spec.tenant, inst.spec.name);
+        match get(db, &inst.spec.tenant, &inst.spec.name)? {
+            Some(old) if old.spec == inst.spec => report.unchanged.push(label),
             _ => {
-                put(db, config, spec)?;
+                store(db, inst)?;
                 report.registered.push(label);
             }
         }
