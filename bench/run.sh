@@ -11,7 +11,7 @@ set -euo pipefail
 SIZE=${1:-1024}
 RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT/target/release/couchvault"
+BIN="$(bash "$ROOT/scripts/target-dir.sh")/release/couchvault"
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/couchvault-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 

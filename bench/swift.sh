@@ -8,7 +8,7 @@
 set -euo pipefail
 SIZE=${1:-512}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT/target/release/couchvault"
+BIN="$(bash "$ROOT/scripts/target-dir.sh")/release/couchvault"
 W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/couchvault-bench-swift.XXXXXX")
 export SWIFT_PORT=28080 SWIFT_SAIO_DIR=$W/swift
 cleanup() { bash "$ROOT/scripts/swift-aio.sh" stop --purge > /dev/null 2>&1 || true; rm -rf "$W"; }
@@ -40,7 +40,7 @@ t3=$(date +%s.%N)
 [[ $code == 201 ]] || { echo "curl -T answered $code" >&2; exit 1; }
 # The store's upload path alone (segments in flight, MD5/ETag checks, SLO manifest).
 t4=$(date +%s.%N)
-"$ROOT/target/release/examples/swift_upload" "$W/stream.bin" storebench stream > /dev/null
+"$(bash "$ROOT/scripts/target-dir.sh")/release/examples/swift_upload" "$W/stream.bin" storebench stream > /dev/null
 t5=$(date +%s.%N)
 # The same backup to the local store: the engine's own time (compression and encryption).
 t6=$(date +%s.%N)

@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 (cd "$ROOT" && cargo build --release --quiet)
-BIN="$ROOT/target/release/couchvault"
+BIN="$(bash "$ROOT/scripts/target-dir.sh")/release/couchvault"
 WORK=${DEMO_DIR:-$(mktemp -d /tmp/couchvault-demo.XXXXXX)}
 cd "$WORK"
 tar xzf "$ROOT/tests/fixtures/couchdb-3-datadir.tar.gz"     # -> ./data, a CouchDB data directory

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
@@ -16,13 +16,9 @@ use couchvault::store::{LocalStore, Store};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// The GFS retention component built by scripts/test.sh; None (skip) outside CI.
 fn gfs_wasm() -> Option<Vec<u8>> {
-    let p = repo().join("policies/gfs-retention/target/wasm32-wasip2/release/gfs_retention.wasm");
+    let p = common::built_policy("gfs_retention.wasm");
     match std::fs::read(&p) {
         Ok(b) => Some(b),
         Err(_) => {
@@ -835,7 +831,7 @@ fn threads(pid: u32) -> usize {
 /// and SIGTERM ends the daemon within shutdown_timeout plus a few seconds.
 #[test]
 fn a_flooding_tenant_does_not_starve_others_and_shutdown_ends_in_time() {
-    let hostile = repo().join("tests/policies/hostile/target/wasm32-wasip2/release/hostile.wasm");
+    let hostile = common::built_policy("hostile.wasm");
     let Ok(wasm) = std::fs::read(&hostile) else {
         assert!(
             std::env::var("CI").is_err(),

@@ -5,7 +5,7 @@ mod common;
 
 use common::{couchvault, ok};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use couchvault::policy::floors::{self, Floors};
@@ -13,17 +13,10 @@ use couchvault::policy::{
     BackupInfo, Limits, Policy, PolicyError, PolicyHost, ProtectionInput, RetentionInput,
 };
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// A component built by scripts/test.sh (cargo build --target wasm32-wasip2). Missing ones
 /// skip the test, except under CI.
-fn component(crate_dir: &str, file: &str) -> Option<Vec<u8>> {
-    let path = repo()
-        .join(crate_dir)
-        .join("target/wasm32-wasip2/release")
-        .join(file);
+fn component(_crate_dir: &str, file: &str) -> Option<Vec<u8>> {
+    let path = common::built_policy(file);
     match std::fs::read(&path) {
         Ok(b) => Some(b),
         Err(_) => {
@@ -415,7 +408,7 @@ fn floors_override_what_policies_ask() {
     assert!(keeps.is_empty());
     let f = Floors {
         keep_min: 2,
-        keep_younger_than: "3d".into(),
+        keep_younger_than: "3d".parse().unwrap(),
         ..Floors::default()
     };
     let v = floors::retention(&f, now, &list, &keeps).unwrap();
@@ -511,11 +504,9 @@ fn cli_adds_tests_and_applies_policies_around_backups() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     common::unpack_fixture(cwd);
-    let gfs_file =
-        repo().join("policies/gfs-retention/target/wasm32-wasip2/release/gfs_retention.wasm");
-    let std_file = repo()
-        .join("policies/standard-protection/target/wasm32-wasip2/release/standard_protection.wasm");
-    let bad_file = repo().join("tests/policies/hostile/target/wasm32-wasip2/release/hostile.wasm");
+    let gfs_file = common::built_policy("gfs_retention.wasm");
+    let std_file = common::built_policy("standard_protection.wasm");
+    let bad_file = common::built_policy("hostile.wasm");
     let (gfs_file, std_file, bad_file) = (
         gfs_file.to_str().unwrap(),
         std_file.to_str().unwrap(),
@@ -716,7 +707,7 @@ fn cli_backups_are_not_held_by_a_sleeping_policy_nor_fooled_by_forged_tags() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     common::unpack_fixture(cwd);
-    let bad_file = repo().join("tests/policies/hostile/target/wasm32-wasip2/release/hostile.wasm");
+    let bad_file = common::built_policy("hostile.wasm");
     let bad_file = bad_file.to_str().unwrap();
 
     // Behaves at `policy add`, sleeps afterwards.

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use couchvault::config::Config;
-use couchvault::daemon::db::IndexEntry;
+use couchvault::couchdb::SourceSpec;
+use couchvault::daemon::db::{IndexEntry, INDEX_FORMAT};
 use couchvault::daemon::{api, Daemon, DaemonOptions};
 use couchvault::keyring::KeyRing;
 use couchvault::ops::Vault;
 use couchvault::scheduler::ScheduleSpec;
+use couchvault::wire::BackupSummary;
 
 const SCHEDULES: usize = 10_000;
 const TENANTS: usize = 100;
@@ -74,9 +76,10 @@ fn main() -> anyhow::Result<()> {
             name: format!("s{i}"),
             tenant: None,
             instance: format!("db{i}"),
-            couchdb_config: None,
-            data_dir: Some("/var/lib/couchdb".into()),
-            view_index_dir: None,
+            source: SourceSpec {
+                data_dir: Some("/var/lib/couchdb".into()),
+                ..Default::default()
+            },
             cron: format!("{} {} * * *", i % 60, (i / 60) % 24),
             tz: zones[i % zones.len()].into(),
             policies: vec![],
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             paused: false,
             jitter: "0".into(),
             starting_deadline: "1h".into(),
+            other: Default::default(),
         };
         d.schedules
             .create(&format!("t{}", i % TENANTS), spec, now)?;
@@ -99,17 +103,22 @@ fn main() -> anyhow::Result<()> {
                 .timestamp_opt(1_790_000_000 + (b as i64) * 86_400, 0)
                 .unwrap();
             d.db.index_put(&IndexEntry {
-                couchvault_index: 1,
-                backup_id: format!("01BENCH{t:04}{b:015}"),
-                tenant: format!("t{t}"),
-                instance: "db".into(),
-                started_at: at,
-                finished_at: at,
-                files: 22,
-                bytes: 1 << 30,
-                stored_bytes: 1 << 28,
-                key_id: "k".into(),
-                tags: BTreeMap::new(),
+                couchvault_index: INDEX_FORMAT,
+                summary: BackupSummary {
+                    backup_id: format!("01BENCH{t:04}{b:015}"),
+                    tenant: format!("t{t}"),
+                    instance: "db".into(),
+                    kind: "full".into(),
+                    started_at: at,
+                    finished_at: at,
+                    files: 22,
+                    bytes: 1 << 30,
+                    stored_bytes: 1 << 28,
+                    compression: "zstd-3".into(),
+                    key_id: "k".into(),
+                    node_name: None,
+                    tags: BTreeMap::new(),
+                },
             })?;
         }
     }

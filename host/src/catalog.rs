@@ -139,7 +139,7 @@ pub fn list(
     Ok(out)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Deleted {
     pub backup_id: String,
     pub instance: String,
@@ -164,7 +164,7 @@ pub fn delete(store: &dyn Store, tenant: &str, id: &str) -> Result<Deleted> {
     })
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// `tenant/instance/id` of each removed leftover.
     pub removed: Vec<String>,

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::duration::Span;
+
 use crate::store::retry::RetryPolicy;
 use crate::store::swift::{Credentials, Secret, SwiftSettings};
 use crate::store::StoreError;
@@ -90,7 +92,7 @@ pub struct DaemonConfig {
     /// use `./schedules` when it exists.
     pub schedules_dir: Option<PathBuf>,
     /// On SIGTERM, how long running jobs may take to finish before they are interrupted.
-    pub shutdown_timeout: String,
+    pub shutdown_timeout: Span,
     /// Finished jobs kept per tenant and instance (older ones are forgotten).
     pub job_history: usize,
     /// Largest request body accepted (policy uploads are the big ones).
@@ -109,7 +111,7 @@ pub struct DaemonConfig {
     pub policy_workers: usize,
     /// How often the backup index is rebuilt from the store (it is also updated by every
     /// job): picks up backups made by the CLI or another daemon.
-    pub reindex_interval: String,
+    pub reindex_interval: Span,
 }
 
 impl Default for DaemonConfig {
@@ -117,7 +119,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen: "127.0.0.1:8765".into(),
             schedules_dir: None,
-            shutdown_timeout: "60s".into(),
+            shutdown_timeout: Span::secs(60),
             job_history: 50,
             max_body_bytes: 16 << 20,
             tenant_restore_root: None,
@@ -125,7 +127,7 @@ impl Default for DaemonConfig {
             tenant_policy_uploads: 2,
             tenant_jobs: 4,
             policy_workers: 2,
-            reindex_interval: "10m".into(),
+            reindex_interval: Span::secs(600),
         }
     }
 }
@@ -218,7 +220,7 @@ pub struct RestoreConfig {
     /// CouchDB and checks every database (with a CouchDB URL configured).
     pub start_command: Option<String>,
     /// How long to wait for CouchDB to answer after the start command.
-    pub start_timeout: String,
+    pub start_timeout: Span,
 }
 
 impl Default for RestoreConfig {
@@ -228,7 +230,7 @@ impl Default for RestoreConfig {
             sync: true,
             stop_command: None,
             start_command: None,
-            start_timeout: "120s".into(),
+            start_timeout: Span::secs(120),
         }
     }
 }
@@ -237,13 +239,13 @@ impl Default for RestoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GcConfig {
     /// Leftovers younger than this are kept: an upload may still be running. e.g. "24h".
-    pub grace: String,
+    pub grace: Span,
 }
 
 impl Default for GcConfig {
     fn default() -> Self {
         GcConfig {
-            grace: "24h".into(),
+            grace: Span::secs(24 * 3600),
         }
     }
 }
@@ -272,9 +274,9 @@ pub struct SwiftConfig {
     /// Attempts per request, the first included.
     pub max_attempts: u32,
     /// Give up on a request after this long, e.g. "2m".
-    pub max_retry_time: String,
+    pub max_retry_time: Span,
     /// Timeout of one request (streamed downloads excepted), e.g. "60s".
-    pub request_timeout: String,
+    pub request_timeout: Span,
 }
 
 impl Default for SwiftConfig {
@@ -293,8 +295,8 @@ impl Default for SwiftConfig {
             interface: None,
             segments_in_flight: 2,
             max_attempts: 8,
-            max_retry_time: "2m".into(),
-            request_timeout: "60s".into(),
+            max_retry_time: Span::secs(120),
+            request_timeout: Span::secs(60),
         }
     }
 }
@@ -356,9 +358,6 @@ impl SwiftConfig {
                 )))
             }
         };
-        let duration = |key: &str, v: &str| {
-            parse_duration(v).map_err(|e| StoreError::Config(format!("swift.{key}: {e}")))
-        };
         Ok(SwiftSettings {
             credentials,
             container_base,
@@ -367,10 +366,10 @@ impl SwiftConfig {
             segments_in_flight: self.segments_in_flight.max(1),
             retry: RetryPolicy {
                 max_attempts: self.max_attempts.max(1),
-                max_elapsed: duration("max_retry_time", &self.max_retry_time)?,
+                max_elapsed: self.max_retry_time.get(),
                 ..RetryPolicy::default()
             },
-            request_timeout: duration("request_timeout", &self.request_timeout)?,
+            request_timeout: self.request_timeout.get(),
         })
     }
 }
@@ -437,23 +436,8 @@ impl Config {
                 "backup.segment_size must be at least 1048576".into(),
             ));
         }
-        parse_duration(&cfg.gc.grace).map_err(|e| invalid(format!("gc.grace: {e}")))?;
-        parse_duration(&cfg.restore.start_timeout)
-            .map_err(|e| invalid(format!("restore.start_timeout: {e}")))?;
-        parse_duration(&cfg.swift.max_retry_time)
-            .map_err(|e| invalid(format!("swift.max_retry_time: {e}")))?;
-        parse_duration(&cfg.swift.request_timeout)
-            .map_err(|e| invalid(format!("swift.request_timeout: {e}")))?;
         // Relative paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for d in ["shutdown_timeout", "reindex_interval"] {
-            let v = if d == "shutdown_timeout" {
-                &cfg.daemon.shutdown_timeout
-            } else {
-                &cfg.daemon.reindex_interval
-            };
-            parse_duration(v).map_err(|e| invalid(format!("daemon.{d}: {e}")))?;
-        }
         if cfg.daemon.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(format!(
                 "daemon.listen '{}' is not an address such as 127.0.0.1:8765",
@@ -474,8 +458,6 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        parse_duration(&cfg.floors.keep_younger_than)
-            .map_err(|e| invalid(format!("floors.keep_younger_than: {e}")))?;
         if cfg.floors.compression_min > cfg.floors.compression_max {
             return Err(invalid(
                 "floors.compression_min is above floors.compression_max".into(),
@@ -485,37 +467,9 @@ impl Config {
     }
 }
 
-/// Parses `0`, `90s`, `30m`, `24h`, `7d` (and combinations such as `1d12h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            'w' => 7 * 86400,
-            _ => return Err(format!("'{s}' is not a duration like 90s, 30m, 24h or 7d")),
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"))?;
-        total = total.saturating_add(n.saturating_mul(unit));
-        num.clear();
-    }
-    if !num.is_empty() || s.is_empty() {
-        return Err(format!("'{s}' is not a duration like 90s, 30m, 24h or 7d"));
-    }
-    Ok(Duration::from_secs(total))
+/// Parses a duration such as `90s`, `30m`, `24h`, `7d` or `1d12h` ([`crate::duration`]).
+pub fn parse_duration(s: &str) -> Result<Duration, crate::duration::DurationError> {
+    crate::duration::parse(s)
 }
 
 #[cfg(test)]

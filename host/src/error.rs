@@ -24,6 +24,8 @@ pub enum Error {
     Format(#[from] FormatError),
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error(transparent)]
+    Tag(#[from] crate::names::TagError),
     #[error("{context}: {source}")]
     Io {
         context: String,

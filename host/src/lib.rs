@@ -9,6 +9,7 @@ pub mod config;
 pub mod couchdb;
 pub mod crypto;
 pub mod daemon;
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -18,5 +19,7 @@ pub mod ops;
 pub mod policy;
 pub mod scheduler;
 pub mod store;
+pub mod strict;
+pub mod wire;
 
 pub use error::{Error, Result};

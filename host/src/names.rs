@@ -45,28 +45,30 @@ pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
 /// Tags the host sets itself; neither a tenant nor a policy may set them.
 pub const RESERVED_TAGS: &[&str] = &["schedule", "protection-policy"];
 
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("tag '{0}' is reserved: couchvault sets it itself")]
+    Reserved(String),
+    #[error("tag '{0}': keys are 1-128 bytes, values at most 1024")]
+    Size(String),
+    #[error("tag '{0}' holds control characters")]
+    Control(String),
+}
+
 /// Checks tags a tenant or a policy gives: not reserved, no control characters, bounded.
 pub fn validate_tags<'a>(
     tags: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Result<(), String> {
+) -> Result<(), TagError> {
     for (k, v) in tags {
+        let key = || escape_control(k).into_owned();
         if RESERVED_TAGS.contains(&k.as_str()) || k.starts_with("couchvault") {
-            return Err(format!(
-                "tag '{}' is reserved: couchvault sets it itself",
-                escape_control(k)
-            ));
+            return Err(TagError::Reserved(key()));
         }
         if k.is_empty() || k.len() > 128 || v.len() > 1024 {
-            return Err(format!(
-                "tag '{}': keys are 1-128 bytes, values at most 1024",
-                escape_control(k)
-            ));
+            return Err(TagError::Size(key()));
         }
         if k.chars().chain(v.chars()).any(char::is_control) {
-            return Err(format!(
-                "tag '{}' holds control characters",
-                escape_control(k)
-            ));
+            return Err(TagError::Control(key()));
         }
     }
     Ok(())

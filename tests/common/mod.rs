@@ -287,3 +287,14 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// A policy component built by scripts/build-policies.sh: it copies them to
+/// `<target>/policies/`, the target directory this test binary was built in.
+pub fn built_policy(file: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_couchvault"));
+    let target = bin
+        .ancestors()
+        .nth(2)
+        .expect("the binary is in <target>/<profile>/");
+    target.join("policies").join(file)
+}

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use couchvault::couchdb::SourceSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,7 +110,7 @@ pub struct InstanceAddArgs {
     #[arg(long, value_parser = parse_instance)]
     pub name: String,
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub source: SourceSpec,
     /// The node's CouchDB, e.g. http://127.0.0.1:5984 (no credentials in it).
     #[arg(long, value_name = "URL")]
     pub couchdb_url: Option<String>,
@@ -154,7 +155,7 @@ pub struct ScheduleAddArgs {
     #[arg(long, value_parser = parse_instance)]
     pub name: Option<String>,
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub source: SourceSpec,
     /// 5-field cron expression or @hourly/@daily/@weekly/@monthly/@yearly.
     #[arg(long)]
     pub cron: String,
@@ -265,29 +266,13 @@ pub enum BackupCommand {
     Delete { id: String },
 }
 
-/// Where a CouchDB node's data is: its config directory, or its data directory.
-#[derive(Debug, Args)]
-#[group(skip)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["couchdb_config", "data_dir"])))]
-pub struct SourceArgs {
-    /// CouchDB's config directory (e.g. /opt/couchdb/etc): the ini files name the data dirs.
-    #[arg(long, value_name = "DIR")]
-    pub couchdb_config: Option<PathBuf>,
-    /// CouchDB's database_dir, when not read from the ini files.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// CouchDB's view_index_dir, when it differs from the data dir.
-    #[arg(long, value_name = "DIR")]
-    pub view_index_dir: Option<PathBuf>,
-}
-
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Name of the CouchDB instance (part of the backup's path in the store).
     #[arg(long, value_parser = parse_instance)]
     pub instance: String,
     #[command(flatten)]
-    pub source: SourceArgs,
+    pub source: SourceSpec,
     /// A tag recorded with the backup; repeatable.
     #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
@@ -360,7 +345,7 @@ pub struct RestoreArgs {
 pub struct GcArgs {
     /// Keep leftovers younger than this (e.g. 30m, 24h; 0 for none).
     #[arg(long)]
-    pub grace: Option<String>,
+    pub grace: Option<couchvault::duration::Span>,
     /// Report what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,

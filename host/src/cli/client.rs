@@ -6,21 +6,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use couchvault::catalog::{Deleted, GcReport};
 use couchvault::config::Config;
-use couchvault::daemon::instances::{self, InstanceSpec};
-use couchvault::daemon::jobs::{BackupParams, Job};
+use couchvault::daemon::instances::{
+    self, ApplyReport as InstancesApplied, Instance, InstanceSpec,
+};
+use couchvault::daemon::schedules::ApplyReport as SchedulesApplied;
+use couchvault::engine::VerifyReport;
+use couchvault::format::BackupMetadata;
 use couchvault::names::escape_control;
-use couchvault::scheduler::{ScheduleSpec, SourceSettings};
+use couchvault::ops::restore::RestoreOutcome;
+use couchvault::policy::registry::Entry;
+use couchvault::scheduler::{Schedule, ScheduleSpec};
+use couchvault::wire::{
+    BackupParams, BackupRow, ErrorBody, InstanceApply, Job, RestoreParams, ScheduleApply,
+    ScheduleShown, TokenCreated, TokenInfo, TokenParams,
+};
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::args::{
     BackupCommand, Cli, Command, InstanceCommand, JobCommand, PolicyCommand, ScheduleAddArgs,
-    ScheduleCommand, SourceArgs, TokenCommand,
+    ScheduleCommand, TokenCommand,
 };
 use super::output::{bytes, print_json, progress_bar, table};
+use super::render;
 
 pub struct Client {
     http: Http,
@@ -109,10 +121,7 @@ impl Client {
         let status = resp.status();
         let text = resp.text().context("reading the daemon's answer")?;
         if !status.is_success() {
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or(text);
+            let msg = serde_json::from_str::<ErrorBody>(&text).map_or(text, |b| b.error);
             bail!("the daemon answered {status}: {msg}");
         }
         let text = if text.is_empty() { "null".into() } else { text };
@@ -123,16 +132,23 @@ impl Client {
         self.send(self.request(Method::GET, path))
     }
 
-    fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         self.send(self.request(Method::POST, path).json(body))
     }
 
-    fn delete(&self, path: &str) -> Result<Value> {
-        self.send(self.request(Method::DELETE, path))
+    /// A POST whose route reads no body.
+    fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(Method::POST, path))
+    }
+
+    /// A DELETE answered with 204 (no content).
+    fn delete(&self, path: &str) -> Result<()> {
+        self.send::<Option<serde::de::IgnoredAny>>(self.request(Method::DELETE, path))
+            .map(|_| ())
     }
 
     /// Prints JSON with --json, else runs `human`.
-    fn show(&self, v: &Value, human: impl FnOnce(&Value)) -> Result<()> {
+    fn show<T: Serialize>(&self, v: &T, human: impl FnOnce(&T)) -> Result<()> {
         if self.json {
             print_json(v)
         } else {
@@ -166,7 +182,7 @@ impl Client {
     fn report(&self, job: &Job) -> Result<()> {
         if self.json {
             print_json(job)?;
-        } else {
+        } else if !print_result(job) {
             print_job(job);
         }
         match job.state.as_str() {
@@ -237,81 +253,67 @@ fn print_job(j: &Job) {
     }
     if !j.retention.is_empty() {
         println!("  retention:");
-        super::policy::print_verdicts(&j.retention);
+        render::verdicts(&j.retention);
     }
 }
 
-fn s(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(x)) => x.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(x) => x.to_string(),
+/// A succeeded job's result as local mode prints it; false when there is none to print.
+fn print_result(j: &Job) -> bool {
+    use couchvault::wire::{JobRequest, JobState};
+    if j.state != JobState::Succeeded {
+        return false;
     }
+    let Some(result) = j.result.clone() else {
+        return false;
+    };
+    let parsed = match &j.request {
+        JobRequest::Verify { .. } => {
+            serde_json::from_value::<VerifyReport>(result).map(|r| render::verified(&r))
+        }
+        JobRequest::Delete { .. } => {
+            serde_json::from_value::<Deleted>(result).map(|d| render::deleted(&d))
+        }
+        JobRequest::Restore { .. } => {
+            serde_json::from_value::<RestoreOutcome>(result).map(|o| render::restored(&o, None))
+        }
+        JobRequest::Gc { grace } => serde_json::from_value::<GcReport>(result)
+            .map(|r| render::gc(&r, false, &grace.to_string())),
+        JobRequest::Backup(_) => return false,
+    };
+    parsed.is_ok()
 }
 
 pub fn run(cli: Cli, config: Config) -> Result<()> {
     let c = Client::new(&cli, &config)?;
     match cli.command {
         Command::Backup(BackupCommand::Create(a)) => {
-            let source = source_settings(a.source)?;
             let body = BackupParams {
                 instance: a.instance,
-                couchdb_config: source.couchdb_config,
-                data_dir: source.data_dir,
-                view_index_dir: source.view_index_dir,
+                source: a.source.absolute()?,
                 policies: a.protection.into_iter().chain(a.retention).collect(),
                 tags: a.tags.into_iter().collect(),
                 compression_level: a.compression_level,
                 allow_incomplete: a.allow_incomplete,
+                ..Default::default()
             };
-            let job: Job = c.post("/v1/backups", &serde_json::to_value(body)?)?;
+            let job: Job = c.post("/v1/backups", &body)?;
             c.submitted(job, a.detach)
         }
         Command::Backup(BackupCommand::List { instance }) => {
-            let path = match instance {
-                Some(i) => format!("/v1/backups?instance={i}"),
-                None => "/v1/backups".into(),
-            };
-            let v: Value = c.get(&path)?;
-            c.show(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|b| {
-                        vec![
-                            s(b, "backup_id"),
-                            s(b, "instance"),
-                            s(b, "finished_at"),
-                            s(b, "files"),
-                            b.get("bytes")
-                                .and_then(Value::as_u64)
-                                .map_or("-".into(), bytes),
-                            b.get("stored_bytes")
-                                .and_then(Value::as_u64)
-                                .map_or("-".into(), bytes),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "ID",
-                        "INSTANCE",
-                        "FINISHED (UTC)",
-                        "FILES",
-                        "SIZE",
-                        "STORED",
-                    ],
-                    &rows,
-                );
-            })
+            let mut rb = c.request(Method::GET, "/v1/backups");
+            if let Some(i) = &instance {
+                rb = rb.query(&[("instance", i)]);
+            }
+            let rows: Vec<BackupRow> = c.send(rb)?;
+            let tenant = c.tenant.clone().unwrap_or_else(|| "default".into());
+            c.show(&rows, |rows| render::backup_list(rows, &tenant, &c.base))
         }
         Command::Backup(BackupCommand::Show { id }) => {
-            let v: Value = c.get(&format!("/v1/backups/{id}"))?;
-            print_json(&v)
+            let meta: BackupMetadata = c.get(&format!("/v1/backups/{id}"))?;
+            c.show(&meta, render::backup)
         }
         Command::Backup(BackupCommand::Verify { id }) => {
-            let job: Job = c.post(&format!("/v1/backups/{id}/verify"), &json!({}))?;
+            let job: Job = c.post_empty(&format!("/v1/backups/{id}/verify"))?;
             c.submitted(job, false)
         }
         Command::Backup(BackupCommand::Delete { id }) => {
@@ -330,43 +332,35 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 (None, Some(dir)) => Some(couchvault::ops::restore::node_from_config(dir)?),
                 (None, None) => None,
             };
-            let body = json!({
-                "node_name": node_name,
-                "rename_node": a.rename_node,
-                "backup_id": a.id,
-                "target": a.to,
-                "in_place": a.in_place,
-                "view_index_target": a.view_index_to,
-                "config_target": a.config_to,
-                "force": a.force,
-                "discard_old": a.discard_old,
-            });
+            let body = RestoreParams {
+                backup_id: a.id.unwrap_or_default(),
+                target: a.to,
+                instance: None,
+                in_place: a.in_place,
+                view_index_target: a.view_index_to,
+                config_target: a.config_to,
+                force: a.force,
+                discard_old: a.discard_old,
+                node_name,
+                rename_node: a.rename_node,
+            };
             let job: Job = c.post("/v1/restores", &body)?;
             c.submitted(job, a.detach)
         }
         Command::Policy(PolicyCommand::Add { name, file, params }) => {
             let wasm =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let v: Value = c.send(
+            let entry: Entry = c.send(
                 c.request(Method::PUT, &format!("/v1/policies/{name}"))
                     .query(&[("params", params)])
                     .body(wasm),
             )?;
-            c.show(&v, |v| {
-                println!("added policy {} ({})", s(v, "name"), s(v, "kinds"))
-            })
+            c.show(&entry, render::policy_added)
         }
         Command::Policy(PolicyCommand::List) => {
-            let v: Value = c.get("/v1/policies")?;
-            c.show(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| vec![s(p, "name"), s(p, "kinds"), s(p, "added"), s(p, "params")])
-                    .collect();
-                table(&["NAME", "KINDS", "ADDED (UTC)", "PARAMS"], &rows);
-            })
+            let entries: Vec<Entry> = c.get("/v1/policies")?;
+            let tenant = c.tenant.clone().unwrap_or_else(|| "default".into());
+            c.show(&entries, |e| render::policies(e, &tenant))
         }
         Command::Policy(PolicyCommand::Rm { name }) => {
             c.delete(&format!("/v1/policies/{name}"))?;
@@ -383,77 +377,52 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
     }
 }
 
-fn absolute(p: PathBuf) -> Result<PathBuf> {
-    std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
-}
-
-/// The source as the daemon needs it: absolute paths.
-fn source_settings(a: SourceArgs) -> Result<SourceSettings> {
-    Ok(SourceSettings {
-        couchdb_config: a.couchdb_config.map(absolute).transpose()?,
-        data_dir: a.data_dir.map(absolute).transpose()?,
-        view_index_dir: a.view_index_dir.map(absolute).transpose()?,
-    })
+fn print_instance(i: &Instance) {
+    let roots: Vec<String> = i.roots.iter().map(|r| r.display().to_string()).collect();
+    println!(
+        "instance {}/{}: backups read only inside {}{}",
+        i.spec.tenant,
+        i.spec.name,
+        roots.join(", "),
+        if i.spec.restore_in_place {
+            "; its tenant may restore in place"
+        } else {
+            ""
+        }
+    )
 }
 
 fn instance(c: &Client, cmd: InstanceCommand, tenant: Option<String>) -> Result<()> {
-    let print_one = |v: &Value| {
-        println!(
-            "instance {}/{}: backups read only inside {}{}",
-            s(v, "tenant"),
-            s(v, "name"),
-            v.get("roots")
-                .and_then(Value::as_array)
-                .map(|r| r
-                    .iter()
-                    .map(|x| s(&json!({ "x": x }), "x"))
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default(),
-            if v.get("restore_in_place") == Some(&Value::Bool(true)) {
-                "; its tenant may restore in place"
-            } else {
-                ""
-            }
-        )
-    };
     match cmd {
         InstanceCommand::Add(a) => {
-            let source = source_settings(a.source)?;
             let spec = InstanceSpec {
                 name: a.name,
                 tenant: tenant.unwrap_or_else(|| "default".into()),
-                couchdb_config: source.couchdb_config,
-                data_dir: source.data_dir,
-                view_index_dir: source.view_index_dir,
+                source: a.source.absolute()?,
                 couchdb_url: a.couchdb_url,
                 couchdb_credentials: a.couchdb_credentials,
                 stop_command: a.stop_command,
                 start_command: a.start_command,
                 restore_in_place: a.restore_in_place,
+                other: Default::default(),
             };
-            let v: Value = c.post("/v1/instances", &serde_json::to_value(spec)?)?;
-            c.show(&v, print_one)
+            let inst: Instance = c.post("/v1/instances", &spec)?;
+            c.show(&inst, print_instance)
         }
         InstanceCommand::List => {
-            let v: Value = c.get("/v1/instances")?;
-            c.show(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+            let list: Vec<Instance> = c.get("/v1/instances")?;
+            c.show(&list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
                     .map(|i| {
-                        let src = i
-                            .get("couchdb_config")
-                            .or_else(|| i.get("data_dir"))
-                            .map(|p| s(&json!({ "p": p }), "p"))
-                            .unwrap_or_default();
+                        let src = i.spec.source.couchdb_config.as_ref();
+                        let src = src.or(i.spec.source.data_dir.as_ref());
                         vec![
-                            s(i, "tenant"),
-                            s(i, "name"),
-                            src,
-                            s(i, "couchdb_url"),
-                            s(i, "restore_in_place"),
+                            i.spec.tenant.clone(),
+                            i.spec.name.clone(),
+                            src.map(|p| p.display().to_string()).unwrap_or_default(),
+                            i.spec.couchdb_url.clone().unwrap_or_else(|| "-".into()),
+                            i.spec.restore_in_place.to_string(),
                         ]
                     })
                     .collect();
@@ -461,8 +430,8 @@ fn instance(c: &Client, cmd: InstanceCommand, tenant: Option<String>) -> Result<
             })
         }
         InstanceCommand::Show { name } => {
-            let v: Value = c.get(&format!("/v1/instances/{name}"))?;
-            c.show(&v, print_one)
+            let inst: Instance = c.get(&format!("/v1/instances/{name}"))?;
+            c.show(&inst, print_instance)
         }
         InstanceCommand::Rm { name } => {
             c.delete(&format!("/v1/instances/{name}"))?;
@@ -472,17 +441,17 @@ fn instance(c: &Client, cmd: InstanceCommand, tenant: Option<String>) -> Result<
             Ok(())
         }
         InstanceCommand::Apply { dir } => {
-            let specs: Vec<InstanceSpec> = instances::read_dir_specs(&dir)
-                .map_err(|e| anyhow!(e))?
+            let instances = instances::read_dir_specs(&dir)?
                 .into_iter()
                 .map(|(_, s)| s)
                 .collect();
-            let v: Value = c.post("/v1/instances/apply", &json!({ "instances": specs }))?;
-            c.show(&v, |v| {
+            let report: InstancesApplied =
+                c.post("/v1/instances/apply", &InstanceApply { instances })?;
+            c.show(&report, |r| {
                 println!(
                     "instances: {} registered, {} unchanged",
-                    v["registered"].as_array().map_or(0, Vec::len),
-                    v["unchanged"].as_array().map_or(0, Vec::len)
+                    r.registered.len(),
+                    r.unchanged.len()
                 )
             })
         }
@@ -490,14 +459,11 @@ fn instance(c: &Client, cmd: InstanceCommand, tenant: Option<String>) -> Result<
 }
 
 fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {
-    let source = source_settings(a.source)?;
     Ok(ScheduleSpec {
         name: a.name.unwrap_or_else(|| a.instance.clone()),
         tenant: None,
         instance: a.instance,
-        couchdb_config: source.couchdb_config,
-        data_dir: source.data_dir,
-        view_index_dir: source.view_index_dir,
+        source: a.source.absolute()?,
         cron: a.cron,
         tz: a.tz,
         policies: a.policies,
@@ -505,71 +471,66 @@ fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {
         paused: a.paused,
         jitter: a.jitter,
         starting_deadline: a.starting_deadline,
+        other: Default::default(),
     })
 }
 
-fn print_schedule(v: &Value) {
+/// A schedule, with its next run when the daemon said (`schedule show`).
+fn print_schedule(s: &Schedule, next_run: Option<Option<chrono::DateTime<chrono::Utc>>>) {
+    use couchvault::scheduler::Outcome;
+    let spec = &s.spec;
     println!(
         "schedule {} ({}/{}): {} {} on instance {}{}",
-        s(v, "id"),
-        s(v, "tenant"),
-        s(v, "name"),
-        s(v, "cron"),
-        s(v, "tz"),
-        s(v, "instance"),
-        if v.get("paused") == Some(&Value::Bool(true)) {
-            ", paused"
-        } else {
-            ""
-        }
+        s.id,
+        s.tenant,
+        spec.name,
+        spec.cron,
+        spec.tz,
+        spec.instance,
+        if spec.paused { ", paused" } else { "" }
     );
-    if let Some(n) = v.get("next_run") {
-        println!("  next run  {}", n.as_str().unwrap_or("none (paused)"));
+    if let Some(n) = next_run {
+        match n {
+            Some(t) => println!("  next run  {}", t.to_rfc3339()),
+            None => println!("  next run  none (paused)"),
+        }
     }
-    for r in v
-        .get("history")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for r in &s.history {
+        let (outcome, what) = match &r.outcome {
+            Outcome::Started { job_id } => ("started", job_id.as_str()),
+            Outcome::Skipped { reason } => ("skipped", reason.as_str()),
+            Outcome::Missed { reason, .. } => ("missed", reason.as_str()),
+        };
         println!(
             "  {}  {:<8} {}",
-            s(r, "scheduled_for"),
-            s(r, "outcome"),
-            r.get("job_id")
-                .or_else(|| r.get("reason"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
+            r.scheduled_for.to_rfc3339(),
+            outcome,
+            escape_control(what)
         );
     }
 }
 
 fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
+    let one = |s: &Schedule| print_schedule(s, None);
     match cmd {
         ScheduleCommand::Add(a) => {
             let spec = schedule_spec(*a)?;
-            let v: Value = c.post("/v1/schedules", &serde_json::to_value(spec)?)?;
-            c.show(&v, print_schedule)
+            let s: Schedule = c.post("/v1/schedules", &spec)?;
+            c.show(&s, one)
         }
         ScheduleCommand::List => {
-            let v: Value = c.get("/v1/schedules")?;
-            c.show(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+            let list: Vec<Schedule> = c.get("/v1/schedules")?;
+            c.show(&list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
                     .map(|x| {
                         vec![
-                            s(x, "id"),
-                            s(x, "tenant"),
-                            s(x, "name"),
-                            s(x, "instance"),
-                            format!("{} {}", s(x, "cron"), s(x, "tz")),
-                            if x.get("paused") == Some(&Value::Bool(true)) {
-                                "paused".into()
-                            } else {
-                                "active".into()
-                            },
+                            x.id.clone(),
+                            x.tenant.clone(),
+                            x.spec.name.clone(),
+                            x.spec.instance.clone(),
+                            format!("{} {}", x.spec.cron, x.spec.tz),
+                            if x.spec.paused { "paused" } else { "active" }.into(),
                         ]
                     })
                     .collect();
@@ -580,8 +541,8 @@ fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
             })
         }
         ScheduleCommand::Show { id } => {
-            let v: Value = c.get(&format!("/v1/schedules/{id}"))?;
-            c.show(&v, print_schedule)
+            let s: ScheduleShown = c.get(&format!("/v1/schedules/{id}"))?;
+            c.show(&s, |s| print_schedule(&s.schedule, Some(s.next_run)))
         }
         ScheduleCommand::Rm { id } => {
             c.delete(&format!("/v1/schedules/{id}"))?;
@@ -591,50 +552,36 @@ fn schedule(c: &Client, cmd: ScheduleCommand) -> Result<()> {
             Ok(())
         }
         ScheduleCommand::Pause { id } => {
-            let v: Value = c.post(&format!("/v1/schedules/{id}/pause"), &json!({}))?;
-            c.show(&v, print_schedule)
+            let s: Schedule = c.post_empty(&format!("/v1/schedules/{id}/pause"))?;
+            c.show(&s, one)
         }
         ScheduleCommand::Resume { id } => {
-            let v: Value = c.post(&format!("/v1/schedules/{id}/resume"), &json!({}))?;
-            c.show(&v, print_schedule)
+            let s: Schedule = c.post_empty(&format!("/v1/schedules/{id}/resume"))?;
+            c.show(&s, one)
         }
         ScheduleCommand::Apply { dir } => {
             // Read and check the files here so errors name the file and line.
-            let specs =
-                couchvault::daemon::schedules::read_dir_specs(&dir).map_err(|e| anyhow!(e))?;
-            let mut list = Vec::new();
+            let specs = couchvault::daemon::schedules::read_dir_specs(&dir)?;
+            let mut schedules = Vec::new();
             for (file, mut spec) in specs {
                 spec.compile().map_err(|e| anyhow!("{file}: {e}"))?;
-                for p in [
-                    &mut spec.couchdb_config,
-                    &mut spec.data_dir,
-                    &mut spec.view_index_dir,
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    *p = absolute(p.clone())?;
-                }
-                list.push(spec);
+                spec.source = spec.source.absolute()?;
+                schedules.push(spec);
             }
-            let v: Value = c.post("/v1/schedules/apply", &json!({ "schedules": list }))?;
-            c.show(&v, |v| {
-                for k in ["created", "updated", "unchanged"] {
-                    let names: Vec<String> = v
-                        .get(k)
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect();
-                    println!(
-                        "{k:<9} {}",
-                        if names.is_empty() {
-                            "-".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    );
+            let report: SchedulesApplied =
+                c.post("/v1/schedules/apply", &ScheduleApply { schedules })?;
+            c.show(&report, |r| {
+                for (k, names) in [
+                    ("created", &r.created),
+                    ("updated", &r.updated),
+                    ("unchanged", &r.unchanged),
+                ] {
+                    let names = if names.is_empty() {
+                        "-".into()
+                    } else {
+                        names.join(", ")
+                    };
+                    println!("{k:<9} {names}");
                 }
             })
         }
@@ -686,73 +633,63 @@ fn job(c: &Client, cmd: JobCommand) -> Result<()> {
         }
         JobCommand::Show { id } => {
             let j: Job = c.get(&format!("/v1/jobs/{id}"))?;
-            if c.json {
-                return print_json(&j);
-            }
-            print_job(&j);
-            Ok(())
+            c.show(&j, print_job)
         }
         JobCommand::Watch { id } => {
             let j = c.watch(&id)?;
             c.report(&j)
         }
         JobCommand::Cancel { id } => {
-            let j: Job = c.post(&format!("/v1/jobs/{id}/cancel"), &json!({}))?;
-            if c.json {
-                return print_json(&j);
-            }
-            println!("asked job {id} to stop; `couchvault job watch {id}` shows when it has");
-            Ok(())
+            let j: Job = c.post_empty(&format!("/v1/jobs/{id}/cancel"))?;
+            c.show(&j, |_| {
+                println!("asked job {id} to stop; `couchvault job watch {id}` shows when it has")
+            })
         }
     }
 }
 
 fn token(c: &Client, cmd: TokenCommand) -> Result<()> {
+    // Admin routes: `?tenant=` is not for them (the tenant goes in the body).
+    let admin = |method: Method, path: &str| {
+        c.http
+            .request(method, format!("{}{path}", c.base))
+            .bearer_auth(&c.token)
+    };
     match cmd {
-        TokenCommand::Create { admin, label } => {
-            let tenant = match (admin, &c.tenant) {
+        TokenCommand::Create {
+            admin: for_admin,
+            label,
+        } => {
+            let tenant = match (for_admin, &c.tenant) {
                 (true, _) => None,
                 (false, Some(t)) => Some(t.clone()),
                 (false, None) => bail!("give --tenant T for a tenant token, or --admin"),
             };
-            // The tenant goes in the body; `?tenant=` is not for admin routes.
-            let rb = c
-                .http
-                .post(format!("{}/v1/tokens", c.base))
-                .bearer_auth(&c.token)
-                .json(&json!({ "tenant": tenant, "label": label }));
-            let v: Value = c.send(rb)?;
-            c.show(&v, |v| {
-                println!("{}", s(v, "token"));
+            let body = TokenParams { tenant, label };
+            let created: TokenCreated = c.send(admin(Method::POST, "/v1/tokens").json(&body))?;
+            c.show(&created, |t| {
+                println!("{}", t.token);
                 eprintln!(
                     "token {} for {} created; it is shown only this once",
-                    s(v, "id"),
-                    tenant
+                    t.info.id,
+                    t.info
+                        .tenant
                         .as_deref()
                         .map_or("admin".to_string(), |t| format!("tenant '{t}'"))
                 );
             })
         }
         TokenCommand::List => {
-            let v: Value = c.send(
-                c.http
-                    .get(format!("{}/v1/tokens", c.base))
-                    .bearer_auth(&c.token),
-            )?;
-            c.show(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+            let list: Vec<TokenInfo> = c.send(admin(Method::GET, "/v1/tokens"))?;
+            c.show(&list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
                     .map(|t| {
                         vec![
-                            s(t, "id"),
-                            t.get("tenant")
-                                .and_then(Value::as_str)
-                                .unwrap_or("(admin)")
-                                .into(),
-                            s(t, "label"),
-                            s(t, "created_at"),
+                            t.id.clone(),
+                            t.tenant.clone().unwrap_or_else(|| "(admin)".into()),
+                            t.label.clone(),
+                            t.created_at.to_rfc3339(),
                         ]
                     })
                     .collect();
@@ -760,11 +697,10 @@ fn token(c: &Client, cmd: TokenCommand) -> Result<()> {
             })
         }
         TokenCommand::Rm { id } => {
-            c.send::<Value>(
-                c.http
-                    .delete(format!("{}/v1/tokens/{id}", c.base))
-                    .bearer_auth(&c.token),
-            )?;
+            c.send::<Option<serde::de::IgnoredAny>>(admin(
+                Method::DELETE,
+                &format!("/v1/tokens/{id}"),
+            ))?;
             if !c.json {
                 println!("revoked token {id}");
             }

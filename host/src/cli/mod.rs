@@ -7,5 +7,11 @@ mod context;
 mod daemon;
 mod output;
 mod policy;
+mod render;
+mod testing;
 
-pub use commands::run;
+/// Runs one command line.
+pub fn run(cli: args::Cli) -> anyhow::Result<()> {
+    testing::install_from_env();
+    commands::run(cli)
+}

@@ -10,6 +10,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read the shard map {path}: {reason}; pass --allow-incomplete to back up without the completeness check")]
@@ -32,6 +34,8 @@ pub enum SourceError {
     NotCouchData { path: PathBuf },
     #[error("no CouchDB ini files in {dir}: expected default.ini and/or local.ini there")]
     NoIni { dir: PathBuf },
+    #[error("{0}")]
+    Spec(String),
     #[error("{path}:{line}: cannot parse ini line '{text}'")]
     IniSyntax {
         path: PathBuf,
@@ -47,12 +51,68 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
     }
 }
 
-/// What the user pointed at.
-#[derive(Debug, Clone, Default)]
+/// Where a CouchDB node's data is: its config directory, or its data directory. The one
+/// source type of the CLI (`--couchdb-config`/`--data-dir`), backups, schedules and
+/// instances (their fields inline, by serde's flatten).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[group(skip)]
 pub struct SourceSpec {
+    /// CouchDB's config directory (e.g. /opt/couchdb/etc): the ini files name the data dirs.
+    #[arg(long, value_name = "DIR", conflicts_with = "data_dir")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub couchdb_config: Option<PathBuf>,
+    /// CouchDB's database_dir, when not read from the ini files.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// CouchDB's view_index_dir, when it differs from the data dir.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_index_dir: Option<PathBuf>,
+}
+
+impl SourceSpec {
+    /// No path at all: the request names a registered instance.
+    pub fn is_empty(&self) -> bool {
+        self.paths().next().is_none()
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.couchdb_config, &self.data_dir, &self.view_index_dir]
+            .into_iter()
+            .flatten()
+    }
+
+    /// One of `couchdb_config` and `data_dir`, every path absolute and without `..`.
+    pub fn check_paths(&self) -> Result<(), SourceError> {
+        if self.couchdb_config.is_some() == self.data_dir.is_some() {
+            return Err(SourceError::Spec(
+                "give couchdb_config or data_dir (one of them)".into(),
+            ));
+        }
+        match self.paths().find(|p| {
+            !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir)
+        }) {
+            Some(p) => Err(SourceError::Spec(format!(
+                "{} must be an absolute path without '..'",
+                p.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The same, with relative paths made absolute (a daemon does not share our directory).
+    pub fn absolute(self) -> Result<SourceSpec, SourceError> {
+        let abs = |p: Option<PathBuf>| {
+            p.map(|p| std::path::absolute(&p).map_err(io_err(&p)))
+                .transpose()
+        };
+        Ok(SourceSpec {
+            couchdb_config: abs(self.couchdb_config)?,
+            data_dir: abs(self.data_dir)?,
+            view_index_dir: abs(self.view_index_dir)?,
+        })
+    }
 }
 
 /// A resolved CouchDB node on disk.

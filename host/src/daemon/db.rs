@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::jobs::Job;
 use crate::scheduler::Schedule;
+use crate::wire::{BackupSummary, Job};
 
 pub const DB_FORMAT: u32 = 1;
 
@@ -27,44 +27,27 @@ pub enum DbError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub couchvault_token: u32,
-    /// Short public id, for listing and revoking.
-    pub id: String,
-    /// None for the admin token.
-    pub tenant: Option<String>,
-    pub label: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    pub info: crate::wire::TokenInfo,
 }
 
-/// One row of the backup index (rebuilt from the store; the store is the truth).
+/// The backup index's record format; an index of another format is dropped at open (it
+/// is rebuilt from the store, which stays the truth).
+pub const INDEX_FORMAT: u32 = 2;
+
+/// One row of the backup index: the backup's summary as the API lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexEntry {
     pub couchvault_index: u32,
-    pub backup_id: String,
-    pub tenant: String,
-    pub instance: String,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub finished_at: chrono::DateTime<chrono::Utc>,
-    pub files: u64,
-    pub bytes: u64,
-    pub stored_bytes: u64,
-    pub key_id: String,
-    pub tags: std::collections::BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub summary: BackupSummary,
 }
 
 impl IndexEntry {
     pub fn of(m: &crate::format::BackupMetadata) -> IndexEntry {
         IndexEntry {
-            couchvault_index: DB_FORMAT,
-            backup_id: m.backup_id.clone(),
-            tenant: m.tenant.clone(),
-            instance: m.instance.clone(),
-            started_at: m.started_at,
-            finished_at: m.finished_at,
-            files: m.totals.files,
-            bytes: m.totals.bytes,
-            stored_bytes: m.data.size,
-            key_id: m.encryption.key_id.clone(),
-            tags: m.tags.clone(),
+            couchvault_index: INDEX_FORMAT,
+            summary: BackupSummary::of(m),
         }
     }
 }
@@ -141,11 +124,21 @@ impl Db {
                 })
             }
         }
+        let index = db.open_tree("backup_index")?;
+        let current = |v: &[u8]| {
+            serde_json::from_slice::<IndexEntry>(v)
+                .is_ok_and(|e| e.couchvault_index == INDEX_FORMAT)
+        };
+        if let Some((_, v)) = index.first()? {
+            if !current(&v) {
+                index.clear()?;
+            }
+        }
         Ok(Db {
             schedules: db.open_tree("schedules")?,
             jobs: db.open_tree("jobs")?,
             tokens: db.open_tree("tokens")?,
-            index: db.open_tree("backup_index")?,
+            index,
             instances: db.open_tree("instances")?,
             db,
         })
@@ -241,7 +234,11 @@ impl Db {
         format!("{tenant}/{id}").into_bytes()
     }
     pub fn index_put(&self, e: &IndexEntry) -> Result<(), DbError> {
-        put(&self.index, &Self::index_key(&e.tenant, &e.backup_id), e)
+        put(
+            &self.index,
+            &Self::index_key(&e.summary.tenant, &e.summary.backup_id),
+            e,
+        )
     }
     pub fn index_remove(&self, tenant: &str, id: &str) -> Result<(), DbError> {
         self.index.remove(Self::index_key(tenant, id))?;
@@ -262,7 +259,10 @@ impl Db {
                 tree: "backup_index",
                 reason: e.to_string(),
             })?;
-            batch.insert(Self::index_key(&e.tenant, &e.backup_id), bytes);
+            batch.insert(
+                Self::index_key(&e.summary.tenant, &e.summary.backup_id),
+                bytes,
+            );
         }
         self.index.apply_batch(batch)?;
         Ok(())

@@ -6,15 +6,17 @@
 //! them (`couchdb::confine`), whatever its ini files or symbolic links say by then.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::db::{Db, DbError};
+use super::files::{check_version, parse_toml, toml_files, FileError};
 use crate::config::{Config, CouchDbConfig};
 use crate::couchdb::confine::Confinement;
-use crate::couchdb::{Source, SourceSpec};
+use crate::couchdb::{Source, SourceError, SourceSpec};
+use crate::strict::NoOtherFields;
 
 pub const INSTANCE_FORMAT: u32 = 1;
 
@@ -24,25 +26,24 @@ pub enum InstanceError {
     Invalid(String),
     #[error("no instance '{name}' is registered for tenant '{tenant}' (the admin registers instances: `couchvault instance add`)")]
     NotFound { tenant: String, name: String },
+    #[error("instance '{name}': a registered directory is gone: {source}")]
+    Gone { name: String, source: SourceError },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
 /// What the admin gives to register an instance (API body, `instance add`, a file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
     pub name: String,
     /// The owning tenant; `default` when not given.
     #[serde(default = "default_tenant")]
     pub tenant: String,
-    // The source, as for `backup create`: one of couchdb_config and data_dir.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub couchdb_config: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view_index_dir: Option<PathBuf>,
+    /// The source, as for `backup create`: one of couchdb_config and data_dir.
+    #[serde(flatten)]
+    pub source: SourceSpec,
     /// The node's CouchDB URL (live stats at backup, checks after an in-place restore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub couchdb_url: Option<String>,
@@ -58,6 +59,8 @@ pub struct InstanceSpec {
     /// Otherwise its restores go under its restore root only.
     #[serde(default)]
     pub restore_in_place: bool,
+    #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
+    pub other: NoOtherFields,
 }
 
 fn default_tenant() -> String {
@@ -82,47 +85,31 @@ pub struct Instance {
 }
 
 impl InstanceSpec {
-    fn source_spec(&self) -> SourceSpec {
-        SourceSpec {
-            couchdb_config: self.couchdb_config.clone(),
-            data_dir: self.data_dir.clone(),
-            view_index_dir: self.view_index_dir.clone(),
-        }
-    }
-
     /// Checks every field against the config; the error says which and why.
-    fn check(&self, config: &Config) -> Result<(), String> {
-        crate::names::validate_name("instance", &self.name).map_err(|e| e.to_string())?;
-        crate::names::validate_name("tenant", &self.tenant).map_err(|e| e.to_string())?;
-        if self.couchdb_config.is_some() == self.data_dir.is_some() {
-            return Err("give couchdb_config or data_dir (one of them)".into());
-        }
-        for p in [&self.couchdb_config, &self.data_dir, &self.view_index_dir]
-            .into_iter()
-            .flatten()
-        {
-            if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
-                return Err(format!(
-                    "{} must be an absolute path without '..'",
-                    p.display()
-                ));
-            }
-        }
+    fn check(&self, config: &Config) -> Result<(), InstanceError> {
+        let invalid = |m: String| Err(InstanceError::Invalid(m));
+        crate::names::validate_name("instance", &self.name)
+            .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+        crate::names::validate_name("tenant", &self.tenant)
+            .map_err(|e| InstanceError::Invalid(e.to_string()))?;
+        self.source
+            .check_paths()
+            .map_err(|e| InstanceError::Invalid(e.to_string()))?;
         if let Some(u) = &self.couchdb_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains('@') {
-                return Err(format!(
+                return invalid(format!(
                     "couchdb_url '{u}' must be http(s)://HOST:PORT without credentials (name them with couchdb_credentials)"
                 ));
             }
         }
         if let Some(c) = &self.couchdb_credentials {
             if !config.couchdb.credentials.contains_key(c) {
-                return Err(format!(
+                return invalid(format!(
                     "couchdb_credentials '{c}': no [couchdb.credentials.{c}] in the daemon's config"
                 ));
             }
             if self.couchdb_url.is_none() {
-                return Err("couchdb_credentials needs couchdb_url".into());
+                return invalid("couchdb_credentials needs couchdb_url".into());
             }
         }
         Ok(())
@@ -135,18 +122,21 @@ impl Instance {
         spec: InstanceSpec,
         config: &Config,
         now: DateTime<Utc>,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, InstanceError> {
         spec.check(config)?;
-        let src = Source::discover(&spec.source_spec()).map_err(|e| {
-            format!(
+        let src = Source::discover(&spec.source).map_err(|e| {
+            InstanceError::Invalid(format!(
                 "instance '{}': {e} (an instance is registered where its data is)",
                 spec.name
-            )
+            ))
         })?;
         let mut roots = vec![src.database_dir.clone()];
         roots.extend(src.view_index_dir.clone());
         if let Some(c) = &src.config_dir {
-            roots.push(std::fs::canonicalize(c).map_err(|e| format!("{}: {e}", c.display()))?);
+            roots.push(std::fs::canonicalize(c).map_err(|source| SourceError::Io {
+                path: c.clone(),
+                source,
+            })?);
         }
         Ok(Instance {
             couchvault_instance: INSTANCE_FORMAT,
@@ -160,14 +150,12 @@ impl Instance {
     }
 
     /// The source of a backup, confined to the registered directories.
-    pub fn source(&self) -> Result<Source, String> {
-        let confine = Confinement::new(&self.roots).map_err(|e| {
-            format!(
-                "instance '{}': a registered directory is gone: {e}",
-                self.spec.name
-            )
+    pub fn source(&self) -> Result<Source, InstanceError> {
+        let confine = Confinement::new(&self.roots).map_err(|source| InstanceError::Gone {
+            name: self.spec.name.clone(),
+            source,
         })?;
-        Source::discover_confined(&self.spec.source_spec(), confine).map_err(|e| e.to_string())
+        Ok(Source::discover_confined(&self.spec.source, confine)?)
     }
 
     /// How to reach its CouchDB: its URL with the credentials its entry names, never the
@@ -211,7 +199,7 @@ pub fn list(db: &Db, tenant: Option<&str>) -> Result<Vec<Instance>, DbError> {
 
 /// Registers (or re-registers, resolving the source again) an instance.
 pub fn put(db: &Db, config: &Config, spec: InstanceSpec) -> Result<Instance, InstanceError> {
-    let inst = Instance::register(spec, config, Utc::now()).map_err(InstanceError::Invalid)?;
+    let inst = Instance::register(spec, config, Utc::now())?;
     store(db, inst)
 }
 
@@ -278,18 +266,11 @@ struct InstanceFile {
 }
 
 /// Reads every `*.toml` in `dir` (sorted), each entry labelled with its file.
-pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, InstanceSpec)>, String> {
+pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, InstanceSpec)>, FileError> {
     let mut out = Vec::new();
-    for (f, text) in super::schedules::toml_files(dir)? {
-        let parsed: InstanceFile =
-            toml::from_str(&text).map_err(|e| super::schedules::toml_error(&f, &text, &e))?;
-        if parsed.couchvault_instances != 1 {
-            return Err(format!(
-                "{}: couchvault_instances = {} is not supported (this couchvault reads 1)",
-                f.display(),
-                parsed.couchvault_instances
-            ));
-        }
+    for (f, text) in toml_files(dir)? {
+        let parsed: InstanceFile = parse_toml(&f, &text)?;
+        check_version(&f, "couchvault_instances", parsed.couchvault_instances)?;
         out.extend(
             parsed
                 .instance

@@ -2,202 +2,33 @@
 //! progress and cancellation. One job at a time per instance; every state change is
 //! written to sled and flushed before anyone is told about it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use ulid::Ulid;
 
 use super::db::{Db, IndexEntry};
 use super::instances;
 use super::metrics::{labels, Metrics};
-use crate::catalog;
-use crate::couchdb::{Source, SourceSpec};
-use crate::engine::{self, Progress, RestoreOptions};
-use crate::ops::restore::{Hooks, RestoreRequest};
-use crate::ops::{resolve_policies, restore_owner, BackupRequest, OpsError, Vault};
-use crate::policy::floors::Verdict;
-use crate::scheduler::SourceSettings;
+use crate::couchdb::Source;
+use crate::engine::Progress;
+use crate::ops::restore::{Hooks, RestoreRequest, RestoreTarget};
+use crate::ops::{resolve_policies, BackupRequest, OpsError, Vault};
+pub use crate::wire::{
+    BackupParams, Job, JobRequest, JobState, ProgressSnapshot, ScheduledRun, ADMIN_TENANT,
+    JOB_FORMAT,
+};
 
-pub const JOB_FORMAT: u32 = 1;
-/// The tenant the admin's own jobs (gc) are recorded under.
-pub const ADMIN_TENANT: &str = "_admin";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// The daemon stopped (crash, kill, shutdown timeout) while the job ran.
-    Interrupted,
-}
-
-impl JobState {
-    pub fn is_finished(self) -> bool {
-        self != JobState::Running
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-            JobState::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// A backup's parameters (also the body of `POST /v1/backups`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupParams {
-    pub instance: String,
-    // The source's fields, inline: serde cannot reject unknown fields through a flatten.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub couchdb_config: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view_index_dir: Option<PathBuf>,
-    /// The tenant's policies (retention and/or protection) by name.
-    #[serde(default)]
-    pub policies: Vec<String>,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression_level: Option<i32>,
-    /// Back up even when the shard map names files the data dir lacks; record the gaps.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_incomplete: bool,
-}
-
-impl BackupParams {
-    pub fn source(&self) -> SourceSettings {
-        SourceSettings {
-            couchdb_config: self.couchdb_config.clone(),
-            data_dir: self.data_dir.clone(),
-            view_index_dir: self.view_index_dir.clone(),
-        }
-    }
-}
-
-/// What a job does, with its parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum JobRequest {
-    Backup(BackupParams),
-    Restore {
-        backup_id: String,
-        /// The instance being restored (locks it against its backups); default the backup's.
-        instance: String,
-        target: PathBuf,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        view_index_target: Option<PathBuf>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        config_target: Option<PathBuf>,
-        #[serde(default)]
-        force: bool,
-        #[serde(default)]
-        discard_old: bool,
-        /// The node name the restored CouchDB runs as; a backup from another node is
-        /// refused unless `rename_node`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        node_name: Option<String>,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        rename_node: bool,
-        /// Run the config's restore hooks (admin requests only).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        hooks: bool,
-        /// Into the registered instance itself: its hooks and its CouchDB.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        in_place: bool,
-    },
-    Verify {
-        backup_id: String,
-    },
-    Delete {
-        backup_id: String,
-    },
-    Gc {
-        grace: String,
-    },
-}
-
-impl JobRequest {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            JobRequest::Backup(_) => "backup",
-            JobRequest::Restore { .. } => "restore",
-            JobRequest::Verify { .. } => "verify",
-            JobRequest::Delete { .. } => "delete",
-            JobRequest::Gc { .. } => "gc",
-        }
-    }
-
-    /// The instance this job holds exclusively, if any.
-    pub fn instance(&self) -> Option<&str> {
-        match self {
-            JobRequest::Backup(BackupParams { instance, .. })
-            | JobRequest::Restore { instance, .. } => Some(instance),
-            _ => None,
-        }
-    }
-}
-
-/// Which schedule run started a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScheduledRun {
-    pub schedule_id: String,
-    pub schedule_name: String,
-    pub scheduled_for: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ProgressSnapshot {
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub files_done: u64,
-    pub files_total: u64,
-    /// Bytes per second since the job started.
-    pub rate: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    pub couchvault_job: u32,
-    pub id: String,
-    pub tenant: String,
-    pub request: JobRequest,
-    pub state: JobState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduled: Option<ScheduledRun>,
-    /// 1 for a first try; retries of interrupted scheduled backups count up.
-    pub attempt: u32,
-    pub created_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_secs: Option<f64>,
-    pub progress: ProgressSnapshot,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The backup made, restored, verified or deleted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_id: Option<String>,
-    /// Retention verdicts after a backup (what was kept and deleted, and why).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub retention: Vec<Verdict>,
-    /// Kind-specific result (restore, verify and gc reports).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
+/// Why a job failed: the use case's error, or the instance it names.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error(transparent)]
+    Ops(#[from] OpsError),
+    #[error(transparent)]
+    Instance(#[from] instances::InstanceError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -403,7 +234,7 @@ impl Runner {
                 } else {
                     JobState::Failed
                 };
-                job.error = Some(e);
+                job.error = Some(e.to_string());
             }
         }
         tracing::info!(job = %job.id, state = job.state.as_str(), error = %crate::names::escape_control(job.error.as_deref().unwrap_or("")), "job finished");
@@ -422,97 +253,12 @@ impl Runner {
         self.prune(&job);
     }
 
-    fn execute(&self, job: &mut Job, progress: &Progress) -> Result<(), String> {
+    /// Runs the job's use case on the vault; what it made goes into the job record.
+    fn execute(&self, job: &mut Job, progress: &Progress) -> Result<(), JobError> {
         let vault = &*self.vault;
         let tenant = job.tenant.clone();
         match job.request.clone() {
-            JobRequest::Backup(BackupParams {
-                instance,
-                couchdb_config,
-                data_dir,
-                view_index_dir,
-                policies,
-                tags,
-                compression_level,
-                allow_incomplete,
-            }) => {
-                // Paths come from the admin only; otherwise the registered instance,
-                // confined to its directories.
-                let (source, couchdb) = if couchdb_config.is_some() || data_dir.is_some() {
-                    let spec = SourceSpec {
-                        couchdb_config,
-                        data_dir,
-                        view_index_dir,
-                    };
-                    (Source::discover(&spec).map_err(|e| e.to_string())?, None)
-                } else {
-                    let inst = instances::require(&self.db, &tenant, &instance)
-                        .map_err(|e| e.to_string())?;
-                    (inst.source()?, Some(inst.couchdb(&vault.config)))
-                };
-                let (protection, retention) =
-                    resolve_policies(&vault.state_dir, &tenant, &policies)?;
-                let backup_id = job
-                    .backup_id
-                    .as_deref()
-                    .and_then(|b| b.parse::<Ulid>().ok());
-                let req = BackupRequest {
-                    backup_id,
-                    tenant: tenant.clone(),
-                    instance: instance.clone(),
-                    protection,
-                    retention,
-                    schedule: job.scheduled.as_ref().map(|s| s.schedule_name.clone()),
-                    compression_level,
-                    tags,
-                    allow_incomplete,
-                    couchdb,
-                };
-                let outcome = vault
-                    .backup(&req, &source, progress)
-                    .map_err(|e| e.to_string())?;
-                let meta = &outcome.meta;
-                self.index_put(&IndexEntry::of(meta));
-                self.metrics.add(
-                    "couchvault_backup_bytes_total",
-                    labels(&[("tenant", &tenant)]),
-                    meta.totals.bytes as f64,
-                );
-                self.metrics.add(
-                    "couchvault_backup_stored_bytes_total",
-                    labels(&[("tenant", &tenant)]),
-                    meta.data.size as f64,
-                );
-                self.metrics.set(
-                    "couchvault_last_success_timestamp_seconds",
-                    labels(&[("tenant", &tenant), ("instance", &instance)]),
-                    meta.finished_at.timestamp() as f64,
-                );
-                if outcome.retention.is_some() || !outcome.notes.is_empty() {
-                    self.metrics.add(
-                        "couchvault_policy_evaluation_seconds_sum",
-                        String::new(),
-                        outcome.policy_time.as_secs_f64(),
-                    );
-                    self.metrics.add(
-                        "couchvault_policy_evaluation_seconds_count",
-                        String::new(),
-                        1.0,
-                    );
-                }
-                job.notes = outcome.notes.clone();
-                match outcome.retention {
-                    Some(Ok(verdicts)) => {
-                        for v in verdicts.iter().filter(|v| !v.keep) {
-                            self.index_remove(&tenant, &v.id);
-                        }
-                        job.retention = verdicts;
-                        Ok(())
-                    }
-                    Some(Err(e)) => Err(e),
-                    None => Ok(()),
-                }
-            }
+            JobRequest::Backup(params) => self.backup(job, params, progress),
             JobRequest::Restore {
                 backup_id,
                 target,
@@ -526,14 +272,16 @@ impl Runner {
                 in_place,
                 instance,
             } => {
-                let keyring = vault.keyring().map_err(|e| e.to_string())?;
-                let meta = catalog::load(&*vault.store, &keyring, &tenant, &backup_id)
-                    .map_err(|e| e.to_string())?;
-                let owner = restore_owner(vault.config.restore.owner.as_deref(), &target)
-                    .map_err(|e| e.to_string())?;
+                let opts = vault.restore_options(RestoreTarget {
+                    target,
+                    view_index_target,
+                    config_target,
+                    force,
+                    discard_old,
+                    owner: None,
+                })?;
                 let (hooks, couchdb) = if in_place {
-                    let inst = instances::require(&self.db, &tenant, &instance)
-                        .map_err(|e| e.to_string())?;
+                    let inst = self.instance(&tenant, &instance)?;
                     let hooks = Hooks {
                         stop: inst.spec.stop_command.clone(),
                         start: inst.spec.start_command.clone(),
@@ -546,54 +294,118 @@ impl Runner {
                     (Hooks::default(), Some(Default::default()))
                 };
                 let req = RestoreRequest {
-                    opts: RestoreOptions {
-                        target,
-                        view_index_target,
-                        config_target,
-                        force,
-                        discard_old,
-                        owner,
-                        sync: vault.config.restore.sync,
-                    },
+                    opts,
                     target_node: node_name,
                     rename_node,
                     hooks,
                     couchdb,
                 };
-                match vault.restore(&meta, &req, progress) {
+                match vault.restore_backup(&tenant, &backup_id, &req, progress) {
                     Ok(outcome) => {
                         job.result = serde_json::to_value(&outcome).ok();
                         Ok(())
                     }
-                    Err(OpsError::PostCheck { checks, message }) => {
-                        job.result = serde_json::to_value(&checks).ok();
-                        Err(message)
+                    Err(e) => {
+                        if let OpsError::PostCheck { checks, .. } = &e {
+                            job.result = serde_json::to_value(checks).ok();
+                        }
+                        Err(e.into())
                     }
-                    Err(e) => Err(e.to_string()),
                 }
             }
             JobRequest::Verify { backup_id } => {
-                let keyring = vault.keyring().map_err(|e| e.to_string())?;
-                let meta = catalog::load(&*vault.store, &keyring, &tenant, &backup_id)
-                    .map_err(|e| e.to_string())?;
-                let report = engine::verify(&*vault.store, &keyring, &meta, progress)
-                    .map_err(|e| e.to_string())?;
+                let report = vault.verify(&tenant, &backup_id, progress)?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
             }
             JobRequest::Delete { backup_id } => {
-                let deleted = catalog::delete(&*vault.store, &tenant, &backup_id)
-                    .map_err(|e| e.to_string())?;
+                let deleted = vault.delete(&tenant, &backup_id)?;
                 self.index_remove(&tenant, &backup_id);
                 job.result = serde_json::to_value(&deleted).ok();
                 Ok(())
             }
             JobRequest::Gc { grace } => {
-                let grace = crate::config::parse_duration(&grace)?;
-                let report = catalog::gc(&*vault.store, grace, false).map_err(|e| e.to_string())?;
+                let report = vault.gc(grace.get(), false)?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
             }
+        }
+    }
+
+    fn instance(&self, tenant: &str, name: &str) -> Result<instances::Instance, JobError> {
+        Ok(instances::require(&self.db, tenant, name)?)
+    }
+
+    fn backup(&self, job: &mut Job, b: BackupParams, progress: &Progress) -> Result<(), JobError> {
+        let vault = &*self.vault;
+        let tenant = job.tenant.clone();
+        // Paths come from the admin only; otherwise the registered instance, confined to
+        // its directories.
+        let (source, couchdb) = if b.source.is_empty() {
+            let inst = self.instance(&tenant, &b.instance)?;
+            (inst.source()?, Some(inst.couchdb(&vault.config)))
+        } else {
+            let source = Source::discover(&b.source).map_err(crate::Error::from);
+            (source.map_err(OpsError::from)?, None)
+        };
+        let (protection, retention) = resolve_policies(&vault.state_dir, &tenant, &b.policies)?;
+        let req = BackupRequest {
+            backup_id: job
+                .backup_id
+                .as_deref()
+                .and_then(|b| b.parse::<Ulid>().ok()),
+            tenant: tenant.clone(),
+            instance: b.instance.clone(),
+            protection,
+            retention,
+            schedule: job.scheduled.as_ref().map(|s| s.schedule_name.clone()),
+            compression_level: b.compression_level,
+            tags: b.tags,
+            allow_incomplete: b.allow_incomplete,
+            couchdb,
+        };
+        let outcome = vault.backup(&req, &source, progress)?;
+        let meta = &outcome.meta;
+        self.index_put(&IndexEntry::of(meta));
+        let by_tenant = labels(&[("tenant", &tenant)]);
+        self.metrics.add(
+            "couchvault_backup_bytes_total",
+            by_tenant.clone(),
+            meta.totals.bytes as f64,
+        );
+        self.metrics.add(
+            "couchvault_backup_stored_bytes_total",
+            by_tenant,
+            meta.data.size as f64,
+        );
+        self.metrics.set(
+            "couchvault_last_success_timestamp_seconds",
+            labels(&[("tenant", &tenant), ("instance", &b.instance)]),
+            meta.finished_at.timestamp() as f64,
+        );
+        if outcome.retention.is_some() || !outcome.notes.is_empty() {
+            self.metrics.add(
+                "couchvault_policy_evaluation_seconds_sum",
+                String::new(),
+                outcome.policy_time.as_secs_f64(),
+            );
+            self.metrics.add(
+                "couchvault_policy_evaluation_seconds_count",
+                String::new(),
+                1.0,
+            );
+        }
+        job.notes = outcome.notes;
+        match outcome.retention {
+            Some(Ok(verdicts)) => {
+                for v in verdicts.iter().filter(|v| !v.keep) {
+                    self.index_remove(&tenant, &v.id);
+                }
+                job.retention = verdicts;
+                Ok(())
+            }
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(()),
         }
     }
 
@@ -660,11 +472,7 @@ impl Runner {
         let mut error =
             "the daemon stopped (crash, kill or shutdown timeout) while this job ran".to_string();
         if let (JobRequest::Backup(_), Some(id)) = (&job.request, &job.backup_id) {
-            let committed = self
-                .vault
-                .keyring()
-                .ok()
-                .and_then(|k| catalog::load(&*self.vault.store, &k, &job.tenant, id).ok());
+            let committed = self.vault.show_backup(&job.tenant, id).ok();
             match committed {
                 Some(meta) => {
                     job.state = JobState::Succeeded;
@@ -675,9 +483,9 @@ impl Runner {
                             .into(),
                     );
                 }
-                None => match catalog::delete(&*self.vault.store, &job.tenant, id) {
+                None => match self.vault.delete(&job.tenant, id) {
                     Ok(_) => error.push_str("; its partial upload was removed"),
-                    Err(crate::Error::NotFound { .. }) => {
+                    Err(OpsError::Engine(crate::Error::NotFound { .. })) => {
                         error.push_str("; it had uploaded nothing")
                     }
                     Err(e) => error.push_str(&format!(

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod db;
+pub mod files;
 pub mod instances;
 pub mod jobs;
 pub mod limits;
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::catalog;
-use crate::config::parse_duration;
 use crate::ops::Vault;
 use db::{Db, IndexEntry};
 use jobs::Runner;
@@ -38,8 +37,21 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Instance(#[from] instances::InstanceError),
+    #[error(transparent)]
+    Files(#[from] files::FileError),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("daemon.listen '{0}' is not an address (e.g. 127.0.0.1:8420)")]
+    Address(String),
 }
 
 /// Everything the API handlers and the loops share.
@@ -68,8 +80,9 @@ impl Daemon {
     /// Opens the state, recovers jobs cut off by the last stop and loads the schedules.
     pub fn open(vault: Vault, opts: &DaemonOptions) -> Result<Arc<Daemon>, DaemonError> {
         let started = Instant::now();
-        std::fs::create_dir_all(&vault.state_dir).map_err(|e| {
-            DaemonError::Setup(format!("creating {}: {e}", vault.state_dir.display()))
+        std::fs::create_dir_all(&vault.state_dir).map_err(|source| DaemonError::Io {
+            context: format!("creating {}", vault.state_dir.display()),
+            source,
         })?;
         let db = Db::open(&vault.state_dir.join("daemon.db"))?;
         let vault = Arc::new(vault);
@@ -83,12 +96,11 @@ impl Daemon {
         let interrupted = runner.recover()?;
         let schedules = Arc::new(Schedules::load(db.clone(), runner.clone())?);
         if let Some(file) = &opts.admin_token_file {
-            auth::ensure_admin_file(&db, file).map_err(DaemonError::Setup)?;
+            auth::ensure_admin_file(&db, file)?;
         }
         if let Some(dir) = &opts.instances_dir {
-            let specs = instances::read_dir_specs(dir).map_err(DaemonError::Setup)?;
-            let report = instances::apply(&db, &vault.config, specs)
-                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            let specs = instances::read_dir_specs(dir)?;
+            let report = instances::apply(&db, &vault.config, specs)?;
             tracing::info!(dir = %dir.display(), registered = report.registered.len(), unchanged = report.unchanged.len(), "instance files applied");
         }
         if let Some(dir) = &opts.schedules_dir {
@@ -119,33 +131,30 @@ impl Daemon {
     }
 
     /// Rebuilds the backup index of every tenant from the store. Returns the count.
-    pub fn reindex(&self) -> Result<usize, String> {
-        let keyring = self.vault.keyring().map_err(|e| e.to_string())?;
+    pub fn reindex(&self) -> Result<usize, DaemonError> {
         let mut n = 0;
-        for tenant in self.vault.store.tenants().map_err(|e| e.to_string())? {
-            let entries: Vec<IndexEntry> =
-                catalog::list(&*self.vault.store, &keyring, &tenant, None)
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .filter_map(|l| l.metadata)
-                    .map(|m| IndexEntry::of(&m))
-                    .collect();
+        for tenant in self.vault.tenants()? {
+            let entries: Vec<IndexEntry> = self
+                .vault
+                .committed(&tenant, None)?
+                .iter()
+                .map(IndexEntry::of)
+                .collect();
             n += entries.len();
-            self.db
-                .index_replace(&tenant, &entries)
-                .map_err(|e| e.to_string())?;
+            self.db.index_replace(&tenant, &entries)?;
         }
         Ok(n)
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn serve(self: Arc<Self>) -> Result<(), DaemonError> {
-        let addr: SocketAddr = self.vault.config.daemon.listen.parse().map_err(|_| {
-            DaemonError::Setup(format!(
-                "daemon.listen '{}' is not an address",
-                self.vault.config.daemon.listen
-            ))
-        })?;
+        let addr: SocketAddr = self
+            .vault
+            .config
+            .daemon
+            .listen
+            .parse()
+            .map_err(|_| DaemonError::Address(self.vault.config.daemon.listen.clone()))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DaemonError::Listen {
@@ -165,8 +174,7 @@ impl Daemon {
         let ticker = tokio::spawn(tick_loop(self.clone(), stop_rx.clone()));
         let indexer = tokio::spawn(reindex_loop(self.clone(), stop_rx));
         let app = api::router(self.clone());
-        let timeout = parse_duration(&self.vault.config.daemon.shutdown_timeout)
-            .unwrap_or(Duration::from_secs(60));
+        let timeout = self.vault.config.daemon.shutdown_timeout.get();
         // The whole shutdown (requests in flight, then jobs) fits in shutdown_timeout,
         // counted from the signal; a request that hangs past it is dropped.
         let (signalled_tx, mut signalled) = tokio::sync::watch::channel(None::<Instant>);
@@ -179,7 +187,7 @@ impl Daemon {
             tokio::time::sleep(timeout).await;
         };
         tokio::select! {
-            served = server => served.map_err(|e| DaemonError::Setup(format!("serving: {e}")))?,
+            served = server => served.map_err(|source| DaemonError::Io { context: "serving".into(), source })?,
             _ = drain_limit => tracing::warn!("requests still in progress after daemon.shutdown_timeout: dropping them"),
         }
         let since = signalled.borrow().unwrap_or_else(Instant::now);
@@ -222,8 +230,7 @@ async fn tick_loop(d: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>)
 }
 
 async fn reindex_loop(d: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let every =
-        parse_duration(&d.vault.config.daemon.reindex_interval).unwrap_or(Duration::from_secs(600));
+    let every = d.vault.config.daemon.reindex_interval.get();
     loop {
         let d2 = d.clone();
         match tokio::task::spawn_blocking(move || d2.reindex()).await {

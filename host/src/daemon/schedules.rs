@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use ulid::Ulid;
 
 use super::db::Db;
+use super::files::{check_version, parse_toml, toml_files, FileError};
 use super::jobs::{BackupParams, JobRequest, JobState, Runner, ScheduledRun, SubmitError};
 use super::metrics::labels;
 use crate::ops::resolve_policies;
@@ -116,9 +117,11 @@ impl Schedules {
 
     /// Checks a spec for `tenant`: every field, and that its policies exist.
     fn check(&self, tenant: &str, spec: &ScheduleSpec) -> Result<Compiled, ScheduleError> {
-        let c = spec.compile().map_err(ScheduleError::Invalid)?;
+        let c = spec
+            .compile()
+            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
         resolve_policies(&self.runner.vault.state_dir, tenant, &spec.policies)
-            .map_err(ScheduleError::Invalid)?;
+            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
         Ok(c)
     }
 
@@ -204,7 +207,10 @@ impl Schedules {
         now: DateTime<Utc>,
     ) -> Result<Schedule, ScheduleError> {
         let mut s = self.get(tenant, id)?;
-        let c = s.spec.compile().map_err(ScheduleError::Invalid)?;
+        let c = s
+            .spec
+            .compile()
+            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
         if s.spec.paused && !paused {
             s.anchor = s.anchor.max(now);
         }
@@ -276,13 +282,10 @@ impl Schedules {
         let outcome = decision.due.map(|t| {
             let request = JobRequest::Backup(BackupParams {
                 instance: s.spec.instance.clone(),
-                couchdb_config: s.spec.couchdb_config.clone(),
-                data_dir: s.spec.data_dir.clone(),
-                view_index_dir: s.spec.view_index_dir.clone(),
+                source: s.spec.source.clone(),
                 policies: s.spec.policies.clone(),
                 tags: s.spec.tags.clone(),
-                compression_level: None,
-                allow_incomplete: false,
+                ..Default::default()
             });
             let run = ScheduledRun {
                 schedule_id: s.id.clone(),
@@ -359,7 +362,7 @@ impl Schedules {
         default_tenant: &str,
         now: DateTime<Utc>,
     ) -> Result<ApplyReport, ScheduleError> {
-        let specs = read_dir_specs(dir).map_err(ScheduleError::Invalid)?;
+        let specs = read_dir_specs(dir).map_err(|e| ScheduleError::Invalid(e.to_string()))?;
         self.apply(specs, default_tenant, now)
     }
 
@@ -420,44 +423,12 @@ struct ScheduleFile {
     schedule: Vec<ScheduleSpec>,
 }
 
-/// The `*.toml` files of `dir`, sorted, with their text.
-pub fn toml_files(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut files: Vec<_> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            Ok((f, text))
-        })
-        .collect()
-}
-
-/// A TOML error in a file, with its line.
-pub fn toml_error(f: &Path, text: &str, e: &toml::de::Error) -> String {
-    let line = e
-        .span()
-        .map(|s| format!("line {}: ", text[..s.start].matches('\n').count() + 1))
-        .unwrap_or_default();
-    format!("{}: {line}{}", f.display(), e.message())
-}
-
 /// Reads every `*.toml` in `dir` (sorted), each entry labelled with its file.
-pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, ScheduleSpec)>, String> {
+pub fn read_dir_specs(dir: &Path) -> Result<Vec<(String, ScheduleSpec)>, FileError> {
     let mut out = Vec::new();
     for (f, text) in toml_files(dir)? {
-        let parsed: ScheduleFile = toml::from_str(&text).map_err(|e| toml_error(&f, &text, &e))?;
-        if parsed.couchvault_schedules != 1 {
-            return Err(format!(
-                "{}: couchvault_schedules = {} is not supported (this couchvault reads 1)",
-                f.display(),
-                parsed.couchvault_schedules
-            ));
-        }
+        let parsed: ScheduleFile = parse_toml(&f, &text)?;
+        check_version(&f, "couchvault_schedules", parsed.couchvault_schedules)?;
         for s in parsed.schedule {
             out.push((f.display().to_string(), s));
         }

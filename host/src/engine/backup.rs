@@ -173,7 +173,7 @@ pub fn backup(
         incomplete,
         couchdb: opts.live.clone(),
     };
-    super::test_pause("before-commit");
+    super::checkpoint("before-commit");
     if progress.is_cancelled() {
         let _ = store.delete(
             &opts.tenant,
@@ -356,8 +356,8 @@ fn write_tar(
     let mut vanished = Vec::new();
     for (i, f) in plan.iter().enumerate() {
         match i {
-            1 => super::test_pause("after-first-file"),
-            i if i == plan.len() / 2 => super::test_pause("mid-stream"),
+            1 => super::checkpoint("after-first-file"),
+            i if i == plan.len() / 2 => super::checkpoint("mid-stream"),
             _ => {}
         }
         // Confined for a registered instance: a link out is refused, named.

@@ -224,17 +224,18 @@ fn pick_error(producer: crate::Result<()>, consumer: crate::Result<()>) -> crate
     }
 }
 
-/// A test hook for crash tests: with `COUCHVAULT_TEST_PAUSE=<point>:<ms>` in the
-/// environment, the pipeline sleeps at `point` so a test can kill the process there.
-fn test_pause(point: &str) {
-    let Ok(spec) = std::env::var("COUCHVAULT_TEST_PAUSE") else {
-        return;
-    };
-    if let Some((p, ms)) = spec.split_once(':') {
-        if p == point {
-            let ms = ms.parse().unwrap_or(0);
-            tracing::warn!(point, ms, "COUCHVAULT_TEST_PAUSE: pausing");
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
+/// Named points of the pipelines (`after-first-file`, `mid-stream`, `before-commit`,
+/// `restore-staged`, `restore-moved-aside`, `restore-swapped`), reported to an observer
+/// the process may install once: the seam crash tests use to stop a run at an exact step
+/// (the CLI installs one only for `COUCHVAULT_TEST_PAUSE`). Nothing observes by default.
+static CHECKPOINT: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+pub fn set_checkpoint_observer(observer: fn(&str)) {
+    let _ = CHECKPOINT.set(observer);
+}
+
+fn checkpoint(point: &str) {
+    if let Some(observe) = CHECKPOINT.get() {
+        observe(point);
     }
 }

@@ -22,7 +22,7 @@ use crate::store::Store;
 
 const COPY_BUF: usize = 1 << 20;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub backup_id: String,
     pub files: u64,
@@ -30,6 +30,9 @@ pub struct VerifyReport {
     pub stored_bytes: u64,
     pub chunks: u64,
 }
+
+/// Why the caller's `before_swap` refused the swap (a stop hook that failed).
+pub type BeforeSwapError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -181,7 +184,7 @@ pub fn restore_with(
     meta: &BackupMetadata,
     opts: &RestoreOptions,
     progress: &Progress,
-    before_swap: &dyn Fn() -> std::result::Result<(), String>,
+    before_swap: &dyn Fn() -> std::result::Result<(), BeforeSwapError>,
 ) -> Result<RestoreReport> {
     let mut dests = vec![Destination::new(
         &opts.target,
@@ -243,8 +246,10 @@ pub fn restore_with(
                 sync_tree(&d.staging)?;
             }
         }
-        super::test_pause("restore-staged");
-        before_swap().map_err(|reason| Error::Hook { reason })
+        super::checkpoint("restore-staged");
+        before_swap().map_err(|e| Error::Hook {
+            reason: e.to_string(),
+        })
     })();
     if let Err(e) = staged {
         for d in &dests {
@@ -275,7 +280,7 @@ pub fn restore_with(
     for (d, aside) in dests.iter().zip(&asides) {
         swap_into_place(d, aside.as_deref(), opts.discard_old)?;
     }
-    super::test_pause("restore-swapped");
+    super::checkpoint("restore-swapped");
     write_journal(&report, &dests[0].target, true)?;
     Ok(report)
 }
@@ -386,7 +391,7 @@ fn swap_into_place(d: &Destination, aside: Option<&Path>, discard_old: bool) -> 
         return rename_noreplace(&d.staging, &d.target);
     };
     rename_noreplace(&d.target, old)?;
-    super::test_pause("restore-moved-aside");
+    super::checkpoint("restore-moved-aside");
     if let Err(e) = rename_noreplace(&d.staging, &d.target) {
         rename_noreplace(old, &d.target)?;
         return Err(e);

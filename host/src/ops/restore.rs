@@ -5,11 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{OpsError, Result, Vault};
+use super::{restore_owner, OpsError, Result, Vault};
 use crate::couchdb::http::{rename_node, CouchClient};
 use crate::engine::{self, Progress, RestoreOptions, RestoreReport};
 use crate::format::BackupMetadata;
@@ -46,7 +45,7 @@ impl Hooks {
 }
 
 /// One database after the restore.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DbCheck {
     pub database: String,
     /// doc_count when the backup started, when recorded.
@@ -57,7 +56,7 @@ pub struct DbCheck {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreOutcome {
     #[serde(flatten)]
     pub report: RestoreReport,
@@ -75,9 +74,26 @@ pub fn backup_node(meta: &BackupMetadata) -> Option<&str> {
         .or(meta.source.node_name.as_deref())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{what} command could not start: {source}")]
+    Spawn {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{what} command `{command}` failed ({status}): {tail}")]
+    Failed {
+        what: &'static str,
+        command: String,
+        status: std::process::ExitStatus,
+        /// The last lines it wrote to stderr.
+        tail: String,
+    },
+}
+
 /// Runs a hook with `sh -c`. CouchDB credentials are taken out of its environment, and
 /// nothing secret is ever in its command line.
-pub fn run_hook(what: &str, command: &str) -> std::result::Result<(), String> {
+pub fn run_hook(what: &'static str, command: &str) -> std::result::Result<(), HookError> {
     tracing::info!(hook = what, command, "running hook");
     let out = Command::new("sh")
         .arg("-c")
@@ -86,20 +102,63 @@ pub fn run_hook(what: &str, command: &str) -> std::result::Result<(), String> {
         .env_remove("COUCHDB_URL")
         .env_remove("COUCHVAULT_TOKEN")
         .output()
-        .map_err(|e| format!("{what} command could not start: {e}"))?;
+        .map_err(|source| HookError::Spawn { what, source })?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-    Err(format!(
-        "{what} command `{command}` failed ({}): {}",
-        out.status,
-        tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-    ))
+    Err(HookError::Failed {
+        what,
+        command: command.to_string(),
+        status: out.status,
+        tail: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+    })
+}
+
+/// Where and how to restore, as a caller gives it; `Vault::restore_options` resolves the
+/// owner and the config's settings.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreTarget {
+    pub target: PathBuf,
+    pub view_index_target: Option<PathBuf>,
+    pub config_target: Option<PathBuf>,
+    pub force: bool,
+    pub discard_old: bool,
+    /// `USER:GROUP`; None: `restore.owner`, else the existing target's, else couchdb's.
+    pub owner: Option<String>,
 }
 
 impl Vault {
+    /// The engine's options for `t`: the owner resolved, `restore.sync` applied.
+    pub fn restore_options(&self, t: RestoreTarget) -> Result<RestoreOptions> {
+        let owner = restore_owner(
+            t.owner.as_deref().or(self.config.restore.owner.as_deref()),
+            &t.target,
+        )?;
+        Ok(RestoreOptions {
+            target: t.target,
+            view_index_target: t.view_index_target,
+            config_target: t.config_target,
+            force: t.force,
+            discard_old: t.discard_old,
+            owner,
+            sync: self.config.restore.sync,
+        })
+    }
+
+    /// Loads a tenant's backup and restores it ([`Vault::restore`]).
+    pub fn restore_backup(
+        &self,
+        tenant: &str,
+        id: &str,
+        req: &RestoreRequest,
+        progress: &Progress,
+    ) -> Result<RestoreOutcome> {
+        let meta = self.show_backup(tenant, id)?;
+        self.restore(&meta, req, progress)
+    }
+
     /// Restores `meta` with the node check, hooks and post-restore check around the
     /// engine's staged, verified swap. A failed check leaves the restored data in place,
     /// the previous data aside, and says how to roll back.
@@ -114,20 +173,20 @@ impl Vault {
         let renaming = match (from, req.target_node.as_deref()) {
             (Some(b), Some(t)) if b != t => {
                 if !req.rename_node {
-                    return Err(OpsError::Setup(format!(
+                    return Err(OpsError::Refused(format!(
                         "backup {} was taken on node '{b}' but the target node is '{t}': CouchDB would answer 500 \"No DB shards could be opened\" for every database. Either run the target as '{b}' (-name in vm.args), or pass --rename-node to rewrite every database's shard map for '{t}' after CouchDB starts",
                         meta.backup_id
                     )));
                 }
                 if client.is_none() {
-                    return Err(OpsError::Setup(
+                    return Err(OpsError::Refused(
                         "--rename-node needs the target CouchDB's URL ([couchdb] url or COUCHDB_URL) to rewrite the shard maps".into(),
                     ));
                 }
                 // The rename talks to the restored CouchDB: something must start it, or the
                 // restore would swap the data in and then wait for nobody.
                 if req.hooks.start.is_none() {
-                    return Err(OpsError::Setup(
+                    return Err(OpsError::Refused(
                         "--rename-node rewrites the shard maps through the restored CouchDB once it is up, and nothing would start it: set restore.start_command (and stop_command), e.g. `systemctl start couchdb`, or restore without --rename-node and run the target as the backup's node".into(),
                     ));
                 }
@@ -139,7 +198,7 @@ impl Vault {
                 if !meta.source.shard_map_nodes.is_empty()
                     && !meta.source.shard_map_nodes.iter().any(|n| n == t) =>
             {
-                return Err(OpsError::Setup(format!(
+                return Err(OpsError::Refused(format!(
                     "backup {} holds shards placed on {} by its shard maps, but the target node is '{t}': CouchDB would answer 500 \"No DB shards could be opened\". Run the target as one of those nodes (-name in vm.args); --rename-node needs a backup of one node",
                     meta.backup_id,
                     meta.source
@@ -162,12 +221,12 @@ impl Vault {
         }
         let keyring = self.keyring()?;
         let stop = || match stop_command {
-            Some(c) => run_hook("stop", c),
+            Some(c) => run_hook("stop", c).map_err(Into::into),
             None => Ok(()),
         };
         let report = engine::restore_with(&*self.store, &keyring, meta, &opts, progress, &stop)?;
         let rollback_hint = |why: String| {
-            OpsError::Setup(format!(
+            OpsError::AfterSwap(format!(
                 "{why}; the restored data of backup {} is in {}; {}",
                 meta.backup_id,
                 report.target.display(),
@@ -182,7 +241,7 @@ impl Vault {
             ))
         };
         if let Some(c) = start_command {
-            run_hook("start", c).map_err(rollback_hint)?;
+            run_hook("start", c).map_err(|e| rollback_hint(e.to_string()))?;
         }
         let mut outcome = RestoreOutcome {
             report: report.clone(),
@@ -190,13 +249,13 @@ impl Vault {
             checks: Vec::new(),
         };
         if let (Some(client), true) = (&client, start_command.is_some() || renaming.is_some()) {
-            let timeout = crate::config::parse_duration(&cfg.start_timeout)
-                .unwrap_or(Duration::from_secs(120));
+            let timeout = cfg.start_timeout.get();
             client
                 .wait_up(timeout)
                 .map_err(|e| rollback_hint(e.to_string()))?;
             if let Some((from, to)) = &renaming {
-                outcome.renamed = rename_all(client, from, to).map_err(rollback_hint)?;
+                outcome.renamed =
+                    rename_all(client, from, to).map_err(|e| rollback_hint(e.to_string()))?;
             }
             outcome.checks = check_databases(client, meta);
             let failed: Vec<String> = outcome
@@ -220,7 +279,7 @@ impl Vault {
         if checking && req.opts.discard_old {
             for old in &outcome.report.previous_kept {
                 std::fs::remove_dir_all(old).map_err(|e| {
-                    OpsError::Setup(format!("removing the previous data {}: {e}", old.display()))
+                    OpsError::io(format!("removing the previous data {}", old.display()), e)
                 })?;
             }
             outcome.report.previous_kept.clear();
@@ -233,11 +292,11 @@ impl Vault {
     /// the replaced data at `<target>.couchvault-rolled-back-<id>`. Returns that path.
     pub fn rollback(&self, target: &Path) -> Result<PathBuf> {
         let target = std::path::absolute(target)
-            .map_err(|e| OpsError::Setup(format!("{}: {e}", target.display())))?;
+            .map_err(|e| OpsError::io(target.display().to_string(), e))?;
         let (parent, name) = match (target.parent(), target.file_name()) {
             (Some(p), Some(n)) => (p, n.to_string_lossy().into_owned()),
             _ => {
-                return Err(OpsError::Setup(format!(
+                return Err(OpsError::Refused(format!(
                     "{} has no parent",
                     target.display()
                 )))
@@ -245,14 +304,14 @@ impl Vault {
         };
         let prefix = format!("{name}.couchvault-old-");
         let mut olds: Vec<String> = std::fs::read_dir(parent)
-            .map_err(|e| OpsError::Setup(format!("{}: {e}", parent.display())))?
+            .map_err(|e| OpsError::io(parent.display().to_string(), e))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(&prefix))
             .collect();
         olds.sort();
         let Some(old) = olds.pop() else {
-            return Err(OpsError::Setup(format!(
+            return Err(OpsError::Refused(format!(
                 "nothing to roll back to: no {}/{prefix}* (a restore with --force keeps the previous data there unless --discard-old)",
                 parent.display()
             )));
@@ -261,9 +320,9 @@ impl Vault {
         let aside = parent.join(format!("{name}.couchvault-rolled-back-{id}"));
         let cfg = &self.config.restore;
         if let Some(c) = &cfg.stop_command {
-            run_hook("stop", c).map_err(OpsError::Setup)?;
+            run_hook("stop", c)?;
         }
-        let io = |what: &str, e: std::io::Error| OpsError::Setup(format!("{what}: {e}"));
+        let io = |what: &str, e: std::io::Error| OpsError::io(what, e);
         // A restore killed between its two renames leaves no target: nothing to move aside.
         let had_target = target.exists();
         if had_target {
@@ -278,7 +337,7 @@ impl Vault {
         }
         let _ = std::fs::remove_file(engine::restore::journal_path(&target));
         if let Some(c) = &cfg.start_command {
-            run_hook("start", c).map_err(OpsError::Setup)?;
+            run_hook("start", c)?;
         }
         Ok(aside)
     }
@@ -286,19 +345,13 @@ impl Vault {
 
 /// Rewrites every database's shard map from node `from` to `to`. Returns the databases
 /// changed.
-fn rename_all(
-    client: &CouchClient,
-    from: &str,
-    to: &str,
-) -> std::result::Result<Vec<String>, String> {
+fn rename_all(client: &CouchClient, from: &str, to: &str) -> Result<Vec<String>> {
     let mut renamed = Vec::new();
-    for db in client.all_dbs().map_err(|e| e.to_string())? {
-        let doc = client.shard_map(&db).map_err(|e| e.to_string())?;
+    for db in client.all_dbs()? {
+        let doc = client.shard_map(&db)?;
         let new = rename_node(&doc, from, to);
         if new != doc {
-            client
-                .put_shard_map(&db, &new)
-                .map_err(|e| format!("rewriting the shard map of '{db}': {e}"))?;
+            client.put_shard_map(&db, &new)?;
             renamed.push(db);
         }
     }
@@ -353,7 +406,7 @@ fn check_databases(client: &CouchClient, meta: &BackupMetadata) -> Vec<DbCheck> 
 /// The node name in a CouchDB config directory's `vm.args`; an error when there is none.
 pub fn node_from_config(dir: &Path) -> Result<String> {
     crate::couchdb::node_name(dir).ok_or_else(|| {
-        OpsError::Setup(format!(
+        OpsError::Refused(format!(
             "no -name in {}: give the target's node name with --node-name",
             dir.join("vm.args").display()
         ))

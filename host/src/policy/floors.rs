@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{BackupInfo, Keep, Protection};
-use crate::config::parse_duration;
+use crate::duration::Span;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,7 +16,7 @@ pub struct Floors {
     /// Never keep fewer than this many backups of an instance (the newest ones).
     pub keep_min: usize,
     /// Never delete a backup younger than this, e.g. "7d".
-    pub keep_younger_than: String,
+    pub keep_younger_than: Span,
 }
 
 impl Default for Floors {
@@ -26,7 +26,7 @@ impl Default for Floors {
             compression_min: 1,
             compression_max: 19,
             keep_min: 1,
-            keep_younger_than: "0".into(),
+            keep_younger_than: Span::ZERO,
         }
     }
 }
@@ -55,9 +55,7 @@ pub fn retention(
             ));
         }
     }
-    let young = parse_duration(&floors.keep_younger_than)
-        .map_err(|e| format!("floors.keep_younger_than: {e}"))?
-        .as_secs() as i64;
+    let young = floors.keep_younger_than.get().as_secs() as i64;
     Ok(backups
         .iter()
         .enumerate()

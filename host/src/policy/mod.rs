@@ -214,15 +214,25 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 
 /// The process's policy runtime.
 pub struct PolicyHost {
+    shared: Arc<Shared>,
+    /// Drives evaluations (and their deadline timers) on the calling thread.
+    runtime: tokio::runtime::Runtime,
+    /// Set by a job's cancel: an evaluation in progress stops at once.
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+/// What every evaluation in the process shares: the wasmtime engine with its epoch
+/// thread, the linker, the compiled-component cache. Built once per process
+/// ([`PolicyEngine::new`]); each job or request takes a cheap [`PolicyHost`] from it.
+#[derive(Clone)]
+pub struct PolicyEngine(Arc<Shared>);
+
+struct Shared {
     engine: Engine,
     linker: Linker<State>,
     cache_dir: PathBuf,
     limits: Limits,
     compiles: AtomicU64,
-    /// Drives evaluations (and their deadline timers) on the calling thread.
-    runtime: tokio::runtime::Runtime,
-    /// Set by a job's cancel: an evaluation in progress stops at once.
-    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// A loaded policy: compiled, checked, ready to instantiate.
@@ -265,8 +275,8 @@ impl Policy {
     }
 }
 
-impl PolicyHost {
-    pub fn new(cache_dir: &Path, limits: Limits) -> Result<PolicyHost, PolicyError> {
+impl PolicyEngine {
+    pub fn new(cache_dir: &Path, limits: Limits) -> Result<PolicyEngine, PolicyError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.consume_fuel(true);
@@ -296,22 +306,36 @@ impl PolicyHost {
             name: "(linker)".into(),
             reason: e.to_string(),
         })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| PolicyError::Cache {
-                path: cache_dir.to_path_buf(),
-                source: e,
-            })?;
-        Ok(PolicyHost {
+        Ok(PolicyEngine(Arc::new(Shared {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
             limits,
             compiles: AtomicU64::new(0),
+        })))
+    }
+
+    /// A host for one job or request: its own runtime for the deadline, its own cancel.
+    pub fn host(&self) -> Result<PolicyHost, PolicyError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| PolicyError::Cache {
+                path: self.0.cache_dir.clone(),
+                source: e,
+            })?;
+        Ok(PolicyHost {
+            shared: self.0.clone(),
             runtime,
             cancel: None,
         })
+    }
+}
+
+impl PolicyHost {
+    /// A host on an engine of its own (tools and benchmarks; a process shares one engine).
+    pub fn new(cache_dir: &Path, limits: Limits) -> Result<PolicyHost, PolicyError> {
+        PolicyEngine::new(cache_dir, limits)?.host()
     }
 
     /// Evaluations stop (as "cancelled") as soon as `flag` is set.
@@ -321,13 +345,17 @@ impl PolicyHost {
 
     /// How many components this host has compiled (not loaded from the cache).
     pub fn compiles(&self) -> u64 {
-        self.compiles.load(Ordering::Relaxed)
+        self.shared.compiles.load(Ordering::Relaxed)
     }
 
     fn cache_path(&self, sha256: &str) -> PathBuf {
         let mut h = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        self.cache_dir
+        self.shared
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+        self.shared
+            .cache_dir
             .join(format!("{sha256}-{:016x}.cwasm", h.finish()))
     }
 
@@ -342,7 +370,7 @@ impl PolicyHost {
         let component = match cached.is_file() {
             // SAFETY: the cache directory is private to couchvault and written only by it,
             // from components this engine compiled.
-            true => unsafe { Component::deserialize_file(&self.engine, &cached) }
+            true => unsafe { Component::deserialize_file(&self.shared.engine, &cached) }
                 .map_err(|e| invalid(format!("cached compilation {}: {e}", cached.display())))?,
             false => {
                 if wasmparser_is_core_module(bytes) {
@@ -350,15 +378,15 @@ impl PolicyHost {
                         "it is a core WebAssembly module, not a component (build for wasm32-wasip2, or wrap it with `wasm-tools component new`)".into(),
                     ));
                 }
-                let c =
-                    Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
-                self.compiles.fetch_add(1, Ordering::Relaxed);
+                let c = Component::new(&self.shared.engine, bytes)
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                self.shared.compiles.fetch_add(1, Ordering::Relaxed);
                 let serialized = c.serialize().map_err(|e| invalid(e.to_string()))?;
                 let cache_err = |source| PolicyError::Cache {
                     path: cached.clone(),
                     source,
                 };
-                std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
+                std::fs::create_dir_all(&self.shared.cache_dir).map_err(cache_err)?;
                 let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
                 std::fs::write(&tmp, serialized).map_err(cache_err)?;
                 std::fs::rename(&tmp, &cached).map_err(cache_err)?;
@@ -366,7 +394,7 @@ impl PolicyHost {
             }
         };
         let ty = component.component_type();
-        for (import, _) in ty.imports(&self.engine) {
+        for (import, _) in ty.imports(&self.shared.engine) {
             if !ALLOWED_IMPORTS.iter().any(|p| import.starts_with(p)) {
                 return Err(PolicyError::Capability {
                     name: name.to_string(),
@@ -375,6 +403,7 @@ impl PolicyHost {
             }
         }
         let pre = self
+            .shared
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("cannot link: {e:#}")))?;
@@ -407,8 +436,8 @@ impl PolicyHost {
     }
 
     fn store(&self) -> (Store<State>, MemoryOutputPipe, MemoryOutputPipe) {
-        let stdout = MemoryOutputPipe::new(self.limits.log_bytes);
-        let stderr = MemoryOutputPipe::new(self.limits.log_bytes);
+        let stdout = MemoryOutputPipe::new(self.shared.limits.log_bytes);
+        let stderr = MemoryOutputPipe::new(self.shared.limits.log_bytes);
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -424,16 +453,20 @@ impl PolicyHost {
             table: ResourceTable::new(),
             limiter: MemoryCap {
                 total: 0,
-                cap: self.limits.memory_bytes,
-                max_table_elements: self.limits.max_table_elements,
-                limits: (self.limits.max_instances, self.limits.max_tables),
+                cap: self.shared.limits.memory_bytes,
+                max_table_elements: self.shared.limits.max_table_elements,
+                limits: (
+                    self.shared.limits.max_instances,
+                    self.shared.limits.max_tables,
+                ),
             },
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Fuel and epoch: both are set before every call.
-        let _ = store.set_fuel(self.limits.fuel);
-        let ticks = (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let _ = store.set_fuel(self.shared.limits.fuel);
+        let ticks =
+            (self.shared.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         (store, stdout, stderr)
     }
@@ -448,11 +481,14 @@ impl PolicyHost {
     ) -> PolicyError {
         let reason = match err.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => {
-                format!("it used up its fuel budget of {} units", self.limits.fuel)
+                format!(
+                    "it used up its fuel budget of {} units",
+                    self.shared.limits.fuel
+                )
             }
             Some(Trap::Interrupt) => format!(
                 "it ran past its {} ms deadline",
-                self.limits.deadline.as_millis()
+                self.shared.limits.deadline.as_millis()
             ),
             Some(Trap::StackOverflow) => "it overflowed its stack (too deep recursion)".into(),
             Some(Trap::UnreachableCodeReached) => "it trapped (a panic or `unreachable`)".into(),
@@ -506,7 +542,7 @@ impl PolicyHost {
             reason,
             output: String::new(),
         };
-        let deadline = self.limits.deadline;
+        let deadline = self.shared.limits.deadline;
         let cancel = self.cancel.clone();
         let cancelled = async move {
             loop {
@@ -545,12 +581,12 @@ impl PolicyHost {
                 message: crate::names::escape_control(&message).into_owned(),
             })?;
         let bytes = size(&answer);
-        if bytes > self.limits.output_bytes {
+        if bytes > self.shared.limits.output_bytes {
             return Err(PolicyError::BadAnswer {
                 name: policy.name.clone(),
                 reason: format!(
                     "its answer of {bytes} bytes exceeds the {} byte cap",
-                    self.limits.output_bytes
+                    self.shared.limits.output_bytes
                 ),
             });
         }

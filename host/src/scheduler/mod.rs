@@ -12,10 +12,12 @@
 pub mod cron;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::couchdb::SourceSpec;
+use crate::strict::NoOtherFields;
 
 pub use cron::{parse_tz, Cron, CronError};
 
@@ -23,18 +25,9 @@ pub const SCHEDULE_FORMAT: u32 = 1;
 /// Run records kept per schedule.
 pub const HISTORY: usize = 20;
 
-/// Where an instance's data is (the same choices as `backup create`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceSettings {
-    pub couchdb_config: Option<PathBuf>,
-    pub data_dir: Option<PathBuf>,
-    pub view_index_dir: Option<PathBuf>,
-}
-
 /// What a user gives to create or replace a schedule (API body, `schedule add`, a file in
 /// `schedules/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Unique per tenant; `schedule apply` matches files to schedules by it.
     pub name: String,
@@ -42,13 +35,9 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     pub instance: String,
-    // The source's fields, inline: serde cannot reject unknown fields through a flatten.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub couchdb_config: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view_index_dir: Option<PathBuf>,
+    /// Paths (admin only); none for a registered instance.
+    #[serde(flatten)]
+    pub source: SourceSpec,
     /// 5-field cron or @hourly/@daily/@weekly/@monthly/@yearly.
     pub cron: String,
     /// IANA time zone the cron expression is read in.
@@ -67,6 +56,8 @@ pub struct ScheduleSpec {
     /// A run that could not start within this long of its time is missed (e.g. "1h").
     #[serde(default = "one_hour")]
     pub starting_deadline: String,
+    #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
+    pub other: NoOtherFields,
 }
 
 fn utc() -> String {
@@ -125,53 +116,54 @@ pub struct Compiled {
     pub deadline: Duration,
 }
 
-fn duration(field: &str, text: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(text).map_err(|e| format!("{field}: {e}"))?;
-    Duration::from_std(d).map_err(|_| format!("{field}: '{text}' is too long"))
+/// Why a schedule spec is refused; each names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
+    #[error(transparent)]
+    Tag(#[from] crate::names::TagError),
+    #[error(transparent)]
+    Source(#[from] crate::couchdb::SourceError),
+    #[error(transparent)]
+    Cron(#[from] CronError),
+    #[error("tz: {0}")]
+    Tz(String),
+    #[error("{field}: {reason}")]
+    Duration { field: &'static str, reason: String },
+}
+
+fn duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
+    let bad = |reason: String| SpecError::Duration { field, reason };
+    let d = crate::config::parse_duration(text).map_err(|e| bad(e.to_string()))?;
+    Duration::from_std(d).map_err(|_| bad(format!("'{text}' is too long")))
 }
 
 impl ScheduleSpec {
-    pub fn source(&self) -> SourceSettings {
-        SourceSettings {
-            couchdb_config: self.couchdb_config.clone(),
-            data_dir: self.data_dir.clone(),
-            view_index_dir: self.view_index_dir.clone(),
-        }
-    }
-
     /// Checks every field; the error says which and why.
-    pub fn compile(&self) -> Result<Compiled, String> {
-        crate::names::validate_name("schedule name", &self.name).map_err(|e| e.to_string())?;
-        crate::names::validate_name("instance", &self.instance).map_err(|e| e.to_string())?;
+    pub fn compile(&self) -> Result<Compiled, SpecError> {
+        crate::names::validate_name("schedule name", &self.name)?;
+        crate::names::validate_name("instance", &self.instance)?;
         if let Some(t) = &self.tenant {
-            crate::names::validate_name("tenant", t).map_err(|e| e.to_string())?;
+            crate::names::validate_name("tenant", t)?;
         }
         for p in &self.policies {
-            crate::names::validate_name("policy", p).map_err(|e| e.to_string())?;
+            crate::names::validate_name("policy", p)?;
         }
         crate::names::validate_tags(&self.tags)?;
         // No paths: the instance is a registered one (checked by the daemon).
-        match (&self.couchdb_config, &self.data_dir) {
-            (Some(_), Some(_)) => return Err("give couchdb_config or data_dir, not both".into()),
-            (None, None) if self.view_index_dir.is_some() => {
-                return Err("view_index_dir goes with couchdb_config or data_dir".into())
-            }
-            _ => {}
+        if !self.source.is_empty() {
+            self.source.check_paths()?;
         }
-        for p in [&self.couchdb_config, &self.data_dir, &self.view_index_dir]
-            .into_iter()
-            .flatten()
-        {
-            if !p.is_absolute() {
-                return Err(format!("{} is not an absolute path", p.display()));
-            }
-        }
-        let tz = parse_tz(&self.tz)?;
-        let cron = Cron::parse(&self.cron, tz).map_err(|e| e.to_string())?;
+        let tz = parse_tz(&self.tz).map_err(SpecError::Tz)?;
+        let cron = Cron::parse(&self.cron, tz)?;
         let jitter = duration("jitter", &self.jitter)?;
         let deadline = duration("starting_deadline", &self.starting_deadline)?;
         if deadline < Duration::minutes(1) {
-            return Err("starting_deadline: must be at least 1m".into());
+            return Err(SpecError::Duration {
+                field: "starting_deadline",
+                reason: "must be at least 1m".into(),
+            });
         }
         Ok(Compiled {
             cron,
@@ -348,9 +340,10 @@ mod tests {
             name: "nightly".into(),
             tenant: None,
             instance: "db1".into(),
-            couchdb_config: None,
-            data_dir: Some("/var/lib/couchdb".into()),
-            view_index_dir: None,
+            source: SourceSpec {
+                data_dir: Some("/var/lib/couchdb".into()),
+                ..Default::default()
+            },
             cron: cron.into(),
             tz: tz.into(),
             policies: vec![],
@@ -358,6 +351,7 @@ mod tests {
             paused: false,
             jitter: "0".into(),
             starting_deadline: "1h".into(),
+            other: Default::default(),
         };
         let c = spec.compile().expect("valid spec");
         let s = Schedule {

@@ -1,0 +1,289 @@
+//! How each answer is shown: one function per result, used alike by local mode and by the
+//! daemon's client (the data is the same wire type either way). `--json` prints the value
+//! itself.
+
+use couchvault::catalog::{Deleted, GcReport};
+use couchvault::engine::{RestoreReport, VerifyReport};
+use couchvault::format::BackupMetadata;
+use couchvault::ops::restore::{DbCheck, RestoreOutcome};
+use couchvault::policy::floors::Verdict;
+use couchvault::wire::{BackupRow, BackupSummary, RowStatus};
+
+use super::output::{bytes, table};
+
+/// Tags as `k=v,k=v`, control characters escaped (tags are tenant text).
+pub fn tags_text<'a>(tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let text = tags
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    couchvault::names::escape_control(&text).into_owned()
+}
+
+pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
+    if rows.is_empty() {
+        println!("no backups for tenant '{tenant}' in {store}");
+        return;
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| match (&r.summary, r.status) {
+            (Some(m), RowStatus::Ok) => vec![
+                r.backup_id.clone(),
+                r.instance.clone(),
+                m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                m.files.to_string(),
+                bytes(m.bytes),
+                bytes(m.stored_bytes),
+                tags_text(&m.tags),
+                "ok".into(),
+            ],
+            _ => vec![
+                r.backup_id.clone(),
+                r.instance.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("INVALID: {}", r.error.as_deref().unwrap_or("")),
+            ],
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "INSTANCE",
+            "FINISHED (UTC)",
+            "FILES",
+            "SIZE",
+            "STORED",
+            "TAGS",
+            "STATUS",
+        ],
+        &cells,
+    );
+}
+
+/// `backup create`'s line.
+pub fn backup_created(m: &BackupSummary, secs: f64) {
+    println!(
+        "backup {} committed: {}/{}, {} files, {} read, {} stored ({:.1}x smaller), {:.1}s ({}/s)",
+        m.backup_id,
+        m.tenant,
+        m.instance,
+        m.files,
+        bytes(m.bytes),
+        bytes(m.stored_bytes),
+        m.bytes as f64 / m.stored_bytes.max(1) as f64,
+        secs,
+        bytes((m.bytes as f64 / secs.max(1e-3)) as u64),
+    );
+}
+
+pub fn backup(meta: &BackupMetadata) {
+    let s = &meta.source;
+    let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let rows = [
+        ("backup", meta.backup_id.clone()),
+        (
+            "tenant/instance",
+            format!("{}/{}", meta.tenant, meta.instance),
+        ),
+        ("kind", meta.kind.clone()),
+        ("started", meta.started_at.to_rfc3339()),
+        ("finished", meta.finished_at.to_rfc3339()),
+        ("made by", meta.tool.clone()),
+        ("host", or_dash(&s.hostname)),
+        ("node name", or_dash(&s.node_name)),
+        ("database_dir", s.database_dir.clone()),
+        (
+            "view_index_dir",
+            s.view_index_dir.clone().unwrap_or_else(|| "(same)".into()),
+        ),
+        ("config", or_dash(&s.config_dir)),
+        (
+            "files",
+            format!("{} ({})", meta.totals.files, bytes(meta.totals.bytes)),
+        ),
+        (
+            "stored",
+            format!("{} in {}", bytes(meta.data.size), meta.data.object),
+        ),
+        ("stored sha256", meta.data.sha256.clone()),
+        (
+            "compression",
+            format!(
+                "{} level {}",
+                meta.compression.algorithm, meta.compression.level
+            ),
+        ),
+        (
+            "encryption",
+            format!(
+                "{}, {} byte chunks, key {}",
+                meta.encryption.suite, meta.encryption.chunk_size, meta.encryption.key_id
+            ),
+        ),
+        ("tags", tags_text(&meta.tags)),
+    ];
+    for (k, v) in rows {
+        println!("{k:<16} {v}");
+    }
+    println!();
+    let files: Vec<Vec<String>> = meta
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                f.path.clone(),
+                f.size.to_string(),
+                format!("{:o}", f.mode),
+                f.sha256.clone(),
+            ]
+        })
+        .collect();
+    table(&["PATH", "SIZE", "MODE", "SHA256"], &files);
+}
+
+pub fn verified(report: &VerifyReport) {
+    println!(
+        "backup {} verified: {} chunk(s) authenticated, stream SHA-256 matches, {} files ({}) match their hashes",
+        report.backup_id,
+        report.chunks,
+        report.files,
+        bytes(report.bytes)
+    );
+}
+
+pub fn deleted(d: &Deleted) {
+    if d.was_committed {
+        println!("backup {} of {} deleted", d.backup_id, d.instance);
+    } else {
+        println!(
+            "removed the leftovers of uncommitted backup {} of {}",
+            d.backup_id, d.instance
+        );
+    }
+}
+
+pub fn gc(report: &GcReport, dry_run: bool, grace: &str) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for r in &report.removed {
+        println!("{verb} uncommitted {r}");
+    }
+    println!(
+        "gc: {verb} {} leftover(s), {}; kept {} younger than {grace}",
+        report.removed.len(),
+        bytes(report.bytes_freed),
+        report.kept_young.len()
+    );
+}
+
+pub fn restored(outcome: &RestoreOutcome, backup_node: Option<&str>) {
+    let report: &RestoreReport = &outcome.report;
+    if report.already_restored {
+        println!(
+            "backup {} was already restored into {} (an earlier run completed its swap); nothing was moved",
+            report.backup_id,
+            report.target.display()
+        );
+    } else {
+        println!(
+            "restored backup {} into {}: {} files ({}) verified",
+            report.backup_id,
+            report.target.display(),
+            report.files,
+            bytes(report.bytes)
+        );
+    }
+    if !outcome.renamed.is_empty() {
+        println!(
+            "rewrote the shard maps of {} database(s) for the new node name",
+            outcome.renamed.len()
+        );
+    }
+    if !outcome.checks.is_empty() {
+        checks(&outcome.checks);
+    }
+    for old in &report.previous_kept {
+        println!(
+            "previous contents kept at {} (delete it when satisfied)",
+            old.display()
+        );
+    }
+    if outcome.checks.is_empty() {
+        if let Some(node) = backup_node {
+            println!("the backup was taken on node {node}: start CouchDB with the same node name (or restore with --rename-node)");
+        }
+    }
+}
+
+pub fn checks(checks: &[DbCheck]) {
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.database.clone(),
+                c.recorded.map_or("-".into(), |n| n.to_string()),
+                c.now.map_or("-".into(), |n| n.to_string()),
+                if c.ok {
+                    "ok".into()
+                } else {
+                    format!("FAILED: {}", c.error.as_deref().unwrap_or(""))
+                },
+            ]
+        })
+        .collect();
+    table(&["DATABASE", "DOCS AT BACKUP", "DOCS NOW", "CHECK"], &rows);
+}
+
+pub fn verdicts(verdicts: &[Verdict]) {
+    let rows: Vec<Vec<String>> = verdicts
+        .iter()
+        .map(|v| {
+            vec![
+                if v.keep { "keep" } else { "delete" }.to_string(),
+                v.id.clone(),
+                v.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["ACTION", "BACKUP", "REASON"], &rows);
+}
+
+pub fn policies(entries: &[couchvault::policy::registry::Entry], tenant: &str) {
+    if entries.is_empty() {
+        println!("no policies for tenant '{tenant}'");
+        return;
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.kinds.clone(),
+                e.added.format("%Y-%m-%d %H:%M").to_string(),
+                e.sha256.chars().take(16).collect(),
+                e.params.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "KINDS", "ADDED (UTC)", "SHA256", "PARAMS"], &rows);
+}
+
+pub fn policy_added(e: &couchvault::policy::registry::Entry) {
+    println!(
+        "added policy {} ({}) for tenant '{}'; use it with --{} {} or [policy] in the config",
+        e.name,
+        e.kinds,
+        e.tenant,
+        if e.kinds.contains("retention") {
+            "retention"
+        } else {
+            "protection"
+        },
+        e.name
+    );
+}

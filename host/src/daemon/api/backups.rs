@@ -1,0 +1,126 @@
+//! `/v1/backups`: list (from the daemon's index), create, show, verify, delete.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{accepted, blocking, tenant_of, ApiError, ApiResult, JsonBody, Shared, TenantQuery};
+use crate::couchdb::SourceSpec;
+use crate::daemon::auth::Principal;
+use crate::daemon::instances;
+use crate::daemon::jobs::{BackupParams, JobRequest};
+use crate::daemon::Daemon;
+use crate::format::BackupMetadata;
+use crate::wire::{BackupRow, RowStatus};
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    tenant: Option<String>,
+    instance: Option<String>,
+}
+
+/// The tenant's committed backups, from the index (rebuilt from the store).
+pub(super) async fn backup_list(
+    p: Principal,
+    State(d): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<BackupRow>>> {
+    let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
+    let rows =
+        d.db.index_list(&tenant)?
+            .into_iter()
+            .filter(|e| q.instance.as_ref().is_none_or(|i| &e.summary.instance == i))
+            .map(|e| BackupRow {
+                backup_id: e.summary.backup_id.clone(),
+                instance: e.summary.instance.clone(),
+                status: RowStatus::Ok,
+                error: None,
+                summary: Some(e.summary),
+            })
+            .collect();
+    Ok(Json(rows))
+}
+
+pub(super) async fn backup_create(
+    p: Principal,
+    State(d): State<Shared>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(b): JsonBody<BackupParams>,
+) -> ApiResult<Response> {
+    let tenant = tenant_of(&p, &q)?;
+    check_source(&d, &p, &tenant, &b.instance, &b.source)?;
+    crate::names::validate_tags(&b.tags).map_err(|e| ApiError::bad(e.to_string()))?;
+    crate::ops::resolve_policies(&d.vault.state_dir, &tenant, &b.policies)?;
+    if let Some(l) = b.compression_level {
+        if !(1..=19).contains(&l) {
+            return Err(ApiError::bad("compression_level must be 1-19"));
+        }
+    }
+    accepted(&d, &tenant, JobRequest::Backup(b)).await
+}
+
+/// Where a backup or schedule reads from. A tenant names one of its registered instances
+/// and never a path; the admin names a registered instance or gives the paths itself.
+pub(super) fn check_source(
+    d: &Daemon,
+    p: &Principal,
+    tenant: &str,
+    instance: &str,
+    s: &SourceSpec,
+) -> ApiResult<()> {
+    crate::names::validate_name("instance", instance).map_err(|e| ApiError::bad(e.to_string()))?;
+    if s.is_empty() {
+        instances::require(&d.db, tenant, instance)?;
+        return Ok(());
+    }
+    if matches!(p, Principal::Tenant(_)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a tenant names a registered instance, never a path (the admin registers instances: `couchvault instance add`)",
+        ));
+    }
+    s.check_paths().map_err(|e| ApiError::bad(e.to_string()))
+}
+
+pub(super) async fn backup_show(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Json<BackupMetadata>> {
+    let tenant = tenant_of(&p, &q)?;
+    Ok(Json(owned_backup(&d, &tenant, &id).await?))
+}
+
+/// Loads a tenant's backup (authenticated); another tenant's id or a bad one is 404.
+pub(super) async fn owned_backup(d: &Daemon, tenant: &str, id: &str) -> ApiResult<BackupMetadata> {
+    if crate::names::validate_name("backup id", id).is_err() {
+        return Err(ApiError::not_found("backup"));
+    }
+    let (vault, tenant, id) = (d.vault.clone(), tenant.to_string(), id.to_string());
+    blocking(move || Ok(vault.show_backup(&tenant, &id)?)).await
+}
+
+pub(super) async fn backup_delete(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Response> {
+    let tenant = tenant_of(&p, &q)?;
+    owned_backup(&d, &tenant, &id).await?;
+    accepted(&d, &tenant, JobRequest::Delete { backup_id: id }).await
+}
+
+pub(super) async fn backup_verify(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Response> {
+    let tenant = tenant_of(&p, &q)?;
+    owned_backup(&d, &tenant, &id).await?;
+    accepted(&d, &tenant, JobRequest::Verify { backup_id: id }).await
+}

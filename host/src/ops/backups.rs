@@ -1,0 +1,70 @@
+//! The backups in the store: list, show, verify, delete, and gc of what uncommitted
+//! backups left behind.
+
+use std::time::Duration;
+
+use super::{Result, Vault};
+use crate::catalog::{self, Deleted, GcReport};
+use crate::engine::{self, restore::VerifyReport, Progress};
+use crate::format::BackupMetadata;
+use crate::wire::{BackupRow, BackupSummary, RowStatus};
+
+impl Vault {
+    /// A tenant's backups (of one instance), oldest first, including those whose metadata
+    /// does not load (`invalid`, with why).
+    pub fn list_backups(&self, tenant: &str, instance: Option<&str>) -> Result<Vec<BackupRow>> {
+        let keyring = self.keyring()?;
+        Ok(catalog::list(&*self.store, &keyring, tenant, instance)?
+            .into_iter()
+            .map(|l| BackupRow {
+                status: match l.metadata {
+                    Some(_) => RowStatus::Ok,
+                    None => RowStatus::Invalid,
+                },
+                summary: l.metadata.as_ref().map(BackupSummary::of),
+                backup_id: l.backup_id,
+                instance: l.instance,
+                error: l.error,
+            })
+            .collect())
+    }
+
+    /// The committed backups of a tenant's instance, with their metadata.
+    pub fn committed(&self, tenant: &str, instance: Option<&str>) -> Result<Vec<BackupMetadata>> {
+        let keyring = self.keyring()?;
+        Ok(catalog::list(&*self.store, &keyring, tenant, instance)?
+            .into_iter()
+            .filter_map(|l| l.metadata)
+            .collect())
+    }
+
+    /// One backup's metadata, authenticated with the tenant's key; another tenant's id is
+    /// NotFound.
+    pub fn show_backup(&self, tenant: &str, id: &str) -> Result<BackupMetadata> {
+        let keyring = self.keyring()?;
+        Ok(catalog::load(&*self.store, &keyring, tenant, id)?)
+    }
+
+    /// Reads the whole backup back: every chunk authenticated, the stream hash and every
+    /// file's hash checked. Nothing is written.
+    pub fn verify(&self, tenant: &str, id: &str, progress: &Progress) -> Result<VerifyReport> {
+        let keyring = self.keyring()?;
+        let meta = catalog::load(&*self.store, &keyring, tenant, id)?;
+        Ok(engine::verify(&*self.store, &keyring, &meta, progress)?)
+    }
+
+    /// Deletes a backup (or the leftovers of an uncommitted one).
+    pub fn delete(&self, tenant: &str, id: &str) -> Result<Deleted> {
+        Ok(catalog::delete(&*self.store, tenant, id)?)
+    }
+
+    /// Removes what uncommitted backups left, older than `grace` (every tenant).
+    pub fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
+        Ok(catalog::gc(&*self.store, grace, dry_run)?)
+    }
+
+    /// Every tenant that has anything in the store.
+    pub fn tenants(&self) -> Result<Vec<String>> {
+        Ok(self.store.tenants()?)
+    }
+}

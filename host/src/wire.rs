@@ -1,0 +1,417 @@
+//! The HTTP API's wire types (docs/API.md, `/v1/openapi.json`): every request body and
+//! answer, used by the daemon's handlers and by the CLI's client alike, so that what one
+//! sends the other reads by type, and local and remote output are printed by the same code.
+//! Job records are also what the daemon keeps in sled (`couchvault_job`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::couchdb::SourceSpec;
+use crate::duration::Span;
+use crate::format::BackupMetadata;
+use crate::policy::floors::Verdict;
+use crate::strict::NoOtherFields;
+
+pub const API_VERSION: &str = "v1";
+
+/// Every error answer: `{"error": "..."}`, with the HTTP status saying which kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub api: String,
+    pub store: String,
+    pub schedules: usize,
+    pub jobs_running: usize,
+}
+
+/// A committed backup as listed and summarised (`backup list`, `backup create --json`,
+/// the daemon's backup index): the same shape locally and from a daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    pub backup_id: String,
+    pub tenant: String,
+    pub instance: String,
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub files: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    /// e.g. `zstd-3`.
+    pub compression: String,
+    pub key_id: String,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl BackupSummary {
+    pub fn of(m: &BackupMetadata) -> BackupSummary {
+        BackupSummary {
+            backup_id: m.backup_id.clone(),
+            tenant: m.tenant.clone(),
+            instance: m.instance.clone(),
+            kind: m.kind.clone(),
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            files: m.totals.files,
+            bytes: m.totals.bytes,
+            stored_bytes: m.data.size,
+            compression: format!("{}-{}", m.compression.algorithm, m.compression.level),
+            key_id: m.encryption.key_id.clone(),
+            node_name: m.source.node_name.clone(),
+            tags: m.tags.clone(),
+        }
+    }
+}
+
+/// One row of `GET /v1/backups` and `backup list`: a backup whose metadata loaded (`ok`,
+/// with its summary) or one that did not (`invalid`, with why).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupRow {
+    pub backup_id: String,
+    pub instance: String,
+    pub status: RowStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<BackupSummary>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowStatus {
+    Ok,
+    Invalid,
+}
+
+/// A backup made: its summary and the retention verdicts after it (`backup create --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupCreated {
+    #[serde(flatten)]
+    pub summary: BackupSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Vec<Verdict>>,
+}
+
+/// `POST /v1/restores`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreParams {
+    pub backup_id: String,
+    /// Absolute for the admin; for a tenant, a directory name under its restore root.
+    /// Not with `in_place`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBuf>,
+    /// The instance being restored (default: the backup's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Into the registered instance's own directories, with its hooks (a tenant needs the
+    /// instance's `restore_in_place`).
+    #[serde(default)]
+    pub in_place: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_index_target: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_target: Option<PathBuf>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub discard_old: bool,
+    /// The node name the restored CouchDB runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub rename_node: bool,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenParams {
+    /// None creates another admin token.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// A stored API token as listed: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Short public id, for listing and revoking.
+    pub id: String,
+    /// None for an admin token.
+    pub tenant: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The answer to `POST /v1/tokens`: the secret, shown only this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `POST /v1/gc`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcParams {
+    /// Default: `gc.grace`.
+    #[serde(default)]
+    pub grace: Option<Span>,
+}
+
+/// `POST /v1/reindex`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reindexed {
+    pub indexed: usize,
+}
+
+/// `POST /v1/policies/{name}/dry-run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunParams {
+    /// Default: the instance's real backups when `instance` is given, else a sample.
+    #[serde(default)]
+    pub backups: Option<Vec<DryRunBackup>>,
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub now: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub source_size: Option<u64>,
+}
+
+/// A made-up backup for a dry run or `policy test`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunBackup {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default = "full")]
+    pub kind: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+}
+
+fn full() -> String {
+    "full".into()
+}
+
+impl DryRunBackup {
+    pub fn info(self) -> crate::policy::BackupInfo {
+        crate::policy::BackupInfo {
+            id: self.id,
+            created_at: self.created_at.timestamp(),
+            size: self.size,
+            kind: self.kind,
+            schedule: self.schedule.or_else(|| self.tags.get("schedule").cloned()),
+            tags: self.tags.into_iter().collect(),
+        }
+    }
+}
+
+/// `POST /v1/schedules/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleApply {
+    pub schedules: Vec<crate::scheduler::ScheduleSpec>,
+}
+
+/// `POST /v1/instances/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceApply {
+    pub instances: Vec<crate::daemon::instances::InstanceSpec>,
+}
+
+/// `GET /v1/schedules/{id}`: the schedule and when it runs next.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleShown {
+    #[serde(flatten)]
+    pub schedule: crate::scheduler::Schedule,
+    #[serde(default)]
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+pub const JOB_FORMAT: u32 = 1;
+/// The tenant the admin's own jobs (gc) are recorded under.
+pub const ADMIN_TENANT: &str = "_admin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The daemon stopped (crash, kill, shutdown timeout) while the job ran.
+    Interrupted,
+}
+
+impl JobState {
+    pub fn is_finished(self) -> bool {
+        self != JobState::Running
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A backup's parameters: the body of `POST /v1/backups`, and a backup job's request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackupParams {
+    pub instance: String,
+    /// Paths (admin only); none names a registered instance.
+    #[serde(flatten)]
+    pub source: SourceSpec,
+    /// The tenant's policies (retention and/or protection) by name.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// Back up even when the shard map names files the data dir lacks; record the gaps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_incomplete: bool,
+    #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
+    pub other: NoOtherFields,
+}
+
+/// What a job does, with its parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobRequest {
+    Backup(BackupParams),
+    Restore {
+        backup_id: String,
+        /// The instance being restored (locks it against its backups); default the backup's.
+        instance: String,
+        target: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view_index_target: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config_target: Option<PathBuf>,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        discard_old: bool,
+        /// The node name the restored CouchDB runs as; a backup from another node is
+        /// refused unless `rename_node`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_name: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rename_node: bool,
+        /// Run the config's restore hooks (admin requests only).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hooks: bool,
+        /// Into the registered instance itself: its hooks and its CouchDB.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_place: bool,
+    },
+    Verify {
+        backup_id: String,
+    },
+    Delete {
+        backup_id: String,
+    },
+    Gc {
+        grace: Span,
+    },
+}
+
+impl JobRequest {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobRequest::Backup(_) => "backup",
+            JobRequest::Restore { .. } => "restore",
+            JobRequest::Verify { .. } => "verify",
+            JobRequest::Delete { .. } => "delete",
+            JobRequest::Gc { .. } => "gc",
+        }
+    }
+
+    /// The instance this job holds exclusively, if any.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            JobRequest::Backup(BackupParams { instance, .. })
+            | JobRequest::Restore { instance, .. } => Some(instance),
+            _ => None,
+        }
+    }
+}
+
+/// Which schedule run started a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRun {
+    pub schedule_id: String,
+    pub schedule_name: String,
+    pub scheduled_for: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProgressSnapshot {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Bytes per second since the job started.
+    pub rate: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub couchvault_job: u32,
+    pub id: String,
+    pub tenant: String,
+    pub request: JobRequest,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<ScheduledRun>,
+    /// 1 for a first try; retries of interrupted scheduled backups count up.
+    pub attempt: u32,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    pub progress: ProgressSnapshot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The backup made, restored, verified or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Retention verdicts after a backup (what was kept and deleted, and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<Verdict>,
+    /// Kind-specific result (restore, verify and gc reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
