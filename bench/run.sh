@@ -3,6 +3,8 @@
 # side by side on the same data in page cache, printed as ratios. Not a test.
 #
 #   bash bench/run.sh [SIZE_MIB]     (default 1024; needs ~3x SIZE_MIB free in $BENCH_DIR)
+#   BASELINE_BIN=/path/to/older/couchvault bash bench/run.sh   also times that build's backup and
+#                                     restore in the same run, printed as new/baseline ratios
 #
 # Targets (PRODUCT.md): B1 backup <= 1.10x `tar | zstd -3 -T0 | openssl enc -aes-256-ctr`
 # and >= 10x faster than Trove's `tar | gzip | openssl enc -aes-256-cbc`; B2 restore <= 1.10x
@@ -51,6 +53,10 @@ echo "backup of ${SIZE} MiB (data in page cache, zstd level 3, encrypted):"
 warm "$W/data"
 measure couchvault_backup "warm $W/data" \
   "cd $W && $BIN --store file://$W/store backup create --instance bench --data-dir $W/data --compression-level 3 --allow-incomplete"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  measure baseline_backup "warm $W/data" \
+    "cd $W && $BASELINE_BIN --store file://$W/store backup create --instance baseline --data-dir $W/data --compression-level 3 --allow-incomplete"
+fi
 measure tar_zstd_openssl "warm $W/data; rm -f $W/base.enc" \
   "tar -cf - -C $W/data . | zstd -q -3 -T0 | openssl enc -aes-256-ctr -K $KEY -iv $IV > $W/base.enc"
 measure trove_gzip_cbc "warm $W/data" \
@@ -65,6 +71,11 @@ measure couchvault_restore_sync "rm -rf $W/r1; sync; warm $W/store" \
 measure openssl_zstd_tar "rm -rf $W/r2; mkdir -p $W/r2; warm $W/base.enc" \
   "openssl enc -d -aes-256-ctr -K $KEY -iv $IV < $W/base.enc | zstd -q -d | tar -xf - -C $W/r2"
 diff -r "$W/data" "$W/r1" > /dev/null && echo "  (restored tree identical to the source)"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  BID=$(cv --json backup list --instance baseline | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["backup_id"])')
+  measure baseline_restore_nosync "rm -rf $W/r3; warm $W/store" \
+    "cd $W && $BASELINE_BIN --config $W/nosync.toml restore $BID --to $W/r3"
+fi
 
 echo "peak RSS of a backup at 100 MiB:"
 warm "$W/data100"
@@ -79,5 +90,8 @@ echo "  B1 Trove tar|gzip|openssl cbc / couchvault backup    = $(r "${WALL[trove
 echo "  B2 couchvault restore (no sync) / openssl|zstd|tar   = $(r "${WALL[couchvault_restore_nosync]}" "${WALL[openssl_zstd_tar]}")  (target <= 1.10)"
 echo "     couchvault restore (syncfs, default) / baseline   = $(r "${WALL[couchvault_restore_sync]}" "${WALL[openssl_zstd_tar]}")  (the baseline does not flush)"
 echo "  B3 peak RSS: $(( ${RSS[couchvault_backup_100m]} / 1024 )) MiB at 100 MiB, $(( ${RSS[couchvault_backup]} / 1024 )) MiB at ${SIZE} MiB (target <= 256, flat)"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  echo "  this build / BASELINE_BIN: backup $(r "${WALL[couchvault_backup]}" "${WALL[baseline_backup]}"), restore (no sync) $(r "${WALL[couchvault_restore_nosync]}" "${WALL[baseline_restore_nosync]}")"
+fi
 STORED=$(cv --json backup show "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["size"])')
 echo "  stored bytes: couchvault $STORED, tar|zstd|openssl $(stat -c %s "$W/base.enc"), Trove $(stat -c %s "$W/trove.enc")"

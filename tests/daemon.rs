@@ -956,3 +956,74 @@ fn a_flooding_tenant_does_not_starve_others_and_shutdown_ends_in_time() {
     );
     assert!(status.success(), "{status}: {}", d.log());
 }
+
+/// The routes of docs/API.md's table, as `METHOD /path` (query suffixes dropped).
+fn documented_routes() -> std::collections::BTreeSet<String> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/API.md"))
+        .unwrap();
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|r| r.starts_with(|c: char| c.is_ascii_uppercase()))
+        .map(|r| r.split('[').next().unwrap().trim().to_string())
+        .collect()
+}
+
+/// `/v1/openapi.json` is generated from the wire types; its routes are exactly docs/API.md's,
+/// each is served by the router (a request without a token is refused with 401, not the
+/// fallback's 404), and every schema it refers to is defined.
+#[test]
+fn the_openapi_document_matches_the_router_and_the_docs() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    let resp = d.req(Method::GET, "/v1/openapi.json", None).send().unwrap();
+    assert_eq!(resp.status(), 200, "public, like /healthz");
+    let doc: Value = resp.json().unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut served = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            served.insert(format!("{} {path}", method.to_uppercase()));
+            let concrete = path.replace("{id}", "x").replace("{name}", "x");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let status = d
+                .req(method.clone(), &concrete, None)
+                .send()
+                .unwrap()
+                .status();
+            let public = op["security"] == json!([]);
+            assert_eq!(
+                status.as_u16(),
+                if public { 200 } else { 401 },
+                "{method} {path}: not served as documented"
+            );
+        }
+    }
+    assert_eq!(
+        served,
+        documented_routes(),
+        "openapi.json against docs/API.md"
+    );
+    // Every reference resolves to a schema in the document.
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for r in text.split("#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(schemas.contains_key(name), "undefined schema {name}");
+    }
+    // The wire types' fields are there: a backup request names its instance and (flattened
+    // in, by reference) its source.
+    let params = schemas["BackupParams"].to_string();
+    assert!(
+        params.contains("#/components/schemas/SourceSpec"),
+        "{params}"
+    );
+    let fields = params + &schemas["SourceSpec"].to_string();
+    for field in ["instance", "data_dir", "couchdb_config", "policies"] {
+        assert!(
+            fields.contains(field),
+            "BackupParams lacks {field}: {fields}"
+        );
+    }
+}

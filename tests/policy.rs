@@ -439,6 +439,7 @@ fn floors_override_what_policies_ask() {
     }];
     assert!(floors::retention(&f, now, &list, &forged)
         .unwrap_err()
+        .to_string()
         .contains("nope"));
 
     // Protection: no encryption and level 42 are overridden; an unknown key is refused.
@@ -453,7 +454,9 @@ fn floors_override_what_policies_ask() {
         d.overrides
     );
     let p = host.protect(&bad, &protection_input("badkey")).unwrap();
-    let err = floors::protection(&Floors::default(), p, |k| k == "real-key").unwrap_err();
+    let err = floors::protection(&Floors::default(), p, |k| k == "real-key")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-such-key"), "{err}");
 }
 

@@ -1,7 +1,12 @@
 //! Cryptography of archive format v1: key derivation, data-key wrapping, the chunked
 //! AES-256-GCM STREAM construction and the metadata MAC. See docs/FORMAT.md.
+//!
+//! AES-256-GCM is RustCrypto's `aes-gcm` (AES-NI and CLMUL chosen at run time). `ring`
+//! stays for what no named package covers here: the system random source, HKDF-SHA256 and
+//! HMAC-SHA256 (one audited crate for the three, already a dependency of the TLS stack).
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 
@@ -65,8 +70,8 @@ pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
         .map_err(|_| CryptoError::Random)
 }
 
-fn aead_key(key: &SecretKey) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key.0).expect("32-byte AES-256 key"))
+fn aead_key(key: &SecretKey) -> Aes256Gcm {
+    Aes256Gcm::new(&key.0.into())
 }
 
 /// The associated data that binds a wrapped data key to its backup.
@@ -91,9 +96,9 @@ pub fn wrap_data_key(
     let mut nonce = [0u8; 12];
     fill_random(&mut nonce)?;
     let mut buf = data_key.0.to_vec();
-    kek.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(wrap_aad(tenant, key_id, backup_id)),
+    kek.encrypt_in_place(
+        Nonce::from_slice(&nonce),
+        &wrap_aad(tenant, key_id, backup_id),
         &mut buf,
     )
     .map_err(|_| CryptoError::Random)?;
@@ -112,16 +117,15 @@ pub fn unwrap_data_key(
 ) -> Result<SecretKey, CryptoError> {
     let kek = aead_key(&tenant_key.derive(INFO_WRAP));
     let mut buf = wrapped.ciphertext.clone();
-    let plain = kek
-        .open_in_place(
-            Nonce::assume_unique_for_key(wrapped.nonce),
-            Aad::from(wrap_aad(tenant, key_id, backup_id)),
-            &mut buf,
-        )
-        .map_err(|_| CryptoError::Unwrap {
-            key_id: key_id.to_string(),
-        })?;
-    let key: [u8; KEY_LEN] = plain.try_into().map_err(|_| CryptoError::Unwrap {
+    kek.decrypt_in_place(
+        Nonce::from_slice(&wrapped.nonce),
+        &wrap_aad(tenant, key_id, backup_id),
+        &mut buf,
+    )
+    .map_err(|_| CryptoError::Unwrap {
+        key_id: key_id.to_string(),
+    })?;
+    let key: [u8; KEY_LEN] = buf.as_slice().try_into().map_err(|_| CryptoError::Unwrap {
         key_id: key_id.to_string(),
     })?;
     Ok(SecretKey(key))
@@ -142,17 +146,17 @@ pub fn metadata_mac_verify(tenant_key: &SecretKey, document: &[u8], mac: &[u8]) 
 }
 
 /// STREAM nonce: 7-byte random prefix, 32-bit big-endian chunk counter, 1-byte last-chunk flag.
-fn stream_nonce(prefix: &[u8; NONCE_PREFIX_LEN], counter: u32, last: bool) -> Nonce {
+fn stream_nonce(prefix: &[u8; NONCE_PREFIX_LEN], counter: u32, last: bool) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[..NONCE_PREFIX_LEN].copy_from_slice(prefix);
     n[NONCE_PREFIX_LEN..11].copy_from_slice(&counter.to_be_bytes());
     n[11] = u8::from(last);
-    Nonce::assume_unique_for_key(n)
+    n
 }
 
 /// Seals consecutive chunks of one data stream. The stream header is the AAD of every chunk.
 pub struct StreamSealer {
-    key: LessSafeKey,
+    key: Aes256Gcm,
     prefix: [u8; NONCE_PREFIX_LEN],
     aad: Vec<u8>,
     counter: u64,
@@ -173,7 +177,7 @@ impl StreamSealer {
         let counter = u32::try_from(self.counter).map_err(|_| CryptoError::TooManyChunks)?;
         let nonce = stream_nonce(&self.prefix, counter, last);
         self.key
-            .seal_in_place_append_tag(nonce, Aad::from(&self.aad), buf)
+            .encrypt_in_place(Nonce::from_slice(&nonce), &self.aad, buf)
             .map_err(|_| CryptoError::TooManyChunks)?;
         self.counter += 1;
         Ok(())
@@ -182,7 +186,7 @@ impl StreamSealer {
 
 /// Opens consecutive chunks of one data stream; the inverse of [`StreamSealer`].
 pub struct StreamOpener {
-    key: LessSafeKey,
+    key: Aes256Gcm,
     prefix: [u8; NONCE_PREFIX_LEN],
     aad: Vec<u8>,
     counter: u64,
@@ -203,12 +207,19 @@ impl StreamOpener {
         let index = self.counter;
         let counter = u32::try_from(index).map_err(|_| CryptoError::TooManyChunks)?;
         let nonce = stream_nonce(&self.prefix, counter, last);
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(&self.aad), frame)
-            .map_err(|_| CryptoError::ChunkAuth { index })?;
+        let failed = || CryptoError::ChunkAuth { index };
+        let split = frame.len().checked_sub(TAG_LEN).ok_or_else(failed)?;
+        let (text, tag) = frame.split_at_mut(split);
+        self.key
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                &self.aad,
+                text,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| failed())?;
         self.counter += 1;
-        Ok(plain.len())
+        Ok(split)
     }
 
     pub fn chunks_opened(&self) -> u64 {

@@ -82,6 +82,18 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+impl utoipa::PartialSchema for Span {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("a duration: 0, 90s, 30m, 24h, 7d, 2w or 1d12h"))
+            .examples(["24h"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Span {}
+
 impl From<Span> for Duration {
     fn from(s: Span) -> Duration {
         s.0

@@ -133,7 +133,7 @@ pub struct BackupMetadata {
     /// What CouchDB answered over HTTP at backup start (version, node, per-database counts
     /// and security), when a CouchDB URL was configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub couchdb: Option<crate::couchdb::http::LiveInfo>,
+    pub couchdb: Option<LiveInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,6 +266,31 @@ impl UnverifiedMetadata {
             Err(FormatError::Mac)
         }
     }
+}
+
+/// Per-database counts recorded at backup start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbStats {
+    pub doc_count: u64,
+    pub doc_del_count: u64,
+    /// Opaque (a string in CouchDB 3, an integer in PouchDB Server).
+    pub update_seq: serde_json::Value,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub security: serde_json::Value,
+}
+
+/// What CouchDB said over HTTP when the backup started (recorded in the metadata).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveInfo {
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DbStats>,
 }
 
 #[cfg(test)]

@@ -40,3 +40,12 @@ impl<'de> Deserialize<'de> for NoOtherFields {
         d.deserialize_map(Refuse)
     }
 }
+
+/// In the API's schema: nothing (an empty object, merged into the type that flattens it).
+impl utoipa::PartialSchema for NoOtherFields {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new().into()
+    }
+}
+
+impl utoipa::ToSchema for NoOtherFields {}

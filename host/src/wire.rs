@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::couchdb::SourceSpec;
 use crate::duration::Span;
@@ -18,13 +19,13 @@ use crate::strict::NoOtherFields;
 pub const API_VERSION: &str = "v1";
 
 /// Every error answer: `{"error": "..."}`, with the HTTP status saying which kind.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// `GET /healthz`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -36,7 +37,7 @@ pub struct Health {
 
 /// A committed backup as listed and summarised (`backup list`, `backup create --json`,
 /// the daemon's backup index): the same shape locally and from a daemon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BackupSummary {
     pub backup_id: String,
     pub tenant: String,
@@ -78,7 +79,7 @@ impl BackupSummary {
 
 /// One row of `GET /v1/backups` and `backup list`: a backup whose metadata loaded (`ok`,
 /// with its summary) or one that did not (`invalid`, with why).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupRow {
     pub backup_id: String,
     pub instance: String,
@@ -89,7 +90,7 @@ pub struct BackupRow {
     pub summary: Option<BackupSummary>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RowStatus {
     Ok,
@@ -97,7 +98,7 @@ pub enum RowStatus {
 }
 
 /// A backup made: its summary and the retention verdicts after it (`backup create --json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupCreated {
     #[serde(flatten)]
     pub summary: BackupSummary,
@@ -106,13 +107,14 @@ pub struct BackupCreated {
 }
 
 /// `POST /v1/restores`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreParams {
     pub backup_id: String,
     /// Absolute for the admin; for a tenant, a directory name under its restore root.
     /// Not with `in_place`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub target: Option<PathBuf>,
     /// The instance being restored (default: the backup's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,8 +124,10 @@ pub struct RestoreParams {
     #[serde(default)]
     pub in_place: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub view_index_target: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub config_target: Option<PathBuf>,
     #[serde(default)]
     pub force: bool,
@@ -137,7 +141,7 @@ pub struct RestoreParams {
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenParams {
     /// None creates another admin token.
@@ -148,7 +152,7 @@ pub struct TokenParams {
 }
 
 /// A stored API token as listed: only the SHA-256 of the secret is kept.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     /// Short public id, for listing and revoking.
     pub id: String,
@@ -159,7 +163,7 @@ pub struct TokenInfo {
 }
 
 /// The answer to `POST /v1/tokens`: the secret, shown only this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     pub token: String,
     #[serde(flatten)]
@@ -167,7 +171,7 @@ pub struct TokenCreated {
 }
 
 /// `POST /v1/gc`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GcParams {
     /// Default: `gc.grace`.
@@ -176,13 +180,13 @@ pub struct GcParams {
 }
 
 /// `POST /v1/reindex`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Reindexed {
     pub indexed: usize,
 }
 
 /// `POST /v1/policies/{name}/dry-run`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRunParams {
     /// Default: the instance's real backups when `instance` is given, else a sample.
@@ -197,7 +201,7 @@ pub struct DryRunParams {
 }
 
 /// A made-up backup for a dry run or `policy test`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRunBackup {
     pub id: String,
@@ -230,21 +234,21 @@ impl DryRunBackup {
 }
 
 /// `POST /v1/schedules/apply`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleApply {
     pub schedules: Vec<crate::scheduler::ScheduleSpec>,
 }
 
 /// `POST /v1/instances/apply`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceApply {
     pub instances: Vec<crate::daemon::instances::InstanceSpec>,
 }
 
 /// `GET /v1/schedules/{id}`: the schedule and when it runs next.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleShown {
     #[serde(flatten)]
     pub schedule: crate::scheduler::Schedule,
@@ -256,7 +260,7 @@ pub const JOB_FORMAT: u32 = 1;
 /// The tenant the admin's own jobs (gc) are recorded under.
 pub const ADMIN_TENANT: &str = "_admin";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Running,
@@ -283,7 +287,7 @@ impl JobState {
 }
 
 /// A backup's parameters: the body of `POST /v1/backups`, and a backup job's request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BackupParams {
     pub instance: String,
     /// Paths (admin only); none names a registered instance.
@@ -304,7 +308,7 @@ pub struct BackupParams {
 }
 
 /// What a job does, with its parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobRequest {
     Backup(BackupParams),
@@ -312,10 +316,13 @@ pub enum JobRequest {
         backup_id: String,
         /// The instance being restored (locks it against its backups); default the backup's.
         instance: String,
+        #[schema(value_type = String)]
         target: PathBuf,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>)]
         view_index_target: Option<PathBuf>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>)]
         config_target: Option<PathBuf>,
         #[serde(default)]
         force: bool,
@@ -367,14 +374,14 @@ impl JobRequest {
 }
 
 /// Which schedule run started a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScheduledRun {
     pub schedule_id: String,
     pub schedule_name: String,
     pub scheduled_for: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ProgressSnapshot {
     pub bytes_done: u64,
     pub bytes_total: u64,
@@ -384,7 +391,7 @@ pub struct ProgressSnapshot {
     pub rate: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub couchvault_job: u32,
     pub id: String,
@@ -411,6 +418,7 @@ pub struct Job {
     pub retention: Vec<Verdict>,
     /// Kind-specific result (restore, verify and gc reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

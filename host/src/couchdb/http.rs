@@ -8,8 +8,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, RequestBuilder};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use crate::format::{DbStats, LiveInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CouchError {
@@ -27,31 +28,6 @@ impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
-}
-
-/// Per-database counts recorded at backup start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DbStats {
-    pub doc_count: u64,
-    pub doc_del_count: u64,
-    /// Opaque (a string in CouchDB 3, an integer in PouchDB Server).
-    pub update_seq: Value,
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub security: Value,
-}
-
-/// What CouchDB said over HTTP when the backup started (recorded in the metadata).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LiveInfo {
-    pub reachable: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default)]
-    pub databases: BTreeMap<String, DbStats>,
 }
 
 pub struct CouchClient {

@@ -54,20 +54,25 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
 /// Where a CouchDB node's data is: its config directory, or its data directory. The one
 /// source type of the CLI (`--couchdb-config`/`--data-dir`), backups, schedules and
 /// instances (their fields inline, by serde's flatten).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args, utoipa::ToSchema,
+)]
 #[group(skip)]
 pub struct SourceSpec {
     /// CouchDB's config directory (e.g. /opt/couchdb/etc): the ini files name the data dirs.
     #[arg(long, value_name = "DIR", conflicts_with = "data_dir")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub couchdb_config: Option<PathBuf>,
     /// CouchDB's database_dir, when not read from the ini files.
     #[arg(long, value_name = "DIR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub data_dir: Option<PathBuf>,
     /// CouchDB's view_index_dir, when it differs from the data dir.
     #[arg(long, value_name = "DIR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub view_index_dir: Option<PathBuf>,
 }
 

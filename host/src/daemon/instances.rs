@@ -35,7 +35,7 @@ pub enum InstanceError {
 }
 
 /// What the admin gives to register an instance (API body, `instance add`, a file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceSpec {
     pub name: String,
     /// The owning tenant; `default` when not given.
@@ -68,17 +68,20 @@ fn default_tenant() -> String {
 }
 
 /// A registered instance (sled, format versioned by `couchvault_instance`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub couchvault_instance: u32,
     #[serde(flatten)]
     pub spec: InstanceSpec,
     /// The canonical directories its source resolved to when registered: the only ones
     /// its backups may read.
+    #[schema(value_type = Vec<String>)]
     pub roots: Vec<PathBuf>,
     /// Where its databases and (when separate) view indexes are: in-place restores go there.
+    #[schema(value_type = String)]
     pub database_dir: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub view_index_dir_resolved: Option<PathBuf>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -221,7 +224,7 @@ pub fn remove(db: &Db, tenant: &str, name: &str) -> Result<bool, DbError> {
 }
 
 /// What applying instance files did.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApplyReport {
     pub registered: Vec<String>,
     pub unchanged: Vec<String>,

@@ -407,7 +407,7 @@ fn same_spec(a: &ScheduleSpec, b: &ScheduleSpec) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApplyReport {
     pub created: Vec<String>,
     pub updated: Vec<String>,

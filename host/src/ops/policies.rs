@@ -86,7 +86,7 @@ pub struct Situation<'a> {
     pub source_size: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DryRunReport {
     pub policy: String,
     pub kinds: String,

@@ -31,8 +31,17 @@ impl Default for Floors {
     }
 }
 
+/// A policy's answer that the floors cannot accept.
+#[derive(Debug, thiserror::Error)]
+pub enum FloorError {
+    #[error("it kept backup '{0}', which is not one of the instance's backups")]
+    UnknownBackup(String),
+    #[error("it chose key '{0}', which is not in the tenant's key ring")]
+    UnknownKey(String),
+}
+
 /// The outcome for one backup.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Verdict {
     pub id: String,
     pub keep: bool,
@@ -46,13 +55,10 @@ pub fn retention(
     now: i64,
     backups: &[BackupInfo],
     keeps: &[Keep],
-) -> Result<Vec<Verdict>, String> {
+) -> Result<Vec<Verdict>, FloorError> {
     for k in keeps {
         if !backups.iter().any(|b| b.id == k.id) {
-            return Err(format!(
-                "it kept backup '{}', which is not one of the instance's backups",
-                k.id
-            ));
+            return Err(FloorError::UnknownBackup(k.id.clone()));
         }
     }
     let young = floors.keep_younger_than.get().as_secs() as i64;
@@ -90,10 +96,12 @@ pub fn retention(
 }
 
 /// What a backup will be made with, after the floors.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProtectionDecision {
     pub compression_level: i32,
     pub key_id: Option<String>,
+    /// `[key, value]` pairs.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub tags: Vec<(String, String)>,
     /// Where the floors changed the policy's answer.
     pub overrides: Vec<String>,
@@ -104,7 +112,7 @@ pub fn protection(
     floors: &Floors,
     p: Protection,
     key_exists: impl Fn(&str) -> bool,
-) -> Result<ProtectionDecision, String> {
+) -> Result<ProtectionDecision, FloorError> {
     let mut overrides = Vec::new();
     let level = p
         .compression_level
@@ -124,9 +132,7 @@ pub fn protection(
     }
     if let Some(k) = &p.key_id {
         if !key_exists(k) {
-            return Err(format!(
-                "it chose key '{k}', which is not in the tenant's key ring"
-            ));
+            return Err(FloorError::UnknownKey(k.clone()));
         }
     }
     Ok(ProtectionDecision {

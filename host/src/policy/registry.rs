@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub const REGISTRY_FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     pub couchvault_policy: u32,
     pub name: String,

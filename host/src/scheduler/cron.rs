@@ -14,8 +14,9 @@
 //!   the hour field is `*`: a schedule that runs every hour also runs in the repeated hour.
 
 use std::fmt;
+use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// How far ahead to look for the next run before calling an expression one that never fires
@@ -29,20 +30,26 @@ pub struct CronError {
     pub reason: String,
 }
 
-/// A parsed expression with its time zone.
-#[derive(Clone, PartialEq, Eq)]
+/// A parsed expression with its time zone. The fields are checked here (for errors that
+/// name the field); the `cron` crate, given them as explicit lists, iterates the matching
+/// local times, and [`Cron::instants`] maps each to UTC by the DST rule above.
+#[derive(Clone)]
 pub struct Cron {
     expr: String,
     tz: Tz,
-    minutes: u64,
-    hours: u32,
-    days: u32,
-    months: u16,
-    weekdays: u8,
-    /// Day of month and day of week both restricted: either matches (Vixie cron).
-    either_day: bool,
+    /// One schedule, or two when day of month and day of week are both restricted (either
+    /// matches, as in Vixie cron; the crate would require both).
+    schedules: Vec<::cron::Schedule>,
     every_hour: bool,
 }
+
+impl PartialEq for Cron {
+    fn eq(&self, other: &Cron) -> bool {
+        self.expr == other.expr && self.tz == other.tz
+    }
+}
+
+impl Eq for Cron {}
 
 impl fmt::Debug for Cron {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,15 +197,32 @@ impl Cron {
         if weekdays & (1 << 7) != 0 {
             weekdays = (weekdays | 1) & 0x7f;
         }
+        // The crate's day of week counts 1-7 from Sunday.
+        let crate_weekdays = weekdays << 1;
+        let schedule = |dom: Option<u64>, dow: Option<u64>| {
+            let text = format!(
+                "0 {} {} {} {} {}",
+                list(minutes),
+                list(hours),
+                dom.map_or("*".into(), list),
+                list(months),
+                dow.map_or("*".into(), list),
+            );
+            ::cron::Schedule::from_str(&text).map_err(|e| err(format!("{e} (as '{text}')")))
+        };
+        let schedules = match (dom_star, dow_star) {
+            (false, false) => vec![
+                schedule(Some(days), None)?,
+                schedule(None, Some(crate_weekdays))?,
+            ],
+            (true, false) => vec![schedule(None, Some(crate_weekdays))?],
+            (false, true) => vec![schedule(Some(days), None)?],
+            (true, true) => vec![schedule(None, None)?],
+        };
         let cron = Cron {
             expr: text.to_string(),
             tz,
-            minutes,
-            hours: hours as u32,
-            days: days as u32,
-            months: months as u16,
-            weekdays: weekdays as u8,
-            either_day: !dom_star && !dow_star,
+            schedules,
             every_hour,
         };
         let epoch = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();
@@ -214,19 +238,6 @@ impl Cron {
 
     pub fn tz(&self) -> Tz {
         self.tz
-    }
-
-    fn day_matches(&self, d: NaiveDate) -> bool {
-        if self.months & (1 << d.month()) == 0 {
-            return false;
-        }
-        let dom = self.days & (1 << d.day()) != 0;
-        let dow = self.weekdays & (1 << d.weekday().num_days_from_sunday()) != 0;
-        if self.either_day {
-            dom || dow
-        } else {
-            dom && dow
-        }
     }
 
     /// The instants a matching local time maps to, by the DST rule in the module docs.
@@ -258,30 +269,30 @@ impl Cron {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Local times map to instants in order (a gap maps to its end, a repeated time to its
         // occurrences in order), so the first local time with an instant past `after` wins.
-        // DST moves a local time by at most a few hours: earlier ones cannot qualify.
+        // DST moves a local time by at most a few hours: earlier ones cannot qualify. The
+        // crate iterates local (naive) times, written as UTC.
         let floor = after.with_timezone(&self.tz).naive_local() - Duration::hours(3);
-        let start = floor.date();
-        for offset in 0..HORIZON_DAYS {
-            let day = start + Duration::days(offset);
-            if !self.day_matches(day) {
-                continue;
-            }
-            for h in (0..24).filter(|h| self.hours & (1 << h) != 0) {
-                for m in (0..60).filter(|m| self.minutes & (1 << m) != 0) {
-                    let Some(local) = day.and_hms_opt(h, m, 0) else {
-                        continue;
-                    };
-                    if local < floor {
-                        continue;
-                    }
-                    if let Some(t) = self.instants(local).into_iter().find(|t| *t > after) {
-                        return Some(t);
-                    }
-                }
-            }
-        }
-        None
+        let horizon = floor + Duration::days(HORIZON_DAYS);
+        let start = Utc.from_utc_datetime(&floor) - Duration::seconds(1);
+        self.schedules
+            .iter()
+            .filter_map(|s| {
+                s.after(&start)
+                    .map(|local| local.naive_utc())
+                    .take_while(|local| *local <= horizon)
+                    .find_map(|local| self.instants(local).into_iter().find(|t| *t > after))
+            })
+            .min()
     }
+}
+
+/// A bit mask as the crate's explicit list: `0,15,30,45`.
+fn list(mask: u64) -> String {
+    (0..64)
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

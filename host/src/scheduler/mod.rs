@@ -27,7 +27,7 @@ pub const HISTORY: usize = 20;
 
 /// What a user gives to create or replace a schedule (API body, `schedule add`, a file in
 /// `schedules/`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleSpec {
     /// Unique per tenant; `schedule apply` matches files to schedules by it.
     pub name: String,
@@ -71,7 +71,7 @@ fn one_hour() -> String {
 }
 
 /// A stored schedule (sled, format versioned by `couchvault_schedule`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedule {
     pub couchvault_schedule: u32,
     pub id: String,
@@ -87,7 +87,7 @@ pub struct Schedule {
     pub history: Vec<RunRecord>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// The cron time of the run.
     pub scheduled_for: DateTime<Utc>,
@@ -97,7 +97,7 @@ pub struct RunRecord {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// A job was started for the run.

@@ -63,6 +63,43 @@ impl<'a> Attempts<'a> {
     }
 }
 
+/// What one attempt of a retried operation came to.
+pub enum Step<T, E> {
+    Done(T),
+    /// Final: not worth another attempt.
+    Fail(E),
+    /// Transient (the reason is logged and kept); try again after a backoff.
+    Retry(String),
+    /// Try again at once, without counting an attempt (e.g. after re-authenticating).
+    Again,
+}
+
+impl Attempts<'_> {
+    /// The one retry loop: runs `attempt` until it is done or fails, backing off after each
+    /// transient failure; once the budget is spent, `give_up` turns the attempts made, the
+    /// time spent and the last reason into the error.
+    pub fn run<T, E>(
+        &mut self,
+        what: &str,
+        mut attempt: impl FnMut(&mut Self) -> Step<T, E>,
+        give_up: impl FnOnce(u32, Duration, String) -> E,
+    ) -> Result<T, E> {
+        loop {
+            match attempt(self) {
+                Step::Done(t) => return Ok(t),
+                Step::Fail(e) => return Err(e),
+                Step::Again => {}
+                Step::Retry(last) => {
+                    tracing::info!(%what, error = %last, attempt = self.made + 1, "failed; retrying");
+                    if !self.backoff() {
+                        return Err(give_up(self.made, self.elapsed(), last));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A uniform factor in [0.5, 1.0): enough spread that retrying clients do not stampede.
 fn jitter() -> f64 {
     let mut b = [0u8; 4];
@@ -100,5 +137,36 @@ mod tests {
             n += 1;
         }
         assert!(n <= 3, "stopped by time after {n}");
+    }
+
+    #[test]
+    fn run_retries_transient_failures_only() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            max_elapsed: Duration::from_secs(10),
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        };
+        let give_up = |made: u32, _: Duration, last: String| format!("{made}: {last}");
+        let mut calls = 0;
+        let r: Result<u32, String> = Attempts::new(&p).run(
+            "op",
+            |_| {
+                calls += 1;
+                match calls {
+                    1 => Step::Again,
+                    2 => Step::Retry("503".into()),
+                    _ => Step::Done(7),
+                }
+            },
+            give_up,
+        );
+        assert_eq!((r, calls), (Ok(7), 3));
+        let r: Result<u32, String> =
+            Attempts::new(&p).run("op", |_| Step::Retry("503".into()), give_up);
+        assert_eq!(r, Err("3: 503".into()));
+        let r: Result<u32, String> =
+            Attempts::new(&p).run("op", |_| Step::Fail("404".into()), give_up);
+        assert_eq!(r, Err("404".into()));
     }
 }

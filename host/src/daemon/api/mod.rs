@@ -8,6 +8,7 @@ mod backups;
 mod error;
 mod instances;
 mod jobs;
+mod openapi;
 mod policies;
 mod restores;
 mod schedules;
@@ -29,6 +30,7 @@ use super::jobs::JobRequest;
 use super::Daemon;
 pub use crate::wire::API_VERSION;
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 type Shared = Arc<Daemon>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -121,6 +123,7 @@ pub fn router(d: Shared) -> Router {
     Router::new()
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))
+        .route("/v1/openapi.json", get(openapi::openapi))
         .route(
             "/v1/backups",
             get(backups::backup_list).post(backups::backup_create),

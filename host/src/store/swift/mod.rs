@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 pub use auth::{Credentials, Secret};
 
-use super::retry::{Attempts, RetryPolicy};
+use super::retry::{Attempts, RetryPolicy, Step};
 use super::{LargeUpload, ObjectInfo, Store, StoreError, SEGMENTS_SUFFIX};
 use auth::{authenticate, error_chain, Session};
 
@@ -137,8 +137,10 @@ impl Client {
         if let Some(s) = self.session.lock().expect("session lock").as_ref() {
             return Ok(s.clone());
         }
-        loop {
-            match authenticate(
+        let auth_url = self.settings.credentials.auth_url().to_string();
+        attempts.run(
+            &auth_url,
+            |_| match authenticate(
                 &self.http,
                 &self.settings.credentials,
                 self.settings.request_timeout,
@@ -147,22 +149,13 @@ impl Client {
                     let s = Arc::new(s);
                     *self.session.lock().expect("session lock") = Some(s.clone());
                     tracing::debug!(storage_url = %s.storage_url, "authenticated to Swift");
-                    return Ok(s);
+                    Step::Done(s)
                 }
-                Err(StoreError::Unreachable { what, reason }) => {
-                    tracing::info!(%what, %reason, "Swift auth failed; retrying");
-                    if !attempts.backoff() {
-                        return Err(StoreError::Unavailable {
-                            what,
-                            attempts: attempts.made,
-                            secs: attempts.elapsed().as_secs(),
-                            last: reason,
-                        });
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+                Err(StoreError::Unreachable { reason, .. }) => Step::Retry(reason),
+                Err(e) => Step::Fail(e),
+            },
+            unavailable(format!("authenticating at {auth_url}")),
+        )
     }
 
     /// Drops `stale` so the next request authenticates again (unless another thread did).
@@ -195,41 +188,40 @@ impl Client {
         build: &dyn Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, StoreError> {
         let what = what(&method, container, object);
-        let mut attempts = Attempts::new(&self.settings.retry);
         let mut reauthed = false;
-        loop {
-            let session = self.session(&mut attempts)?;
-            let req = self
-                .http
-                .request(method.clone(), Self::url(&session, container, object))
-                .header("X-Auth-Token", &session.token);
-            let last = match build(req).send() {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
-                    self.invalidate(&session);
-                    if reauthed {
-                        return Err(StoreError::Auth {
-                            url: self.settings.credentials.auth_url().to_string(),
-                            reason: format!("Swift refused a fresh token for {what} (401): the user lacks access to this account or container"),
-                        });
+        Attempts::new(&self.settings.retry).run(
+            &what,
+            |attempts| {
+                let session = match self.session(attempts) {
+                    Ok(s) => s,
+                    Err(e) => return Step::Fail(e),
+                };
+                let req = self
+                    .http
+                    .request(method.clone(), Self::url(&session, container, object))
+                    .header("X-Auth-Token", &session.token);
+                match build(req).send() {
+                    Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                        self.invalidate(&session);
+                        if reauthed {
+                            return Step::Fail(StoreError::Auth {
+                                url: self.settings.credentials.auth_url().to_string(),
+                                reason: format!("Swift refused a fresh token for {what} (401): the user lacks access to this account or container"),
+                            });
+                        }
+                        reauthed = true;
+                        tracing::info!(%what, "token rejected (401); authenticating again");
+                        Step::Again
                     }
-                    reauthed = true;
-                    tracing::info!(%what, "token rejected (401); authenticating again");
-                    continue;
+                    Ok(resp) if retryable(resp.status()) => {
+                        Step::Retry(format!("answered {}", resp.status()))
+                    }
+                    Ok(resp) => Step::Done(resp),
+                    Err(e) => Step::Retry(error_chain(&e)),
                 }
-                Ok(resp) if retryable(resp.status()) => format!("answered {}", resp.status()),
-                Ok(resp) => return Ok(resp),
-                Err(e) => error_chain(&e),
-            };
-            tracing::info!(%what, error = %last, attempt = attempts.made + 1, "Swift request failed; retrying");
-            if !attempts.backoff() {
-                return Err(StoreError::Unavailable {
-                    what,
-                    attempts: attempts.made,
-                    secs: attempts.elapsed().as_secs(),
-                    last,
-                });
-            }
-        }
+            },
+            unavailable(what.clone()),
+        )
     }
 
     /// Creates a container once per process (PUT is idempotent: 201 or 202).
@@ -263,26 +255,24 @@ impl Client {
         build: &dyn Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let what = what(&method, container, object);
-        let mut attempts = Attempts::new(&self.settings.retry);
-        loop {
-            let resp = self.send(method.clone(), container, object, build)?;
-            if resp.status() == StatusCode::NOT_FOUND {
-                return Ok(None);
-            }
-            let last = match check(resp, &what)?.bytes() {
-                Ok(b) => return Ok(Some(b.to_vec())),
-                Err(e) => error_chain(&e),
-            };
-            tracing::info!(%what, error = %last, attempt = attempts.made + 1, "Swift answer cut off; retrying");
-            if !attempts.backoff() {
-                return Err(StoreError::Unavailable {
-                    what,
-                    attempts: attempts.made,
-                    secs: attempts.elapsed().as_secs(),
-                    last,
-                });
-            }
-        }
+        Attempts::new(&self.settings.retry).run(
+            &what,
+            |_| {
+                let resp = match self.send(method.clone(), container, object, build) {
+                    Ok(r) => r,
+                    Err(e) => return Step::Fail(e),
+                };
+                if resp.status() == StatusCode::NOT_FOUND {
+                    return Step::Done(None);
+                }
+                match check(resp, &what).map(|r| r.bytes()) {
+                    Ok(Ok(b)) => Step::Done(Some(b.to_vec())),
+                    Ok(Err(e)) => Step::Retry(format!("answer cut off: {}", error_chain(&e))),
+                    Err(e) => Step::Fail(e),
+                }
+            },
+            unavailable(what.clone()),
+        )
     }
 
     /// Lists a container (all pages) under `prefix`; a missing container is empty.
@@ -322,6 +312,16 @@ impl Client {
             return Ok(());
         }
         check(resp, &what(&Method::DELETE, container, object)).map(drop)
+    }
+}
+
+/// The error once the retry budget is spent on `what`.
+fn unavailable(what: String) -> impl FnOnce(u32, std::time::Duration, String) -> StoreError {
+    move |attempts, spent, last| StoreError::Unavailable {
+        what,
+        attempts,
+        secs: spent.as_secs(),
+        last,
     }
 }
 
@@ -610,28 +610,35 @@ impl ResumingReader {
 impl Read for ResumingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let client = self.client.clone();
-        let mut attempts = Attempts::new(&client.settings.retry);
-        loop {
-            let Some(body) = self.body.as_mut() else {
-                return Ok(0);
-            };
-            match body.read(buf) {
-                Ok(n) => {
-                    self.pos += n as u64;
-                    return Ok(n);
-                }
-                Err(e) => {
-                    tracing::info!(object = %self.object, pos = self.pos, error = %e, "download broke off; resuming with a Range request");
-                    self.body = None;
-                    if !attempts.backoff() {
-                        return Err(io::Error::other(format!(
-                            "download of {}/{} broke off at byte {} and could not be resumed: {e}",
-                            self.container, self.object, self.pos
-                        )));
+        let what = format!("download of {}/{}", self.container, self.object);
+        let mut resume = false;
+        Attempts::new(&client.settings.retry).run(
+            &what,
+            |_| {
+                if resume {
+                    if let Err(e) = self.open() {
+                        return Step::Fail(io::Error::other(e));
                     }
-                    self.open().map_err(io::Error::other)?;
                 }
-            }
-        }
+                let Some(body) = self.body.as_mut() else {
+                    return Step::Done(0);
+                };
+                match body.read(buf) {
+                    Ok(n) => {
+                        self.pos += n as u64;
+                        Step::Done(n)
+                    }
+                    Err(e) => {
+                        tracing::info!(object = %self.object, pos = self.pos, error = %e, "download broke off; resuming with a Range request");
+                        self.body = None;
+                        resume = true;
+                        Step::Retry(format!("broke off at byte {}: {e}", self.pos))
+                    }
+                }
+            },
+            |_, _, last| {
+                io::Error::other(format!("{what} could not be resumed: {last}"))
+            },
+        )
     }
 }
