@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use couchvault::config::SwiftConfig;
-use couchvault::store::swift::SwiftStore;
+use couchvault::store::swift::{SwiftSettings, SwiftStore};
 use couchvault::store::Store;
 
 fn main() -> anyhow::Result<()> {
@@ -14,10 +14,13 @@ fn main() -> anyhow::Result<()> {
     let [_, file, container, name] = args.as_slice() else {
         anyhow::bail!("usage: swift_upload FILE CONTAINER NAME");
     };
-    let settings =
-        SwiftConfig::default().settings(container.clone(), String::new(), 32 << 20, &|v| {
-            std::env::var(v).ok()
-        })?;
+    let settings = SwiftSettings::from_config(
+        &SwiftConfig::default(),
+        container.clone(),
+        String::new(),
+        32 << 20,
+        &|v| std::env::var(v).ok(),
+    )?;
     let store = SwiftStore::new(settings)?;
     let mut f = std::fs::File::open(file)?;
     let mut up = store.create_large("default", name, &[])?;

@@ -10,10 +10,6 @@ use serde::Deserialize;
 
 use crate::duration::Span;
 
-use crate::store::retry::RetryPolicy;
-use crate::store::swift::{Credentials, Secret, SwiftSettings};
-use crate::store::StoreError;
-
 pub const CONFIG_FORMAT: u32 = 1;
 pub const DEFAULT_DATA_DIR: &str = "couchvault-data";
 
@@ -171,17 +167,6 @@ impl Default for PolicyConfig {
     }
 }
 
-impl PolicyConfig {
-    pub fn limits(&self) -> crate::policy::Limits {
-        crate::policy::Limits {
-            fuel: self.fuel,
-            deadline: std::time::Duration::from_millis(self.deadline_ms.max(1)),
-            memory_bytes: self.memory_mib << 20,
-            ..crate::policy::Limits::default()
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
@@ -298,79 +283,6 @@ impl Default for SwiftConfig {
             max_retry_time: Span::secs(120),
             request_timeout: Span::secs(60),
         }
-    }
-}
-
-impl SwiftConfig {
-    /// Store settings from this section, the environment (`env`) and the store URL's parts.
-    pub fn settings(
-        &self,
-        container_base: String,
-        prefix: String,
-        segment_size: u64,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<SwiftSettings, StoreError> {
-        let missing = |what: &str| {
-            StoreError::Config(format!(
-                "no Swift {what}: set it in the config file's [swift] section or the environment (ST_AUTH, ST_USER, ST_KEY for v1; OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME for Keystone v3)"
-            ))
-        };
-        let pick = |file: &Option<String>, var: &str| file.clone().or_else(|| env(var));
-        let (auth_url, from_os) = match (&self.auth_url, env("OS_AUTH_URL"), env("ST_AUTH")) {
-            (Some(u), _, _) => (u.clone(), false),
-            (None, Some(u), _) => (u, true),
-            (None, None, Some(u)) => (u, false),
-            (None, None, None) => return Err(missing("auth URL")),
-        };
-        let version = self.auth_version.unwrap_or(
-            if from_os || auth_url.trim_end_matches('/').ends_with("/v3") {
-                3
-            } else {
-                1
-            },
-        );
-        let credentials = match version {
-            1 => Credentials::V1 {
-                user: pick(&self.user, "ST_USER").ok_or_else(|| missing("user (ST_USER)"))?,
-                key: Secret(pick(&self.key, "ST_KEY").ok_or_else(|| missing("key (ST_KEY)"))?),
-                auth_url,
-            },
-            3 => Credentials::V3 {
-                username: pick(&self.username, "OS_USERNAME")
-                    .ok_or_else(|| missing("username (OS_USERNAME)"))?,
-                password: Secret(
-                    pick(&self.password, "OS_PASSWORD")
-                        .ok_or_else(|| missing("password (OS_PASSWORD)"))?,
-                ),
-                project_name: pick(&self.project_name, "OS_PROJECT_NAME")
-                    .ok_or_else(|| missing("project (OS_PROJECT_NAME)"))?,
-                user_domain_name: pick(&self.user_domain_name, "OS_USER_DOMAIN_NAME")
-                    .unwrap_or_else(|| "Default".into()),
-                project_domain_name: pick(&self.project_domain_name, "OS_PROJECT_DOMAIN_NAME")
-                    .unwrap_or_else(|| "Default".into()),
-                region: pick(&self.region, "OS_REGION_NAME"),
-                interface: pick(&self.interface, "OS_INTERFACE").unwrap_or_else(|| "public".into()),
-                auth_url,
-            },
-            v => {
-                return Err(StoreError::Config(format!(
-                    "swift.auth_version = {v}: use 1 (tempauth) or 3 (Keystone)"
-                )))
-            }
-        };
-        Ok(SwiftSettings {
-            credentials,
-            container_base,
-            prefix,
-            segment_size: segment_size as usize,
-            segments_in_flight: self.segments_in_flight.max(1),
-            retry: RetryPolicy {
-                max_attempts: self.max_attempts.max(1),
-                max_elapsed: self.max_retry_time.get(),
-                ..RetryPolicy::default()
-            },
-            request_timeout: self.request_timeout.get(),
-        })
     }
 }
 

@@ -2,8 +2,9 @@
 //! AES-256-GCM STREAM construction and the metadata MAC. See docs/FORMAT.md.
 //!
 //! AES-256-GCM is RustCrypto's `aes-gcm` (AES-NI and CLMUL chosen at run time). `ring`
-//! stays for what no named package covers here: the system random source, HKDF-SHA256 and
-//! HMAC-SHA256 (one audited crate for the three, already a dependency of the TLS stack).
+//! stays for what no named package covers here: the system random source, HKDF-SHA256,
+//! HMAC-SHA256 and the engine's SHA-256 (one audited crate for all four, with SHA-NI
+//! assembly, and already a dependency of the TLS stack).
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};

@@ -6,16 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use couchvault::catalog::{Deleted, GcReport};
 use couchvault::config::Config;
 use couchvault::daemon::instances::{
     self, ApplyReport as InstancesApplied, Instance, InstanceSpec,
 };
 use couchvault::daemon::schedules::ApplyReport as SchedulesApplied;
-use couchvault::engine::VerifyReport;
 use couchvault::format::BackupMetadata;
 use couchvault::names::escape_control;
 use couchvault::ops::restore::RestoreOutcome;
+use couchvault::ops::{Deleted, GcReport, VerifyReport};
 use couchvault::policy::registry::Entry;
 use couchvault::scheduler::{Schedule, ScheduleSpec};
 use couchvault::wire::{

@@ -7,11 +7,10 @@ use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use couchvault::config::Config;
 use couchvault::couchdb::Source;
-use couchvault::engine::Progress;
 use couchvault::ops::restore::{
     backup_node, node_from_config, Hooks, RestoreRequest, RestoreTarget,
 };
-use couchvault::ops::{BackupRequest, OpsError};
+use couchvault::ops::{BackupRequest, OpsError, Progress};
 use couchvault::wire::{BackupCreated, BackupSummary};
 use serde::Serialize;
 

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use couchvault::engine::Progress;
+use couchvault::ops::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 

@@ -2,10 +2,9 @@
 //! daemon's client (the data is the same wire type either way). `--json` prints the value
 //! itself.
 
-use couchvault::catalog::{Deleted, GcReport};
-use couchvault::engine::{RestoreReport, VerifyReport};
 use couchvault::format::BackupMetadata;
 use couchvault::ops::restore::{DbCheck, RestoreOutcome};
+use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
 use couchvault::policy::floors::Verdict;
 use couchvault::wire::{BackupRow, BackupSummary, RowStatus};
 

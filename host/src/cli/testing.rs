@@ -6,7 +6,7 @@ const VAR: &str = "COUCHVAULT_TEST_PAUSE";
 
 pub fn install_from_env() {
     if std::env::var_os(VAR).is_some() {
-        couchvault::engine::set_checkpoint_observer(pause_at);
+        couchvault::ops::set_checkpoint_observer(pause_at);
     }
 }
 

@@ -82,43 +82,63 @@ impl Term {
     }
 }
 
+/// Why bytes are not a term this reader accepts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TermError {
+    #[error("term truncated at byte {0}")]
+    Truncated(usize),
+    #[error("bad element count {count} at byte {pos}")]
+    Count { count: usize, pos: usize },
+    #[error("term nested too deeply")]
+    TooDeep,
+    #[error("unsupported term tag {tag} at byte {pos}")]
+    Tag { tag: u8, pos: usize },
+    #[error("not an Erlang term (no version byte 131)")]
+    NotATerm,
+    #[error("zlib-compressed term (file_compression = deflate_N) is not supported")]
+    Deflate,
+}
+
 struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize) -> Result<&[u8], TermError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| format!("term truncated at byte {}", self.pos))?;
+        let end = end.ok_or(TermError::Truncated(self.pos))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, TermError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<usize, String> {
+    fn u16(&mut self) -> Result<usize, TermError> {
         let s = self.take(2)?;
         Ok(u16::from_be_bytes([s[0], s[1]]) as usize)
     }
-    fn u32(&mut self) -> Result<usize, String> {
+    fn u32(&mut self) -> Result<usize, TermError> {
         let s = self.take(4)?;
         Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
     }
 
     /// Element counts come from the data: bound them by what is left, so a damaged
     /// length cannot ask for a huge allocation.
-    fn count(&self, n: usize) -> Result<usize, String> {
+    fn count(&self, n: usize) -> Result<usize, TermError> {
         if n > self.b.len() - self.pos {
-            return Err(format!("bad element count {n} at byte {}", self.pos));
+            return Err(TermError::Count {
+                count: n,
+                pos: self.pos,
+            });
         }
         Ok(n)
     }
 
-    fn term(&mut self, depth: usize) -> Result<Term, String> {
+    fn term(&mut self, depth: usize) -> Result<Term, TermError> {
         if depth > 200 {
-            return Err("term nested too deeply".into());
+            return Err(TermError::TooDeep);
         }
         let tag = self.u8()?;
         Ok(match tag {
@@ -129,7 +149,8 @@ impl Reader<'_> {
             }
             70 => {
                 let s = self.take(8)?;
-                Term::Float(f64::from_be_bytes(s.try_into().map_err(|_| "float")?))
+                let bytes = [s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]];
+                Term::Float(f64::from_be_bytes(bytes))
             }
             99 => {
                 let s = self.take(31)?;
@@ -208,19 +229,24 @@ impl Reader<'_> {
                 }
                 Term::Map(pairs)
             }
-            t => return Err(format!("unsupported term tag {t} at byte {}", self.pos - 1)),
+            tag => {
+                return Err(TermError::Tag {
+                    tag,
+                    pos: self.pos - 1,
+                })
+            }
         })
     }
 }
 
 /// Decodes `term_to_binary` output (starting with the version byte 131).
-pub fn decode(bytes: &[u8]) -> Result<Term, String> {
+pub fn decode(bytes: &[u8]) -> Result<Term, TermError> {
     match bytes.first() {
         Some(131) => {}
-        _ => return Err("not an Erlang term (no version byte 131)".into()),
+        _ => return Err(TermError::NotATerm),
     }
     if bytes.get(1) == Some(&80) {
-        return Err("zlib-compressed term (file_compression = deflate_N) is not supported".into());
+        return Err(TermError::Deflate);
     }
     let mut r = Reader { b: bytes, pos: 1 };
     r.term(0)

@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read the shard map {path}: {reason}; pass --allow-incomplete to back up without the completeness check")]
-    ShardMap { path: PathBuf, reason: String },
+    #[error("cannot read the shard map {path}: {source}; pass --allow-incomplete to back up without the completeness check")]
+    ShardMap {
+        path: PathBuf,
+        source: shardmap::ShardMapError,
+    },
     #[error("the backup would be incomplete, and CouchDB would silently lose or empty databases after a restore; missing by the shard map: {}; fix the data directory (for a database deleted during the backup, run it again), or pass --allow-incomplete to back up anyway and record the gap", .gaps.join("; "))]
     Incomplete { gaps: Vec<String> },
     #[error("{what} {path} does not exist")]
@@ -150,9 +153,9 @@ impl Source {
         let map = if present.contains("_dbs.couch") {
             let file = self.open(&map_path).map_err(io_err(&map_path))?;
             Some(
-                shardmap::read_file(file, &map_path).map_err(|reason| SourceError::ShardMap {
+                shardmap::read_file(file, &map_path).map_err(|source| SourceError::ShardMap {
                     path: map_path.clone(),
-                    reason,
+                    source,
                 })?,
             )
         } else {

@@ -12,7 +12,39 @@ use std::path::Path;
 
 use md5::{Digest, Md5};
 
-use super::etf::{self, Term};
+use super::etf::{self, Term, TermError};
+
+/// Why `_dbs.couch` could not be read; each says where.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardMapError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pointer {0} is past the end of the file")]
+    PastEnd(u64),
+    #[error("a length of {len} bytes at {pos} runs past the end of the file")]
+    Length { len: usize, pos: u64 },
+    #[error("checksum mismatch in the term at {0}")]
+    Checksum(u64),
+    #[error("no valid header in the file")]
+    NoHeader,
+    #[error("header truncated")]
+    HeaderTruncated,
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    #[error(transparent)]
+    Term(#[from] TermError),
+    #[error("snappy: {0}")]
+    Snappy(#[from] snap::Error),
+    #[error("unknown term encoding")]
+    Encoding,
+    #[error("{0}")]
+    Malformed(String),
+}
+
+type Result<T, E = ShardMapError> = std::result::Result<T, E>;
 
 const BLOCK: u64 = 4096;
 
@@ -48,20 +80,18 @@ struct CouchFile {
 
 impl CouchFile {
     /// Exactly `buf.len()` bytes at physical position `pos`.
-    fn at(&self, pos: u64, buf: &mut [u8]) -> Result<(), String> {
+    fn at(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
         use std::os::unix::fs::FileExt;
         self.file
             .read_exact_at(buf, pos)
-            .map_err(|_| format!("pointer {pos} is past the end of the file"))
+            .map_err(|_| ShardMapError::PastEnd(pos))
     }
 
     /// `n` logical bytes from physical position `pos`, skipping each block's marker byte.
-    fn read(&self, mut pos: u64, n: usize) -> Result<Vec<u8>, String> {
+    fn read(&self, mut pos: u64, n: usize) -> Result<Vec<u8>> {
         // A damaged length must not ask for more memory than the file has bytes.
         if n as u64 > self.len {
-            return Err(format!(
-                "a length of {n} bytes at {pos} runs past the end of the file"
-            ));
+            return Err(ShardMapError::Length { len: n, pos });
         }
         let mut out = vec![0u8; n];
         let mut filled = 0;
@@ -79,7 +109,7 @@ impl CouchFile {
     }
 
     /// The term stored at `pos` (couch_file:pread_term).
-    fn term_at(&self, pos: u64) -> Result<Term, String> {
+    fn term_at(&self, pos: u64) -> Result<Term> {
         let len = self.read(pos, 4)?;
         let raw = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
         let (md5, n) = (raw & 0x8000_0000 != 0, (raw & 0x7fff_ffff) as usize);
@@ -87,7 +117,7 @@ impl CouchFile {
         let data = if md5 {
             let all = self.read(body_pos, 16 + n)?;
             if !checksum_ok(&all[..16], &all[16..]) {
-                return Err(format!("checksum mismatch in the term at {pos}"));
+                return Err(ShardMapError::Checksum(pos));
             }
             all[16..].to_vec()
         } else {
@@ -97,7 +127,7 @@ impl CouchFile {
     }
 
     /// The newest valid header, searching back from the end.
-    fn last_header(&self) -> Result<Term, String> {
+    fn last_header(&self) -> Result<Term> {
         let mut block = self.len / BLOCK;
         loop {
             let pos = block * BLOCK;
@@ -108,22 +138,22 @@ impl CouchFile {
                 }
             }
             if block == 0 {
-                return Err("no valid header in the file".into());
+                return Err(ShardMapError::NoHeader);
             }
             block -= 1;
         }
     }
 
-    fn header_at(&self, pos: u64) -> Result<Term, String> {
+    fn header_at(&self, pos: u64) -> Result<Term> {
         let mut size = [0u8; 4];
         self.at(pos + 1, &mut size)
-            .map_err(|_| "header truncated".to_string())?;
+            .map_err(|_| ShardMapError::HeaderTruncated)?;
         let size = u32::from_be_bytes(size) as usize;
         let bin = self.read(pos + 5, size)?;
         if bin.len() < 16 || !checksum_ok(&bin[..16], &bin[16..]) {
-            return Err("header checksum mismatch".into());
+            return Err(ShardMapError::HeaderChecksum);
         }
-        etf::decode(&bin[16..])
+        Ok(etf::decode(&bin[16..])?)
     }
 }
 
@@ -146,16 +176,14 @@ fn physical_after(mut pos: u64, mut n: u64) -> u64 {
     pos
 }
 
-fn decompress(data: &[u8]) -> Result<Term, String> {
+fn decompress(data: &[u8]) -> Result<Term> {
     match data.first() {
         Some(1) => {
-            let plain = snap::raw::Decoder::new()
-                .decompress_vec(&data[1..])
-                .map_err(|e| format!("snappy: {e}"))?;
-            etf::decode(&plain)
+            let plain = snap::raw::Decoder::new().decompress_vec(&data[1..])?;
+            Ok(etf::decode(&plain)?)
         }
-        Some(131) => etf::decode(data),
-        _ => Err("unknown term encoding".into()),
+        Some(131) => Ok(etf::decode(data)?),
+        _ => Err(ShardMapError::Encoding),
     }
 }
 
@@ -195,22 +223,31 @@ fn winning_body(tree: &Term) -> Option<u64> {
 }
 
 /// Reads every live database's shard map from a `_dbs.couch` file.
-pub fn read(path: &Path) -> Result<Vec<DbShards>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read(path: &Path) -> Result<Vec<DbShards>> {
+    let file = std::fs::File::open(path).map_err(|source| ShardMapError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     read_file(file, path)
 }
 
 /// [`read`] on a file already opened (`path` names it in errors).
-pub fn read_file(file: std::fs::File, path: &Path) -> Result<Vec<DbShards>, String> {
+pub fn read_file(file: std::fs::File, path: &Path) -> Result<Vec<DbShards>> {
     let len = file
         .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|source| ShardMapError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     let file = CouchFile { file, len };
     let header = file.last_header()?;
-    let fields = header.as_tuple().ok_or("the header is not a record")?;
+    let malformed = |m: String| ShardMapError::Malformed(m);
+    let fields = header
+        .as_tuple()
+        .ok_or_else(|| malformed("the header is not a record".into()))?;
     if !fields.first().is_some_and(|f| f.is_atom("db_header")) {
-        return Err("the header is not a db_header".into());
+        return Err(malformed("the header is not a db_header".into()));
     }
     let root = fields.get(4).and_then(root_pointer);
     let mut out = Vec::new();
@@ -218,12 +255,12 @@ pub fn read_file(file: std::fs::File, path: &Path) -> Result<Vec<DbShards>, Stri
     let mut seen = BTreeSet::new();
     while let Some(ptr) = stack.pop() {
         if !seen.insert(ptr) {
-            return Err("the by-id tree has a cycle".into());
+            return Err(malformed("the by-id tree has a cycle".into()));
         }
         let node = file.term_at(ptr)?;
         let (kind, entries) = match node.as_tuple() {
             Some([k, Term::List(e)]) => (k, e),
-            _ => return Err(format!("B-tree node at {ptr} is malformed")),
+            _ => return Err(malformed(format!("B-tree node at {ptr} is malformed"))),
         };
         for e in entries {
             let Some([key, value]) = e.as_tuple() else {
@@ -249,12 +286,16 @@ pub fn read_file(file: std::fs::File, path: &Path) -> Result<Vec<DbShards>, Stri
             let body = match stored.as_tuple().and_then(|t| t.first()) {
                 Some(Term::Bin(b)) => decompress(b)?,
                 Some(t) => t.clone(),
-                None => return Err(format!("database '{name}': malformed document body")),
+                None => {
+                    return Err(malformed(format!(
+                        "database '{name}': malformed document body"
+                    )))
+                }
             };
             let suffix = body
                 .field("shard_suffix")
                 .and_then(Term::as_text)
-                .ok_or_else(|| format!("database '{name}' has no shard_suffix"))?;
+                .ok_or_else(|| malformed(format!("database '{name}' has no shard_suffix")))?;
             let mut by_range = BTreeMap::new();
             if let Some(ranges) = body.field("by_range") {
                 for range in ranges.keys() {

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use super::{Result, Vault};
-use crate::catalog::{self, Deleted, GcReport};
-use crate::engine::{self, restore::VerifyReport, Progress};
+use crate::catalog;
+pub use crate::catalog::{Deleted, GcReport};
+pub use crate::engine::VerifyReport;
+use crate::engine::{self, Progress};
 use crate::format::BackupMetadata;
 use crate::wire::{BackupRow, BackupSummary, RowStatus};
 

@@ -21,10 +21,15 @@ use crate::config::{self, Config, ConfigError, CouchDbConfig};
 use crate::couchdb::http::{CouchClient, CouchError, Password};
 use crate::keyring::{KeyRing, KeyringError};
 use crate::policy::registry::RegistryError;
-use crate::policy::{PolicyEngine, PolicyError, PolicyHost};
+use crate::policy::{Limits, PolicyEngine, PolicyError, PolicyHost};
+use crate::store::swift::SwiftSettings;
 use crate::store::{self, Store, StoreError};
 
 pub use backup::{BackupOutcome, BackupRequest};
+pub use backups::{Deleted, GcReport, VerifyReport};
+pub use restore::RestoreReport;
+// What callers watch and cancel a use case through.
+pub use crate::engine::{set_checkpoint_observer, Progress};
 pub use policies::{resolve_policies, sample_backups, DryRunReport, Situation};
 
 /// What can go wrong in a use case. Each variant keeps its cause typed; the edges (CLI,
@@ -151,11 +156,13 @@ impl Vault {
             .or_else(|| config.store.clone())
             .unwrap_or_else(|| format!("file://{}", data_dir.join("store").display()));
         let store = store::open(&store_url, config.backup.segment_size, |base, prefix| {
-            config
-                .swift
-                .settings(base, prefix, config.backup.segment_size, &|var| {
-                    std::env::var(var).ok().filter(|v| !v.is_empty())
-                })
+            SwiftSettings::from_config(
+                &config.swift,
+                base,
+                prefix,
+                config.backup.segment_size,
+                &|var| std::env::var(var).ok().filter(|v| !v.is_empty()),
+            )
         })?;
         let keyring_path = match keyring.or_else(|| config.keyring.clone()) {
             Some(path) => {
@@ -213,13 +220,23 @@ impl Vault {
             None => {
                 let made = PolicyEngine::new(
                     &self.state_dir.join("policy-cache"),
-                    self.config.policy.limits(),
+                    policy_limits(&self.config.policy),
                 )?;
                 // Two threads may race here; both engines work, one is kept.
                 self.policy_engine.get_or_init(|| made)
             }
         };
         Ok(engine.host()?)
+    }
+}
+
+/// The sandbox's limits that the config's `[policy]` section sets.
+fn policy_limits(c: &config::PolicyConfig) -> Limits {
+    Limits {
+        fuel: c.fuel,
+        deadline: std::time::Duration::from_millis(c.deadline_ms.max(1)),
+        memory_bytes: c.memory_mib << 20,
+        ..Limits::default()
     }
 }
 

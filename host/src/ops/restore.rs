@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{restore_owner, OpsError, Result, Vault};
 use crate::couchdb::http::{rename_node, CouchClient};
-use crate::engine::{self, Progress, RestoreOptions, RestoreReport};
+pub use crate::engine::RestoreReport;
+use crate::engine::{self, Progress, RestoreOptions};
 use crate::format::BackupMetadata;
 
 /// What to restore and how the target node is named.

@@ -24,11 +24,43 @@ use chrono_tz::Tz;
 const HORIZON_DAYS: i64 = 366 * 29;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cron expression '{expr}': {reason}")]
+#[error("cron expression '{expr}': {problem}")]
 pub struct CronError {
     pub expr: String,
-    pub reason: String,
+    pub problem: Problem,
 }
+
+/// What is wrong with an expression, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("has {0} fields; expected 5: minute hour day-of-month month day-of-week")]
+    FieldCount(usize),
+    #[error("unknown shorthand; use @hourly, @daily, @weekly, @monthly or @yearly")]
+    Shorthand,
+    #[error("{field} field: '{text}' is not a number")]
+    NotANumber { field: &'static str, text: String },
+    #[error("{field} field: {value} is out of range {min}-{max}")]
+    Range {
+        field: &'static str,
+        value: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error("{field} field: bad step '{text}'")]
+    Step { field: &'static str, text: String },
+    #[error("{field} field: range {range} runs backwards")]
+    Backwards { field: &'static str, range: String },
+    #[error("never fires (no such date)")]
+    NeverFires,
+    /// The fields, as explicit lists, refused by the cron crate (not expected).
+    #[error("{0}")]
+    Schedule(String),
+}
+
+/// An IANA zone name that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown time zone '{0}': use an IANA name such as UTC, Europe/Berlin or America/New_York")]
+pub struct UnknownZone(pub String);
 
 /// A parsed expression with its time zone. The fields are checked here (for errors that
 /// name the field); the `cron` crate, given them as explicit lists, iterates the matching
@@ -58,10 +90,9 @@ impl fmt::Debug for Cron {
 }
 
 /// Parses an IANA zone name, with a clear error.
-pub fn parse_tz(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>().map_err(|_| {
-        format!("unknown time zone '{name}': use an IANA name such as UTC, Europe/Berlin or America/New_York")
-    })
+pub fn parse_tz(name: &str) -> Result<Tz, UnknownZone> {
+    name.parse::<Tz>()
+        .map_err(|_| UnknownZone(name.to_string()))
 }
 
 struct Field {
@@ -105,35 +136,41 @@ const DOW: Field = Field {
 };
 
 impl Field {
-    fn value(&self, s: &str) -> Result<u32, String> {
+    fn value(&self, s: &str) -> Result<u32, Problem> {
         let lower = s.to_ascii_lowercase();
         if let Some(i) = self.names.iter().position(|n| *n == lower) {
             // Month names start at 1 (the field's minimum), weekday names at 0.
             return Ok(i as u32 + self.min);
         }
-        let v: u32 = s
-            .parse()
-            .map_err(|_| format!("{} field: '{s}' is not a number", self.name))?;
+        let v: u32 = s.parse().map_err(|_| Problem::NotANumber {
+            field: self.name,
+            text: s.to_string(),
+        })?;
         if v < self.min || v > self.max {
-            return Err(format!(
-                "{} field: {v} is out of range {}-{}",
-                self.name, self.min, self.max
-            ));
+            return Err(Problem::Range {
+                field: self.name,
+                value: v,
+                min: self.min,
+                max: self.max,
+            });
         }
         Ok(v)
     }
 
     /// The set of values as a bit mask, and whether the field was `*`.
-    fn parse(&self, text: &str) -> Result<(u64, bool), String> {
+    fn parse(&self, text: &str) -> Result<(u64, bool), Problem> {
         let mut mask = 0u64;
         for part in text.split(',') {
             let (range, step) = match part.split_once('/') {
                 Some((r, s)) => {
-                    let step: u32 = s
-                        .parse()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| format!("{} field: bad step '{s}'", self.name))?;
+                    let step: u32 =
+                        s.parse()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| Problem::Step {
+                                field: self.name,
+                                text: s.to_string(),
+                            })?;
                     (r, step)
                 }
                 None => (part, 1),
@@ -143,7 +180,10 @@ impl Field {
             } else if let Some((a, b)) = range.split_once('-') {
                 let (a, b) = (self.value(a)?, self.value(b)?);
                 if a > b {
-                    return Err(format!("{} field: range {range} runs backwards", self.name));
+                    return Err(Problem::Backwards {
+                        field: self.name,
+                        range: range.to_string(),
+                    });
                 }
                 (a, b)
             } else if part.contains('/') {
@@ -164,9 +204,9 @@ impl Field {
 
 impl Cron {
     pub fn parse(expr: &str, tz: Tz) -> Result<Cron, CronError> {
-        let err = |reason: String| CronError {
+        let err = |problem: Problem| CronError {
             expr: expr.to_string(),
-            reason,
+            problem,
         };
         let text = expr.trim();
         let expanded = match text {
@@ -175,19 +215,12 @@ impl Cron {
             "@weekly" => "0 0 * * 0",
             "@monthly" => "0 0 1 * *",
             "@yearly" | "@annually" => "0 0 1 1 *",
-            t if t.starts_with('@') => {
-                return Err(err(
-                    "unknown shorthand; use @hourly, @daily, @weekly, @monthly or @yearly".into(),
-                ))
-            }
+            t if t.starts_with('@') => return Err(err(Problem::Shorthand)),
             t => t,
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
         if fields.len() != 5 {
-            return Err(err(format!(
-                "has {} fields; expected 5: minute hour day-of-month month day-of-week",
-                fields.len()
-            )));
+            return Err(err(Problem::FieldCount(fields.len())));
         }
         let (minutes, _) = MINUTE.parse(fields[0]).map_err(err)?;
         let (hours, every_hour) = HOUR.parse(fields[1]).map_err(err)?;
@@ -208,7 +241,8 @@ impl Cron {
                 list(months),
                 dow.map_or("*".into(), list),
             );
-            ::cron::Schedule::from_str(&text).map_err(|e| err(format!("{e} (as '{text}')")))
+            ::cron::Schedule::from_str(&text)
+                .map_err(|e| err(Problem::Schedule(format!("{e} (as '{text}')"))))
         };
         let schedules = match (dom_star, dow_star) {
             (false, false) => vec![
@@ -227,7 +261,7 @@ impl Cron {
         };
         let epoch = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();
         if cron.next_after(epoch).is_none() {
-            return Err(err("never fires (no such date)".into()));
+            return Err(err(Problem::NeverFires));
         }
         Ok(cron)
     }
@@ -370,6 +404,7 @@ mod tests {
         }
         assert!(parse_tz("Mars/Olympus")
             .unwrap_err()
+            .to_string()
             .contains("unknown time zone"));
     }
 

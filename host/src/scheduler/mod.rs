@@ -128,7 +128,7 @@ pub enum SpecError {
     #[error(transparent)]
     Cron(#[from] CronError),
     #[error("tz: {0}")]
-    Tz(String),
+    Tz(#[from] cron::UnknownZone),
     #[error("{field}: {reason}")]
     Duration { field: &'static str, reason: String },
 }
@@ -155,7 +155,7 @@ impl ScheduleSpec {
         if !self.source.is_empty() {
             self.source.check_paths()?;
         }
-        let tz = parse_tz(&self.tz).map_err(SpecError::Tz)?;
+        let tz = parse_tz(&self.tz)?;
         let cron = Cron::parse(&self.cron, tz)?;
         let jitter = duration("jitter", &self.jitter)?;
         let deadline = duration("starting_deadline", &self.starting_deadline)?;

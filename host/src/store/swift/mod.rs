@@ -20,6 +20,7 @@ pub use auth::{Credentials, Secret};
 
 use super::retry::{Attempts, RetryPolicy, Step};
 use super::{LargeUpload, ObjectInfo, Store, StoreError, SEGMENTS_SUFFIX};
+use crate::config::SwiftConfig;
 use auth::{authenticate, error_chain, Session};
 
 /// Largest Swift container name.
@@ -128,6 +129,80 @@ fn what(method: &Method, container: &str, object: &str) -> String {
         format!("{method} container {container}")
     } else {
         format!("{method} {container}/{object}")
+    }
+}
+
+impl SwiftSettings {
+    /// Settings from the config's `[swift]` section, the environment (`env`; the section's
+    /// values win) and the store URL's parts.
+    pub fn from_config(
+        c: &SwiftConfig,
+        container_base: String,
+        prefix: String,
+        segment_size: u64,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SwiftSettings, StoreError> {
+        let missing = |what: &str| {
+            StoreError::Config(format!(
+                "no Swift {what}: set it in the config file's [swift] section or the environment (ST_AUTH, ST_USER, ST_KEY for v1; OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME for Keystone v3)"
+            ))
+        };
+        let pick = |file: &Option<String>, var: &str| file.clone().or_else(|| env(var));
+        let (auth_url, from_os) = match (&c.auth_url, env("OS_AUTH_URL"), env("ST_AUTH")) {
+            (Some(u), _, _) => (u.clone(), false),
+            (None, Some(u), _) => (u, true),
+            (None, None, Some(u)) => (u, false),
+            (None, None, None) => return Err(missing("auth URL")),
+        };
+        let version = c.auth_version.unwrap_or(
+            if from_os || auth_url.trim_end_matches('/').ends_with("/v3") {
+                3
+            } else {
+                1
+            },
+        );
+        let credentials = match version {
+            1 => Credentials::V1 {
+                user: pick(&c.user, "ST_USER").ok_or_else(|| missing("user (ST_USER)"))?,
+                key: Secret(pick(&c.key, "ST_KEY").ok_or_else(|| missing("key (ST_KEY)"))?),
+                auth_url,
+            },
+            3 => Credentials::V3 {
+                username: pick(&c.username, "OS_USERNAME")
+                    .ok_or_else(|| missing("username (OS_USERNAME)"))?,
+                password: Secret(
+                    pick(&c.password, "OS_PASSWORD")
+                        .ok_or_else(|| missing("password (OS_PASSWORD)"))?,
+                ),
+                project_name: pick(&c.project_name, "OS_PROJECT_NAME")
+                    .ok_or_else(|| missing("project (OS_PROJECT_NAME)"))?,
+                user_domain_name: pick(&c.user_domain_name, "OS_USER_DOMAIN_NAME")
+                    .unwrap_or_else(|| "Default".into()),
+                project_domain_name: pick(&c.project_domain_name, "OS_PROJECT_DOMAIN_NAME")
+                    .unwrap_or_else(|| "Default".into()),
+                region: pick(&c.region, "OS_REGION_NAME"),
+                interface: pick(&c.interface, "OS_INTERFACE").unwrap_or_else(|| "public".into()),
+                auth_url,
+            },
+            v => {
+                return Err(StoreError::Config(format!(
+                    "swift.auth_version = {v}: use 1 (tempauth) or 3 (Keystone)"
+                )))
+            }
+        };
+        Ok(SwiftSettings {
+            credentials,
+            container_base,
+            prefix,
+            segment_size: segment_size as usize,
+            segments_in_flight: c.segments_in_flight.max(1),
+            retry: RetryPolicy {
+                max_attempts: c.max_attempts.max(1),
+                max_elapsed: c.max_retry_time.get(),
+                ..RetryPolicy::default()
+            },
+            request_timeout: c.request_timeout.get(),
+        })
     }
 }
 
