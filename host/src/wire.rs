@@ -240,11 +240,73 @@ pub struct ScheduleApply {
     pub schedules: Vec<crate::scheduler::ScheduleSpec>,
 }
 
+pub const INSTANCE_FORMAT: u32 = 1;
+
+/// What the admin gives to register an instance (API body, `instance add`, a file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceSpec {
+    pub name: String,
+    /// The owning tenant; `default` when not given.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The source, as for `backup create`: one of couchdb_config and data_dir.
+    #[serde(flatten)]
+    pub source: SourceSpec,
+    /// The node's CouchDB URL (live stats at backup, checks after an in-place restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_url: Option<String>,
+    /// Names `[couchdb.credentials.NAME]` in the daemon's config: the secret stays there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_credentials: Option<String>,
+    /// Run (with `sh -c`) before an in-place restore swaps the data in, and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_command: Option<String>,
+    /// The tenant may restore into the instance itself (in place, with its hooks).
+    /// Otherwise its restores go under its restore root only.
+    #[serde(default)]
+    pub restore_in_place: bool,
+    #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
+    pub other: NoOtherFields,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+/// A registered instance (sled, format versioned by `couchvault_instance`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub couchvault_instance: u32,
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+    /// The canonical directories its source resolved to when registered: the only ones
+    /// its backups may read.
+    #[schema(value_type = Vec<String>)]
+    pub roots: Vec<PathBuf>,
+    /// Where its databases and (when separate) view indexes are: in-place restores go there.
+    #[schema(value_type = String)]
+    pub database_dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub view_index_dir_resolved: Option<PathBuf>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What applying instance files did.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceApplyReport {
+    pub registered: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
 /// `POST /v1/instances/apply`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceApply {
-    pub instances: Vec<crate::daemon::instances::InstanceSpec>,
+    pub instances: Vec<InstanceSpec>,
 }
 
 /// `GET /v1/schedules/{id}`: the schedule and when it runs next.

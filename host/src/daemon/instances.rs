@@ -6,19 +6,20 @@
 //! them (`couchdb::confine`), whatever its ini files or symbolic links say by then.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::db::{Db, DbError};
 use super::files::{check_version, parse_toml, toml_files, FileError};
 use crate::config::{Config, CouchDbConfig};
 use crate::couchdb::confine::Confinement;
-use crate::couchdb::{Source, SourceError, SourceSpec};
-use crate::strict::NoOtherFields;
+use crate::couchdb::{Source, SourceError};
 
-pub const INSTANCE_FORMAT: u32 = 1;
+pub use crate::wire::{
+    Instance, InstanceApplyReport as ApplyReport, InstanceSpec, INSTANCE_FORMAT,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -32,59 +33,6 @@ pub enum InstanceError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Db(#[from] DbError),
-}
-
-/// What the admin gives to register an instance (API body, `instance add`, a file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct InstanceSpec {
-    pub name: String,
-    /// The owning tenant; `default` when not given.
-    #[serde(default = "default_tenant")]
-    pub tenant: String,
-    /// The source, as for `backup create`: one of couchdb_config and data_dir.
-    #[serde(flatten)]
-    pub source: SourceSpec,
-    /// The node's CouchDB URL (live stats at backup, checks after an in-place restore).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub couchdb_url: Option<String>,
-    /// Names `[couchdb.credentials.NAME]` in the daemon's config: the secret stays there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub couchdb_credentials: Option<String>,
-    /// Run (with `sh -c`) before an in-place restore swaps the data in, and after.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_command: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_command: Option<String>,
-    /// The tenant may restore into the instance itself (in place, with its hooks).
-    /// Otherwise its restores go under its restore root only.
-    #[serde(default)]
-    pub restore_in_place: bool,
-    #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
-    pub other: NoOtherFields,
-}
-
-fn default_tenant() -> String {
-    "default".into()
-}
-
-/// A registered instance (sled, format versioned by `couchvault_instance`).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Instance {
-    pub couchvault_instance: u32,
-    #[serde(flatten)]
-    pub spec: InstanceSpec,
-    /// The canonical directories its source resolved to when registered: the only ones
-    /// its backups may read.
-    #[schema(value_type = Vec<String>)]
-    pub roots: Vec<PathBuf>,
-    /// Where its databases and (when separate) view indexes are: in-place restores go there.
-    #[schema(value_type = String)]
-    pub database_dir: PathBuf,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub view_index_dir_resolved: Option<PathBuf>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
 }
 
 impl InstanceSpec {
@@ -221,13 +169,6 @@ fn store(db: &Db, mut inst: Instance) -> Result<Instance, InstanceError> {
 
 pub fn remove(db: &Db, tenant: &str, name: &str) -> Result<bool, DbError> {
     Ok(db.instances.remove(key(tenant, name))?.is_some())
-}
-
-/// What applying instance files did.
-#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ApplyReport {
-    pub registered: Vec<String>,
-    pub unchanged: Vec<String>,
 }
 
 /// Registers every spec, checking all first: one bad entry applies nothing.
