@@ -1,5 +1,5 @@
-//! The HTTP API (JSON; docs/API.md, `/v1/openapi.json`). Every route but /healthz needs a
-//! bearer token; a tenant token sees only its tenant's objects (others' ids answer 404)
+//! The HTTP API (JSON; docs/API.md, `/v1/openapi.json`). Every route but /healthz and the
+//! OpenAPI document needs a bearer token; a tenant token sees only its tenant's objects (others' ids answer 404)
 //! and gets 403 on admin routes. One module per resource; the wire types are
 //! `crate::wire`, shared with the CLI's client.
 
@@ -30,7 +30,6 @@ use super::jobs::JobRequest;
 use super::Daemon;
 pub use crate::wire::API_VERSION;
 pub use error::ApiError;
-pub use openapi::document as openapi_document;
 
 type Shared = Arc<Daemon>;
 type ApiResult<T> = Result<T, ApiError>;

@@ -464,7 +464,7 @@ fn operation(r: &Route, s: &mut Schemas) -> Value {
 }
 
 /// The document (built once).
-pub fn document() -> &'static Value {
+fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
         let mut schemas = Schemas::new();
