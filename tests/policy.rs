@@ -488,6 +488,33 @@ fn compiled_components_are_cached() {
     eprintln!("cold compile {cold:?}, cached load {warm:?}");
 }
 
+/// Uploads and jobs compile the same component at the same time in one process: each must
+/// load, none may trip over another's half-written cache file (a daemon under a flood of
+/// uploads answered 500 "policy cache …: No such file or directory" before).
+#[test]
+fn one_component_compiled_by_many_threads_at_once_loads_in_each() {
+    let Some(wasm) = gfs() else { return };
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        host(dir.path())
+                            .load("gfs", &wasm)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            assert!(r.is_ok(), "round {round}: {r:?}");
+        }
+    }
+}
+
 /// Adds the hostile policy behaving (so its dry run passes), then switches its registered
 /// parameters to `mode`: a policy that behaves when added and misbehaves later.
 fn add_then_misbehave(cwd: &Path, name: &str, file: &str, mode: &str) {

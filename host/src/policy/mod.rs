@@ -387,7 +387,8 @@ impl PolicyHost {
                     source,
                 };
                 std::fs::create_dir_all(&self.shared.cache_dir).map_err(cache_err)?;
-                let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+                // A name of its own: jobs and uploads compile the same component at once.
+                let tmp = cached.with_extension(format!("tmp-{}", ulid::Ulid::new()));
                 std::fs::write(&tmp, serialized).map_err(cache_err)?;
                 std::fs::rename(&tmp, &cached).map_err(cache_err)?;
                 c
