@@ -33,13 +33,13 @@ pub struct TokenRecord {
 
 /// The backup index's record format; an index of another format is dropped at open (it
 /// is rebuilt from the store, which stays the truth).
-pub const INDEX_FORMAT: u32 = 2;
+pub const INDEX_FORMAT: u32 = 3;
 
-/// One row of the backup index: the backup's summary as the API lists it.
+/// One row of the backup index: the backup's summary as the API lists it. Nested, not
+/// flattened: listing reads every row, and serde's flatten buffers each one first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexEntry {
     pub couchvault_index: u32,
-    #[serde(flatten)]
     pub summary: BackupSummary,
 }
 
