@@ -180,11 +180,6 @@ impl Vault {
         })
     }
 
-    /// The CouchDB HTTP client, when a URL is configured (`[couchdb] url` or `COUCHDB_URL`).
-    pub fn couch_client(&self) -> Result<Option<CouchClient>> {
-        self.couch_client_for(None)
-    }
-
     /// The client for `settings` alone (a registered instance's), else the config's and
     /// the environment's.
     pub fn couch_client_for(

@@ -7,7 +7,6 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::{OpsError, Result, Vault};
-use crate::catalog;
 use crate::keyring::KeyRing;
 use crate::policy::floors::{self, ProtectionDecision, Verdict};
 use crate::policy::{registry, BackupInfo, Policy, PolicyHost, ProtectionInput, RetentionInput};
@@ -52,10 +51,10 @@ impl Vault {
         let (policy, params) = self.registered(&host, tenant, name)?;
         let mut backups = match (backups, instance) {
             (Some(list), _) => list,
-            (None, Some(i)) => catalog::list(&*self.store, &keyring, tenant, Some(i))?
-                .into_iter()
-                .filter_map(|l| l.metadata)
-                .map(|m| super::backup::info_of(&m))
+            (None, Some(i)) => self
+                .committed(tenant, Some(i))?
+                .iter()
+                .map(super::backup::info_of)
                 .collect(),
             (None, None) => sample_backups(now),
         };
