@@ -23,7 +23,7 @@ fn assert_rejected(
     expect: &[&str],
     label: &str,
 ) {
-    let err = engine::verify(&env.store, keyring, meta, &Progress::default())
+    let err = engine::verify(&env.store, keyring, std::slice::from_ref(meta), &Progress::default())
         .expect_err(label)
         .to_string();
     assert!(
@@ -34,7 +34,7 @@ fn assert_rejected(
     let err = engine::restore(
         &env.store,
         keyring,
-        meta,
+        std::slice::from_ref(meta),
         &restore_opts(&target),
         &Progress::default(),
     )
@@ -88,7 +88,7 @@ fn random_single_byte_flips_are_all_detected() {
         );
     }
     env.write_data(&meta, &good);
-    engine::verify(&env.store, &env.keyring, &meta, &Progress::default()).unwrap();
+    engine::verify(&env.store, &env.keyring, std::slice::from_ref(&meta), &Progress::default()).unwrap();
 }
 
 #[test]

@@ -31,7 +31,7 @@ fn restore_and_compare(
     engine::restore(
         store,
         keyring,
-        meta,
+        std::slice::from_ref(meta),
         &restore_opts(target),
         &Progress::default(),
     )
@@ -71,7 +71,7 @@ fn fixture_and_generated_data_round_trip_through_segmented_slo() {
     engine::restore(
         &store,
         &keyring,
-        &meta,
+        std::slice::from_ref(&meta),
         &restore_opts(&target),
         &Progress::default(),
     )
@@ -181,7 +181,7 @@ fn ten_backups_in_a_row_survive_injected_503s_resets_and_slowness() {
         10
     );
     for m in &metas {
-        engine::verify(&store, &keyring, m, &Progress::default()).unwrap();
+        engine::verify(&store, &keyring, std::slice::from_ref(m), &Progress::default()).unwrap();
     }
     restore_and_compare(&store, &keyring, &metas[9], &data, &dir.path().join("r"));
     eprintln!("fault proxy: {}", proxy.summary());
@@ -281,7 +281,7 @@ fn expired_tokens_and_a_memcached_restart_are_survived_by_reauth() {
     generate_data(&data, 4, 7);
     let meta = backup_to(&store, &keyring, &data, "t", 1 << 20).unwrap();
     std::thread::sleep(Duration::from_secs(life + 1));
-    engine::verify(&store, &keyring, &meta, &Progress::default()).expect("token expired: re-auth");
+    engine::verify(&store, &keyring, std::slice::from_ref(&meta), &Progress::default()).expect("token expired: re-auth");
     env.kill("memcached");
     env.script(&["start"]);
     restore_and_compare(&store, &keyring, &meta, &data, &dir.path().join("r"));

@@ -32,18 +32,19 @@ fn split_name(name: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// Reads and authenticates one metadata object, checking it belongs where it was found.
+/// Returns it with its MAC (what a child records as its parent's).
 fn load_object(
     store: &dyn Store,
     keyring: &KeyRing,
     tenant: &str,
     instance: &str,
     id: &str,
-) -> Result<BackupMetadata> {
+) -> Result<(BackupMetadata, String)> {
     let bytes = store.get(tenant, &format::metadata_object(instance, id))?;
     let unverified = UnverifiedMetadata::parse(&bytes)?;
     let key_id = unverified.meta.encryption.key_id.clone();
     let key = keyring.get(tenant, &key_id)?;
-    let meta = unverified.verify(&key.secret)?;
+    let (meta, mac) = unverified.verify(&key.secret)?;
     if meta.backup_id != id || meta.tenant != tenant || meta.instance != instance {
         return Err(Error::Mismatch {
             id: id.to_string(),
@@ -53,7 +54,7 @@ fn load_object(
             ),
         });
     }
-    Ok(meta)
+    Ok((meta, mac))
 }
 
 /// Finds the instance a backup id belongs to, committed or not.
@@ -91,6 +92,16 @@ pub fn load(
     tenant: &str,
     id: &str,
 ) -> Result<BackupMetadata> {
+    load_sealed(store, keyring, tenant, id).map(|(m, _)| m)
+}
+
+/// [`load`], with the metadata's MAC.
+pub fn load_sealed(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    tenant: &str,
+    id: &str,
+) -> Result<(BackupMetadata, String)> {
     match locate(store, tenant, id)? {
         Some((instance, true)) => load_object(store, keyring, tenant, &instance, id),
         _ => Err(Error::NotFound {
@@ -107,6 +118,9 @@ pub struct Listed {
     pub instance: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BackupMetadata>,
+    /// The metadata's MAC, when it loaded.
+    #[serde(skip)]
+    pub mac: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -124,19 +138,87 @@ pub fn list(
         let Some((inst, id, METADATA_FILE)) = split_name(&o.name) else {
             continue;
         };
-        let (metadata, error) = match load_object(store, keyring, tenant, inst, id) {
-            Ok(m) => (Some(m), None),
-            Err(e) => (None, Some(e.to_string())),
+        let (metadata, mac, error) = match load_object(store, keyring, tenant, inst, id) {
+            Ok((m, mac)) => (Some(m), Some(mac), None),
+            Err(e) => (None, None, Some(e.to_string())),
         };
         out.push(Listed {
             backup_id: id.to_string(),
             instance: inst.to_string(),
             metadata,
+            mac,
             error,
         });
     }
     out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
     Ok(out)
+}
+
+/// Why a backup's chain cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("backup {child} depends on backup {parent}, which is missing or unreadable ({reason}); restore from an older full backup or a backup outside this chain")]
+    Broken {
+        child: String,
+        parent: String,
+        reason: String,
+    },
+    #[error("backup {child} names parent {parent}, but that backup's metadata is not the one it was made against (a spliced chain); the chain cannot be trusted")]
+    Spliced { child: String, parent: String },
+    #[error("the chain of backup {0} is longer than {MAX_CHAIN} backups or loops; it is damaged")]
+    TooLong(String),
+}
+
+/// No chain is longer: the host takes a full long before (floor `max_chain_length`).
+pub const MAX_CHAIN: usize = 1000;
+
+/// Every backup `meta` depends on and `meta` itself, oldest (its full) first, each parent
+/// authenticated and matched against the MAC its child recorded.
+pub fn chain(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    meta: BackupMetadata,
+) -> Result<Vec<BackupMetadata>> {
+    let mut out = vec![meta];
+    while let Some(parent) = out.last().and_then(|m| m.parent.clone()) {
+        let child = out.last().map(|m| m.backup_id.clone()).unwrap_or_default();
+        if out.len() > MAX_CHAIN {
+            return Err(Error::Chain(ChainError::TooLong(out[0].backup_id.clone())));
+        }
+        let (m, mac) = load_sealed(store, keyring, &out[0].tenant, &parent.backup_id).map_err(
+            |e| ChainError::Broken {
+                child: child.clone(),
+                parent: parent.backup_id.clone(),
+                reason: e.to_string(),
+            },
+        )?;
+        if mac != parent.metadata_mac || m.instance != out[0].instance {
+            return Err(ChainError::Spliced {
+                child,
+                parent: parent.backup_id,
+            }
+            .into());
+        }
+        out.push(m);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The backups among `listed` that depend on `id`, directly or not, newest first.
+pub fn dependents(listed: &[Listed], id: &str) -> Vec<String> {
+    let mut found: BTreeSet<String> = BTreeSet::new();
+    let mut frontier = vec![id.to_string()];
+    while let Some(p) = frontier.pop() {
+        for l in listed {
+            let Some(m) = &l.metadata else { continue };
+            if m.parent.as_ref().is_some_and(|r| r.backup_id == p) && found.insert(l.backup_id.clone())
+            {
+                frontier.push(l.backup_id.clone());
+            }
+        }
+    }
+    found.into_iter().rev().collect()
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

@@ -26,6 +26,8 @@ pub enum Error {
     Name(#[from] NameError),
     #[error(transparent)]
     Tag(#[from] crate::names::TagError),
+    #[error(transparent)]
+    Chain(#[from] crate::catalog::ChainError),
     #[error("{context}: {source}")]
     Io {
         context: String,

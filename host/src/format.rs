@@ -1,5 +1,6 @@
-//! Archive format v1: the data stream header and the metadata document. docs/FORMAT.md is
-//! the normative description; this module is its implementation.
+//! Archive format: the data stream header (stream version 1) and the metadata document
+//! (version 2: incremental and differential backups; version 1 is still read). docs/FORMAT.md
+//! is the normative description; this module is its implementation.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,13 @@ use serde_json::value::RawValue;
 
 use crate::crypto::{self, SecretKey, WrappedKey, NONCE_PREFIX_LEN};
 
-pub const FORMAT_VERSION: u16 = 1;
+/// The metadata document's version written now; every version from 1 up to it is read.
+pub const FORMAT_VERSION: u16 = 2;
+/// The data stream's version (its header and framing did not change with metadata v2).
+pub const STREAM_VERSION: u16 = 1;
+/// Bytes at the end of a file whose SHA-256 every v2 entry records: CouchDB writes its
+/// header into the last 4 KiB blocks, so a fast incremental checks these.
+pub const END_CHECK_LEN: u64 = 64 << 10;
 pub const MAGIC: &[u8; 8] = b"CVAULT\x00\x01";
 pub const HEADER_LEN: usize = 40;
 pub const SUITE_AES256GCM_STREAM: u8 = 1;
@@ -29,7 +36,7 @@ pub fn metadata_object(instance: &str, id: &str) -> String {
 pub enum FormatError {
     #[error("the data stream is not a couchvault archive (bad magic); is this the right object?")]
     Magic,
-    #[error("archive format version {0} is not supported by this couchvault (it reads version {FORMAT_VERSION}); upgrade couchvault")]
+    #[error("archive format version {0} is not supported by this couchvault (it reads versions 1 to {FORMAT_VERSION}); upgrade couchvault")]
     Version(u16),
     #[error("the data stream header is damaged: {0}")]
     Header(String),
@@ -51,7 +58,7 @@ impl DataHeader {
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        b[8..10].copy_from_slice(&STREAM_VERSION.to_be_bytes());
         b[10] = SUITE_AES256GCM_STREAM;
         b[11] = COMPRESSION_ZSTD;
         b[12..16].copy_from_slice(&self.chunk_size.to_be_bytes());
@@ -66,7 +73,7 @@ impl DataHeader {
             return Err(FormatError::Magic);
         }
         let version = u16::from_be_bytes([b[8], b[9]]);
-        if version != FORMAT_VERSION {
+        if version != STREAM_VERSION {
             return Err(FormatError::Version(version));
         }
         if b[10] != SUITE_AES256GCM_STREAM {
@@ -113,7 +120,13 @@ pub struct BackupMetadata {
     pub backup_id: String,
     pub tenant: String,
     pub instance: String,
-    pub kind: String,
+    pub kind: Kind,
+    /// The backup this one is stored against (incremental and differential only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// How unchanged prefixes were checked (incremental and differential only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_check: Option<PrefixCheck>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub source: SourceInfo,
@@ -122,7 +135,11 @@ pub struct BackupMetadata {
     pub encryption: EncryptionInfo,
     pub data: DataInfo,
     pub totals: Totals,
+    /// Every file as it is at this backup, however it was stored.
     pub files: Vec<FileEntry>,
+    /// Files the parent had that this backup does not (a restore does not bring them back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
     /// Files listed at the start that were gone when their turn came (e.g. a deleted database).
     #[serde(default)]
     pub vanished: Vec<String>,
@@ -192,7 +209,88 @@ pub struct DataInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Totals {
     pub files: u64,
+    /// Bytes of the files as they are at this backup.
     pub bytes: u64,
+    /// Bytes of file content this backup's own archive holds (all of `bytes` for a full).
+    #[serde(default)]
+    pub stored_bytes: u64,
+}
+
+/// Full, incremental (against the instance's previous backup) or differential (against
+/// its last full).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    #[default]
+    Full,
+    Incremental,
+    Differential,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Incremental => "incremental",
+            Kind::Differential => "differential",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an incremental decides that a file's recorded prefix is unchanged.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixCheck {
+    /// Read and hash the whole file; compare with the parent's whole-file SHA-256.
+    #[default]
+    Exact,
+    /// Identity, size and the SHA-256 of the last `END_CHECK_LEN` bytes before the parent's end.
+    Fast,
+}
+
+impl std::fmt::Display for PrefixCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrefixCheck::Exact => "exact",
+            PrefixCheck::Fast => "fast",
+        })
+    }
+}
+
+/// The parent of an incremental or differential backup: its id and the MAC of its sealed
+/// metadata, so that a chain cannot be spliced with another backup of the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub backup_id: String,
+    /// `hmac-sha256:<hex>` exactly as in the parent's envelope.
+    pub metadata_mac: String,
+}
+
+/// What of a file this backup's archive holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum Stored {
+    /// The whole file (every file of a full backup; metadata v1 knows nothing else).
+    #[default]
+    Whole,
+    /// Bytes `from..size`; the first `from` bytes are the parent's copy of the file.
+    Tail {
+        from: u64,
+        /// SHA-256 of the stored bytes.
+        sha256: String,
+    },
+    /// Nothing: the file is exactly the parent's copy.
+    Unchanged,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,7 +300,51 @@ pub struct FileEntry {
     pub size: u64,
     pub mode: u32,
     pub mtime: i64,
-    pub sha256: String,
+    /// SHA-256 of the whole file at this backup; None only where a fast incremental stored
+    /// a tail without reading the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "is_whole")]
+    pub stored: Stored,
+    /// Why a file the parent had was stored whole (replaced, shrunk, prefix changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Device and inode when it was read: an appended file keeps both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// SHA-256 of the last `END_CHECK_LEN` bytes (or the whole file, when shorter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_sha256: Option<String>,
+}
+
+fn is_whole(s: &Stored) -> bool {
+    *s == Stored::Whole
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileEntry {
+    /// The bytes of this file that its backup's archive holds, and where they start.
+    pub fn piece(&self) -> Option<(u64, u64)> {
+        match self.stored {
+            Stored::Whole => Some((0, self.size)),
+            Stored::Tail { from, .. } => Some((from, self.size - from.min(self.size))),
+            Stored::Unchanged => None,
+        }
+    }
+
+    /// The SHA-256 the stored piece must have.
+    pub fn piece_sha256(&self) -> Option<&str> {
+        match &self.stored {
+            Stored::Whole => self.sha256.as_deref(),
+            Stored::Tail { sha256, .. } => Some(sha256),
+            Stored::Unchanged => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -219,8 +361,8 @@ pub fn seal_metadata(meta: &BackupMetadata, tenant_key: &SecretKey) -> Vec<u8> {
     let doc = serde_json::to_string(meta).expect("metadata serializes");
     let mac = crypto::metadata_mac(tenant_key, doc.as_bytes());
     format!(
-        "{{\"couchvault_metadata\":{METADATA_ENVELOPE},\"mac\":\"hmac-sha256:{}\",\"document\":{doc}}}\n",
-        hex::encode(mac)
+        "{{\"couchvault_metadata\":{METADATA_ENVELOPE},\"mac\":\"{}\",\"document\":{doc}}}\n",
+        mac_label(&mac)
     )
     .into_bytes()
 }
@@ -230,6 +372,11 @@ pub struct UnverifiedMetadata {
     pub meta: BackupMetadata,
     document: String,
     mac: Vec<u8>,
+}
+
+/// The MAC of a sealed metadata object as a child records it (`hmac-sha256:<hex>`).
+pub fn mac_label(mac: &[u8]) -> String {
+    format!("hmac-sha256:{}", hex::encode(mac))
 }
 
 impl UnverifiedMetadata {
@@ -249,7 +396,7 @@ impl UnverifiedMetadata {
             .ok_or_else(|| FormatError::Metadata("mac is not hmac-sha256:<hex>".into()))?;
         let meta: BackupMetadata = serde_json::from_str(env.document.get())
             .map_err(|e| FormatError::Metadata(e.to_string()))?;
-        if meta.format != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&meta.format) {
             return Err(FormatError::Version(meta.format));
         }
         Ok(UnverifiedMetadata {
@@ -259,9 +406,10 @@ impl UnverifiedMetadata {
         })
     }
 
-    pub fn verify(self, tenant_key: &SecretKey) -> Result<BackupMetadata, FormatError> {
+    /// Authenticates the document; returns it with its MAC as a child would record it.
+    pub fn verify(self, tenant_key: &SecretKey) -> Result<(BackupMetadata, String), FormatError> {
         if crypto::metadata_mac_verify(tenant_key, self.document.as_bytes(), &self.mac) {
-            Ok(self.meta)
+            Ok((self.meta, mac_label(&self.mac)))
         } else {
             Err(FormatError::Mac)
         }

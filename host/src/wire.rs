@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::couchdb::SourceSpec;
 use crate::duration::Span;
-use crate::format::BackupMetadata;
+use crate::format::{BackupMetadata, Kind, PrefixCheck};
 use crate::policy::floors::Verdict;
 use crate::strict::NoOtherFields;
 
@@ -42,7 +42,10 @@ pub struct BackupSummary {
     pub backup_id: String,
     pub tenant: String,
     pub instance: String,
-    pub kind: String,
+    pub kind: Kind,
+    /// The backup it is stored against (incremental and differential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub files: u64,
@@ -63,7 +66,8 @@ impl BackupSummary {
             backup_id: m.backup_id.clone(),
             tenant: m.tenant.clone(),
             instance: m.instance.clone(),
-            kind: m.kind.clone(),
+            kind: m.kind,
+            parent: m.parent.as_ref().map(|p| p.backup_id.clone()),
             started_at: m.started_at,
             finished_at: m.finished_at,
             files: m.totals.files,
@@ -211,6 +215,8 @@ pub struct DryRunBackup {
     #[serde(default = "full")]
     pub kind: String,
     #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub schedule: Option<String>,
@@ -227,6 +233,7 @@ impl DryRunBackup {
             created_at: self.created_at.timestamp(),
             size: self.size,
             kind: self.kind,
+            parent: self.parent,
             schedule: self.schedule.or_else(|| self.tags.get("schedule").cloned()),
             tags: self.tags.into_iter().collect(),
         }
@@ -365,6 +372,13 @@ pub struct BackupParams {
     /// Back up even when the shard map names files the data dir lacks; record the gaps.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_incomplete: bool,
+    /// Full, incremental or differential (overrides the protection policy); none: the
+    /// policy's answer, else full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// How an incremental checks unchanged prefixes (exact or fast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_check: Option<PrefixCheck>,
     #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
     pub other: NoOtherFields,
 }
@@ -405,9 +419,15 @@ pub enum JobRequest {
     },
     Verify {
         backup_id: String,
+        /// Also every backup it depends on, each file rebuilt and checked whole.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        chain: bool,
     },
     Delete {
         backup_id: String,
+        /// Also the backups that depend on it (else refused while any does).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        with_dependents: bool,
     },
     Gc {
         grace: Span,

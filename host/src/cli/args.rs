@@ -1,5 +1,6 @@
 //! Command-line arguments (clap derive).
 
+use couchvault::format::{Kind, PrefixCheck};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -176,6 +177,41 @@ pub struct ScheduleAddArgs {
     /// Create it paused.
     #[arg(long)]
     pub paused: bool,
+    #[command(flatten)]
+    pub kind: KindArgs,
+}
+
+/// Full, incremental or differential; none given: the protection policy decides, else full.
+#[derive(Debug, Args, Default)]
+pub struct KindArgs {
+    /// A full backup (every file whole), whatever the protection policy says.
+    #[arg(long, conflicts_with_all = ["incremental", "differential"])]
+    pub full: bool,
+    /// Store only what changed since the instance's newest backup.
+    #[arg(long, conflicts_with = "differential")]
+    pub incremental: bool,
+    /// Store only what changed since the instance's newest full backup.
+    #[arg(long)]
+    pub differential: bool,
+    /// Check unchanged prefixes by identity, size and last blocks only, without reading
+    /// them (see docs/FORMAT.md for what this cannot see); default: read and hash them.
+    #[arg(long)]
+    pub fast: bool,
+}
+
+impl KindArgs {
+    pub fn kind(&self) -> Option<Kind> {
+        match (self.full, self.incremental, self.differential) {
+            (true, _, _) => Some(Kind::Full),
+            (_, true, _) => Some(Kind::Incremental),
+            (_, _, true) => Some(Kind::Differential),
+            _ => None,
+        }
+    }
+
+    pub fn prefix_check(&self) -> Option<PrefixCheck> {
+        self.fast.then_some(PrefixCheck::Fast)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,7 +287,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Take a hot, full backup of a CouchDB node.
+    /// Take a hot backup of a CouchDB node: full, incremental or differential.
     Create(CreateArgs),
     /// List committed backups.
     List {
@@ -261,9 +297,20 @@ pub enum BackupCommand {
     /// Show one backup's metadata.
     Show { id: String },
     /// Check a backup end to end without writing anything.
-    Verify { id: String },
+    Verify {
+        id: String,
+        /// Also every backup it depends on, each file rebuilt and checked whole.
+        #[arg(long)]
+        chain: bool,
+    },
     /// Delete a backup (metadata first, then data).
-    Delete { id: String },
+    Delete {
+        id: String,
+        /// Also delete the incremental and differential backups that depend on it (a
+        /// backup others depend on is otherwise refused).
+        #[arg(long)]
+        with_dependents: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +339,8 @@ pub struct CreateArgs {
     /// With --server: return once the daemon has accepted the job, without waiting.
     #[arg(long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub kind: KindArgs,
 }
 
 #[derive(Debug, Args)]

@@ -270,7 +270,7 @@ fn print_result(j: &Job) -> bool {
             serde_json::from_value::<VerifyReport>(result).map(|r| render::verified(&r))
         }
         JobRequest::Delete { .. } => {
-            serde_json::from_value::<Deleted>(result).map(|d| render::deleted(&d))
+            serde_json::from_value::<Vec<Deleted>>(result).map(|d| render::deleted(&d))
         }
         JobRequest::Restore { .. } => {
             serde_json::from_value::<RestoreOutcome>(result).map(|o| render::restored(&o, None))
@@ -293,6 +293,8 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 tags: a.tags.into_iter().collect(),
                 compression_level: a.compression_level,
                 allow_incomplete: a.allow_incomplete,
+                kind: a.kind.kind(),
+                prefix_check: a.kind.prefix_check(),
                 ..Default::default()
             };
             let job: Job = c.post("/v1/backups", &body)?;
@@ -311,12 +313,17 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
             let meta: BackupMetadata = c.get(&format!("/v1/backups/{id}"))?;
             c.show(&meta, render::backup)
         }
-        Command::Backup(BackupCommand::Verify { id }) => {
-            let job: Job = c.post_empty(&format!("/v1/backups/{id}/verify"))?;
+        Command::Backup(BackupCommand::Verify { id, chain }) => {
+            let path = format!("/v1/backups/{id}/verify?chain={chain}");
+            let job: Job = c.post_empty(&path)?;
             c.submitted(job, false)
         }
-        Command::Backup(BackupCommand::Delete { id }) => {
-            let job: Job = c.send(c.request(Method::DELETE, &format!("/v1/backups/{id}")))?;
+        Command::Backup(BackupCommand::Delete {
+            id,
+            with_dependents,
+        }) => {
+            let path = format!("/v1/backups/{id}?with_dependents={with_dependents}");
+            let job: Job = c.send(c.request(Method::DELETE, &path))?;
             c.submitted(job, false)
         }
         Command::Restore(a) => {
@@ -468,6 +475,8 @@ fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {
         policies: a.policies,
         tags: a.tags.into_iter().collect(),
         paused: a.paused,
+        kind: a.kind.kind(),
+        prefix_check: a.kind.prefix_check(),
         jitter: a.jitter,
         starting_deadline: a.starting_deadline,
         other: Default::default(),

@@ -54,8 +54,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Backup(BackupCommand::List { instance }) => backup_list(&ctx, instance),
         Command::Backup(BackupCommand::Show { id }) => backup_show(&ctx, &id),
-        Command::Backup(BackupCommand::Verify { id }) => backup_verify(&ctx, &id),
-        Command::Backup(BackupCommand::Delete { id }) => backup_delete(&ctx, &id),
+        Command::Backup(BackupCommand::Verify { id, chain }) => backup_verify(&ctx, &id, chain),
+        Command::Backup(BackupCommand::Delete {
+            id,
+            with_dependents,
+        }) => backup_delete(&ctx, &id, with_dependents),
         Command::Restore(args) => restore(&ctx, args),
         Command::Gc(args) => gc(&ctx, args),
         Command::Key(KeyCommand::Add) => key_add(ctx),
@@ -83,6 +86,8 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
         tags: args.tags.into_iter().collect(),
         allow_incomplete: args.allow_incomplete,
         couchdb: None,
+        kind: args.kind.kind(),
+        prefix_check: args.kind.prefix_check(),
     };
     let progress = Progress::default();
     let started = Instant::now();
@@ -142,10 +147,10 @@ fn backup_show(ctx: &Context, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn backup_verify(ctx: &Context, id: &str) -> Result<()> {
+fn backup_verify(ctx: &Context, id: &str, chain: bool) -> Result<()> {
     let progress = Progress::default();
     let report = with_progress("verify", &progress, ctx.json, || {
-        ctx.vault.verify(&ctx.tenant, id, &progress)
+        ctx.vault.verify(&ctx.tenant, id, chain, &progress)
     })
     .with_context(|| format!("backup {id} failed verification"))?;
     if ctx.json {
@@ -155,8 +160,8 @@ fn backup_verify(ctx: &Context, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn backup_delete(ctx: &Context, id: &str) -> Result<()> {
-    let deleted = ctx.vault.delete(&ctx.tenant, id)?;
+fn backup_delete(ctx: &Context, id: &str, with_dependents: bool) -> Result<()> {
+    let deleted = ctx.vault.delete(&ctx.tenant, id, with_dependents)?;
     if ctx.json {
         return print_json(&deleted);
     }

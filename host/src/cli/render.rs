@@ -2,7 +2,7 @@
 //! daemon's client (the data is the same wire type either way). `--json` prints the value
 //! itself.
 
-use couchvault::format::BackupMetadata;
+use couchvault::format::{BackupMetadata, Stored};
 use couchvault::ops::restore::{DbCheck, RestoreOutcome};
 use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
 use couchvault::policy::floors::Verdict;
@@ -31,6 +31,8 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
             (Some(m), RowStatus::Ok) => vec![
                 r.backup_id.clone(),
                 r.instance.clone(),
+                m.kind.to_string(),
+                m.parent.clone().unwrap_or_else(|| "-".into()),
                 m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 m.files.to_string(),
                 bytes(m.bytes),
@@ -46,6 +48,8 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
+                "-".into(),
                 format!("INVALID: {}", r.error.as_deref().unwrap_or("")),
             ],
         })
@@ -54,6 +58,8 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
         &[
             "ID",
             "INSTANCE",
+            "KIND",
+            "PARENT",
             "FINISHED (UTC)",
             "FILES",
             "SIZE",
@@ -67,8 +73,12 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
 
 /// `backup create`'s line.
 pub fn backup_created(m: &BackupSummary, secs: f64) {
+    let parent = match &m.parent {
+        Some(p) => format!(" {} of {p}", m.kind),
+        None => String::new(),
+    };
     println!(
-        "backup {} committed: {}/{}, {} files, {} read, {} stored ({:.1}x smaller), {:.1}s ({}/s)",
+        "backup {}{parent} committed: {}/{}, {} files, {} read, {} stored ({:.1}x smaller), {:.1}s ({}/s)",
         m.backup_id,
         m.tenant,
         m.instance,
@@ -90,7 +100,17 @@ pub fn backup(meta: &BackupMetadata) {
             "tenant/instance",
             format!("{}/{}", meta.tenant, meta.instance),
         ),
-        ("kind", meta.kind.clone()),
+        ("kind", meta.kind.to_string()),
+        (
+            "parent",
+            meta.parent
+                .as_ref()
+                .map_or("-".into(), |p| p.backup_id.clone()),
+        ),
+        (
+            "prefix check",
+            meta.prefix_check.map_or("-".into(), |c| c.to_string()),
+        ),
         ("started", meta.started_at.to_rfc3339()),
         ("finished", meta.finished_at.to_rfc3339()),
         ("made by", meta.tool.clone()),
@@ -135,15 +155,28 @@ pub fn backup(meta: &BackupMetadata) {
         .files
         .iter()
         .map(|f| {
+            let stored = match &f.stored {
+                Stored::Whole => "whole".to_string(),
+                Stored::Tail { from, .. } => format!("tail from {from} (+{})", f.size - from),
+                Stored::Unchanged => "unchanged".into(),
+            };
+            let stored = match &f.reason {
+                Some(why) if meta.parent.is_some() => format!("{stored}: {why}"),
+                _ => stored,
+            };
             vec![
                 f.path.clone(),
                 f.size.to_string(),
                 format!("{:o}", f.mode),
-                f.sha256.clone(),
+                f.sha256.clone().unwrap_or_else(|| "-".into()),
+                stored,
             ]
         })
         .collect();
-    table(&["PATH", "SIZE", "MODE", "SHA256"], &files);
+    table(&["PATH", "SIZE", "MODE", "SHA256", "STORED"], &files);
+    for g in &meta.gone {
+        println!("gone since the parent: {g}");
+    }
 }
 
 pub fn verified(report: &VerifyReport) {
@@ -156,7 +189,13 @@ pub fn verified(report: &VerifyReport) {
     );
 }
 
-pub fn deleted(d: &Deleted) {
+pub fn deleted(all: &[Deleted]) {
+    for d in all {
+        deleted_one(d);
+    }
+}
+
+fn deleted_one(d: &Deleted) {
     if d.was_committed {
         println!("backup {} of {} deleted", d.backup_id, d.instance);
     } else {

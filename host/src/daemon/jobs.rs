@@ -117,8 +117,8 @@ impl Runner {
         let backup_id = match &mut request {
             JobRequest::Backup(_) => Some(Ulid::new().to_string()),
             JobRequest::Restore { backup_id, .. }
-            | JobRequest::Verify { backup_id }
-            | JobRequest::Delete { backup_id } => Some(backup_id.clone()),
+            | JobRequest::Verify { backup_id, .. }
+            | JobRequest::Delete { backup_id, .. } => Some(backup_id.clone()),
             JobRequest::Gc { .. } => None,
         };
         let job = Job {
@@ -312,14 +312,19 @@ impl Runner {
                     }
                 }
             }
-            JobRequest::Verify { backup_id } => {
-                let report = vault.verify(&tenant, &backup_id, progress)?;
+            JobRequest::Verify { backup_id, chain } => {
+                let report = vault.verify(&tenant, &backup_id, chain, progress)?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
             }
-            JobRequest::Delete { backup_id } => {
-                let deleted = vault.delete(&tenant, &backup_id)?;
-                self.index_remove(&tenant, &backup_id);
+            JobRequest::Delete {
+                backup_id,
+                with_dependents,
+            } => {
+                let deleted = vault.delete(&tenant, &backup_id, with_dependents)?;
+                for d in &deleted {
+                    self.index_remove(&tenant, &d.backup_id);
+                }
                 job.result = serde_json::to_value(&deleted).ok();
                 Ok(())
             }
@@ -362,6 +367,8 @@ impl Runner {
             tags: b.tags,
             allow_incomplete: b.allow_incomplete,
             couchdb,
+            kind: b.kind,
+            prefix_check: b.prefix_check,
         };
         let outcome = vault.backup(&req, &source, progress)?;
         let meta = &outcome.meta;
@@ -482,7 +489,7 @@ impl Runner {
                             .into(),
                     );
                 }
-                None => match self.vault.delete(&job.tenant, id) {
+                None => match self.vault.delete(&job.tenant, id, false) {
                     Ok(_) => error.push_str("; its partial upload was removed"),
                     Err(OpsError::Engine(crate::Error::NotFound { .. })) => {
                         error.push_str("; it had uploaded nothing")

@@ -285,6 +285,8 @@ impl Schedules {
                 source: s.spec.source.clone(),
                 policies: s.spec.policies.clone(),
                 tags: s.spec.tags.clone(),
+                kind: s.spec.kind,
+                prefix_check: s.spec.prefix_check,
                 ..Default::default()
             });
             let run = ScheduledRun {

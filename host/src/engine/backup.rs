@@ -1,9 +1,11 @@
 //! Backup: files → tar → zstd (multi-threaded) → AES-256-GCM STREAM → store, then commit.
+//! A full backup stores every file whole; an incremental or differential one stores, per
+//! file, only what was appended since its parent (see [`Base`] and docs/FORMAT.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use chrono::Utc;
@@ -17,7 +19,8 @@ use crate::crypto::{self, SecretKey, StreamSealer, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{
     self, BackupMetadata, CompressionInfo, DataHeader, DataInfo, EncryptionInfo, FileEntry,
-    SourceInfo, Totals, FORMAT_VERSION, SUITE_NAME,
+    Identity, Kind, ParentRef, PrefixCheck, SourceInfo, Stored, Totals, END_CHECK_LEN,
+    FORMAT_VERSION, STREAM_VERSION, SUITE_NAME,
 };
 use crate::keyring::{KeyRing, TenantKey};
 use crate::names::validate_name;
@@ -42,6 +45,18 @@ pub struct BackupOptions {
     pub allow_incomplete: bool,
     /// What CouchDB said over HTTP at the start, recorded in the metadata.
     pub live: Option<crate::couchdb::http::LiveInfo>,
+    /// The parent of an incremental or differential backup; None for a full one.
+    pub base: Option<Base>,
+}
+
+/// What an incremental or differential backup is stored against.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub kind: Kind,
+    pub check: PrefixCheck,
+    /// The parent, authenticated, and its metadata's MAC.
+    pub parent: BackupMetadata,
+    pub parent_mac: String,
 }
 
 /// How the tar stream is compressed and sealed.
@@ -121,9 +136,22 @@ pub fn backup(
         &opts.instance,
         id,
         &opts.stream,
-        |out| write_tar(source, &plan, out, progress),
+        |out| write_tar(source, &plan, opts.base.as_ref(), out, progress),
     )
     .map_err(|e| progress.explain(e))?;
+    let gone = match &opts.base {
+        Some(b) => {
+            let now: std::collections::HashSet<&str> =
+                files.iter().map(|f| f.path.as_str()).collect();
+            b.parent
+                .files
+                .iter()
+                .filter(|f| !now.contains(f.path.as_str()))
+                .map(|f| f.path.clone())
+                .collect()
+        }
+        None => Vec::new(),
+    };
 
     let meta = BackupMetadata {
         format: FORMAT_VERSION,
@@ -131,7 +159,12 @@ pub fn backup(
         backup_id: id.to_string(),
         tenant: opts.tenant.clone(),
         instance: opts.instance.clone(),
-        kind: "full".into(),
+        kind: opts.base.as_ref().map_or(Kind::Full, |b| b.kind),
+        parent: opts.base.as_ref().map(|b| ParentRef {
+            backup_id: b.parent.backup_id.clone(),
+            metadata_mac: b.parent_mac.clone(),
+        }),
+        prefix_check: opts.base.as_ref().map(|b| b.check),
         started_at,
         finished_at: Utc::now(),
         source: SourceInfo {
@@ -167,8 +200,10 @@ pub fn backup(
         totals: Totals {
             files: files.len() as u64,
             bytes: files.iter().map(|f| f.size).sum(),
+            stored_bytes: files.iter().filter_map(|f| f.piece()).map(|(_, n)| n).sum(),
         },
         files,
+        gone,
         vanished,
         incomplete,
         couchdb: opts.live.clone(),
@@ -213,7 +248,7 @@ pub fn store_stream<T>(
     let id_str = id.to_string();
     let wrapped = crypto::wrap_data_key(&key.secret, &data_key, tenant, &key.id, &id_str)?;
     let object = format::data_object(instance, &id_str);
-    let version = FORMAT_VERSION.to_string();
+    let version = STREAM_VERSION.to_string();
     let tool = format!("couchvault {}", env!("CARGO_PKG_VERSION"));
     let labels = [
         ("Tool", tool.as_str()),
@@ -343,14 +378,19 @@ impl<W: Write> Write for CountingWriter<W> {
 }
 
 /// Writes the tar stream of `plan`. Each file is opened once and exactly the length it had
-/// when opened is copied: CouchDB files are append-only, so that prefix is a valid file, and
-/// a file swapped by compaction is read from the inode we opened.
+/// when opened is read: CouchDB files are append-only, so that prefix is a valid file, and
+/// a file swapped by compaction is read from the inode we opened. Against a `base`, only
+/// what each file gained since the parent goes into the stream (see [`decide`]).
 fn write_tar(
     source: &Source,
     plan: &[PlannedFile],
+    base: Option<&Base>,
     out: &mut dyn Write,
     progress: &Progress,
 ) -> Result<(Vec<FileEntry>, Vec<String>)> {
+    let prior: HashMap<&str, &FileEntry> = base
+        .map(|b| b.parent.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
     let mut tar = tar::Builder::new(out);
     let mut files = Vec::with_capacity(plan.len());
     let mut vanished = Vec::new();
@@ -361,7 +401,7 @@ fn write_tar(
             _ => {}
         }
         // Confined for a registered instance: a link out is refused, named.
-        let file = match source.open(&f.source) {
+        let mut file = match source.open(&f.source) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tracing::warn!(path = %f.source.display(), "file vanished before it was copied (deleted database?)");
@@ -370,62 +410,215 @@ fn write_tar(
             }
             Err(e) => return Err(Error::io(format!("opening {}", f.source.display()), e)),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading {}", f.source.display()), e))?;
+        let read_err = |e| Error::io(format!("reading {}", f.source.display()), e);
+        let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() {
             continue;
         }
         let len = meta.len();
+        let identity = Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
         let mode = meta.mode() & 0o7777;
         let mtime = meta.mtime();
+        let shrank = |got| Error::Shrank {
+            path: f.source.clone(),
+            expected: len,
+            got,
+        };
+        let d = match (base, prior.get(f.archive_path.as_str())) {
+            (Some(b), Some(p)) => decide(&file, len, identity, p, b.check, progress).map_err(read_err)?,
+            _ => Decision::whole(None),
+        };
+        let mut entry = FileEntry {
+            path: f.archive_path.clone(),
+            size: len,
+            mode,
+            mtime,
+            sha256: None,
+            stored: Stored::Whole,
+            reason: d.reason,
+            identity: Some(identity),
+            end_sha256: Some(end_sha256(&file, len).map_err(read_err)?),
+        };
+        if let Some(parent) = d.unchanged {
+            entry.stored = Stored::Unchanged;
+            entry.sha256 = d.prefix.map(finish).or(parent.sha256.clone());
+            progress.file_done();
+            files.push(entry);
+            continue;
+        }
+        file.seek(SeekFrom::Start(d.from)).map_err(read_err)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(len);
+        header.set_size(len - d.from);
         header.set_mode(mode);
         header.set_mtime(mtime.max(0) as u64);
         let mut reader = BufReader::with_capacity(
             READ_BUF,
             PrefixReader {
                 file,
-                left: len,
+                left: len - d.from,
                 hash: Context::new(&SHA256),
+                whole: d.prefix,
                 progress,
             },
         );
         if let Err(e) = tar.append_data(&mut header, &f.archive_path, &mut reader) {
             let left = reader.get_ref().left;
             return Err(if e.kind() == io::ErrorKind::UnexpectedEof && left > 0 {
-                Error::Shrank {
-                    path: f.source.clone(),
-                    expected: len,
-                    got: len - left,
-                }
+                shrank(len - left)
             } else {
                 Error::io(format!("copying {}", f.source.display()), e)
             });
         }
-        let PrefixReader { left, hash, .. } = reader.into_inner();
+        let PrefixReader {
+            left, hash, whole, ..
+        } = reader.into_inner();
         debug_assert_eq!(left, 0);
+        let piece = finish(hash);
+        if d.from == 0 {
+            entry.sha256 = Some(piece);
+        } else {
+            // Exact: the prefix's hash ran on through the tail. Fast: the prefix was not read.
+            entry.sha256 = whole.map(finish);
+            entry.stored = Stored::Tail {
+                from: d.from,
+                sha256: piece,
+            };
+        }
         progress.file_done();
-        files.push(FileEntry {
-            path: f.archive_path.clone(),
-            size: len,
-            mode,
-            mtime,
-            sha256: hex::encode(hash.finish()),
-        });
+        files.push(entry);
     }
     tar.finish()
         .map_err(|e| Error::io("ending the tar stream", e))?;
     Ok((files, vanished))
 }
 
-/// Reads exactly `left` bytes of a file, hashing them; fewer is an error.
+fn finish(c: Context) -> String {
+    hex::encode(c.finish())
+}
+
+/// How much of a file the parent already holds.
+struct Decision<'a> {
+    /// Bytes before this offset are the parent's; 0 stores the whole file.
+    from: u64,
+    /// Exact mode: the SHA-256 state after the first `from` bytes.
+    prefix: Option<Context>,
+    /// The file is exactly the parent's copy (no bytes stored).
+    unchanged: Option<&'a FileEntry>,
+    /// Why a file the parent had is stored whole.
+    reason: Option<String>,
+}
+
+impl Decision<'_> {
+    fn whole(reason: Option<String>) -> Self {
+        Decision {
+            from: 0,
+            prefix: None,
+            unchanged: None,
+            reason,
+        }
+    }
+}
+
+/// Decides what of a file to store against its parent's record `p`: only the tail when it
+/// is the same file (device and inode), no shorter, and its first `p.size` bytes are what
+/// the parent stored (exact: their SHA-256; fast: that of the last blocks before `p.size`).
+fn decide<'a>(
+    file: &File,
+    len: u64,
+    identity: Identity,
+    p: &'a FileEntry,
+    check: PrefixCheck,
+    progress: &Progress,
+) -> io::Result<Decision<'a>> {
+    if p.identity != Some(identity) {
+        return Ok(Decision::whole(Some(match p.identity {
+            None => "the parent recorded no file identity".into(),
+            Some(_) => "replaced: a new file (compaction, or a recreated or restored database)".into(),
+        })));
+    }
+    if len < p.size {
+        return Ok(Decision::whole(Some(format!(
+            "shrank from {} to {len} bytes",
+            p.size
+        ))));
+    }
+    let prefix = match check {
+        PrefixCheck::Exact => {
+            let Some(want) = &p.sha256 else {
+                return Ok(Decision::whole(Some(
+                    "the parent recorded no whole-file hash (a fast incremental); exact mode stores it whole".into(),
+                )));
+            };
+            let prefix = hash_range(file, 0, p.size, Some(progress))?;
+            if finish(prefix.clone()) != *want {
+                return Ok(Decision::whole(Some(format!(
+                    "changed within its first {} bytes (exact check)",
+                    p.size
+                ))));
+            }
+            Some(prefix)
+        }
+        PrefixCheck::Fast => {
+            let at = p.size - p.size.min(END_CHECK_LEN);
+            let same = match &p.end_sha256 {
+                Some(want) => finish(hash_range(file, at, p.size, None)?) == *want,
+                None => false,
+            };
+            if !same {
+                return Ok(Decision::whole(Some(format!(
+                    "bytes {at}..{} changed (fast check of the last blocks)",
+                    p.size
+                ))));
+            }
+            // Not read, but accounted for, so progress reaches its total.
+            progress.bytes_done.fetch_add(p.size, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    };
+    Ok(Decision {
+        from: p.size,
+        unchanged: (len == p.size).then_some(p),
+        prefix,
+        reason: None,
+    })
+}
+
+/// SHA-256 state over bytes `from..to` of `file` (positional reads: the cursor stays).
+fn hash_range(file: &File, from: u64, to: u64, progress: Option<&Progress>) -> io::Result<Context> {
+    let mut hash = Context::new(&SHA256);
+    let mut buf = vec![0u8; READ_BUF.min((to - from) as usize).max(1)];
+    let mut at = from;
+    while at < to {
+        let want = buf.len().min((to - at) as usize);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        hash.update(&buf[..n]);
+        at += n as u64;
+        if let Some(p) = progress {
+            p.add_bytes(n as u64)?;
+        }
+    }
+    Ok(hash)
+}
+
+/// SHA-256 of a file's last `END_CHECK_LEN` bytes (of all of it, when shorter).
+fn end_sha256(file: &File, len: u64) -> io::Result<String> {
+    hash_range(file, len - len.min(END_CHECK_LEN), len, None).map(finish)
+}
+
+/// Reads exactly `left` bytes of a file, hashing them (and into `whole`, when given);
+/// fewer is an error.
 struct PrefixReader<'a> {
     file: File,
     left: u64,
     hash: Context,
+    whole: Option<Context>,
     progress: &'a Progress,
 }
 
@@ -443,6 +636,9 @@ impl Read for PrefixReader<'_> {
             ));
         }
         self.hash.update(&buf[..n]);
+        if let Some(w) = &mut self.whole {
+            w.update(&buf[..n]);
+        }
         self.left -= n as u64;
         self.progress.add_bytes(n as u64)?;
         Ok(n)

@@ -2,7 +2,7 @@
 //! file checked against the metadata. A restore unpacks into a staging directory beside the
 //! target and only swaps it into place once the whole backup has verified.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -16,7 +16,7 @@ use ring::digest::{Context, SHA256};
 use super::{pick_error, read_full, recycler, reuse, Block, BlockReader, Progress, QUEUE_BLOCKS};
 use crate::crypto::{self, StreamOpener, TAG_LEN};
 use crate::error::{Error, Result};
-use crate::format::{BackupMetadata, DataHeader, FileEntry, HEADER_LEN};
+use crate::format::{BackupMetadata, DataHeader, FileEntry, Stored, HEADER_LEN};
 use crate::keyring::KeyRing;
 use crate::store::Store;
 
@@ -138,22 +138,30 @@ fn write_journal(report: &RestoreReport, dir: &Path, complete: bool) -> Result<(
     fs::rename(&tmp, &path).map_err(ctx)
 }
 
-/// Checks a backup end to end (every chunk tag, the stream hash, every file's size and
-/// hash) without writing anything.
+/// Checks backups end to end (every chunk tag, the stream hash, every stored piece's size
+/// and hash) without writing anything. `chain` is one backup alone, or a backup's whole
+/// chain oldest first ([`crate::catalog::chain`]): then every file of the last one is also
+/// rebuilt (in hashes only) and checked against its recorded size and SHA-256.
 pub fn verify(
     store: &dyn Store,
     keyring: &KeyRing,
-    meta: &BackupMetadata,
+    chain: &[BackupMetadata],
     progress: &Progress,
 ) -> Result<VerifyReport> {
-    let chunks =
-        unpack(store, keyring, meta, &|_| None, progress).map_err(|e| progress.explain(e))?;
+    let target = chain.last().ok_or(Error::PipelineAborted)?;
+    let mut rebuild = Rebuild::new(chain, chain.len() > 1 || target.parent.is_none())?;
+    let mut chunks = 0;
+    for k in 0..chain.len() {
+        chunks += unpack(store, keyring, &mut rebuild, k, &|_| None, progress)
+            .map_err(|e| progress.explain(e))?;
+    }
+    rebuild.finish(&|_| None)?;
     // Verify passes exactly what restore accepts.
     Ok(VerifyReport {
-        backup_id: meta.backup_id.clone(),
-        files: meta.totals.files,
-        bytes: meta.totals.bytes,
-        stored_bytes: meta.data.size,
+        backup_id: target.backup_id.clone(),
+        files: target.totals.files,
+        bytes: target.totals.bytes,
+        stored_bytes: chain.iter().map(|m| m.data.size).sum(),
         chunks,
     })
 }
@@ -166,14 +174,16 @@ struct Destination {
     prefixes: Vec<&'static str>,
 }
 
+/// Restores the last backup of `chain` (a full backup alone, or an incremental's whole
+/// chain oldest first, as [`crate::catalog::chain`] returns it).
 pub fn restore(
     store: &dyn Store,
     keyring: &KeyRing,
-    meta: &BackupMetadata,
+    chain: &[BackupMetadata],
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
-    restore_with(store, keyring, meta, opts, progress, &|| Ok(()))
+    restore_with(store, keyring, chain, opts, progress, &|| Ok(()))
 }
 
 /// [`restore`], calling `before_swap` once everything is staged and verified, just before
@@ -181,11 +191,13 @@ pub fn restore(
 pub fn restore_with(
     store: &dyn Store,
     keyring: &KeyRing,
-    meta: &BackupMetadata,
+    chain: &[BackupMetadata],
     opts: &RestoreOptions,
     progress: &Progress,
     before_swap: &dyn Fn() -> std::result::Result<(), BeforeSwapError>,
 ) -> Result<RestoreReport> {
+    let meta = chain.last().ok_or(Error::PipelineAborted)?;
+    let mut rebuild = Rebuild::new(chain, true)?;
     let mut dests = vec![Destination::new(
         &opts.target,
         &meta.backup_id,
@@ -237,7 +249,14 @@ pub fn restore_with(
                 })
             })
         };
-        unpack(store, keyring, meta, &place, progress).map_err(|e| progress.explain(e))?;
+        // Oldest first; a backup none of whose pieces the target needs is not fetched.
+        for k in 0..chain.len() {
+            if rebuild.needs(k) {
+                unpack(store, keyring, &mut rebuild, k, &place, progress)
+                    .map_err(|e| progress.explain(e))?;
+            }
+        }
+        rebuild.finish(&place)?;
         for d in &dests {
             if let Some((uid, gid)) = opts.owner {
                 chown_tree(&d.staging, uid, gid)?;
@@ -437,17 +456,18 @@ fn sync_tree(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("flushing {} to disk", dir.display()), e.into()))
 }
 
-/// Streams the backup through decryption, decompression and tar, checking everything.
-/// `place` maps an archive path to where it is written (None: verify only). Returns the
-/// number of chunks opened.
+/// Streams backup `k` of the rebuild's chain through decryption, decompression and tar,
+/// checking everything. `place` maps an archive path to where it is written (None: verify
+/// only). Returns the number of chunks opened.
 fn unpack(
     store: &dyn Store,
     keyring: &KeyRing,
-    meta: &BackupMetadata,
+    rebuild: &mut Rebuild<'_>,
+    k: usize,
     place: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
     progress: &Progress,
 ) -> Result<u64> {
-    check_file_list(meta)?;
+    let meta = rebuild.chain[k];
     let key = keyring.get(&meta.tenant, &meta.encryption.key_id)?;
     let data_key = crypto::unwrap_data_key(
         &key.secret,
@@ -457,22 +477,153 @@ fn unpack(
         &meta.backup_id,
     )?;
     let source = store.open_large(&meta.tenant, &meta.data.object, 0)?;
-    progress
-        .bytes_total
-        .store(meta.totals.bytes, std::sync::atomic::Ordering::Relaxed);
-    progress
-        .files_total
-        .store(meta.totals.files, std::sync::atomic::Ordering::Relaxed);
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    progress.bytes_total.store(meta.totals.stored_bytes, relaxed);
+    progress.files_total.store(meta.totals.files, relaxed);
+    progress.bytes_done.store(0, relaxed);
+    progress.files_done.store(0, relaxed);
 
     let (tx, rx) = sync_channel(QUEUE_BLOCKS);
     let (spent, free) = recycler();
     std::thread::scope(|s| {
         let decrypt = s.spawn(move || decrypt_stream(source, meta, &data_key, tx, free));
-        let extracted = extract(BlockReader::new(rx, spent), meta, place, progress);
+        let extracted = extract(BlockReader::new(rx, spent), rebuild, k, place, progress);
         let decrypted = decrypt.join().unwrap_or(Err(Error::PipelineAborted));
         let chunks = decrypted.as_ref().map(|c| *c).unwrap_or(0);
         pick_error(extracted, decrypted.map(drop)).map(|()| chunks)
     })
+}
+
+/// Rebuilding the last backup of a chain: which stored pieces its files are made of, and
+/// the SHA-256 of each file so far as pieces are applied oldest first.
+struct Rebuild<'a> {
+    chain: Vec<&'a BackupMetadata>,
+    /// Each backup's files by path.
+    index: Vec<HashMap<&'a str, &'a FileEntry>>,
+    /// (chain index, path) of every piece the target's files are built from.
+    needed: HashSet<(usize, &'a str)>,
+    /// Per target file: the hash of the bytes applied so far, and their count.
+    state: HashMap<&'a str, (Context, u64)>,
+    rebuild: bool,
+}
+
+impl<'a> Rebuild<'a> {
+    /// With `rebuild`, the last backup's files are rebuilt (restore, verify of a whole
+    /// chain or of a full); without, only each stored piece is checked (verify of one
+    /// incremental alone).
+    fn new(chain: &'a [BackupMetadata], rebuild: bool) -> Result<Self> {
+        for m in chain {
+            check_file_list(m)?;
+        }
+        let index: Vec<HashMap<&str, &FileEntry>> = chain
+            .iter()
+            .map(|m| m.files.iter().map(|f| (f.path.as_str(), f)).collect())
+            .collect();
+        let mut needed = HashSet::new();
+        if let (true, Some(target)) = (rebuild, chain.last()) {
+            for f in &target.files {
+                pieces_of(chain, &index, f, &mut needed)?;
+            }
+        }
+        Ok(Rebuild {
+            chain: chain.iter().collect(),
+            index,
+            needed,
+            state: HashMap::new(),
+            rebuild,
+        })
+    }
+
+    fn needs(&self, k: usize) -> bool {
+        self.needed.iter().any(|(i, _)| *i == k)
+    }
+
+    /// After every piece is applied: each file of the target has its size and SHA-256 (and
+    /// its mode and mtime where it was written).
+    fn finish(&mut self, place: &(dyn Fn(&str) -> Option<PathBuf> + Sync)) -> Result<()> {
+        let Some(target) = self.chain.last() else {
+            return Ok(());
+        };
+        if !self.rebuild {
+            return Ok(());
+        }
+        for f in &target.files {
+            let mismatch = |reason: String| Error::Mismatch {
+                id: target.backup_id.clone(),
+                reason: format!("{}: {reason}", f.path),
+            };
+            let Some((hash, len)) = self.state.remove(f.path.as_str()) else {
+                return Err(mismatch("no stored copy was found in its chain".into()));
+            };
+            if len != f.size {
+                return Err(mismatch(format!(
+                    "rebuilt to {len} bytes, the metadata says {}",
+                    f.size
+                )));
+            }
+            if f
+                .sha256
+                .as_ref()
+                .is_some_and(|w| *w != hex::encode(hash.finish()))
+            {
+                return Err(mismatch(
+                    "the rebuilt file does not match its SHA-256".into(),
+                ));
+            }
+            if let Some(dest) = place(&f.path) {
+                let ctx = |e| Error::io(format!("writing {}", dest.display()), e);
+                let file = OpenOptions::new().write(true).open(&dest).map_err(ctx)?;
+                // Setuid, setgid and sticky bits are never restored.
+                file.set_permissions(fs::Permissions::from_mode(f.mode & 0o777))
+                    .map_err(ctx)?;
+                let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(f.mtime.max(0) as u64);
+                file.set_modified(mtime).map_err(ctx)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walks from the target's record of `f` back through the chain to its whole copy, adding
+/// each piece it is built from; every step must continue exactly where its parent ended.
+fn pieces_of<'a>(
+    chain: &'a [BackupMetadata],
+    index: &[HashMap<&'a str, &'a FileEntry>],
+    f: &'a FileEntry,
+    needed: &mut HashSet<(usize, &'a str)>,
+) -> Result<()> {
+    let broken = |reason: String| Error::Mismatch {
+        id: chain[chain.len() - 1].backup_id.clone(),
+        reason: format!("{}: {reason}", f.path),
+    };
+    let (mut k, mut e) = (chain.len() - 1, f);
+    loop {
+        if e.piece().is_some() {
+            needed.insert((k, f.path.as_str()));
+        }
+        let continues_at = match e.stored {
+            Stored::Whole => return Ok(()),
+            Stored::Tail { from, .. } => from,
+            Stored::Unchanged => e.size,
+        };
+        let parent = k
+            .checked_sub(1)
+            .and_then(|p| index[p].get(f.path.as_str()).map(|pe| (p, *pe)));
+        match parent {
+            Some((p, pe)) if pe.size == continues_at => (k, e) = (p, pe),
+            Some((p, pe)) => {
+                return Err(broken(format!(
+                    "continues a {continues_at}-byte copy, but backup {} has {} bytes",
+                    chain[p].backup_id, pe.size
+                )))
+            }
+            None => {
+                return Err(broken(
+                    "stored against a parent copy that the chain does not have".into(),
+                ))
+            }
+        }
+    }
 }
 
 /// The decryption thread: checks the header, opens every chunk in order and hashes the
@@ -595,18 +746,33 @@ fn check_file_list(meta: &BackupMetadata) -> Result<()> {
         if !seen.insert(p) {
             return Err(hostile("listed twice"));
         }
+        match f.stored {
+            Stored::Tail { from, .. } if from == 0 || from > f.size => {
+                return Err(hostile("a stored tail outside the file"))
+            }
+            Stored::Tail { .. } | Stored::Unchanged if meta.parent.is_none() => {
+                return Err(hostile("stored against a parent, in a backup without one"))
+            }
+            Stored::Whole if f.sha256.is_none() => {
+                return Err(hostile("stored whole without its SHA-256"))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
 
-/// The extraction side: tar entries checked against the metadata, written where `place`
-/// says, hashed as they are written.
+/// The extraction side: tar entries of backup `k` checked against its metadata; the
+/// pieces the rebuild needs are applied (written where `place` says, hashed as they are
+/// written), the others only checked.
 fn extract(
     stream: impl Read,
-    meta: &BackupMetadata,
+    rebuild: &mut Rebuild<'_>,
+    k: usize,
     place: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
     progress: &Progress,
 ) -> Result<()> {
+    let meta = rebuild.chain[k];
     let mismatch = |reason: String| Error::Mismatch {
         id: meta.backup_id.clone(),
         reason,
@@ -618,9 +784,8 @@ fn extract(
             Error::io("decompressing and reading the archive", e)
         }
     };
-    let expected: HashMap<&str, &FileEntry> =
-        meta.files.iter().map(|f| (f.path.as_str(), f)).collect();
-    let mut seen: HashMap<&str, ()> = HashMap::with_capacity(expected.len());
+    let expected = rebuild.index[k].clone();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(expected.len());
     let decoder = zstd::stream::read::Decoder::new(stream).map_err(stream_err)?;
     let mut archive = tar::Archive::new(decoder);
     for entry in archive.entries().map_err(stream_err)? {
@@ -647,25 +812,57 @@ fn extract(
         let Some((path_str, want)) = expected.get_key_value(raw_path.as_str()) else {
             return Err(hostile("not in the backup's file list"));
         };
-        if seen.insert(path_str, ()).is_some() {
+        let Some((from, len)) = want.piece() else {
+            return Err(hostile("recorded as unchanged, yet stored"));
+        };
+        if !seen.insert(path_str) {
             return Err(hostile("appears twice"));
         }
         let size = entry.header().size().map_err(stream_err)?;
-        if size != want.size {
+        if size != len {
             return Err(mismatch(format!(
-                "{} has {size} bytes in the archive, {} in the metadata",
-                want.path, want.size
+                "{} has {size} bytes in the archive, {len} in the metadata",
+                want.path
             )));
         }
-        let sha = match place(&want.path) {
-            Some(dest) => write_file(&mut entry, &dest, want, progress)?,
-            None => {
-                let mut w = HashingWriter::new(io::sink(), progress);
-                copy_large(&mut entry, &mut w).map_err(stream_err)?;
-                w.finish()
+        let sha = if rebuild.needed.contains(&(k, *path_str)) {
+            let (hash, done) = rebuild
+                .state
+                .entry(path_str)
+                .or_insert_with(|| (Context::new(&SHA256), 0));
+            if *done != from {
+                return Err(mismatch(format!(
+                    "{} continues at byte {from}, but {done} bytes were rebuilt",
+                    want.path
+                )));
             }
+            let sha = match place(&want.path) {
+                Some(dest) => write_piece(&mut entry, &dest, from, hash, progress)?,
+                None => {
+                    let mut w = HashingWriter::new(io::sink(), Some(hash), progress);
+                    copy_large(&mut entry, &mut w).map_err(stream_err)?;
+                    w.finish()
+                }
+            };
+            *done += len;
+            // A whole-file hash recorded here holds for the file as rebuilt so far.
+            if want
+                .sha256
+                .as_ref()
+                .is_some_and(|w| *w != hex::encode(hash.clone().finish()))
+            {
+                return Err(mismatch(format!(
+                    "{} does not match its SHA-256 once rebuilt",
+                    want.path
+                )));
+            }
+            sha
+        } else {
+            let mut w = HashingWriter::new(io::sink(), None, progress);
+            copy_large(&mut entry, &mut w).map_err(stream_err)?;
+            w.finish()
         };
-        if sha != want.sha256 {
+        if Some(sha.as_str()) != want.piece_sha256() {
             return Err(mismatch(format!(
                 "{} does not match its SHA-256",
                 want.path
@@ -679,7 +876,7 @@ fn extract(
     if let Some(missing) = meta
         .files
         .iter()
-        .find(|f| !seen.contains_key(f.path.as_str()))
+        .find(|f| f.piece().is_some() && !seen.contains(f.path.as_str()))
     {
         return Err(mismatch(format!(
             "{} is missing from the archive",
@@ -689,23 +886,29 @@ fn extract(
     Ok(())
 }
 
-fn write_file(
+/// Writes one piece: a new file for a whole copy, appended to the copy rebuilt so far for
+/// a tail. `whole` carries the file's hash on. Returns the piece's SHA-256.
+fn write_piece(
     entry: &mut impl Read,
     dest: &Path,
-    want: &FileEntry,
+    from: u64,
+    whole: &mut Context,
     progress: &Progress,
 ) -> Result<String> {
     let ctx = || format!("writing {}", dest.display());
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(ctx(), e))?;
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest)
-        .map_err(|e| Error::io(ctx(), e))?;
-    let mut w = HashingWriter::new(file, progress);
+    let file = match from {
+        0 => OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest),
+        _ => OpenOptions::new().append(true).open(dest),
+    }
+    .map_err(|e| Error::io(ctx(), e))?;
+    let mut w = HashingWriter::new(file, Some(whole), progress);
     copy_large(entry, &mut w).map_err(|e| {
         if e.kind() == io::ErrorKind::BrokenPipe {
             Error::PipelineAborted
@@ -713,14 +916,7 @@ fn write_file(
             Error::io(ctx(), e)
         }
     })?;
-    let file = w.inner;
-    let sha = w.hash.finish();
-    // Setuid, setgid and sticky bits are never restored.
-    file.set_permissions(fs::Permissions::from_mode(want.mode & 0o777))
-        .map_err(|e| Error::io(ctx(), e))?;
-    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(want.mtime.max(0) as u64);
-    file.set_modified(mtime).map_err(|e| Error::io(ctx(), e))?;
-    Ok(hex::encode(sha))
+    Ok(w.finish())
 }
 
 /// `io::copy` with a large buffer: fewer, larger writes and hash updates.
@@ -739,17 +935,20 @@ fn copy_large(r: &mut impl Read, w: &mut impl Write) -> io::Result<u64> {
     }
 }
 
-struct HashingWriter<'a, W> {
+/// Hashes what it writes, and carries a second hash (a file's, across its pieces) along.
+struct HashingWriter<'a, 'h, W> {
     inner: W,
     hash: Context,
+    whole: Option<&'h mut Context>,
     progress: &'a Progress,
 }
 
-impl<'a, W: Write> HashingWriter<'a, W> {
-    fn new(inner: W, progress: &'a Progress) -> Self {
+impl<'a, 'h, W: Write> HashingWriter<'a, 'h, W> {
+    fn new(inner: W, whole: Option<&'h mut Context>, progress: &'a Progress) -> Self {
         HashingWriter {
             inner,
             hash: Context::new(&SHA256),
+            whole,
             progress,
         }
     }
@@ -758,10 +957,13 @@ impl<'a, W: Write> HashingWriter<'a, W> {
     }
 }
 
-impl<W: Write> Write for HashingWriter<'_, W> {
+impl<W: Write> Write for HashingWriter<'_, '_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
+        if let Some(w) = &mut self.whole {
+            w.update(&buf[..n]);
+        }
         self.progress.add_bytes(n as u64)?;
         Ok(n)
     }

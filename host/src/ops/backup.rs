@@ -1,5 +1,6 @@
-//! `backup create`: the protection policy decides how, the engine takes the backup and
-//! commits it, the retention policy runs after it.
+//! `backup create`: the protection policy decides how (full, incremental or differential),
+//! the host picks the parent and holds the chain to its floors, the engine takes the backup
+//! and commits it, the retention policy runs after it.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +10,8 @@ use super::{OpsError, Result, Vault};
 use crate::catalog;
 use crate::config::CouchDbConfig;
 use crate::couchdb::Source;
-use crate::engine::{self, backup::StreamSettings, BackupOptions, Progress};
-use crate::format::BackupMetadata;
+use crate::engine::{self, backup::Base, backup::StreamSettings, BackupOptions, Progress};
+use crate::format::{BackupMetadata, Kind, PrefixCheck};
 use crate::keyring::KeyRing;
 use crate::policy::floors::{self, ProtectionDecision, Verdict};
 use crate::policy::{BackupInfo, PolicyHost, ProtectionInput, RetentionInput};
@@ -24,6 +25,7 @@ impl Vault {
         name: &str,
         req: &BackupRequest,
         source_size: u64,
+        chain: &[BackupMetadata],
     ) -> Result<ProtectionDecision> {
         let tenant = req.tenant.as_str();
         let (policy, params) = self.registered(host, tenant, name)?;
@@ -36,6 +38,7 @@ impl Vault {
                 schedule: req.schedule.clone(),
                 source_size,
                 params,
+                chain: chain.iter().rev().map(info_of).collect(),
             },
         )?;
         floors::protection(&self.config.floors, answer, |k| {
@@ -131,12 +134,16 @@ impl Vault {
             }
         };
         let mut policy_time = std::time::Duration::ZERO;
-        // The protection policy decides level, key and tags before anything is read.
+        // The instance's newest backup and its chain: the parent an incremental would have.
+        let (newest, newest_problem) = self.newest_chain(&keyring, &req.tenant, &req.instance);
+        let mut kind = req.kind.unwrap_or_default();
+        let mut check = req.prefix_check.unwrap_or_default();
+        // The protection policy decides level, key, tags and kind before anything is read.
         if let (Some(name), Some(host)) = (protection, &host) {
             let t0 = std::time::Instant::now();
             let size = crate::couchdb::total_size(&source.plan().map_err(crate::Error::from)?);
             let decision = self
-                .protection(host, &keyring, name, req, size)
+                .protection(host, &keyring, name, req, size, &newest)
                 .map_err(|e| OpsError::Protection {
                     name: name.clone(),
                     source: Box::new(e),
@@ -149,6 +156,9 @@ impl Vault {
             );
             stream.compression_level = decision.compression_level;
             key_id = decision.key_id;
+            // An explicit kind in the request wins, as an explicit level does.
+            kind = req.kind.unwrap_or(decision.kind);
+            check = req.prefix_check.unwrap_or(decision.prefix_check);
             // A policy's tags are kept only when a tenant could have set them itself.
             for (k, v) in decision.tags {
                 match crate::names::validate_tags([(&k, &v)]) {
@@ -184,7 +194,18 @@ impl Vault {
             }
             info
         });
+        let base = match kind {
+            Kind::Full => None,
+            kind => match self.base(kind, check, newest, newest_problem, source) {
+                Ok(base) => Some(base),
+                Err(why) => {
+                    notes.push(format!("taking a full backup instead of {kind}: {why}"));
+                    None
+                }
+            },
+        };
         let opts = BackupOptions {
+            base,
             id: req.backup_id,
             allow_incomplete: req.allow_incomplete,
             live,
@@ -218,6 +239,93 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// The instance's newest committed backup and everything it depends on, oldest first;
+    /// empty, with why, when there is none or it cannot be read.
+    fn newest_chain(
+        &self,
+        keyring: &KeyRing,
+        tenant: &str,
+        instance: &str,
+    ) -> (Vec<BackupMetadata>, Option<String>) {
+        let listed = match catalog::list(&*self.store, keyring, tenant, Some(instance)) {
+            Ok(l) => l,
+            Err(e) => return (Vec::new(), Some(format!("the store's listing failed ({e})"))),
+        };
+        let Some(newest) = listed.into_iter().next_back() else {
+            return (Vec::new(), Some(format!("instance '{instance}' has no backup yet")));
+        };
+        let Some(meta) = newest.metadata else {
+            return (
+                Vec::new(),
+                Some(format!(
+                    "the newest backup {} cannot be read ({})",
+                    newest.backup_id,
+                    newest.error.unwrap_or_default()
+                )),
+            );
+        };
+        match catalog::chain(&*self.store, keyring, meta) {
+            Ok(chain) => (chain, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        }
+    }
+
+    /// The parent of an incremental (the newest backup) or a differential (the newest
+    /// full), or why the backup must be a full one: no usable parent, or a chain past the
+    /// floors.
+    fn base(
+        &self,
+        kind: Kind,
+        check: PrefixCheck,
+        mut chain: Vec<BackupMetadata>,
+        problem: Option<String>,
+        source: &Source,
+    ) -> std::result::Result<Base, String> {
+        if let Some(why) = problem {
+            return Err(why);
+        }
+        let floors = &self.config.floors;
+        if kind == Kind::Differential {
+            chain.truncate(1);
+        }
+        let (Some(full), Some(parent)) = (chain.first(), chain.last()) else {
+            return Err("no parent backup".into());
+        };
+        if chain.len() > floors.max_chain_length {
+            return Err(format!(
+                "the chain has {} backups after its full (floor: max_chain_length = {})",
+                chain.len() - 1,
+                floors.max_chain_length
+            ));
+        }
+        let age = Utc::now() - full.started_at;
+        if age.to_std().unwrap_or_default() > floors.full_max_age.get() {
+            return Err(format!(
+                "its full backup {} is older than {} (floor: full_max_age)",
+                full.backup_id, floors.full_max_age
+            ));
+        }
+        let dir = source.database_dir.display().to_string();
+        if parent.source.database_dir != dir {
+            return Err(format!(
+                "the parent {} backed up {}, this backup reads {dir}",
+                parent.backup_id, parent.source.database_dir
+            ));
+        }
+        let parent = chain.pop().ok_or("no parent backup")?;
+        let keyring = self.keyring().map_err(|e| e.to_string())?;
+        let (_, mac) = catalog::load_sealed(&*self.store, &keyring, &parent.tenant, &parent.backup_id)
+            .map_err(|e| format!("the parent {} cannot be read ({e})", parent.backup_id))?;
+        Ok(Base {
+            kind,
+            check,
+            parent,
+            parent_mac: mac,
+        })
+    }
+}
+
 /// What to back up and which policies to use (None: the config's `[policy]`).
 #[derive(Debug, Clone, Default)]
 pub struct BackupRequest {
@@ -235,6 +343,10 @@ pub struct BackupRequest {
     pub allow_incomplete: bool,
     /// A registered instance's CouchDB; None: the config's (and the environment's).
     pub couchdb: Option<CouchDbConfig>,
+    /// Full, incremental or differential; None: the protection policy's answer, else full.
+    pub kind: Option<Kind>,
+    /// How an incremental checks prefixes; None: the policy's answer, else exact.
+    pub prefix_check: Option<PrefixCheck>,
 }
 
 #[derive(Debug)]
@@ -253,7 +365,8 @@ pub fn info_of(m: &BackupMetadata) -> BackupInfo {
         id: m.backup_id.clone(),
         created_at: m.started_at.timestamp(),
         size: m.data.size,
-        kind: m.kind.clone(),
+        kind: m.kind.to_string(),
+        parent: m.parent.as_ref().map(|p| p.backup_id.clone()),
         tags: m.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         schedule: m.tags.get("schedule").cloned(),
     }

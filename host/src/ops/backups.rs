@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Result, Vault};
+use super::{OpsError, Result, Vault};
 use crate::catalog;
 pub use crate::catalog::{Deleted, GcReport};
 pub use crate::engine::VerifyReport;
@@ -48,16 +48,41 @@ impl Vault {
     }
 
     /// Reads the whole backup back: every chunk authenticated, the stream hash and every
-    /// file's hash checked. Nothing is written.
-    pub fn verify(&self, tenant: &str, id: &str, progress: &Progress) -> Result<VerifyReport> {
+    /// stored piece's hash checked. With `chain`, every backup it depends on too, and each
+    /// file rebuilt (in hashes) and checked whole. Nothing is written.
+    pub fn verify(
+        &self,
+        tenant: &str,
+        id: &str,
+        chain: bool,
+        progress: &Progress,
+    ) -> Result<VerifyReport> {
         let keyring = self.keyring()?;
         let meta = catalog::load(&*self.store, &keyring, tenant, id)?;
-        Ok(engine::verify(&*self.store, &keyring, &meta, progress)?)
+        let backups = match chain {
+            true => catalog::chain(&*self.store, &keyring, meta)?,
+            false => vec![meta],
+        };
+        Ok(engine::verify(&*self.store, &keyring, &backups, progress)?)
     }
 
-    /// Deletes a backup (or the leftovers of an uncommitted one).
-    pub fn delete(&self, tenant: &str, id: &str) -> Result<Deleted> {
-        Ok(catalog::delete(&*self.store, tenant, id)?)
+    /// Deletes a backup (or the leftovers of an uncommitted one). A backup others depend on
+    /// is refused, naming them, unless `with_dependents`: then they go first, newest first.
+    pub fn delete(&self, tenant: &str, id: &str, with_dependents: bool) -> Result<Vec<Deleted>> {
+        let keyring = self.keyring()?;
+        let listed = catalog::list(&*self.store, &keyring, tenant, None)?;
+        let dependents = catalog::dependents(&listed, id);
+        if !dependents.is_empty() && !with_dependents {
+            return Err(OpsError::Refused(format!(
+                "backup {id} is the parent of {} (incremental or differential backups that cannot be restored without it): delete with --with-dependents to delete them too",
+                dependents.join(", ")
+            )));
+        }
+        let mut deleted = Vec::new();
+        for d in dependents.iter().chain(std::iter::once(&id.to_string())) {
+            deleted.push(catalog::delete(&*self.store, tenant, d)?);
+        }
+        Ok(deleted)
     }
 
     /// Removes what uncommitted backups left, older than `grace` (every tenant).

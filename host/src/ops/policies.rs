@@ -104,10 +104,23 @@ pub fn sample_backups(now: i64) -> Vec<BackupInfo> {
             created_at: now - i * 86_400,
             size: 1 << 20,
             kind: "full".into(),
+            parent: None,
             tags: vec![],
             schedule: None,
         })
         .collect()
+}
+
+/// The newest backup of `backups` (newest first) and those it depends on, down to a full.
+fn chain_of(backups: &[BackupInfo]) -> Vec<BackupInfo> {
+    let mut chain: Vec<BackupInfo> = backups.first().cloned().into_iter().collect();
+    while let Some(parent) = chain.last().and_then(|b| b.parent.clone()) {
+        match backups.iter().find(|b| b.id == parent) {
+            Some(b) if chain.len() <= backups.len() => chain.push(b.clone()),
+            _ => break,
+        }
+    }
+    chain
 }
 
 impl Vault {
@@ -151,6 +164,7 @@ impl Vault {
                     schedule: None,
                     source_size: sit.source_size,
                     params: sit.params.to_string(),
+                    chain: chain_of(&sit.backups),
                 },
             )?;
             Some(

@@ -12,6 +12,7 @@ use super::{restore_owner, OpsError, Result, Vault};
 use crate::couchdb::http::{rename_node, CouchClient};
 pub use crate::engine::RestoreReport;
 use crate::engine::{self, Progress, RestoreOptions};
+use crate::catalog;
 use crate::format::BackupMetadata;
 
 /// What to restore and how the target node is named.
@@ -225,7 +226,9 @@ impl Vault {
             Some(c) => run_hook("stop", c).map_err(Into::into),
             None => Ok(()),
         };
-        let report = engine::restore_with(&*self.store, &keyring, meta, &opts, progress, &stop)?;
+        // An incremental is rebuilt from its chain: every backup it depends on, checked.
+        let chain = catalog::chain(&*self.store, &keyring, meta.clone())?;
+        let report = engine::restore_with(&*self.store, &keyring, &chain, &opts, progress, &stop)?;
         let rollback_hint = |why: String| {
             OpsError::AfterSwap(format!(
                 "{why}; the restored data of backup {} is in {}; {}",

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackupInfo, Keep, Protection};
+use super::{BackupInfo, BackupKind, Keep, Protection};
 use crate::duration::Span;
+use crate::format::{Kind, PrefixCheck};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -17,6 +18,10 @@ pub struct Floors {
     pub keep_min: usize,
     /// Never delete a backup younger than this, e.g. "7d".
     pub keep_younger_than: Span,
+    /// At most this many incremental or differential backups after a full; the next is full.
+    pub max_chain_length: usize,
+    /// A chain whose full is older than this ends: the next backup is full.
+    pub full_max_age: Span,
 }
 
 impl Default for Floors {
@@ -27,6 +32,8 @@ impl Default for Floors {
             compression_max: 19,
             keep_min: 1,
             keep_younger_than: Span::ZERO,
+            max_chain_length: 30,
+            full_max_age: Span::secs(31 * 86_400),
         }
     }
 }
@@ -92,7 +99,33 @@ pub fn retention(
                 reason: reasons.join("; "),
             }
         })
-        .collect())
+        .collect::<Vec<_>>())
+    .map(|mut verdicts| {
+        keep_parents(backups, &mut verdicts);
+        verdicts
+    })
+}
+
+/// No backup that a kept one depends on is deleted: newest first, each kept backup keeps
+/// its parent (which, older, comes later and keeps its own).
+fn keep_parents(backups: &[BackupInfo], verdicts: &mut [Verdict]) {
+    for i in 0..backups.len() {
+        if !verdicts[i].keep {
+            continue;
+        }
+        let Some(parent) = &backups[i].parent else {
+            continue;
+        };
+        if let Some(j) = backups.iter().position(|b| b.id == *parent) {
+            if !verdicts[j].keep {
+                verdicts[j].keep = true;
+                verdicts[j].reason = format!(
+                    "policy would delete it; floor: backup {} depends on it",
+                    backups[i].id
+                );
+            }
+        }
+    }
 }
 
 /// What a backup will be made with, after the floors.
@@ -103,6 +136,10 @@ pub struct ProtectionDecision {
     /// `[key, value]` pairs.
     #[schema(value_type = Vec<Vec<String>>)]
     pub tags: Vec<(String, String)>,
+    /// What the policy asked for; the host may still take a full (its chain floors, or a
+    /// parent it cannot read).
+    pub kind: Kind,
+    pub prefix_check: PrefixCheck,
     /// Where the floors changed the policy's answer.
     pub overrides: Vec<String>,
 }
@@ -139,6 +176,15 @@ pub fn protection(
         compression_level: level,
         key_id: p.key_id,
         tags: p.tags,
+        kind: match p.kind {
+            BackupKind::Full => Kind::Full,
+            BackupKind::Incremental => Kind::Incremental,
+            BackupKind::Differential => Kind::Differential,
+        },
+        prefix_check: match p.prefix_check {
+            super::PrefixCheck::Exact => PrefixCheck::Exact,
+            super::PrefixCheck::Fast => PrefixCheck::Fast,
+        },
         overrides,
     })
 }

@@ -40,11 +40,56 @@ mod protection_world {
         path: "../wit",
         world: "protection-policy",
         exports: { default: async },
+        with: { "couchvault:policy/types": super::retention_world::couchvault::policy::types },
     });
 }
+/// The worlds of wit/v0.1.0: components built before chains keep working.
+mod v1 {
+    pub mod retention_world {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.1.0",
+            world: "retention-policy",
+            exports: { default: async },
+        });
+    }
+    pub mod protection_world {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.1.0",
+            world: "protection-policy",
+            exports: { default: async },
+        });
+    }
+    pub use protection_world::couchvault::policy::types as protection;
+    pub use retention_world::couchvault::policy::types as retention;
+}
 
-pub use protection_world::couchvault::policy::types::{Protection, ProtectionInput};
-pub use retention_world::couchvault::policy::types::{BackupInfo, Keep, RetentionInput};
+pub use retention_world::couchvault::policy::types::{
+    BackupInfo, BackupKind, Keep, PrefixCheck, Protection, ProtectionInput, RetentionInput,
+};
+
+/// A component's retention export, of the current world or of 0.1.0.
+enum RetentionPre {
+    Current(retention_world::RetentionPolicyPre<State>),
+    V1(v1::retention_world::RetentionPolicyPre<State>),
+}
+
+/// A component's protection export, of the current world or of 0.1.0.
+enum ProtectionPre {
+    Current(protection_world::ProtectionPolicyPre<State>),
+    V1(v1::protection_world::ProtectionPolicyPre<State>),
+}
+
+/// What a 0.1.0 component sees of a backup: no parent.
+fn info_v1(b: &BackupInfo) -> v1::retention::BackupInfo {
+    v1::retention::BackupInfo {
+        id: b.id.clone(),
+        created_at: b.created_at,
+        size: b.size,
+        kind: b.kind.clone(),
+        tags: b.tags.clone(),
+        schedule: b.schedule.clone(),
+    }
+}
 
 /// Imports a policy may have: the WIT package's type-only interface, and the WASI
 /// interfaces Rust's std on wasm32-wasip2 imports, linked with nothing granted.
@@ -239,8 +284,8 @@ struct Shared {
 pub struct Policy {
     pub name: String,
     pub sha256: String,
-    retention: Option<retention_world::RetentionPolicyPre<State>>,
-    protection: Option<protection_world::ProtectionPolicyPre<State>>,
+    retention: Option<RetentionPre>,
+    protection: Option<ProtectionPre>,
     retention_error: Option<String>,
     protection_error: Option<String>,
 }
@@ -408,15 +453,23 @@ impl PolicyHost {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("cannot link: {e:#}")))?;
+        // The current world first, then 0.1.0; the error told is the current world's.
         let (retention, retention_error) =
             match retention_world::RetentionPolicyPre::new(pre.clone()) {
-                Ok(p) => (Some(p), None),
-                Err(e) => (None, Some(format!("{e:#}"))),
+                Ok(p) => (Some(RetentionPre::Current(p)), None),
+                Err(e) => match v1::retention_world::RetentionPolicyPre::new(pre.clone()) {
+                    Ok(p) => (Some(RetentionPre::V1(p)), None),
+                    Err(_) => (None, Some(format!("{e:#}"))),
+                },
             };
-        let (protection, protection_error) = match protection_world::ProtectionPolicyPre::new(pre) {
-            Ok(p) => (Some(p), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+        let (protection, protection_error) =
+            match protection_world::ProtectionPolicyPre::new(pre.clone()) {
+                Ok(p) => (Some(ProtectionPre::Current(p)), None),
+                Err(e) => match v1::protection_world::ProtectionPolicyPre::new(pre) {
+                    Ok(p) => (Some(ProtectionPre::V1(p)), None),
+                    Err(_) => (None, Some(format!("{e:#}"))),
+                },
+            };
         if retention.is_none() && protection.is_none() {
             return Err(PolicyError::WrongWorld {
                 name: name.to_string(),
@@ -612,9 +665,30 @@ impl PolicyHost {
             })?;
         self.run(
             policy,
-            async |store| {
-                let p = pre.instantiate_async(&mut *store).await?;
-                p.call_retain(store, input).await
+            async |store| match pre {
+                RetentionPre::Current(pre) => {
+                    let p = pre.instantiate_async(&mut *store).await?;
+                    p.call_retain(store, input).await
+                }
+                RetentionPre::V1(pre) => {
+                    let old = v1::retention::RetentionInput {
+                        now: input.now,
+                        tenant: input.tenant.clone(),
+                        instance: input.instance.clone(),
+                        params: input.params.clone(),
+                        backups: input.backups.iter().map(info_v1).collect(),
+                    };
+                    let p = pre.instantiate_async(&mut *store).await?;
+                    let keeps = p.call_retain(store, &old).await?;
+                    Ok(keeps.map(|ks| {
+                        ks.into_iter()
+                            .map(|k| Keep {
+                                id: k.id,
+                                reason: k.reason,
+                            })
+                            .collect()
+                    }))
+                }
             },
             |keeps| keeps.iter().map(|k| k.id.len() + k.reason.len()).sum(),
         )
@@ -644,9 +718,32 @@ impl PolicyHost {
             })?;
         self.run(
             policy,
-            async |store| {
-                let p = pre.instantiate_async(&mut *store).await?;
-                p.call_protect(store, input).await
+            async |store| match pre {
+                ProtectionPre::Current(pre) => {
+                    let p = pre.instantiate_async(&mut *store).await?;
+                    p.call_protect(store, input).await
+                }
+                ProtectionPre::V1(pre) => {
+                    let old = v1::protection::ProtectionInput {
+                        now: input.now,
+                        tenant: input.tenant.clone(),
+                        instance: input.instance.clone(),
+                        schedule: input.schedule.clone(),
+                        source_size: input.source_size,
+                        params: input.params.clone(),
+                    };
+                    let p = pre.instantiate_async(&mut *store).await?;
+                    let answer = p.call_protect(store, &old).await?;
+                    // A 0.1.0 component knows nothing of chains: its backups are full.
+                    Ok(answer.map(|a| Protection {
+                        compression_level: a.compression_level,
+                        encrypt: a.encrypt,
+                        key_id: a.key_id,
+                        tags: a.tags,
+                        kind: BackupKind::Full,
+                        prefix_check: PrefixCheck::Exact,
+                    }))
+                }
             },
             |p| {
                 p.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()

@@ -50,6 +50,13 @@ pub struct ScheduleSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub paused: bool,
+    /// Full, incremental or differential backups (overrides a protection policy's answer);
+    /// none: the protection policy's answer, else full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::format::Kind>,
+    /// How incrementals check unchanged prefixes: exact (default) or fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_check: Option<crate::format::PrefixCheck>,
     /// Spread runs by up to this much (e.g. "5m"); "0" for none.
     #[serde(default = "zero")]
     pub jitter: String,

@@ -103,24 +103,48 @@ pub(super) async fn owned_backup(d: &Daemon, tenant: &str, id: &str) -> ApiResul
     blocking(move || Ok(vault.show_backup(&tenant, &id)?)).await
 }
 
+#[derive(Deserialize)]
+pub(super) struct DeleteQuery {
+    tenant: Option<String>,
+    /// Also delete the backups that depend on it (else such a delete is refused).
+    #[serde(default)]
+    with_dependents: bool,
+}
+
 pub(super) async fn backup_delete(
     p: Principal,
     State(d): State<Shared>,
     Path(id): Path<String>,
-    Query(q): Query<TenantQuery>,
+    Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
-    let tenant = tenant_of(&p, &q)?;
+    let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
     owned_backup(&d, &tenant, &id).await?;
-    accepted(&d, &tenant, JobRequest::Delete { backup_id: id }).await
+    let request = JobRequest::Delete {
+        backup_id: id,
+        with_dependents: q.with_dependents,
+    };
+    accepted(&d, &tenant, request).await
+}
+
+#[derive(Deserialize)]
+pub(super) struct VerifyQuery {
+    tenant: Option<String>,
+    /// Also verify every backup it depends on, and each file rebuilt whole.
+    #[serde(default)]
+    chain: bool,
 }
 
 pub(super) async fn backup_verify(
     p: Principal,
     State(d): State<Shared>,
     Path(id): Path<String>,
-    Query(q): Query<TenantQuery>,
+    Query(q): Query<VerifyQuery>,
 ) -> ApiResult<Response> {
-    let tenant = tenant_of(&p, &q)?;
+    let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
     owned_backup(&d, &tenant, &id).await?;
-    accepted(&d, &tenant, JobRequest::Verify { backup_id: id }).await
+    let request = JobRequest::Verify {
+        backup_id: id,
+        chain: q.chain,
+    };
+    accepted(&d, &tenant, request).await
 }

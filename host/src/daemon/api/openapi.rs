@@ -84,13 +84,13 @@ fn many<T: ToSchema>(s: &mut Schemas) -> Value {
     json!({ "type": "array", "items": one::<T>(s) })
 }
 
-/// A backup's metadata is archive format v1, documented in docs/FORMAT.md.
+/// A backup's metadata is archive format v2 (v1 still read), documented in docs/FORMAT.md.
 fn metadata(s: &mut Schemas) -> Value {
     let name = "BackupMetadata".to_string();
     if !s.iter().any(|(n, _)| *n == name) {
         let schema = ObjectBuilder::new()
             .description(Some(
-                "a backup's authenticated metadata, archive format v1 (docs/FORMAT.md)",
+                "a backup's authenticated metadata, archive format v2 (docs/FORMAT.md)",
             ))
             .into();
         s.push((name.clone(), schema));
@@ -156,22 +156,28 @@ fn routes() -> Vec<Route> {
             200,
             J(metadata),
         ),
-        route(
-            "delete",
-            "/v1/backups/{id}",
-            "start a delete job",
-            N,
-            202,
-            J(one::<Job>),
-        ),
-        route(
-            "post",
-            "/v1/backups/{id}/verify",
-            "start a verify job",
-            N,
-            202,
-            J(one::<Job>),
-        ),
+        Route {
+            query: &["tenant", "with_dependents"],
+            ..route(
+                "delete",
+                "/v1/backups/{id}",
+                "start a delete job",
+                N,
+                202,
+                J(one::<Job>),
+            )
+        },
+        Route {
+            query: &["tenant", "chain"],
+            ..route(
+                "post",
+                "/v1/backups/{id}/verify",
+                "start a verify job",
+                N,
+                202,
+                J(one::<Job>),
+            )
+        },
         route(
             "post",
             "/v1/restores",

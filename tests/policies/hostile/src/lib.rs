@@ -7,7 +7,7 @@
 //! "loop", "sleep", "forge-tags" (sets the host's reserved tags and escape sequences).
 //! Anything else behaves: keep everything, protect with level 3.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 
