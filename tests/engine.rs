@@ -101,6 +101,7 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
         key_id: None,
         tags: Default::default(),
         stream: StreamSettings::default(),
+        base: None,
     };
     let meta = engine::backup(
         &env.store,

@@ -164,6 +164,40 @@ pub fn backup_checked(
             chunk_size,
             ..Default::default()
         },
+        base: None,
+    };
+    engine::backup(store, keyring, &source, &opts, &Progress::default())
+}
+
+/// An incremental (or differential) backup of `data` against `parent`, for tenant `default`.
+pub fn backup_against(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    data: &Path,
+    parent: &BackupMetadata,
+    kind: couchvault::format::Kind,
+    check: couchvault::format::PrefixCheck,
+) -> couchvault::Result<BackupMetadata> {
+    let source = Source::discover(&SourceSpec {
+        data_dir: Some(data.to_path_buf()),
+        ..Default::default()
+    })?;
+    let (_, mac) = couchvault::catalog::load_sealed(store, keyring, "default", &parent.backup_id)?;
+    let opts = BackupOptions {
+        id: None,
+        allow_incomplete: true,
+        live: None,
+        tenant: "default".into(),
+        instance: parent.instance.clone(),
+        key_id: None,
+        tags: BTreeMap::new(),
+        stream: StreamSettings::default(),
+        base: Some(couchvault::engine::backup::Base {
+            kind,
+            check,
+            parent: parent.clone(),
+            parent_mac: mac,
+        }),
     };
     engine::backup(store, keyring, &source, &opts, &Progress::default())
 }

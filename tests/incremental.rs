@@ -1,0 +1,280 @@
+//! Incremental and differential backups on the real CouchDB 3.5 fixture: what each file is
+//! stored as, chains restored exactly at every step, what exact and fast prefix checks see,
+//! hostile chains refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use common::{backup_against, restore_opts, sha256_file, tree, Env};
+use couchvault::catalog;
+use couchvault::engine::{self, Progress};
+use couchvault::format::{BackupMetadata, Kind, PrefixCheck, Stored};
+use couchvault::store::Store;
+
+const BASIC: &str = "shards/00000000-7fffffff/fixture_basic.1795703450.couch";
+const VIEWS: &str = "shards/00000000-7fffffff/fixture_views.1795703450.couch";
+const USERS: &str = "_users.couch";
+const NODES: &str = "_nodes.couch";
+
+/// Every file under `dir` with its SHA-256.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    tree(dir)
+        .into_iter()
+        .map(|f| {
+            let h = sha256_file(&dir.join(&f));
+            (f, h)
+        })
+        .collect()
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// What CouchDB's compaction does: a new file (new inode) renamed over the old name.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("compact");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn entry<'a>(m: &'a BackupMetadata, rel: &str) -> &'a couchvault::format::FileEntry {
+    let path = format!("data/{rel}");
+    m.files.iter().find(|f| f.path == path).unwrap()
+}
+
+fn chain(env: &Env, m: &BackupMetadata) -> Vec<BackupMetadata> {
+    catalog::chain(&env.store, &env.keyring, m.clone()).unwrap()
+}
+
+fn restore_into(env: &Env, m: &BackupMetadata, name: &str) -> PathBuf {
+    let target = env.path(name);
+    engine::restore(
+        &env.store,
+        &env.keyring,
+        &chain(env, m),
+        &restore_opts(&target),
+        &Progress::default(),
+    )
+    .unwrap();
+    target
+}
+
+fn incremental(env: &Env, parent: &BackupMetadata, check: PrefixCheck) -> BackupMetadata {
+    backup_against(
+        &env.store,
+        &env.keyring,
+        &env.data,
+        parent,
+        Kind::Incremental,
+        check,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_chain_of_appends_compactions_deletions_and_new_databases_restores_each_backup_exactly() {
+    let env = Env::new(1 << 20);
+    let full = env.backup(1 << 16);
+    let at_full = snapshot(&env.data);
+
+    // Writes, one compaction, one deleted database, one new one.
+    append(&env.data.join(BASIC), &[7u8; 10_000]);
+    replace(&env.data.join(VIEWS), &vec![3u8; 20_000]);
+    std::fs::remove_file(env.data.join(USERS)).unwrap();
+    std::fs::write(env.data.join("shards/00000000-7fffffff/new.1.couch"), [9u8; 5000]).unwrap();
+    let inc1 = incremental(&env, &full, PrefixCheck::Exact);
+    let at_inc1 = snapshot(&env.data);
+
+    assert_eq!(inc1.kind, Kind::Incremental);
+    assert_eq!(inc1.parent.as_ref().unwrap().backup_id, full.backup_id);
+    let basic = entry(&inc1, BASIC);
+    let basic_full = entry(&full, BASIC);
+    assert_eq!(
+        basic.stored,
+        Stored::Tail {
+            from: basic_full.size,
+            sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &[7u8; 10_000]))
+        }
+    );
+    assert_eq!(basic.sha256.as_deref(), Some(at_inc1[&format!("{BASIC}")].as_str()));
+    let views = entry(&inc1, VIEWS);
+    assert_eq!(views.stored, Stored::Whole);
+    assert!(views.reason.as_deref().unwrap().contains("replaced"), "{views:?}");
+    assert_eq!(entry(&inc1, NODES).stored, Stored::Unchanged);
+    assert_eq!(inc1.gone, vec![format!("data/{USERS}")]);
+    // Stored: the tail, the replaced file and the new one; not the rest.
+    assert_eq!(inc1.totals.stored_bytes, 10_000 + 20_000 + 5000);
+    assert!(inc1.data.size < full.data.size, "{} {}", inc1.data.size, full.data.size);
+
+    append(&env.data.join(BASIC), &[8u8; 3000]);
+    append(&env.data.join(VIEWS), &[4u8; 100]);
+    let inc2 = incremental(&env, &inc1, PrefixCheck::Fast);
+    let at_inc2 = snapshot(&env.data);
+    assert_eq!(inc2.prefix_check, Some(PrefixCheck::Fast));
+    assert!(matches!(entry(&inc2, BASIC).stored, Stored::Tail { .. }));
+    // A fast tail does not read the prefix: no whole-file hash.
+    assert_eq!(entry(&inc2, BASIC).sha256, None);
+    assert_eq!(inc2.totals.stored_bytes, 3000 + 100);
+
+    for (m, want, name) in [
+        (&full, &at_full, "r-full"),
+        (&inc1, &at_inc1, "r-inc1"),
+        (&inc2, &at_inc2, "r-inc2"),
+    ] {
+        let target = restore_into(&env, m, name);
+        assert_eq!(&snapshot(&target), want, "restore of {name}");
+        let report = engine::verify(&env.store, &env.keyring, &chain(&env, m), &Progress::default())
+            .unwrap();
+        assert_eq!(report.files, m.totals.files);
+    }
+    // The deleted database does not come back.
+    assert!(!env.path("r-inc1").join(USERS).exists());
+}
+
+#[test]
+fn exact_mode_catches_a_changed_byte_anywhere_and_fast_mode_one_in_the_last_blocks() {
+    let env = Env::new(1 << 20);
+    let path = env.data.join(BASIC);
+    // Longer than the fast check's window, so a change can be outside it.
+    append(&path, &(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let full = env.backup(1 << 16);
+    let size = std::fs::metadata(&path).unwrap().len();
+
+    // One byte in the middle of the prefix, in place (same inode), then an append.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_at(b"X", size / 3).unwrap();
+    drop(f);
+    append(&path, &[1u8; 500]);
+    let fast = incremental(&env, &full, PrefixCheck::Fast);
+    // Documented blind spot: fast mode checks identity, size and the last blocks only.
+    assert!(matches!(entry(&fast, BASIC).stored, Stored::Tail { .. }));
+    let exact = incremental(&env, &full, PrefixCheck::Exact);
+    let e = entry(&exact, BASIC);
+    assert_eq!(e.stored, Stored::Whole);
+    assert!(e.reason.as_deref().unwrap().contains("changed within its first"), "{e:?}");
+    let target = restore_into(&env, &exact, "r-exact");
+    assert_eq!(sha256_file(&target.join(BASIC)), sha256_file(&path));
+
+    // A byte changed in the last blocks before the parent's end: fast mode sees it.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_at(b"Y", size - 10).unwrap();
+    drop(f);
+    append(&path, &[2u8; 500]);
+    let fast = incremental(&env, &exact, PrefixCheck::Fast);
+    let e = entry(&fast, BASIC);
+    assert_eq!(e.stored, Stored::Whole);
+    assert!(e.reason.as_deref().unwrap().contains("fast check"), "{e:?}");
+    let target = restore_into(&env, &fast, "r-fast");
+    assert_eq!(sha256_file(&target.join(BASIC)), sha256_file(&path));
+}
+
+#[test]
+fn a_shrunk_file_is_stored_whole_and_a_differential_reads_only_the_full() {
+    let env = Env::new(1 << 20);
+    let full = env.backup(1 << 16);
+    let path = env.data.join(BASIC);
+    append(&path, &[5u8; 4000]);
+    let diff1 = backup_against(
+        &env.store,
+        &env.keyring,
+        &env.data,
+        &full,
+        Kind::Differential,
+        PrefixCheck::Exact,
+    )
+    .unwrap();
+    // Shrunk in place (same inode): stored whole, saying why.
+    let size = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(size - 8000)
+        .unwrap();
+    append(&env.data.join(NODES), &[6u8; 100]);
+    let diff2 = backup_against(
+        &env.store,
+        &env.keyring,
+        &env.data,
+        &full,
+        Kind::Differential,
+        PrefixCheck::Exact,
+    )
+    .unwrap();
+    assert_eq!(diff2.parent.as_ref().unwrap().backup_id, full.backup_id);
+    let e = entry(&diff2, BASIC);
+    assert_eq!(e.stored, Stored::Whole);
+    assert!(e.reason.as_deref().unwrap().contains("shrank"), "{e:?}");
+    let want = snapshot(&env.data);
+    // The other differential is not needed: its data can be gone.
+    env.store
+        .delete("default", &diff1.data.object)
+        .unwrap();
+    let target = restore_into(&env, &diff2, "r-diff2");
+    assert_eq!(snapshot(&target), want);
+}
+
+#[test]
+fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
+    let env = Env::new(1 << 20);
+    let full = env.backup(1 << 16);
+    append(&env.data.join(BASIC), &[1u8; 100]);
+    let inc = incremental(&env, &full, PrefixCheck::Exact);
+
+    // The parent's metadata rewritten (sealed with the right key, so it authenticates):
+    // the MAC the child recorded no longer matches.
+    let other = env.backup(1 << 16);
+    assert!(catalog::chain(&env.store, &env.keyring, inc.clone()).is_ok());
+    let mut spliced = full.clone();
+    spliced.finished_at = other.finished_at;
+    catalog::commit(&env.store, &env.keyring.active("default").unwrap().secret, &spliced).unwrap();
+    let err = catalog::chain(&env.store, &env.keyring, inc.clone()).unwrap_err();
+    assert!(err.to_string().contains("spliced"), "{err}");
+
+    // The parent deleted out of band.
+    catalog::delete(&env.store, "default", &full.backup_id).unwrap();
+    let err = catalog::chain(&env.store, &env.keyring, inc.clone()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&full.backup_id) && msg.contains("missing"), "{msg}");
+
+    // Verified alone, an incremental checks its own pieces; restoring it alone is refused.
+    engine::verify(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&inc),
+        &Progress::default(),
+    )
+    .unwrap();
+    let err = engine::restore(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&inc),
+        &restore_opts(&env.path("r")),
+        &Progress::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("parent copy"), "{err}");
+    assert!(!env.path("r").exists());
+
+    // A hostile tail outside its file is refused before anything is read.
+    let mut hostile = inc.clone();
+    let f = hostile
+        .files
+        .iter_mut()
+        .find(|f| f.path.ends_with(BASIC))
+        .unwrap();
+    f.stored = Stored::Tail {
+        from: f.size + 1,
+        sha256: String::new(),
+    };
+    let err = engine::verify(&env.store, &env.keyring, &[hostile], &Progress::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("tail outside the file"), "{err}");
+}
