@@ -140,7 +140,7 @@ fn first_use_backup_list_show_verify_restore_delete() {
     assert!(out.contains("previous contents kept"), "{out}");
 
     let deleted = json(&ok(cwd, &["--json", "backup", "delete", &id]));
-    assert_eq!(deleted["was_committed"], true);
+    assert_eq!(deleted[0]["was_committed"], true);
     fails(cwd, &["backup", "delete", &id], 1, "no backup");
     fails(cwd, &["backup", "show", &id], 1, "no backup");
     assert_eq!(

@@ -348,7 +348,9 @@ fn commit_hostile(
         backup_id: id.to_string(),
         tenant: "default".into(),
         instance: instance.into(),
-        kind: "full".into(),
+        kind: format::Kind::Full,
+        parent: None,
+        prefix_check: None,
         started_at: now,
         finished_at: now,
         source: format::SourceInfo {
@@ -370,8 +372,10 @@ fn commit_hostile(
         totals: format::Totals {
             files: files.len() as u64,
             bytes: 0,
+            stored_bytes: 0,
         },
         files,
+        gone: vec![],
         vanished: vec![],
         incomplete: vec![],
         couchdb: None,
@@ -390,7 +394,8 @@ fn hostile_tar_entries_are_refused_and_nothing_escapes_staging() {
         size: 4,
         mode: 0o644,
         mtime: 0,
-        sha256: sha.into(),
+        sha256: Some(sha.into()),
+        ..Default::default()
     };
     let abs = outside.display().to_string();
     let cases: Vec<(&str, String, tar::EntryType, String, &str)> = vec![
@@ -508,7 +513,8 @@ fn verify_refuses_a_file_list_that_restore_would_refuse() {
         size: 4,
         mode: 0o644,
         mtime: 0,
-        sha256: sha.clone(),
+        sha256: Some(sha.clone()),
+        ..Default::default()
     };
     for (label, second) in [
         ("dot", "data/./x.couch"),

@@ -278,3 +278,119 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("tail outside the file"), "{err}");
 }
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+fn cli(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    common::cli_with_env(cwd, args, &[])
+}
+
+fn cli_ok(cwd: &Path, args: &[&str]) -> (String, String) {
+    let (code, out, err) = cli(cwd, args);
+    assert_eq!(code, Some(0), "{args:?}: {err}");
+    (out, err)
+}
+
+fn created(cwd: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = vec!["--json", "backup", "create", "--instance", "n1", "--data-dir", "data"];
+    args.extend_from_slice(extra);
+    let (out, err) = cli_ok(cwd, &args);
+    (serde_json::from_str(&out).unwrap(), err)
+}
+
+#[test]
+fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let data = common::unpack_fixture(cwd);
+    let (full, _) = created(cwd, &[]);
+    assert_eq!(full["kind"], "full");
+    let full_id = full["backup_id"].as_str().unwrap().to_string();
+    append(&data.join(BASIC), &[1u8; 20_000]);
+    let (inc1, _) = created(cwd, &["--incremental"]);
+    let inc1_id = inc1["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(inc1["kind"], "incremental");
+    assert_eq!(inc1["parent"], full_id.as_str());
+    let at_inc1 = snapshot(&data);
+
+    let (list, _) = cli_ok(cwd, &["backup", "list"]);
+    assert!(list.contains("KIND") && list.contains("incremental"), "{list}");
+    let (show, _) = cli_ok(cwd, &["backup", "show", &inc1_id]);
+    assert!(show.contains("tail from") && show.contains("unchanged"), "{show}");
+    let (out, _) = cli_ok(cwd, &["backup", "verify", "--chain", &inc1_id]);
+    assert!(out.contains("verified"), "{out}");
+
+    // kill -9 in the middle of an incremental: nothing of it is committed, the chain holds.
+    append(&data.join(BASIC), &[2u8; 20_000]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args(["backup", "create", "--instance", "n1", "--data-dir", "data", "--incremental"])
+        .current_dir(cwd)
+        .env("COUCHVAULT_TEST_PAUSE", "mid-stream:30000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (inc2, _) = created(cwd, &["--incremental", "--fast"]);
+    let inc2_id = inc2["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(inc2["parent"], inc1_id.as_str(), "the killed run is no parent");
+    let at_inc2 = snapshot(&data);
+    for (id, want) in [(&inc1_id, &at_inc1), (&inc2_id, &at_inc2)] {
+        let target = cwd.join(format!("r-{id}"));
+        cli_ok(cwd, &["restore", id, "--to", target.to_str().unwrap()]);
+        assert_eq!(&snapshot(&target), want);
+    }
+
+    // A parent others depend on is not deleted, unless with them.
+    let (code, _, err) = cli(cwd, &["backup", "delete", &full_id]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&inc1_id) && err.contains("--with-dependents"), "{err}");
+
+    // The middle of the chain lost out of band: its restore names it, the next backup is full.
+    let store = cwd.join("couchvault-data/store/couchvault-default");
+    std::fs::remove_file(store.join(format!("n1/{inc1_id}/backup.json"))).unwrap();
+    let (code, _, err) = cli(cwd, &["restore", &inc2_id, "--to", "r-lost"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&inc1_id) && err.contains("missing"), "{err}");
+    let (next, notes) = created(cwd, &["--incremental"]);
+    assert_eq!(next["kind"], "full", "{notes}");
+    assert!(notes.contains("taking a full backup instead of incremental"), "{notes}");
+    assert!(notes.contains(&inc1_id), "{notes}");
+
+    let (out, _) = cli_ok(cwd, &["--json", "backup", "delete", &full_id, "--with-dependents"]);
+    let deleted: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = deleted.iter().map(|d| d["backup_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![full_id.as_str()], "inc1 was already gone; inc2 hangs off inc1");
+}
+
+#[test]
+fn the_chain_floors_take_a_full_whatever_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let data = common::unpack_fixture(cwd);
+    // The embedded defaults create the key ring and store; the config adds a floor.
+    cli_ok(cwd, &["backup", "list"]);
+    std::fs::write(
+        cwd.join("c.toml"),
+        "couchvault_config = 1\nkeyring = \"couchvault-data/keyring.toml\"\nstore = \"file://"
+            .to_string()
+            + cwd.join("couchvault-data/store").to_str().unwrap()
+            + "\"\n[floors]\nmax_chain_length = 1\n",
+    )
+    .unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        append(&data.join(BASIC), &[3u8; 1000]);
+        let (out, err) = cli_ok(
+            cwd,
+            &["--config", "c.toml", "--json", "backup", "create", "--instance", "n1", "--data-dir", "data", "--incremental"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        kinds.push((v["kind"].as_str().unwrap().to_string(), err));
+    }
+    assert_eq!(kinds[0].0, "full", "no parent yet");
+    assert!(kinds[0].1.contains("has no backup yet"), "{}", kinds[0].1);
+    assert_eq!(kinds[1].0, "incremental");
+    assert_eq!(kinds[2].0, "full");
+    assert!(kinds[2].1.contains("max_chain_length = 1"), "{}", kinds[2].1);
+}

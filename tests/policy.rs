@@ -60,6 +60,7 @@ fn backups(times: &[&str]) -> Vec<BackupInfo> {
             created_at: ts(t),
             size: 1,
             kind: "full".into(),
+            parent: None,
             tags: vec![],
             schedule: None,
         })
@@ -328,6 +329,7 @@ fn protection_input(params: &str) -> ProtectionInput {
         schedule: None,
         source_size: 1 << 20,
         params: params.into(),
+        chain: vec![],
     }
 }
 

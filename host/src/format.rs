@@ -293,7 +293,7 @@ pub enum Stored {
     Unchanged,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Path inside the archive: `data/…`, `views/…` or `etc/…`.
     pub path: String,

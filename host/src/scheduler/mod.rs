@@ -356,6 +356,8 @@ mod tests {
             policies: vec![],
             tags: BTreeMap::new(),
             paused: false,
+            kind: None,
+            prefix_check: None,
             jitter: "0".into(),
             starting_deadline: "1h".into(),
             other: Default::default(),
