@@ -8,6 +8,7 @@ use common::{couchvault, ok};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use couchvault::format::{Kind, PrefixCheck};
 use couchvault::policy::floors::{self, Floors};
 use couchvault::policy::{
     BackupInfo, Limits, Policy, PolicyError, PolicyHost, ProtectionInput, RetentionInput,
@@ -830,4 +831,66 @@ fn cli_backups_are_not_held_by_a_sleeping_policy_nor_fooled_by_forged_tags() {
         "{stderr:?}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+}
+
+/// Issue 13: the default protection policy's weekly full and daily incrementals, and a
+/// component built for wit/v0.1.0 (the hostile one) still answering, its backups full.
+#[test]
+fn standard_protection_takes_a_weekly_full_and_incrementals_and_old_components_stay_full() {
+    let (Some(std_wasm), Some(old_wasm)) = (standard(), hostile()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let standard = host.load("standard", &std_wasm).unwrap();
+    let now = ts("2026-11-26T02:00:00Z");
+    let chain = |full_age_days: i64, incs: usize| -> Vec<BackupInfo> {
+        let mut c: Vec<BackupInfo> = (0..incs)
+            .map(|i| BackupInfo {
+                id: format!("inc{i}"),
+                created_at: now - (incs - i) as i64 * 86_400 + 60,
+                size: 1,
+                kind: "incremental".into(),
+                parent: Some(if i == 0 { "full".into() } else { format!("inc{}", i - 1) }),
+                tags: vec![],
+                schedule: None,
+            })
+            .rev()
+            .collect();
+        c.push(BackupInfo {
+            id: "full".into(),
+            created_at: now - full_age_days * 86_400,
+            size: 1,
+            kind: "full".into(),
+            parent: None,
+            tags: vec![],
+            schedule: None,
+        });
+        c
+    };
+    let decide = |params: &str, chain: Vec<BackupInfo>| {
+        let mut input = protection_input(params);
+        input.now = now;
+        input.chain = chain;
+        let p = host.protect(&standard, &input).unwrap();
+        floors::protection(&Floors::default(), p, |_| true).unwrap()
+    };
+    let weekly = r#"{"incremental": true, "full_every_days": 7}"#;
+    assert_eq!(decide(weekly, vec![]).kind, Kind::Full, "no chain yet");
+    assert_eq!(decide(weekly, chain(1, 0)).kind, Kind::Incremental);
+    assert_eq!(decide(weekly, chain(6, 5)).kind, Kind::Incremental);
+    // A week after the full (a daily run a little early still counts).
+    assert_eq!(decide(weekly, chain(7, 6)).kind, Kind::Full);
+    let d = decide(r#"{"differential": true, "fast": true}"#, chain(2, 1));
+    assert_eq!((d.kind, d.prefix_check), (Kind::Differential, PrefixCheck::Fast));
+    assert_eq!(decide("", chain(1, 0)).kind, Kind::Full, "full unless asked");
+
+    let old = host.load("old-world", &old_wasm).unwrap();
+    let mut input = protection_input("ok");
+    input.chain = chain(1, 0);
+    let p = host.protect(&old, &input).unwrap();
+    assert_eq!(
+        floors::protection(&Floors::default(), p, |_| true).unwrap().kind,
+        Kind::Full
+    );
 }

@@ -136,7 +136,13 @@ fn populate(c: &Couch) {
 /// Each shard's document count never drops below where it was at a round's start, and is
 /// at most one in-flight A above where it ends.
 fn write_until(c: &Couch, stop: &AtomicBool, between: &std::sync::Mutex<()>) -> u64 {
-    let mut round = 0u64;
+    write_from(c, stop, between, 0)
+}
+
+/// [`write_until`], numbering its documents from round `first` (a writer run again after
+/// another must not reuse ids). Returns the rounds written.
+fn write_from(c: &Couch, stop: &AtomicBool, between: &std::sync::Mutex<()>, first: u64) -> u64 {
+    let mut round = first;
     while !stop.load(Ordering::Relaxed) {
         let _round = between.lock().unwrap();
         for db in DBS {
@@ -161,7 +167,7 @@ fn write_until(c: &Couch, stop: &AtomicBool, between: &std::sync::Mutex<()>) -> 
         }
         round += 1;
     }
-    round
+    round - first
 }
 
 /// Every database of `c` against what was written: counts within bounds, every document's
@@ -612,4 +618,130 @@ fn a_cluster_members_data_dir_records_every_node_of_its_shard_maps() {
         &["restore", &id, "--to", "t", "--node-name", &names[1]],
         &[],
     );
+}
+
+/// One backup of `c` while the writer runs; returns the document counts just before and
+/// just after it, and its id.
+fn backup_under_writer(
+    cwd: &Path,
+    c: &Couch,
+    extra: &[&str],
+    first_round: u64,
+    between_backups: impl FnOnce(),
+) -> (Vec<u64>, Vec<u64>, String) {
+    let stop = AtomicBool::new(false);
+    let between = std::sync::Mutex::new(());
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| write_from(c, &stop, &between, first_round));
+        std::thread::sleep(Duration::from_millis(300));
+        between_backups();
+        let before: Vec<u64> = {
+            let _between_rounds = between.lock().unwrap();
+            DBS.iter().map(|db| c.doc_count(db)).collect()
+        };
+        let mut args = vec!["--json", "backup", "create", "--instance", "inc"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--couchdb-config", c.etc.to_str().unwrap()]);
+        let out = ok(cwd, &args, &c.env());
+        stop.store(true, Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0, "the writer ran during the backup");
+        let after: Vec<u64> = DBS.iter().map(|db| c.doc_count(db)).collect();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        (before, after, v["backup_id"].as_str().unwrap().to_string())
+    })
+}
+
+/// Issue 13: a full and two incrementals of a node under a writer, with a compaction, a
+/// deleted and a created database and updated views between them; each restored onto a
+/// fresh node answers as it was, and nothing the chain dropped comes back.
+#[test]
+fn incrementals_of_a_node_under_a_writer_each_restore_onto_a_fresh_node() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let node = "cvinc@127.0.0.1";
+    let src = Couch::start(&sh, "cv-inc-src", 11170, node);
+    populate(&src);
+    src.send(Method::PUT, "/gamma", &json!({}));
+    src.send(Method::PUT, "/gamma/g1", &json!({ "x": 1 }));
+
+    let full = backup_under_writer(cwd, &src, &[], 0, || {});
+    let inc1 = backup_under_writer(cwd, &src, &["--incremental"], 100_000, || {
+        // A compaction (new shard files), a deleted and a created database, views updated.
+        src.send(Method::POST, "/alpha/_compact", &json!({}));
+        for _ in 0..100 {
+            if src.get("/alpha")["compact_running"] == json!(false) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        src.call(src.req(Method::DELETE, "/gamma"));
+        src.send(Method::PUT, "/delta", &json!({}));
+        src.send(Method::PUT, "/delta/d1", &json!({ "x": 2 }));
+        for db in DBS {
+            src.get(&format!("/{}/_design/v/_view/by_v?limit=1", encode(db)));
+        }
+    });
+    let inc2 = backup_under_writer(cwd, &src, &["--incremental"], 200_000, || {});
+
+    let show: Value =
+        serde_json::from_str(&ok(cwd, &["--json", "backup", "show", &inc1.2], &[])).unwrap();
+    assert_eq!(show["kind"], "incremental");
+    assert_eq!(show["parent"]["backup_id"], full.2.as_str());
+    let how = |f: &Value| f["stored"]["how"].as_str().unwrap_or("whole").to_string();
+    let files = show["files"].as_array().unwrap();
+    let alpha: Vec<&Value> = files
+        .iter()
+        .filter(|f| {
+            let p = f["path"].as_str().unwrap();
+            p.starts_with("data/shards/") && p.contains("/alpha.") && p.ends_with(".couch")
+        })
+        .collect();
+    assert!(!alpha.is_empty());
+    for f in &alpha {
+        assert_eq!(how(f), "whole", "compacted: {f}");
+        assert!(f["reason"].as_str().unwrap().contains("replaced"), "{f}");
+    }
+    assert!(
+        files.iter().any(|f| how(f) == "tail"),
+        "the writer's databases grew: their tails are stored"
+    );
+    assert!(show["gone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g.as_str().unwrap().contains("/gamma.")));
+    let totals = &show["totals"];
+    assert!(totals["stored_bytes"].as_u64() < totals["bytes"].as_u64(), "{totals}");
+
+    src.stop();
+    let fresh = Couch::start(&sh, "cv-inc-dst", 11180, node);
+    for (label, (before, after, id)) in [("full", &full), ("inc1", &inc1), ("inc2", &inc2)] {
+        fresh.stop();
+        ok(
+            cwd,
+            &[
+                "restore",
+                id,
+                "--to",
+                fresh.data.to_str().unwrap(),
+                "--force",
+                "--discard-old",
+                "--couchdb-config",
+                fresh.etc.to_str().unwrap(),
+            ],
+            &[],
+        );
+        fresh.restart();
+        check_restored(&fresh, before, after);
+        let (gamma, _) = fresh.call(fresh.req(Method::GET, "/gamma"));
+        let (delta, _) = fresh.call(fresh.req(Method::GET, "/delta"));
+        match label {
+            "full" => assert_eq!((gamma, delta), (200, 404), "{label}"),
+            _ => {
+                assert_eq!((gamma, delta), (404, 200), "{label}: nothing dropped comes back");
+                assert_eq!(fresh.doc_count("delta"), 1);
+            }
+        }
+    }
 }

@@ -188,3 +188,51 @@ pub fn protection(
         overrides,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, age_days: i64, kind: &str, parent: Option<&str>) -> BackupInfo {
+        BackupInfo {
+            id: id.into(),
+            created_at: 1_000_000_000 - age_days * 86_400,
+            size: 1,
+            kind: kind.into(),
+            parent: parent.map(Into::into),
+            tags: vec![],
+            schedule: None,
+        }
+    }
+
+    #[test]
+    fn no_backup_a_kept_one_depends_on_is_deleted() {
+        // Newest first: a chain full <- inc1 <- inc2, an older full, and a differential
+        // hanging off the older full.
+        let backups = vec![
+            info("inc2", 0, "incremental", Some("inc1")),
+            info("inc1", 1, "incremental", Some("full")),
+            info("full", 2, "full", None),
+            info("diff", 3, "differential", Some("old")),
+            info("old", 4, "full", None),
+        ];
+        let keeps = vec![Keep {
+            id: "diff".into(),
+            reason: "monthly".into(),
+        }];
+        let v = retention(&Floors::default(), 1_000_000_000, &backups, &keeps).unwrap();
+        let by_id = |id: &str| v.iter().find(|x| x.id == id).unwrap();
+        // The newest (a floor) keeps its chain; the policy's differential keeps its full.
+        for id in ["inc2", "inc1", "full", "diff", "old"] {
+            assert!(by_id(id).keep, "{id}: {:?}", by_id(id));
+        }
+        assert!(by_id("inc1").reason.contains("backup inc2 depends on it"));
+        assert!(by_id("full").reason.contains("backup inc1 depends on it"));
+        assert!(by_id("old").reason.contains("backup diff depends on it"));
+
+        // Without the policy's keep, the differential and its full go.
+        let v = retention(&Floors::default(), 1_000_000_000, &backups, &[]).unwrap();
+        let kept: Vec<&str> = v.iter().filter(|x| x.keep).map(|x| x.id.as_str()).collect();
+        assert_eq!(kept, vec!["inc2", "inc1", "full"]);
+    }
+}
