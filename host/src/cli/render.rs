@@ -180,12 +180,22 @@ pub fn backup(meta: &BackupMetadata) {
 }
 
 pub fn verified(report: &VerifyReport) {
+    let what = match report.backups {
+        1 => format!("backup {}", report.backup_id),
+        n => format!("backup {} and the {} it depends on", report.backup_id, n - 1),
+    };
+    let files = match report.rebuilt {
+        true => format!(
+            "{} files ({}) match their hashes",
+            report.files,
+            bytes(report.bytes)
+        ),
+        false => "every stored piece matches its hash (add --chain to rebuild and check every file)"
+            .into(),
+    };
     println!(
-        "backup {} verified: {} chunk(s) authenticated, stream SHA-256 matches, {} files ({}) match their hashes",
-        report.backup_id,
-        report.chunks,
-        report.files,
-        bytes(report.bytes)
+        "{what} verified: {} chunk(s) authenticated, stream SHA-256 matches, {files}",
+        report.chunks
     );
 }
 

@@ -29,6 +29,19 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub stored_bytes: u64,
     pub chunks: u64,
+    /// Backups read: the backup and those it depends on (`--chain`).
+    #[serde(default = "one")]
+    pub backups: u64,
+    /// True when every file was rebuilt and checked whole (a full backup, or `--chain`).
+    #[serde(default = "yes")]
+    pub rebuilt: bool,
+}
+
+fn one() -> u64 {
+    1
+}
+fn yes() -> bool {
+    true
 }
 
 /// Why the caller's `before_swap` refused the swap (a stop hook that failed).
@@ -149,7 +162,8 @@ pub fn verify(
     progress: &Progress,
 ) -> Result<VerifyReport> {
     let target = chain.last().ok_or(Error::PipelineAborted)?;
-    let mut rebuild = Rebuild::new(chain, chain.len() > 1 || target.parent.is_none())?;
+    let rebuilt = chain.len() > 1 || target.parent.is_none();
+    let mut rebuild = Rebuild::new(chain, rebuilt)?;
     let mut chunks = 0;
     for k in 0..chain.len() {
         chunks += unpack(store, keyring, &mut rebuild, k, &|_| None, progress)
@@ -163,6 +177,8 @@ pub fn verify(
         bytes: target.totals.bytes,
         stored_bytes: chain.iter().map(|m| m.data.size).sum(),
         chunks,
+        backups: chain.len() as u64,
+        rebuilt,
     })
 }
 
