@@ -1027,3 +1027,68 @@ fn the_openapi_document_matches_the_router_and_the_docs() {
         );
     }
 }
+
+/// Issue 13 through the API: incremental backups with their parent in the index, a parent
+/// others depend on refused by a plain delete, deleted with `with_dependents`, and a
+/// verify of the whole chain.
+#[test]
+fn incremental_backups_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = unpack_fixture(dir.path());
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    let backup = |kind: &str| {
+        let mut body = backup_body("node1", &data);
+        body["backup_kind"] = json!(kind);
+        let (s, job) = d.post("/v1/backups", &d.admin, &body);
+        assert_eq!(s, 202, "{job}");
+        let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+        assert_eq!(done["state"], "succeeded", "{done}");
+        done["backup_id"].as_str().unwrap().to_string()
+    };
+    let full = backup("full");
+    let grow = |n: usize| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("_dbs.couch"))
+            .unwrap();
+        f.write_all(&vec![0u8; n]).unwrap();
+    };
+    grow(5000);
+    let inc = backup("incremental");
+    let (_, rows) = d.get("/v1/backups", &d.admin);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["backup_id"] == inc.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["kind"], "incremental", "{row}");
+    assert_eq!(row["parent"], full.as_str(), "{row}");
+
+    let (s, job) = d.post(&format!("/v1/backups/{inc}/verify?chain=true"), &d.admin, &json!({}));
+    assert_eq!(s, 202, "{job}");
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["backups"], 2, "{done}");
+
+    let delete = |query: &str| {
+        let (s, job) = d.call(d.req(
+            Method::DELETE,
+            &format!("/v1/backups/{full}{query}"),
+            Some(&d.admin),
+        ));
+        assert_eq!(s, 202, "{job}");
+        d.wait_job(job["id"].as_str().unwrap(), &d.admin)
+    };
+    let refused = delete("");
+    assert_eq!(refused["state"], "failed", "{refused}");
+    let why = refused["error"].as_str().unwrap();
+    assert!(why.contains(&inc) && why.contains("with-dependents"), "{why}");
+    let done = delete("?with_dependents=true");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"].as_array().unwrap().len(), 2, "{done}");
+    assert!(backup_ids(&d, &d.admin).is_empty());
+}

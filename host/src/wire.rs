@@ -373,9 +373,9 @@ pub struct BackupParams {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_incomplete: bool,
     /// Full, incremental or differential (overrides the protection policy); none: the
-    /// policy's answer, else full.
+    /// policy's answer, else full. (Not `kind`: a job request's `kind` says what the job is.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<Kind>,
+    pub backup_kind: Option<Kind>,
     /// How an incremental checks unchanged prefixes (exact or fast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_check: Option<PrefixCheck>,

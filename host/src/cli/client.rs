@@ -293,7 +293,7 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 tags: a.tags.into_iter().collect(),
                 compression_level: a.compression_level,
                 allow_incomplete: a.allow_incomplete,
-                kind: a.kind.kind(),
+                backup_kind: a.kind.kind(),
                 prefix_check: a.kind.prefix_check(),
                 ..Default::default()
             };
@@ -475,7 +475,7 @@ fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {
         policies: a.policies,
         tags: a.tags.into_iter().collect(),
         paused: a.paused,
-        kind: a.kind.kind(),
+        backup_kind: a.kind.kind(),
         prefix_check: a.kind.prefix_check(),
         jitter: a.jitter,
         starting_deadline: a.starting_deadline,

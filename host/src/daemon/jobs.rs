@@ -367,7 +367,7 @@ impl Runner {
             tags: b.tags,
             allow_incomplete: b.allow_incomplete,
             couchdb,
-            kind: b.kind,
+            kind: b.backup_kind,
             prefix_check: b.prefix_check,
         };
         let outcome = vault.backup(&req, &source, progress)?;

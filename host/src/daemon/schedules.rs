@@ -285,7 +285,7 @@ impl Schedules {
                 source: s.spec.source.clone(),
                 policies: s.spec.policies.clone(),
                 tags: s.spec.tags.clone(),
-                kind: s.spec.kind,
+                backup_kind: s.spec.backup_kind,
                 prefix_check: s.spec.prefix_check,
                 ..Default::default()
             });

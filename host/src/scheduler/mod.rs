@@ -53,7 +53,7 @@ pub struct ScheduleSpec {
     /// Full, incremental or differential backups (overrides a protection policy's answer);
     /// none: the protection policy's answer, else full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<crate::format::Kind>,
+    pub backup_kind: Option<crate::format::Kind>,
     /// How incrementals check unchanged prefixes: exact (default) or fast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_check: Option<crate::format::PrefixCheck>,
@@ -356,7 +356,7 @@ mod tests {
             policies: vec![],
             tags: BTreeMap::new(),
             paused: false,
-            kind: None,
+            backup_kind: None,
             prefix_check: None,
             jitter: "0".into(),
             starting_deadline: "1h".into(),
