@@ -42,7 +42,7 @@ fn load_object(
 ) -> Result<(BackupMetadata, String)> {
     let bytes = store.get(tenant, &format::metadata_object(instance, id))?;
     let unverified = UnverifiedMetadata::parse(&bytes)?;
-    let key_id = unverified.meta.encryption.key_id.clone();
+    let key_id = unverified.key_id.clone();
     let key = keyring.get(tenant, &key_id)?;
     let (meta, mac) = unverified.verify(&key.secret)?;
     if meta.backup_id != id || meta.tenant != tenant || meta.instance != instance {

@@ -367,9 +367,10 @@ pub fn seal_metadata(meta: &BackupMetadata, tenant_key: &SecretKey) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A metadata object parsed but not yet authenticated.
+/// A metadata object whose envelope was read but whose document is not yet authenticated:
+/// only the key id that made its MAC is read from it before the MAC verifies.
 pub struct UnverifiedMetadata {
-    pub meta: BackupMetadata,
+    pub key_id: String,
     document: String,
     mac: Vec<u8>,
 }
@@ -377,6 +378,16 @@ pub struct UnverifiedMetadata {
 /// The MAC of a sealed metadata object as a child records it (`hmac-sha256:<hex>`).
 pub fn mac_label(mac: &[u8]) -> String {
     format!("hmac-sha256:{}", hex::encode(mac))
+}
+
+/// What is read of a document before its MAC is checked.
+#[derive(Deserialize)]
+struct KeyOf {
+    encryption: KeyIdOf,
+}
+#[derive(Deserialize)]
+struct KeyIdOf {
+    key_id: String,
 }
 
 impl UnverifiedMetadata {
@@ -394,25 +405,27 @@ impl UnverifiedMetadata {
             .strip_prefix("hmac-sha256:")
             .and_then(|h| hex::decode(h).ok())
             .ok_or_else(|| FormatError::Metadata("mac is not hmac-sha256:<hex>".into()))?;
-        let meta: BackupMetadata = serde_json::from_str(env.document.get())
+        let key: KeyOf = serde_json::from_str(env.document.get())
             .map_err(|e| FormatError::Metadata(e.to_string()))?;
-        if !(1..=FORMAT_VERSION).contains(&meta.format) {
-            return Err(FormatError::Version(meta.format));
-        }
         Ok(UnverifiedMetadata {
-            meta,
+            key_id: key.encryption.key_id,
             document: env.document.get().to_string(),
             mac,
         })
     }
 
-    /// Authenticates the document; returns it with its MAC as a child would record it.
+    /// Authenticates the document, then reads it; returns it with its MAC as a child would
+    /// record it.
     pub fn verify(self, tenant_key: &SecretKey) -> Result<(BackupMetadata, String), FormatError> {
-        if crypto::metadata_mac_verify(tenant_key, self.document.as_bytes(), &self.mac) {
-            Ok((self.meta, mac_label(&self.mac)))
-        } else {
-            Err(FormatError::Mac)
+        if !crypto::metadata_mac_verify(tenant_key, self.document.as_bytes(), &self.mac) {
+            return Err(FormatError::Mac);
         }
+        let meta: BackupMetadata = serde_json::from_str(&self.document)
+            .map_err(|e| FormatError::Metadata(e.to_string()))?;
+        if !(1..=FORMAT_VERSION).contains(&meta.format) {
+            return Err(FormatError::Version(meta.format));
+        }
+        Ok((meta, mac_label(&self.mac)))
     }
 }
 

@@ -377,10 +377,17 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
+/// Files prepared ahead of the tar writer, per worker.
+const LOOKAHEAD: usize = 4;
+
 /// Writes the tar stream of `plan`. Each file is opened once and exactly the length it had
 /// when opened is read: CouchDB files are append-only, so that prefix is a valid file, and
 /// a file swapped by compaction is read from the inode we opened. Against a `base`, only
 /// what each file gained since the parent goes into the stream (see [`decide`]).
+///
+/// Files are opened and checked against the parent ([`prepare`]) on worker threads, in
+/// plan order and a few files ahead: an exact incremental reads and hashes every file, and
+/// that runs on every core while this thread writes the stream.
 fn write_tar(
     source: &Source,
     plan: &[PlannedFile],
@@ -391,6 +398,41 @@ fn write_tar(
     let prior: HashMap<&str, &FileEntry> = base
         .map(|b| b.parent.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
+    let workers = match base {
+        Some(b) if b.check == PrefixCheck::Exact => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+        _ => 1,
+    };
+    std::thread::scope(|s| {
+        let mut queues = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = sync_channel(LOOKAHEAD);
+            queues.push(rx);
+            let prior = &prior;
+            s.spawn(move || {
+                for f in plan.iter().skip(w).step_by(workers) {
+                    let ready = prepare(source, f, base, prior, progress);
+                    let failed = ready.is_err();
+                    // A closed queue: the writer stopped (an error); so does this worker.
+                    if tx.send(ready).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        // The queues are dropped when this returns, which stops the workers early on error.
+        write_entries(plan, queues, out, progress)
+    })
+}
+
+/// The tar writer: takes each prepared file in plan order and appends what it stores.
+fn write_entries(
+    plan: &[PlannedFile],
+    queues: Vec<Receiver<Result<Ready<'_>>>>,
+    out: &mut dyn Write,
+    progress: &Progress,
+) -> Result<(Vec<FileEntry>, Vec<String>)> {
     let mut tar = tar::Builder::new(out);
     let mut files = Vec::with_capacity(plan.len());
     let mut vanished = Vec::new();
@@ -400,47 +442,21 @@ fn write_tar(
             i if i == plan.len() / 2 => super::checkpoint("mid-stream"),
             _ => {}
         }
-        // Confined for a registered instance: a link out is refused, named.
-        let mut file = match source.open(&f.source) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let ready = queues[i % queues.len()]
+            .recv()
+            .map_err(|_| Error::PipelineAborted)??;
+        let Prepared {
+            mut file,
+            mut entry,
+            decision: d,
+        } = match ready {
+            Ready::File(p) => p,
+            Ready::Vanished => {
                 tracing::warn!(path = %f.source.display(), "file vanished before it was copied (deleted database?)");
                 vanished.push(f.archive_path.clone());
                 continue;
             }
-            Err(e) => return Err(Error::io(format!("opening {}", f.source.display()), e)),
-        };
-        let read_err = |e| Error::io(format!("reading {}", f.source.display()), e);
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            continue;
-        }
-        let len = meta.len();
-        let identity = Identity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        let mode = meta.mode() & 0o7777;
-        let mtime = meta.mtime();
-        let shrank = |got| Error::Shrank {
-            path: f.source.clone(),
-            expected: len,
-            got,
-        };
-        let d = match (base, prior.get(f.archive_path.as_str())) {
-            (Some(b), Some(p)) => decide(&file, len, identity, p, b.check, progress).map_err(read_err)?,
-            _ => Decision::whole(None),
-        };
-        let mut entry = FileEntry {
-            path: f.archive_path.clone(),
-            size: len,
-            mode,
-            mtime,
-            sha256: None,
-            stored: Stored::Whole,
-            reason: d.reason,
-            identity: Some(identity),
-            end_sha256: Some(end_sha256(&file, len).map_err(read_err)?),
+            Ready::NotAFile => continue,
         };
         if let Some(parent) = d.unchanged {
             entry.stored = Stored::Unchanged;
@@ -449,12 +465,14 @@ fn write_tar(
             files.push(entry);
             continue;
         }
+        let len = entry.size;
+        let read_err = |e| Error::io(format!("reading {}", f.source.display()), e);
         file.seek(SeekFrom::Start(d.from)).map_err(read_err)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(len - d.from);
-        header.set_mode(mode);
-        header.set_mtime(mtime.max(0) as u64);
+        header.set_mode(entry.mode);
+        header.set_mtime(entry.mtime.max(0) as u64);
         let mut reader = BufReader::with_capacity(
             READ_BUF,
             PrefixReader {
@@ -468,7 +486,11 @@ fn write_tar(
         if let Err(e) = tar.append_data(&mut header, &f.archive_path, &mut reader) {
             let left = reader.get_ref().left;
             return Err(if e.kind() == io::ErrorKind::UnexpectedEof && left > 0 {
-                shrank(len - left)
+                Error::Shrank {
+                    path: f.source.clone(),
+                    expected: len,
+                    got: len - left,
+                }
             } else {
                 Error::io(format!("copying {}", f.source.display()), e)
             });
@@ -494,6 +516,67 @@ fn write_tar(
     tar.finish()
         .map_err(|e| Error::io("ending the tar stream", e))?;
     Ok((files, vanished))
+}
+
+/// One file of the plan, ready for the tar writer.
+enum Ready<'a> {
+    File(Prepared<'a>),
+    /// Listed, but gone when its turn came (a deleted database).
+    Vanished,
+    NotAFile,
+}
+
+struct Prepared<'a> {
+    file: File,
+    /// Its record, all but how it is stored and its whole-file hash.
+    entry: FileEntry,
+    decision: Decision<'a>,
+}
+
+/// Opens a file of the plan (confined for a registered instance: a link out is refused,
+/// named), records what it is, and decides what of it to store against the parent.
+fn prepare<'a>(
+    source: &Source,
+    f: &PlannedFile,
+    base: Option<&Base>,
+    prior: &HashMap<&str, &'a FileEntry>,
+    progress: &Progress,
+) -> Result<Ready<'a>> {
+    let file = match source.open(&f.source) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ready::Vanished),
+        Err(e) => return Err(Error::io(format!("opening {}", f.source.display()), e)),
+    };
+    let read_err = |e| Error::io(format!("reading {}", f.source.display()), e);
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Ok(Ready::NotAFile);
+    }
+    let len = meta.len();
+    let identity = Identity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    let decision = match (base, prior.get(f.archive_path.as_str())) {
+        (Some(b), Some(p)) => decide(&file, len, identity, p, b.check, progress).map_err(read_err)?,
+        _ => Decision::whole(None),
+    };
+    let entry = FileEntry {
+        path: f.archive_path.clone(),
+        size: len,
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        sha256: None,
+        stored: Stored::Whole,
+        reason: decision.reason.clone(),
+        identity: Some(identity),
+        end_sha256: Some(end_sha256(&file, len).map_err(read_err)?),
+    };
+    Ok(Ready::File(Prepared {
+        file,
+        entry,
+        decision,
+    }))
 }
 
 fn finish(c: Context) -> String {

@@ -134,8 +134,16 @@ impl Vault {
             }
         };
         let mut policy_time = std::time::Duration::ZERO;
-        // The instance's newest backup and its chain: the parent an incremental would have.
-        let (newest, newest_problem) = self.newest_chain(&keyring, &req.tenant, &req.instance);
+        // The instance's newest backup and its chain: the parent an incremental would have
+        // (read only when a policy or the request may want one).
+        let newest = match protection.is_some() || req.kind.is_some_and(|k| k != Kind::Full) {
+            true => self.newest_chain(&keyring, &req.tenant, &req.instance),
+            false => Newest {
+                chain: Vec::new(),
+                newest_mac: String::new(),
+                problem: Some("no incremental was asked for".into()),
+            },
+        };
         let mut kind = req.kind.unwrap_or_default();
         let mut check = req.prefix_check.unwrap_or_default();
         // The protection policy decides level, key, tags and kind before anything is read.
@@ -143,7 +151,7 @@ impl Vault {
             let t0 = std::time::Instant::now();
             let size = crate::couchdb::total_size(&source.plan().map_err(crate::Error::from)?);
             let decision = self
-                .protection(host, &keyring, name, req, size, &newest)
+                .protection(host, &keyring, name, req, size, &newest.chain)
                 .map_err(|e| OpsError::Protection {
                     name: name.clone(),
                     source: Box::new(e),
@@ -196,7 +204,7 @@ impl Vault {
         });
         let base = match kind {
             Kind::Full => None,
-            kind => match self.base(kind, check, newest, newest_problem, source) {
+            kind => match self.base(kind, check, newest, source) {
                 Ok(base) => Some(base),
                 Err(why) => {
                     notes.push(format!("taking a full backup instead of {kind}: {why}"));
@@ -240,34 +248,35 @@ impl Vault {
 }
 
 impl Vault {
-    /// The instance's newest committed backup and everything it depends on, oldest first;
-    /// empty, with why, when there is none or it cannot be read.
-    fn newest_chain(
-        &self,
-        keyring: &KeyRing,
-        tenant: &str,
-        instance: &str,
-    ) -> (Vec<BackupMetadata>, Option<String>) {
+    /// The instance's newest committed backup and everything it depends on, or why there
+    /// is none to build on.
+    fn newest_chain(&self, keyring: &KeyRing, tenant: &str, instance: &str) -> Newest {
+        let none = |why: String| Newest {
+            chain: Vec::new(),
+            newest_mac: String::new(),
+            problem: Some(why),
+        };
         let listed = match catalog::list(&*self.store, keyring, tenant, Some(instance)) {
             Ok(l) => l,
-            Err(e) => return (Vec::new(), Some(format!("the store's listing failed ({e})"))),
+            Err(e) => return none(format!("the store's listing failed ({e})")),
         };
         let Some(newest) = listed.into_iter().next_back() else {
-            return (Vec::new(), Some(format!("instance '{instance}' has no backup yet")));
+            return none(format!("instance '{instance}' has no backup yet"));
         };
-        let Some(meta) = newest.metadata else {
-            return (
-                Vec::new(),
-                Some(format!(
-                    "the newest backup {} cannot be read ({})",
-                    newest.backup_id,
-                    newest.error.unwrap_or_default()
-                )),
-            );
+        let (Some(meta), Some(mac)) = (newest.metadata, newest.mac) else {
+            return none(format!(
+                "the newest backup {} cannot be read ({})",
+                newest.backup_id,
+                newest.error.unwrap_or_default()
+            ));
         };
         match catalog::chain(&*self.store, keyring, meta) {
-            Ok(chain) => (chain, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+            Ok(chain) => Newest {
+                chain,
+                newest_mac: mac,
+                problem: None,
+            },
+            Err(e) => none(e.to_string()),
         }
     }
 
@@ -278,17 +287,23 @@ impl Vault {
         &self,
         kind: Kind,
         check: PrefixCheck,
-        mut chain: Vec<BackupMetadata>,
-        problem: Option<String>,
+        newest: Newest,
         source: &Source,
     ) -> std::result::Result<Base, String> {
-        if let Some(why) = problem {
+        if let Some(why) = newest.problem {
             return Err(why);
         }
-        let floors = &self.config.floors;
-        if kind == Kind::Differential {
+        let mut chain = newest.chain;
+        // The MAC a child records: the newest's own, or (a differential's full) the one its
+        // child recorded, which the chain was checked against.
+        let mut parent_mac = newest.newest_mac;
+        if kind == Kind::Differential && chain.len() > 1 {
+            if let Some(p) = &chain[1].parent {
+                parent_mac = p.metadata_mac.clone();
+            }
             chain.truncate(1);
         }
+        let floors = &self.config.floors;
         let (Some(full), Some(parent)) = (chain.first(), chain.last()) else {
             return Err("no parent backup".into());
         };
@@ -314,16 +329,21 @@ impl Vault {
             ));
         }
         let parent = chain.pop().ok_or("no parent backup")?;
-        let keyring = self.keyring().map_err(|e| e.to_string())?;
-        let (_, mac) = catalog::load_sealed(&*self.store, &keyring, &parent.tenant, &parent.backup_id)
-            .map_err(|e| format!("the parent {} cannot be read ({e})", parent.backup_id))?;
         Ok(Base {
             kind,
             check,
             parent,
-            parent_mac: mac,
+            parent_mac,
         })
     }
+}
+
+/// The instance's newest backup and its chain, oldest first (empty, with the problem, when
+/// there is none to build on), and the newest's metadata MAC.
+struct Newest {
+    chain: Vec<BackupMetadata>,
+    newest_mac: String,
+    problem: Option<String>,
 }
 
 /// What to back up and which policies to use (None: the config's `[policy]`).
