@@ -23,9 +23,14 @@ fn assert_rejected(
     expect: &[&str],
     label: &str,
 ) {
-    let err = engine::verify(&env.store, keyring, std::slice::from_ref(meta), &Progress::default())
-        .expect_err(label)
-        .to_string();
+    let err = engine::verify(
+        &env.store,
+        keyring,
+        std::slice::from_ref(meta),
+        &Progress::default(),
+    )
+    .expect_err(label)
+    .to_string();
     assert!(
         expect.iter().any(|e| err.contains(e)),
         "{label}: verify said: {err}"
@@ -88,7 +93,13 @@ fn random_single_byte_flips_are_all_detected() {
         );
     }
     env.write_data(&meta, &good);
-    engine::verify(&env.store, &env.keyring, std::slice::from_ref(&meta), &Progress::default()).unwrap();
+    engine::verify(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&meta),
+        &Progress::default(),
+    )
+    .unwrap();
 }
 
 #[test]

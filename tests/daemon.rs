@@ -1068,7 +1068,11 @@ fn incremental_backups_through_the_api() {
     assert_eq!(row["kind"], "incremental", "{row}");
     assert_eq!(row["parent"], full.as_str(), "{row}");
 
-    let (s, job) = d.post(&format!("/v1/backups/{inc}/verify?chain=true"), &d.admin, &json!({}));
+    let (s, job) = d.post(
+        &format!("/v1/backups/{inc}/verify?chain=true"),
+        &d.admin,
+        &json!({}),
+    );
     assert_eq!(s, 202, "{job}");
     let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -1086,7 +1090,10 @@ fn incremental_backups_through_the_api() {
     let refused = delete("");
     assert_eq!(refused["state"], "failed", "{refused}");
     let why = refused["error"].as_str().unwrap();
-    assert!(why.contains(&inc) && why.contains("with-dependents"), "{why}");
+    assert!(
+        why.contains(&inc) && why.contains("with-dependents"),
+        "{why}"
+    );
     let done = delete("?with_dependents=true");
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"].as_array().unwrap().len(), 2, "{done}");

@@ -31,7 +31,13 @@ fn fixture_round_trip_is_byte_identical() {
     assert_eq!(meta.files[first_db].path, "data/_dbs.couch");
 
     let loaded = catalog::load(&env.store, &env.keyring, "default", &meta.backup_id).unwrap();
-    engine::verify(&env.store, &env.keyring, std::slice::from_ref(&loaded), &Progress::default()).unwrap();
+    engine::verify(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&loaded),
+        &Progress::default(),
+    )
+    .unwrap();
 
     let target = env.path("restored");
     let report = engine::restore(
@@ -130,7 +136,14 @@ fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
 
     let mut opts = restore_opts(&env.path("r/data"));
     opts.config_target = Some(env.path("r/etc"));
-    engine::restore(&env.store, &env.keyring, std::slice::from_ref(&meta), &opts, &Progress::default()).unwrap();
+    engine::restore(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&meta),
+        &opts,
+        &Progress::default(),
+    )
+    .unwrap();
     assert_eq!(
         fs::read_to_string(env.path("r/etc/local.d/admins.ini")).unwrap(),
         "[admins]\nadmin = -pbkdf2-x\n"
@@ -266,8 +279,14 @@ fn non_empty_target_is_refused_without_force_and_kept_on_failure_with_it() {
     env.write_data(&meta, &bytes);
     let mut opts = restore_opts(&target);
     opts.force = true;
-    let err =
-        engine::restore(&env.store, &env.keyring, std::slice::from_ref(&meta), &opts, &Progress::default()).unwrap_err();
+    let err = engine::restore(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&meta),
+        &opts,
+        &Progress::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("failed authentication"), "{err}");
     assert_eq!(tree(&target), ["old.couch"]);
     assert_eq!(fs::read(target.join("old.couch")).unwrap(), b"old data");
@@ -279,8 +298,14 @@ fn non_empty_target_is_refused_without_force_and_kept_on_failure_with_it() {
 
     // Repaired, --force swaps in the new data and keeps the old aside.
     env.write_data(&meta, &good);
-    let report =
-        engine::restore(&env.store, &env.keyring, std::slice::from_ref(&meta), &opts, &Progress::default()).unwrap();
+    let report = engine::restore(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&meta),
+        &opts,
+        &Progress::default(),
+    )
+    .unwrap();
     assert_eq!(tree(&target).len(), fixture_checksums().len());
     assert_eq!(report.previous_kept.len(), 1);
     assert_eq!(
@@ -292,8 +317,14 @@ fn non_empty_target_is_refused_without_force_and_kept_on_failure_with_it() {
     // never an older kept-aside directory.
     let first_kept = report.previous_kept[0].clone();
     opts.discard_old = true;
-    let report =
-        engine::restore(&env.store, &env.keyring, std::slice::from_ref(&meta), &opts, &Progress::default()).unwrap();
+    let report = engine::restore(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(&meta),
+        &opts,
+        &Progress::default(),
+    )
+    .unwrap();
     assert!(report.previous_kept.is_empty() && !report.already_restored);
     assert_eq!(fs::read(first_kept.join("old.couch")).unwrap(), b"old data");
     let kept = tree(env.dir.path())
@@ -483,8 +514,13 @@ fn hostile_tar_entries_are_refused_and_nothing_escapes_staging() {
         .unwrap_err();
         assert!(matches!(err, Error::Hostile { .. }), "{label}: {err}");
         assert!(err.to_string().contains(expect), "{label}: {err}");
-        let err =
-            engine::verify(&env.store, &env.keyring, std::slice::from_ref(&meta), &Progress::default()).unwrap_err();
+        let err = engine::verify(
+            &env.store,
+            &env.keyring,
+            std::slice::from_ref(&meta),
+            &Progress::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, Error::Hostile { .. }),
             "{label} verify: {err}"
@@ -537,7 +573,12 @@ fn verify_refuses_a_file_list_that_restore_would_refuse() {
             tar.into_inner().unwrap(),
             vec![entry("data/x.couch"), entry(second)],
         );
-        let verified = engine::verify(&env.store, &env.keyring, std::slice::from_ref(&meta), &Progress::default());
+        let verified = engine::verify(
+            &env.store,
+            &env.keyring,
+            std::slice::from_ref(&meta),
+            &Progress::default(),
+        );
         let target = env.path(&format!("t-{label}"));
         let restored = engine::restore(
             &env.store,

@@ -88,7 +88,11 @@ fn a_chain_of_appends_compactions_deletions_and_new_databases_restores_each_back
     append(&env.data.join(BASIC), &[7u8; 10_000]);
     replace(&env.data.join(VIEWS), &vec![3u8; 20_000]);
     std::fs::remove_file(env.data.join(USERS)).unwrap();
-    std::fs::write(env.data.join("shards/00000000-7fffffff/new.1.couch"), [9u8; 5000]).unwrap();
+    std::fs::write(
+        env.data.join("shards/00000000-7fffffff/new.1.couch"),
+        [9u8; 5000],
+    )
+    .unwrap();
     let inc1 = incremental(&env, &full, PrefixCheck::Exact);
     let at_inc1 = snapshot(&env.data);
 
@@ -103,15 +107,23 @@ fn a_chain_of_appends_compactions_deletions_and_new_databases_restores_each_back
             sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &[7u8; 10_000]))
         }
     );
-    assert_eq!(basic.sha256.as_deref(), Some(at_inc1[&format!("{BASIC}")].as_str()));
+    assert_eq!(basic.sha256.as_deref(), Some(at_inc1[BASIC].as_str()));
     let views = entry(&inc1, VIEWS);
     assert_eq!(views.stored, Stored::Whole);
-    assert!(views.reason.as_deref().unwrap().contains("replaced"), "{views:?}");
+    assert!(
+        views.reason.as_deref().unwrap().contains("replaced"),
+        "{views:?}"
+    );
     assert_eq!(entry(&inc1, NODES).stored, Stored::Unchanged);
     assert_eq!(inc1.gone, vec![format!("data/{USERS}")]);
     // Stored: the tail, the replaced file and the new one; not the rest.
     assert_eq!(inc1.totals.stored_bytes, 10_000 + 20_000 + 5000);
-    assert!(inc1.data.size < full.data.size, "{} {}", inc1.data.size, full.data.size);
+    assert!(
+        inc1.data.size < full.data.size,
+        "{} {}",
+        inc1.data.size,
+        full.data.size
+    );
 
     append(&env.data.join(BASIC), &[8u8; 3000]);
     append(&env.data.join(VIEWS), &[4u8; 100]);
@@ -130,8 +142,13 @@ fn a_chain_of_appends_compactions_deletions_and_new_databases_restores_each_back
     ] {
         let target = restore_into(&env, m, name);
         assert_eq!(&snapshot(&target), want, "restore of {name}");
-        let report = engine::verify(&env.store, &env.keyring, &chain(&env, m), &Progress::default())
-            .unwrap();
+        let report = engine::verify(
+            &env.store,
+            &env.keyring,
+            &chain(&env, m),
+            &Progress::default(),
+        )
+        .unwrap();
         assert_eq!(report.files, m.totals.files);
     }
     // The deleted database does not come back.
@@ -143,7 +160,10 @@ fn exact_mode_catches_a_changed_byte_anywhere_and_fast_mode_one_in_the_last_bloc
     let env = Env::new(1 << 20);
     let path = env.data.join(BASIC);
     // Longer than the fast check's window, so a change can be outside it.
-    append(&path, &(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    append(
+        &path,
+        &(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    );
     let full = env.backup(1 << 16);
     let size = std::fs::metadata(&path).unwrap().len();
 
@@ -158,7 +178,13 @@ fn exact_mode_catches_a_changed_byte_anywhere_and_fast_mode_one_in_the_last_bloc
     let exact = incremental(&env, &full, PrefixCheck::Exact);
     let e = entry(&exact, BASIC);
     assert_eq!(e.stored, Stored::Whole);
-    assert!(e.reason.as_deref().unwrap().contains("changed within its first"), "{e:?}");
+    assert!(
+        e.reason
+            .as_deref()
+            .unwrap()
+            .contains("changed within its first"),
+        "{e:?}"
+    );
     let target = restore_into(&env, &exact, "r-exact");
     assert_eq!(sha256_file(&target.join(BASIC)), sha256_file(&path));
 
@@ -214,9 +240,7 @@ fn a_shrunk_file_is_stored_whole_and_a_differential_reads_only_the_full() {
     assert!(e.reason.as_deref().unwrap().contains("shrank"), "{e:?}");
     let want = snapshot(&env.data);
     // The other differential is not needed: its data can be gone.
-    env.store
-        .delete("default", &diff1.data.object)
-        .unwrap();
+    env.store.delete("default", &diff1.data.object).unwrap();
     let target = restore_into(&env, &diff2, "r-diff2");
     assert_eq!(snapshot(&target), want);
 }
@@ -234,7 +258,12 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
     assert!(catalog::chain(&env.store, &env.keyring, inc.clone()).is_ok());
     let mut spliced = full.clone();
     spliced.finished_at = other.finished_at;
-    catalog::commit(&env.store, &env.keyring.active("default").unwrap().secret, &spliced).unwrap();
+    catalog::commit(
+        &env.store,
+        &env.keyring.active("default").unwrap().secret,
+        &spliced,
+    )
+    .unwrap();
     let err = catalog::chain(&env.store, &env.keyring, inc.clone()).unwrap_err();
     assert!(err.to_string().contains("spliced"), "{err}");
 
@@ -242,7 +271,10 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
     catalog::delete(&env.store, "default", &full.backup_id).unwrap();
     let err = catalog::chain(&env.store, &env.keyring, inc.clone()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&full.backup_id) && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains(&full.backup_id) && msg.contains("missing"),
+        "{msg}"
+    );
 
     // Verified alone, an incremental checks its own pieces; restoring it alone is refused.
     engine::verify(
@@ -274,8 +306,8 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
         from: f.size + 1,
         sha256: String::new(),
     };
-    let err = engine::verify(&env.store, &env.keyring, &[hostile], &Progress::default())
-        .unwrap_err();
+    let err =
+        engine::verify(&env.store, &env.keyring, &[hostile], &Progress::default()).unwrap_err();
     assert!(err.to_string().contains("tail outside the file"), "{err}");
 }
 
@@ -291,7 +323,15 @@ fn cli_ok(cwd: &Path, args: &[&str]) -> (String, String) {
 }
 
 fn created(cwd: &Path, extra: &[&str]) -> (serde_json::Value, String) {
-    let mut args = vec!["--json", "backup", "create", "--instance", "n1", "--data-dir", "data"];
+    let mut args = vec![
+        "--json",
+        "backup",
+        "create",
+        "--instance",
+        "n1",
+        "--data-dir",
+        "data",
+    ];
     args.extend_from_slice(extra);
     let (out, err) = cli_ok(cwd, &args);
     (serde_json::from_str(&out).unwrap(), err)
@@ -313,16 +353,30 @@ fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_who
     let at_inc1 = snapshot(&data);
 
     let (list, _) = cli_ok(cwd, &["backup", "list"]);
-    assert!(list.contains("KIND") && list.contains("incremental"), "{list}");
+    assert!(
+        list.contains("KIND") && list.contains("incremental"),
+        "{list}"
+    );
     let (show, _) = cli_ok(cwd, &["backup", "show", &inc1_id]);
-    assert!(show.contains("tail from") && show.contains("unchanged"), "{show}");
+    assert!(
+        show.contains("tail from") && show.contains("unchanged"),
+        "{show}"
+    );
     let (out, _) = cli_ok(cwd, &["backup", "verify", "--chain", &inc1_id]);
     assert!(out.contains("verified"), "{out}");
 
     // kill -9 in the middle of an incremental: nothing of it is committed, the chain holds.
     append(&data.join(BASIC), &[2u8; 20_000]);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
-        .args(["backup", "create", "--instance", "n1", "--data-dir", "data", "--incremental"])
+        .args([
+            "backup",
+            "create",
+            "--instance",
+            "n1",
+            "--data-dir",
+            "data",
+            "--incremental",
+        ])
         .current_dir(cwd)
         .env("COUCHVAULT_TEST_PAUSE", "mid-stream:30000")
         .stderr(std::process::Stdio::piped())
@@ -333,7 +387,11 @@ fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_who
     child.wait().unwrap();
     let (inc2, _) = created(cwd, &["--incremental", "--fast"]);
     let inc2_id = inc2["backup_id"].as_str().unwrap().to_string();
-    assert_eq!(inc2["parent"], inc1_id.as_str(), "the killed run is no parent");
+    assert_eq!(
+        inc2["parent"],
+        inc1_id.as_str(),
+        "the killed run is no parent"
+    );
     let at_inc2 = snapshot(&data);
     for (id, want) in [(&inc1_id, &at_inc1), (&inc2_id, &at_inc2)] {
         let target = cwd.join(format!("r-{id}"));
@@ -344,7 +402,10 @@ fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_who
     // A parent others depend on is not deleted, unless with them.
     let (code, _, err) = cli(cwd, &["backup", "delete", &full_id]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(&inc1_id) && err.contains("--with-dependents"), "{err}");
+    assert!(
+        err.contains(&inc1_id) && err.contains("--with-dependents"),
+        "{err}"
+    );
 
     // The middle of the chain lost out of band: its restore names it, the next backup is full.
     let store = cwd.join("couchvault-data/store/couchvault-default");
@@ -354,13 +415,26 @@ fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_who
     assert!(err.contains(&inc1_id) && err.contains("missing"), "{err}");
     let (next, notes) = created(cwd, &["--incremental"]);
     assert_eq!(next["kind"], "full", "{notes}");
-    assert!(notes.contains("taking a full backup instead of incremental"), "{notes}");
+    assert!(
+        notes.contains("taking a full backup instead of incremental"),
+        "{notes}"
+    );
     assert!(notes.contains(&inc1_id), "{notes}");
 
-    let (out, _) = cli_ok(cwd, &["--json", "backup", "delete", &full_id, "--with-dependents"]);
+    let (out, _) = cli_ok(
+        cwd,
+        &["--json", "backup", "delete", &full_id, "--with-dependents"],
+    );
     let deleted: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let ids: Vec<&str> = deleted.iter().map(|d| d["backup_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec![full_id.as_str()], "inc1 was already gone; inc2 hangs off inc1");
+    let ids: Vec<&str> = deleted
+        .iter()
+        .map(|d| d["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![full_id.as_str()],
+        "inc1 was already gone; inc2 hangs off inc1"
+    );
 }
 
 #[test]
@@ -383,7 +457,18 @@ fn the_chain_floors_take_a_full_whatever_is_asked() {
         append(&data.join(BASIC), &[3u8; 1000]);
         let (out, err) = cli_ok(
             cwd,
-            &["--config", "c.toml", "--json", "backup", "create", "--instance", "n1", "--data-dir", "data", "--incremental"],
+            &[
+                "--config",
+                "c.toml",
+                "--json",
+                "backup",
+                "create",
+                "--instance",
+                "n1",
+                "--data-dir",
+                "data",
+                "--incremental",
+            ],
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         kinds.push((v["kind"].as_str().unwrap().to_string(), err));
@@ -392,5 +477,54 @@ fn the_chain_floors_take_a_full_whatever_is_asked() {
     assert!(kinds[0].1.contains("has no backup yet"), "{}", kinds[0].1);
     assert_eq!(kinds[1].0, "incremental");
     assert_eq!(kinds[2].0, "full");
-    assert!(kinds[2].1.contains("max_chain_length = 1"), "{}", kinds[2].1);
+    assert!(
+        kinds[2].1.contains("max_chain_length = 1"),
+        "{}",
+        kinds[2].1
+    );
+}
+
+/// A parent deleted while an incremental runs (a delete job does not hold the instance):
+/// the incremental is not committed, and says so, rather than standing on nothing.
+#[test]
+fn a_parent_deleted_while_an_incremental_runs_is_not_built_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let data = common::unpack_fixture(cwd);
+    let (full, _) = created(cwd, &[]);
+    let full_id = full["backup_id"].as_str().unwrap().to_string();
+    append(&data.join(BASIC), &[1u8; 1000]);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args([
+            "backup",
+            "create",
+            "--instance",
+            "n1",
+            "--data-dir",
+            "data",
+            "--incremental",
+        ])
+        .current_dir(cwd)
+        .env("COUCHVAULT_TEST_PAUSE", "before-commit:3000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    cli_ok(cwd, &["backup", "delete", &full_id]);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&full_id) && err.contains("deleted while"),
+        "{err}"
+    );
+    let (list, _) = cli_ok(cwd, &["--json", "backup", "list"]);
+    assert_eq!(list.trim(), "[]");
+    // Nothing of it is left behind either.
+    let segments = cwd.join("couchvault-data/store/couchvault-default_segments");
+    assert!(
+        common::tree(&segments).is_empty(),
+        "{:?}",
+        common::tree(&segments)
+    );
 }

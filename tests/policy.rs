@@ -851,7 +851,11 @@ fn standard_protection_takes_a_weekly_full_and_incrementals_and_old_components_s
                 created_at: now - (incs - i) as i64 * 86_400 + 60,
                 size: 1,
                 kind: "incremental".into(),
-                parent: Some(if i == 0 { "full".into() } else { format!("inc{}", i - 1) }),
+                parent: Some(if i == 0 {
+                    "full".into()
+                } else {
+                    format!("inc{}", i - 1)
+                }),
                 tags: vec![],
                 schedule: None,
             })
@@ -882,15 +886,24 @@ fn standard_protection_takes_a_weekly_full_and_incrementals_and_old_components_s
     // A week after the full (a daily run a little early still counts).
     assert_eq!(decide(weekly, chain(7, 6)).kind, Kind::Full);
     let d = decide(r#"{"differential": true, "fast": true}"#, chain(2, 1));
-    assert_eq!((d.kind, d.prefix_check), (Kind::Differential, PrefixCheck::Fast));
-    assert_eq!(decide("", chain(1, 0)).kind, Kind::Full, "full unless asked");
+    assert_eq!(
+        (d.kind, d.prefix_check),
+        (Kind::Differential, PrefixCheck::Fast)
+    );
+    assert_eq!(
+        decide("", chain(1, 0)).kind,
+        Kind::Full,
+        "full unless asked"
+    );
 
     let old = host.load("old-world", &old_wasm).unwrap();
     let mut input = protection_input("ok");
     input.chain = chain(1, 0);
     let p = host.protect(&old, &input).unwrap();
     assert_eq!(
-        floors::protection(&Floors::default(), p, |_| true).unwrap().kind,
+        floors::protection(&Floors::default(), p, |_| true)
+            .unwrap()
+            .kind,
         Kind::Full
     );
 }

@@ -644,7 +644,10 @@ fn backup_under_writer(
         args.extend_from_slice(&["--couchdb-config", c.etc.to_str().unwrap()]);
         let out = ok(cwd, &args, &c.env());
         stop.store(true, Ordering::Relaxed);
-        assert!(writer.join().unwrap() > 0, "the writer ran during the backup");
+        assert!(
+            writer.join().unwrap() > 0,
+            "the writer ran during the backup"
+        );
         let after: Vec<u64> = DBS.iter().map(|db| c.doc_count(db)).collect();
         let v: Value = serde_json::from_str(&out).unwrap();
         (before, after, v["backup_id"].as_str().unwrap().to_string())
@@ -712,7 +715,10 @@ fn incrementals_of_a_node_under_a_writer_each_restore_onto_a_fresh_node() {
         .iter()
         .any(|g| g.as_str().unwrap().contains("/gamma.")));
     let totals = &show["totals"];
-    assert!(totals["stored_bytes"].as_u64() < totals["bytes"].as_u64(), "{totals}");
+    assert!(
+        totals["stored_bytes"].as_u64() < totals["bytes"].as_u64(),
+        "{totals}"
+    );
 
     src.stop();
     let fresh = Couch::start(&sh, "cv-inc-dst", 11180, node);
@@ -739,7 +745,11 @@ fn incrementals_of_a_node_under_a_writer_each_restore_onto_a_fresh_node() {
         match label {
             "full" => assert_eq!((gamma, delta), (200, 404), "{label}"),
             _ => {
-                assert_eq!((gamma, delta), (404, 200), "{label}: nothing dropped comes back");
+                assert_eq!(
+                    (gamma, delta),
+                    (404, 200),
+                    "{label}: nothing dropped comes back"
+                );
                 assert_eq!(fresh.doc_count("delta"), 1);
             }
         }

@@ -181,7 +181,13 @@ fn ten_backups_in_a_row_survive_injected_503s_resets_and_slowness() {
         10
     );
     for m in &metas {
-        engine::verify(&store, &keyring, std::slice::from_ref(m), &Progress::default()).unwrap();
+        engine::verify(
+            &store,
+            &keyring,
+            std::slice::from_ref(m),
+            &Progress::default(),
+        )
+        .unwrap();
     }
     restore_and_compare(&store, &keyring, &metas[9], &data, &dir.path().join("r"));
     eprintln!("fault proxy: {}", proxy.summary());
@@ -281,7 +287,13 @@ fn expired_tokens_and_a_memcached_restart_are_survived_by_reauth() {
     generate_data(&data, 4, 7);
     let meta = backup_to(&store, &keyring, &data, "t", 1 << 20).unwrap();
     std::thread::sleep(Duration::from_secs(life + 1));
-    engine::verify(&store, &keyring, std::slice::from_ref(&meta), &Progress::default()).expect("token expired: re-auth");
+    engine::verify(
+        &store,
+        &keyring,
+        std::slice::from_ref(&meta),
+        &Progress::default(),
+    )
+    .expect("token expired: re-auth");
     env.kill("memcached");
     env.script(&["start"]);
     restore_and_compare(&store, &keyring, &meta, &data, &dir.path().join("r"));
@@ -543,16 +555,30 @@ fn incremental_chains_round_trip_and_delete_through_swift() {
         f.write_all(&vec![b'z'; n]).unwrap();
     };
     grow("db0.1.couch", 300_000);
-    let inc = common::backup_against(&store, &keyring, &data, &full, Kind::Incremental, PrefixCheck::Exact)
-        .unwrap();
+    let inc = common::backup_against(
+        &store,
+        &keyring,
+        &data,
+        &full,
+        Kind::Incremental,
+        PrefixCheck::Exact,
+    )
+    .unwrap();
     assert_eq!(inc.totals.stored_bytes, 300_000);
     let inc_dir = dir.path().join("at-inc");
     restore_chain(&store, &keyring, &inc, &inc_dir);
     assert_same(&data, &inc_dir);
 
     grow("db1.1.couch", 1000);
-    let diff = common::backup_against(&store, &keyring, &data, &full, Kind::Differential, PrefixCheck::Fast)
-        .unwrap();
+    let diff = common::backup_against(
+        &store,
+        &keyring,
+        &data,
+        &full,
+        Kind::Differential,
+        PrefixCheck::Fast,
+    )
+    .unwrap();
     assert_eq!(diff.totals.stored_bytes, 300_000 + 1000);
     restore_chain(&store, &keyring, &diff, &dir.path().join("at-diff"));
     assert_same(&data, &dir.path().join("at-diff"));
@@ -573,10 +599,22 @@ fn incremental_chains_round_trip_and_delete_through_swift() {
         .is_empty());
 }
 
-fn restore_chain(store: &dyn Store, keyring: &KeyRing, m: &BackupMetadata, target: &std::path::Path) {
+fn restore_chain(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    m: &BackupMetadata,
+    target: &std::path::Path,
+) {
     let chain = catalog::chain(store, keyring, m.clone()).unwrap();
     assert_eq!(chain.len(), 2);
-    engine::restore(store, keyring, &chain, &restore_opts(target), &Progress::default()).unwrap();
+    engine::restore(
+        store,
+        keyring,
+        &chain,
+        &restore_opts(target),
+        &Progress::default(),
+    )
+    .unwrap();
 }
 
 fn assert_same(a: &std::path::Path, b: &std::path::Path) {

@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
             created_at: now - i * 6 * 3600,
             size: 1 << 30,
             kind: "full".into(),
+            parent: None,
             tags: vec![("schedule".into(), "nightly".into())],
             schedule: Some("nightly".into()),
         })

@@ -185,13 +185,14 @@ pub fn chain(
         if out.len() > MAX_CHAIN {
             return Err(Error::Chain(ChainError::TooLong(out[0].backup_id.clone())));
         }
-        let (m, mac) = load_sealed(store, keyring, &out[0].tenant, &parent.backup_id).map_err(
-            |e| ChainError::Broken {
-                child: child.clone(),
-                parent: parent.backup_id.clone(),
-                reason: e.to_string(),
-            },
-        )?;
+        let (m, mac) =
+            load_sealed(store, keyring, &out[0].tenant, &parent.backup_id).map_err(|e| {
+                ChainError::Broken {
+                    child: child.clone(),
+                    parent: parent.backup_id.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         if mac != parent.metadata_mac || m.instance != out[0].instance {
             return Err(ChainError::Spliced {
                 child,
@@ -212,7 +213,8 @@ pub fn dependents(listed: &[Listed], id: &str) -> Vec<String> {
     while let Some(p) = frontier.pop() {
         for l in listed {
             let Some(m) = &l.metadata else { continue };
-            if m.parent.as_ref().is_some_and(|r| r.backup_id == p) && found.insert(l.backup_id.clone())
+            if m.parent.as_ref().is_some_and(|r| r.backup_id == p)
+                && found.insert(l.backup_id.clone())
             {
                 frontier.push(l.backup_id.clone());
             }

@@ -63,6 +63,8 @@ pub enum Error {
     Hook { reason: String },
     #[error("cancelled; nothing was committed or swapped in")]
     Cancelled,
+    #[error("the parent backup {parent} was deleted while this incremental ran, so nothing was committed; run the backup again (it will be a full one)")]
+    ParentGone { parent: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

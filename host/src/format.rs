@@ -218,9 +218,7 @@ pub struct Totals {
 
 /// Full, incremental (against the instance's previous backup) or differential (against
 /// its last full).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     #[default]
@@ -246,9 +244,7 @@ impl std::fmt::Display for Kind {
 }
 
 /// How an incremental decides that a file's recorded prefix is unchanged.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PrefixCheck {
     /// Read and hash the whole file; compare with the parent's whole-file SHA-256.

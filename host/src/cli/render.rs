@@ -182,7 +182,11 @@ pub fn backup(meta: &BackupMetadata) {
 pub fn verified(report: &VerifyReport) {
     let what = match report.backups {
         1 => format!("backup {}", report.backup_id),
-        n => format!("backup {} and the {} it depends on", report.backup_id, n - 1),
+        n => format!(
+            "backup {} and the {} it depends on",
+            report.backup_id,
+            n - 1
+        ),
     };
     let files = match report.rebuilt {
         true => format!(
@@ -190,8 +194,10 @@ pub fn verified(report: &VerifyReport) {
             report.files,
             bytes(report.bytes)
         ),
-        false => "every stored piece matches its hash (add --chain to rebuild and check every file)"
-            .into(),
+        false => {
+            "every stored piece matches its hash (add --chain to rebuild and check every file)"
+                .into()
+        }
     };
     println!(
         "{what} verified: {} chunk(s) authenticated, stream SHA-256 matches, {files}",

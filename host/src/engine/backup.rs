@@ -209,12 +209,23 @@ pub fn backup(
         couchdb: opts.live.clone(),
     };
     super::checkpoint("before-commit");
-    if progress.is_cancelled() {
+    // A parent deleted (or replaced) while this backup ran would leave it standing on
+    // nothing: it is not committed.
+    let parent_gone = opts.base.as_ref().and_then(|b| {
+        match catalog::load_sealed(store, keyring, &opts.tenant, &b.parent.backup_id) {
+            Ok((_, mac)) if mac == b.parent_mac => None,
+            _ => Some(b.parent.backup_id.clone()),
+        }
+    });
+    if progress.is_cancelled() || parent_gone.is_some() {
         let _ = store.delete(
             &opts.tenant,
             &format::data_object(&opts.instance, &meta.backup_id),
         );
-        return Err(Error::Cancelled);
+        return Err(match parent_gone {
+            Some(parent) => Error::ParentGone { parent },
+            None => Error::Cancelled,
+        });
     }
     catalog::commit(store, &key.secret, &meta)?;
     tracing::info!(backup = %id, stored = meta.data.size, "backup committed");
@@ -396,7 +407,13 @@ fn write_tar(
     progress: &Progress,
 ) -> Result<(Vec<FileEntry>, Vec<String>)> {
     let prior: HashMap<&str, &FileEntry> = base
-        .map(|b| b.parent.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .map(|b| {
+            b.parent
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f))
+                .collect()
+        })
         .unwrap_or_default();
     let workers = match base {
         Some(b) if b.check == PrefixCheck::Exact => {
@@ -450,7 +467,7 @@ fn write_entries(
             mut entry,
             decision: d,
         } = match ready {
-            Ready::File(p) => p,
+            Ready::File(p) => *p,
             Ready::Vanished => {
                 tracing::warn!(path = %f.source.display(), "file vanished before it was copied (deleted database?)");
                 vanished.push(f.archive_path.clone());
@@ -520,7 +537,7 @@ fn write_entries(
 
 /// One file of the plan, ready for the tar writer.
 enum Ready<'a> {
-    File(Prepared<'a>),
+    File(Box<Prepared<'a>>),
     /// Listed, but gone when its turn came (a deleted database).
     Vanished,
     NotAFile,
@@ -558,7 +575,9 @@ fn prepare<'a>(
         ino: meta.ino(),
     };
     let decision = match (base, prior.get(f.archive_path.as_str())) {
-        (Some(b), Some(p)) => decide(&file, len, identity, p, b.check, progress).map_err(read_err)?,
+        (Some(b), Some(p)) => {
+            decide(&file, len, identity, p, b.check, progress).map_err(read_err)?
+        }
         _ => Decision::whole(None),
     };
     let entry = FileEntry {
@@ -572,11 +591,11 @@ fn prepare<'a>(
         identity: Some(identity),
         end_sha256: Some(end_sha256(&file, len).map_err(read_err)?),
     };
-    Ok(Ready::File(Prepared {
+    Ok(Ready::File(Box::new(Prepared {
         file,
         entry,
         decision,
-    }))
+    })))
 }
 
 fn finish(c: Context) -> String {
@@ -620,7 +639,9 @@ fn decide<'a>(
     if p.identity != Some(identity) {
         return Ok(Decision::whole(Some(match p.identity {
             None => "the parent recorded no file identity".into(),
-            Some(_) => "replaced: a new file (compaction, or a recreated or restored database)".into(),
+            Some(_) => {
+                "replaced: a new file (compaction, or a recreated or restored database)".into()
+            }
         })));
     }
     if len < p.size {
@@ -658,7 +679,9 @@ fn decide<'a>(
                 ))));
             }
             // Not read, but accounted for, so progress reaches its total.
-            progress.bytes_done.fetch_add(p.size, std::sync::atomic::Ordering::Relaxed);
+            progress
+                .bytes_done
+                .fetch_add(p.size, std::sync::atomic::Ordering::Relaxed);
             None
         }
     };

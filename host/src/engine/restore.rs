@@ -494,7 +494,9 @@ fn unpack(
     )?;
     let source = store.open_large(&meta.tenant, &meta.data.object, 0)?;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
-    progress.bytes_total.store(meta.totals.stored_bytes, relaxed);
+    progress
+        .bytes_total
+        .store(meta.totals.stored_bytes, relaxed);
     progress.files_total.store(meta.totals.files, relaxed);
     progress.bytes_done.store(0, relaxed);
     progress.files_done.store(0, relaxed);
@@ -577,8 +579,7 @@ impl<'a> Rebuild<'a> {
                     f.size
                 )));
             }
-            if f
-                .sha256
+            if f.sha256
                 .as_ref()
                 .is_some_and(|w| *w != hex::encode(hash.finish()))
             {

@@ -9,10 +9,10 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::{restore_owner, OpsError, Result, Vault};
+use crate::catalog;
 use crate::couchdb::http::{rename_node, CouchClient};
 pub use crate::engine::RestoreReport;
 use crate::engine::{self, Progress, RestoreOptions};
-use crate::catalog;
 use crate::format::BackupMetadata;
 
 /// What to restore and how the target node is named.
