@@ -78,6 +78,18 @@ fn incremental(env: &Env, parent: &BackupMetadata, check: PrefixCheck) -> Backup
     .unwrap()
 }
 
+fn differential(env: &Env, full: &BackupMetadata) -> BackupMetadata {
+    backup_against(
+        &env.store,
+        &env.keyring,
+        &env.data,
+        full,
+        Kind::Differential,
+        PrefixCheck::Exact,
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_chain_of_appends_compactions_deletions_and_new_databases_restores_each_backup_exactly() {
     let env = Env::new(1 << 20);
@@ -207,15 +219,7 @@ fn a_shrunk_file_is_stored_whole_and_a_differential_reads_only_the_full() {
     let full = env.backup(1 << 16);
     let path = env.data.join(BASIC);
     append(&path, &[5u8; 4000]);
-    let diff1 = backup_against(
-        &env.store,
-        &env.keyring,
-        &env.data,
-        &full,
-        Kind::Differential,
-        PrefixCheck::Exact,
-    )
-    .unwrap();
+    let diff1 = differential(&env, &full);
     // Shrunk in place (same inode): stored whole, saying why.
     let size = std::fs::metadata(&path).unwrap().len();
     OpenOptions::new()
@@ -225,15 +229,7 @@ fn a_shrunk_file_is_stored_whole_and_a_differential_reads_only_the_full() {
         .set_len(size - 8000)
         .unwrap();
     append(&env.data.join(NODES), &[6u8; 100]);
-    let diff2 = backup_against(
-        &env.store,
-        &env.keyring,
-        &env.data,
-        &full,
-        Kind::Differential,
-        PrefixCheck::Exact,
-    )
-    .unwrap();
+    let diff2 = differential(&env, &full);
     assert_eq!(diff2.parent.as_ref().unwrap().backup_id, full.backup_id);
     let e = entry(&diff2, BASIC);
     assert_eq!(e.stored, Stored::Whole);
@@ -311,9 +307,13 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
     assert!(err.to_string().contains("tail outside the file"), "{err}");
 }
 
-/// Runs the CLI; returns (exit code, stdout, stderr).
+/// Runs the CLI with extra environment; returns (exit code, stdout, stderr).
+fn cli_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    common::cli_with_env(cwd, args, env)
+}
+
 fn cli(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    common::cli_with_env(cwd, args, &[])
+    cli_env(cwd, args, &[])
 }
 
 fn cli_ok(cwd: &Path, args: &[&str]) -> (String, String) {
@@ -322,19 +322,32 @@ fn cli_ok(cwd: &Path, args: &[&str]) -> (String, String) {
     (out, err)
 }
 
-fn created(cwd: &Path, extra: &[&str]) -> (serde_json::Value, String) {
-    let mut args = vec![
-        "--json",
-        "backup",
-        "create",
-        "--instance",
-        "n1",
-        "--data-dir",
-        "data",
-    ];
+/// `backup create` of instance n1 from `data`, with `extra` flags and environment;
+/// returns the JSON summary and what was said on stderr.
+fn created_env(cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> (serde_json::Value, String) {
+    let mut args = vec!["--json", "backup", "create", "--instance", "n1"];
+    args.extend_from_slice(&["--data-dir", "data"]);
     args.extend_from_slice(extra);
-    let (out, err) = cli_ok(cwd, &args);
+    let (code, out, err) = cli_env(cwd, &args, env);
+    assert_eq!(code, Some(0), "{args:?}: {err}");
     (serde_json::from_str(&out).unwrap(), err)
+}
+
+fn created(cwd: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    created_env(cwd, extra, &[])
+}
+
+/// `backup create --incremental` of instance n1 in the background, paused at `pause`
+/// (`POINT:MS`, see COUCHVAULT_TEST_PAUSE).
+fn paused_incremental(cwd: &Path, pause: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args(["backup", "create", "--instance", "n1", "--data-dir", "data"])
+        .arg("--incremental")
+        .current_dir(cwd)
+        .env("COUCHVAULT_TEST_PAUSE", pause)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -367,21 +380,7 @@ fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_who
 
     // kill -9 in the middle of an incremental: nothing of it is committed, the chain holds.
     append(&data.join(BASIC), &[2u8; 20_000]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
-        .args([
-            "backup",
-            "create",
-            "--instance",
-            "n1",
-            "--data-dir",
-            "data",
-            "--incremental",
-        ])
-        .current_dir(cwd)
-        .env("COUCHVAULT_TEST_PAUSE", "mid-stream:30000")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = paused_incremental(cwd, "mid-stream:30000");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -455,22 +454,7 @@ fn the_chain_floors_take_a_full_whatever_is_asked() {
     let mut kinds = Vec::new();
     for _ in 0..3 {
         append(&data.join(BASIC), &[3u8; 1000]);
-        let (out, err) = cli_ok(
-            cwd,
-            &[
-                "--config",
-                "c.toml",
-                "--json",
-                "backup",
-                "create",
-                "--instance",
-                "n1",
-                "--data-dir",
-                "data",
-                "--incremental",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let (v, err) = created_env(cwd, &["--incremental"], &[("COUCHVAULT_CONFIG", "c.toml")]);
         kinds.push((v["kind"].as_str().unwrap().to_string(), err));
     }
     assert_eq!(kinds[0].0, "full", "no parent yet");
@@ -494,21 +478,7 @@ fn a_parent_deleted_while_an_incremental_runs_is_not_built_on() {
     let (full, _) = created(cwd, &[]);
     let full_id = full["backup_id"].as_str().unwrap().to_string();
     append(&data.join(BASIC), &[1u8; 1000]);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
-        .args([
-            "backup",
-            "create",
-            "--instance",
-            "n1",
-            "--data-dir",
-            "data",
-            "--incremental",
-        ])
-        .current_dir(cwd)
-        .env("COUCHVAULT_TEST_PAUSE", "before-commit:3000")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = paused_incremental(cwd, "before-commit:3000");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     cli_ok(cwd, &["backup", "delete", &full_id]);
     let out = child.wait_with_output().unwrap();
