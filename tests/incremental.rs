@@ -359,7 +359,12 @@ fn through_the_cli_chains_survive_a_kill_a_lost_parent_and_deletes_keep_them_who
     assert_eq!(full["kind"], "full");
     let full_id = full["backup_id"].as_str().unwrap().to_string();
     append(&data.join(BASIC), &[1u8; 20_000]);
-    let (inc1, _) = created(cwd, &["--incremental"]);
+    replace(&data.join(VIEWS), &[2u8; 3000]);
+    let (inc1, said) = created(cwd, &["--incremental"]);
+    assert!(
+        said.contains(&format!("data/{VIEWS} stored whole: replaced")),
+        "the reason is in the output: {said}"
+    );
     let inc1_id = inc1["backup_id"].as_str().unwrap().to_string();
     assert_eq!(inc1["kind"], "incremental");
     assert_eq!(inc1["parent"], full_id.as_str());
@@ -496,5 +501,25 @@ fn a_parent_deleted_while_an_incremental_runs_is_not_built_on() {
         common::tree(&segments).is_empty(),
         "{:?}",
         common::tree(&segments)
+    );
+}
+
+/// A parent whose metadata is there but whose data is not (removed out of band) is no
+/// parent: the next backup is full, saying why.
+#[test]
+fn a_parent_without_its_data_makes_the_next_backup_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let data = common::unpack_fixture(cwd);
+    let (full, _) = created(cwd, &[]);
+    let full_id = full["backup_id"].as_str().unwrap().to_string();
+    let store = cwd.join("couchvault-data/store/couchvault-default");
+    std::fs::remove_file(store.join(format!("n1/{full_id}/data"))).unwrap();
+    append(&data.join(BASIC), &[1u8; 1000]);
+    let (next, notes) = created(cwd, &["--incremental"]);
+    assert_eq!(next["kind"], "full", "{notes}");
+    assert!(
+        notes.contains(&format!("the data of backup {full_id} is missing")),
+        "{notes}"
     );
 }

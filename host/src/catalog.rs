@@ -121,6 +121,9 @@ pub struct Listed {
     /// The metadata's MAC, when it loaded.
     #[serde(skip)]
     pub mac: Option<String>,
+    /// Whether its data object is in the store.
+    #[serde(skip)]
+    pub has_data: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -133,8 +136,10 @@ pub fn list(
     instance: Option<&str>,
 ) -> Result<Vec<Listed>> {
     let prefix = instance.map(|i| format!("{i}/")).unwrap_or_default();
+    let objects = store.list(tenant, &prefix)?;
+    let names: BTreeSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
     let mut out = Vec::new();
-    for o in store.list(tenant, &prefix)? {
+    for o in &objects {
         let Some((inst, id, METADATA_FILE)) = split_name(&o.name) else {
             continue;
         };
@@ -143,6 +148,7 @@ pub fn list(
             Err(e) => (None, None, Some(e.to_string())),
         };
         out.push(Listed {
+            has_data: names.contains(format::data_object(inst, id).as_str()),
             backup_id: id.to_string(),
             instance: inst.to_string(),
             metadata,

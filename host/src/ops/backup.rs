@@ -224,6 +224,7 @@ impl Vault {
             stream,
         };
         let meta = engine::backup(&*self.store, &keyring, source, &opts, progress)?;
+        notes.extend(stored_whole(&meta));
         // The retention policy runs after every successful backup.
         let t0 = std::time::Instant::now();
         let retention = match (retention, &host) {
@@ -260,23 +261,32 @@ impl Vault {
             Ok(l) => l,
             Err(e) => return none(format!("the store's listing failed ({e})")),
         };
-        let Some(newest) = listed.into_iter().next_back() else {
+        let Some(newest) = listed.last() else {
             return none(format!("instance '{instance}' has no backup yet"));
         };
-        let (Some(meta), Some(mac)) = (newest.metadata, newest.mac) else {
+        let (Some(meta), Some(mac)) = (&newest.metadata, &newest.mac) else {
             return none(format!(
                 "the newest backup {} cannot be read ({})",
                 newest.backup_id,
-                newest.error.unwrap_or_default()
+                newest.error.clone().unwrap_or_default()
             ));
         };
-        match catalog::chain(&*self.store, keyring, meta) {
-            Ok(chain) => Newest {
-                chain,
-                newest_mac: mac,
-                problem: None,
-            },
-            Err(e) => none(e.to_string()),
+        let chain = match catalog::chain(&*self.store, keyring, meta.clone()) {
+            Ok(chain) => chain,
+            Err(e) => return none(e.to_string()),
+        };
+        // Metadata alone is not enough to build on: every backup of the chain needs its data.
+        let has_data = |id: &str| listed.iter().any(|l| l.backup_id == id && l.has_data);
+        if let Some(lost) = chain.iter().find(|m| !has_data(&m.backup_id)) {
+            return none(format!(
+                "the data of backup {} is missing from the store",
+                lost.backup_id
+            ));
+        }
+        Newest {
+            chain,
+            newest_mac: mac.clone(),
+            problem: None,
         }
     }
 
@@ -378,6 +388,28 @@ pub struct BackupOutcome {
     pub retention: Option<Result<Vec<Verdict>>>,
     /// Time spent in policies (protection and retention, floors included).
     pub policy_time: std::time::Duration,
+}
+
+/// Most notes said about files stored whole against a parent.
+const WHOLE_NOTES: usize = 20;
+
+/// Why an incremental stored files whole that its parent had (a compaction, a changed
+/// prefix): said with the backup, the first few by name.
+fn stored_whole(meta: &BackupMetadata) -> Vec<String> {
+    let whole: Vec<String> = meta
+        .files
+        .iter()
+        .filter_map(|f| Some(format!("{} stored whole: {}", f.path, f.reason.as_ref()?)))
+        .collect();
+    let more = whole.len().saturating_sub(WHOLE_NOTES);
+    let mut notes: Vec<String> = whole.into_iter().take(WHOLE_NOTES).collect();
+    if more > 0 {
+        notes.push(format!(
+            "and {more} more files stored whole (see `backup show {}`)",
+            meta.backup_id
+        ));
+    }
+    notes
 }
 
 pub fn info_of(m: &BackupMetadata) -> BackupInfo {
