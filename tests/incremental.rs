@@ -147,10 +147,20 @@ fn a_chain_of_appends_compactions_deletions_and_new_databases_restores_each_back
     assert_eq!(entry(&inc2, BASIC).sha256, None);
     assert_eq!(inc2.totals.stored_bytes, 3000 + 100);
 
+    // Exact after fast: the prefix is checked against the chain's whole-file hash and the
+    // fast tail's own hash, and only the new tail is stored, with the whole-file hash again.
+    append(&env.data.join(BASIC), &[9u8; 700]);
+    let inc3 = incremental(&env, &inc2, PrefixCheck::Exact);
+    let at_inc3 = snapshot(&env.data);
+    let e = entry(&inc3, BASIC);
+    assert!(matches!(e.stored, Stored::Tail { .. }), "{e:?}");
+    assert_eq!(e.sha256.as_deref(), Some(at_inc3[BASIC].as_str()));
+
     for (m, want, name) in [
         (&full, &at_full, "r-full"),
         (&inc1, &at_inc1, "r-inc1"),
         (&inc2, &at_inc2, "r-inc2"),
+        (&inc3, &at_inc3, "r-inc3"),
     ] {
         let target = restore_into(&env, m, name);
         assert_eq!(&snapshot(&target), want, "restore of {name}");
@@ -210,6 +220,25 @@ fn exact_mode_catches_a_changed_byte_anywhere_and_fast_mode_one_in_the_last_bloc
     assert_eq!(e.stored, Stored::Whole);
     assert!(e.reason.as_deref().unwrap().contains("fast check"), "{e:?}");
     let target = restore_into(&env, &fast, "r-fast");
+    assert_eq!(sha256_file(&target.join(BASIC)), sha256_file(&path));
+
+    // A fast tail, then a byte changed inside it: exact mode checks that tail's own hash.
+    let at = std::fs::metadata(&path).unwrap().len();
+    append(&path, &[3u8; 500]);
+    let fast = incremental(&env, &fast, PrefixCheck::Fast);
+    assert!(matches!(entry(&fast, BASIC).stored, Stored::Tail { .. }));
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_at(b"Z", at + 10).unwrap();
+    drop(f);
+    append(&path, &[4u8; 500]);
+    let exact = incremental(&env, &fast, PrefixCheck::Exact);
+    let e = entry(&exact, BASIC);
+    assert_eq!(e.stored, Stored::Whole);
+    assert!(
+        e.reason.as_deref().unwrap().contains("changed within"),
+        "{e:?}"
+    );
+    let target = restore_into(&env, &exact, "r-exact-after-fast");
     assert_eq!(sha256_file(&target.join(BASIC)), sha256_file(&path));
 }
 

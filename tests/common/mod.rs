@@ -183,6 +183,8 @@ pub fn backup_against(
         ..Default::default()
     })?;
     let (_, mac) = couchvault::catalog::load_sealed(store, keyring, "default", &parent.backup_id)?;
+    let mut ancestors = couchvault::catalog::chain(store, keyring, parent.clone())?;
+    ancestors.pop();
     let opts = BackupOptions {
         id: None,
         allow_incomplete: true,
@@ -197,6 +199,7 @@ pub fn backup_against(
             check,
             parent: parent.clone(),
             parent_mac: mac,
+            ancestors,
         }),
     };
     engine::backup(store, keyring, &source, &opts, &Progress::default())

@@ -57,6 +57,9 @@ pub struct Base {
     /// The parent, authenticated, and its metadata's MAC.
     pub parent: BackupMetadata,
     pub parent_mac: String,
+    /// The backups the parent depends on, oldest first (empty when it is a full). Exact mode
+    /// checks a file whose parent copy was a fast tail against their records.
+    pub ancestors: Vec<BackupMetadata>,
 }
 
 /// How the tar stream is compressed and sealed.
@@ -406,12 +409,13 @@ fn write_tar(
     out: &mut dyn Write,
     progress: &Progress,
 ) -> Result<(Vec<FileEntry>, Vec<String>)> {
-    let prior: HashMap<&str, &FileEntry> = base
+    // Each backup of the parent's chain by path, oldest first, the parent last.
+    let records: Vec<Records> = base
         .map(|b| {
-            b.parent
-                .files
+            b.ancestors
                 .iter()
-                .map(|f| (f.path.as_str(), f))
+                .chain([&b.parent])
+                .map(|m| m.files.iter().map(|f| (f.path.as_str(), f)).collect())
                 .collect()
         })
         .unwrap_or_default();
@@ -426,10 +430,10 @@ fn write_tar(
         for w in 0..workers {
             let (tx, rx) = sync_channel(LOOKAHEAD);
             queues.push(rx);
-            let prior = &prior;
+            let records = &records;
             s.spawn(move || {
                 for f in plan.iter().skip(w).step_by(workers) {
-                    let ready = prepare(source, f, base, prior, progress);
+                    let ready = prepare(source, f, base, records, progress);
                     let failed = ready.is_err();
                     // A closed queue: the writer stopped (an error); so does this worker.
                     if tx.send(ready).is_err() || failed {
@@ -556,7 +560,7 @@ fn prepare<'a>(
     source: &Source,
     f: &PlannedFile,
     base: Option<&Base>,
-    prior: &HashMap<&str, &'a FileEntry>,
+    records: &[Records<'a>],
     progress: &Progress,
 ) -> Result<Ready<'a>> {
     let file = match source.open(&f.source) {
@@ -574,9 +578,12 @@ fn prepare<'a>(
         dev: meta.dev(),
         ino: meta.ino(),
     };
-    let decision = match (base, prior.get(f.archive_path.as_str())) {
+    let path = f.archive_path.as_str();
+    let parent = records.last().and_then(|r| r.get(path));
+    let decision = match (base, parent) {
         (Some(b), Some(p)) => {
-            decide(&file, len, identity, p, b.check, progress).map_err(read_err)?
+            let prefix = Prefix { records, path, p };
+            decide(&file, len, identity, prefix, b.check, progress).map_err(read_err)?
         }
         _ => Decision::whole(None),
     };
@@ -632,10 +639,11 @@ fn decide<'a>(
     file: &File,
     len: u64,
     identity: Identity,
-    p: &'a FileEntry,
+    prefix: Prefix<'a, '_>,
     check: PrefixCheck,
     progress: &Progress,
 ) -> io::Result<Decision<'a>> {
+    let p = prefix.p;
     if p.identity != Some(identity) {
         return Ok(Decision::whole(Some(match p.identity {
             None => "the parent recorded no file identity".into(),
@@ -652,19 +660,20 @@ fn decide<'a>(
     }
     let prefix = match check {
         PrefixCheck::Exact => {
-            let Some(want) = &p.sha256 else {
+            let Some(pieces) = prefix.pieces() else {
                 return Ok(Decision::whole(Some(
-                    "the parent recorded no whole-file hash (a fast incremental); exact mode stores it whole".into(),
+                    "the parent's chain has no whole-file hash of its copy; exact mode stores it whole".into(),
                 )));
             };
-            let prefix = hash_range(file, 0, p.size, Some(progress))?;
-            if finish(prefix.clone()) != *want {
-                return Ok(Decision::whole(Some(format!(
-                    "changed within its first {} bytes (exact check)",
-                    p.size
-                ))));
+            match exact_prefix(file, &pieces, progress)? {
+                Some(hash) => Some(hash),
+                None => {
+                    return Ok(Decision::whole(Some(format!(
+                        "changed within its first {} bytes (exact check)",
+                        p.size
+                    ))))
+                }
             }
-            Some(prefix)
         }
         PrefixCheck::Fast => {
             let at = p.size - p.size.min(END_CHECK_LEN);
@@ -693,9 +702,90 @@ fn decide<'a>(
     })
 }
 
-/// SHA-256 state over bytes `from..to` of `file` (positional reads: the cursor stays).
+/// A file's record in the parent's chain, oldest backup first, the parent last.
+type Records<'a> = HashMap<&'a str, &'a FileEntry>;
+
+/// What the parent's chain says a file's first `p.size` bytes are.
+struct Prefix<'a, 'r> {
+    records: &'r [Records<'a>],
+    path: &'r str,
+    /// The parent's record.
+    p: &'a FileEntry,
+}
+
+/// Hashed ranges that make up a prefix: `(from, to, SHA-256 of bytes from..to)`, in order,
+/// the first from 0 (a whole-file hash at that size), the others the tails stored since.
+type Pieces = Vec<(u64, u64, String)>;
+
+impl Prefix<'_, '_> {
+    /// The parent's whole-file hash; or, when the parent (a fast incremental) has none, the
+    /// newest whole-file hash back in the chain and the tails stored after it. None when the
+    /// chain has no whole-file hash of this copy.
+    fn pieces(&self) -> Option<Pieces> {
+        let mut tails = Vec::new();
+        let mut e = self.p;
+        let mut k = self.records.len().checked_sub(1)?;
+        loop {
+            if let Some(sha) = &e.sha256 {
+                tails.push((0, e.size, sha.clone()));
+                tails.reverse();
+                return Some(tails);
+            }
+            let continues_at = match &e.stored {
+                Stored::Tail { from, sha256 } => {
+                    tails.push((*from, e.size, sha256.clone()));
+                    *from
+                }
+                Stored::Unchanged => e.size,
+                Stored::Whole => return None,
+            };
+            k = k.checked_sub(1)?;
+            e = self.records[k]
+                .get(self.path)
+                .filter(|o| o.size == continues_at)?;
+        }
+    }
+}
+
+/// Reads the prefix `pieces` cover, checking each piece's hash; returns the SHA-256 state
+/// over the whole prefix, or None when a byte changed.
+fn exact_prefix(file: &File, pieces: &Pieces, progress: &Progress) -> io::Result<Option<Context>> {
+    let mut whole = Context::new(&SHA256);
+    for (from, to, want) in pieces {
+        // The first piece is the file up to its size: its hash is the running one.
+        let mut piece = (*from > 0).then(|| Context::new(&SHA256));
+        read_range(file, *from, *to, Some(progress), |bytes| {
+            whole.update(bytes);
+            if let Some(p) = &mut piece {
+                p.update(bytes);
+            }
+        })?;
+        let got = match piece {
+            Some(p) => finish(p),
+            None => finish(whole.clone()),
+        };
+        if got != *want {
+            return Ok(None);
+        }
+    }
+    Ok(Some(whole))
+}
+
+/// SHA-256 state over bytes `from..to` of `file`.
 fn hash_range(file: &File, from: u64, to: u64, progress: Option<&Progress>) -> io::Result<Context> {
     let mut hash = Context::new(&SHA256);
+    read_range(file, from, to, progress, |bytes| hash.update(bytes))?;
+    Ok(hash)
+}
+
+/// Reads bytes `from..to` of `file` into `take` (positional reads: the cursor stays).
+fn read_range(
+    file: &File,
+    from: u64,
+    to: u64,
+    progress: Option<&Progress>,
+    mut take: impl FnMut(&[u8]),
+) -> io::Result<()> {
     let mut buf = vec![0u8; READ_BUF.min((to - from) as usize).max(1)];
     let mut at = from;
     while at < to {
@@ -704,13 +794,13 @@ fn hash_range(file: &File, from: u64, to: u64, progress: Option<&Progress>) -> i
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        hash.update(&buf[..n]);
+        take(&buf[..n]);
         at += n as u64;
         if let Some(p) = progress {
             p.add_bytes(n as u64)?;
         }
     }
-    Ok(hash)
+    Ok(())
 }
 
 /// SHA-256 of a file's last `END_CHECK_LEN` bytes (of all of it, when shorter).

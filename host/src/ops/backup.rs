@@ -344,6 +344,7 @@ impl Vault {
             check,
             parent,
             parent_mac,
+            ancestors: chain,
         })
     }
 }
