@@ -1099,3 +1099,42 @@ fn incremental_backups_through_the_api() {
     assert_eq!(done["result"].as_array().unwrap().len(), 2, "{done}");
     assert!(backup_ids(&d, &d.admin).is_empty());
 }
+
+/// A delete holds its backup's instance like a backup does: while an incremental of the
+/// instance runs, deleting its parent is refused (409) instead of pulling the parent from
+/// under it.
+#[test]
+fn deleting_a_backup_while_its_instance_backs_up_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = unpack_fixture(dir.path());
+    let d = Daemon::start(
+        dir.path(),
+        &store_line(dir.path()),
+        "",
+        &[("COUCHVAULT_TEST_PAUSE", "before-commit:3000")],
+    );
+    let job = start_backup(&d, &d.admin, "node1", &data);
+    let full = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(full["state"], "succeeded", "{full}");
+    let full_id = full["backup_id"].as_str().unwrap();
+
+    let mut body = backup_body("node1", &data);
+    body["backup_kind"] = json!("incremental");
+    let (s, inc) = d.post("/v1/backups", &d.admin, &body);
+    assert_eq!(s, 202, "{inc}");
+    let (s, v) = d.call(d.req(
+        Method::DELETE,
+        &format!("/v1/backups/{full_id}"),
+        Some(&d.admin),
+    ));
+    assert_eq!(s, 409, "{v}");
+    let inc = d.wait_job(inc["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(inc["state"], "succeeded", "{inc}");
+    assert_eq!(inc["backup_id"].as_str().map(|_| ()), Some(()));
+    let (_, shown) = d.get(
+        &format!("/v1/backups/{}", inc["backup_id"].as_str().unwrap()),
+        &d.admin,
+    );
+    assert_eq!(shown["parent"]["backup_id"], full_id, "{shown}");
+}

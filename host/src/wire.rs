@@ -428,6 +428,10 @@ pub enum JobRequest {
         /// Also the backups that depend on it (else refused while any does).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         with_dependents: bool,
+        /// The backup's instance, held while the delete runs: an incremental of it must not
+        /// lose its parent half-way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
     },
     Gc {
         grace: Span,
@@ -450,6 +454,7 @@ impl JobRequest {
         match self {
             JobRequest::Backup(BackupParams { instance, .. })
             | JobRequest::Restore { instance, .. } => Some(instance),
+            JobRequest::Delete { instance, .. } => instance.as_deref(),
             _ => None,
         }
     }

@@ -320,6 +320,7 @@ impl Runner {
             JobRequest::Delete {
                 backup_id,
                 with_dependents,
+                ..
             } => {
                 let deleted = vault.delete(&tenant, &backup_id, with_dependents)?;
                 for d in &deleted {

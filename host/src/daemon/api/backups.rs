@@ -118,10 +118,11 @@ pub(super) async fn backup_delete(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
-    owned_backup(&d, &tenant, &id).await?;
+    let meta = owned_backup(&d, &tenant, &id).await?;
     let request = JobRequest::Delete {
         backup_id: id,
         with_dependents: q.with_dependents,
+        instance: Some(meta.instance),
     };
     accepted(&d, &tenant, request).await
 }
