@@ -277,18 +277,24 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
     append(&env.data.join(BASIC), &[1u8; 100]);
     let inc = incremental(&env, &full, PrefixCheck::Exact);
 
-    // The parent's metadata rewritten (sealed with the right key, so it authenticates):
-    // the MAC the child recorded no longer matches.
+    let key = &env.keyring.active("default").unwrap().secret;
+    // The parent's metadata sealed anew, its data the same (what a key rotation does): the
+    // recorded MAC no longer matches, the data stream does, and the chain holds.
+    let mut resealed = full.clone();
+    resealed.tags.insert("resealed".into(), "yes".into());
+    catalog::commit(&env.store, key, &resealed).unwrap();
+    let chain = catalog::chain(&env.store, &env.keyring, inc.clone()).unwrap();
+    assert_eq!(
+        chain[0].tags.get("resealed").map(String::as_str),
+        Some("yes")
+    );
+    // Another backup's data under the parent's id (sealed with the right key, so it
+    // authenticates): a spliced chain.
     let other = env.backup(1 << 16);
-    assert!(catalog::chain(&env.store, &env.keyring, inc.clone()).is_ok());
     let mut spliced = full.clone();
-    spliced.finished_at = other.finished_at;
-    catalog::commit(
-        &env.store,
-        &env.keyring.active("default").unwrap().secret,
-        &spliced,
-    )
-    .unwrap();
+    spliced.data = other.data.clone();
+    spliced.encryption = other.encryption.clone();
+    catalog::commit(&env.store, key, &spliced).unwrap();
     let err = catalog::chain(&env.store, &env.keyring, inc.clone()).unwrap_err();
     assert!(err.to_string().contains("spliced"), "{err}");
 

@@ -199,7 +199,7 @@ pub fn chain(
                     reason: e.to_string(),
                 }
             })?;
-        if mac != parent.metadata_mac || m.instance != out[0].instance {
+        if !parent.matches(&m, &mac) || m.instance != out[0].instance {
             return Err(ChainError::Spliced {
                 child,
                 parent: parent.backup_id,

@@ -270,6 +270,18 @@ pub struct ParentRef {
     pub backup_id: String,
     /// `hmac-sha256:<hex>` exactly as in the parent's envelope.
     pub metadata_mac: String,
+    /// The parent's `data.sha256`: what still binds the child to it once the parent's
+    /// metadata is sealed anew (a key rotation rewraps metadata and never touches data).
+    pub data_sha256: String,
+}
+
+impl ParentRef {
+    /// Whether `parent`, authenticated, with its envelope's `mac`, is the backup this one
+    /// was made against: the very metadata, or the same backup's data re-sealed.
+    pub fn matches(&self, parent: &BackupMetadata, mac: &str) -> bool {
+        parent.backup_id == self.backup_id
+            && (mac == self.metadata_mac || parent.data.sha256 == self.data_sha256)
+    }
 }
 
 /// What of a file this backup's archive holds.

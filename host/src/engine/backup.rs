@@ -166,6 +166,7 @@ pub fn backup(
         parent: opts.base.as_ref().map(|b| ParentRef {
             backup_id: b.parent.backup_id.clone(),
             metadata_mac: b.parent_mac.clone(),
+            data_sha256: b.parent.data.sha256.clone(),
         }),
         prefix_check: opts.base.as_ref().map(|b| b.check),
         started_at,
@@ -216,7 +217,7 @@ pub fn backup(
     // nothing: it is not committed.
     let parent_gone = opts.base.as_ref().and_then(|b| {
         match catalog::load_sealed(store, keyring, &opts.tenant, &b.parent.backup_id) {
-            Ok((_, mac)) if mac == b.parent_mac => None,
+            Ok((m, mac)) if mac == b.parent_mac || m.data.sha256 == b.parent.data.sha256 => None,
             _ => Some(b.parent.backup_id.clone()),
         }
     });
