@@ -624,3 +624,31 @@ fn assert_same(a: &std::path::Path, b: &std::path::Path) {
         assert_eq!(sha256_file(&a.join(&f)), sha256_file(&b.join(&f)), "{f}");
     }
 }
+
+/// Found by CI: tempauth answers a re-auth with its cached token while it has not expired,
+/// so a fresh token can be refused a moment later; a backup failed with "refused a fresh
+/// token". Two refusals in a row are now survived; three mean the credentials are wrong.
+#[test]
+fn a_fresh_token_refused_once_more_is_survived_and_wrong_access_still_fails() {
+    let Some(env) = SwiftEnv::load() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = KeyRing::create(&dir.path().join("keys.toml"), "default").unwrap();
+    let proxy = FaultProxy::start(env.port(), 0, 9);
+    let store =
+        SwiftStore::new(env.settings(env.credentials(proxy.port), &unique("reauth"), 256 << 10))
+            .unwrap();
+    let data = dir.path().join("gen");
+    generate_data(&data, 1, 4);
+    proxy.refuse_tokens(2);
+    let meta = backup_to(&store, &keyring, &data, "n", 64 << 10).unwrap();
+    engine::verify(
+        &store,
+        &keyring,
+        std::slice::from_ref(&meta),
+        &Progress::default(),
+    )
+    .unwrap();
+    proxy.refuse_tokens(100);
+    let err = backup_to(&store, &keyring, &data, "n", 64 << 10).unwrap_err();
+    assert!(err.to_string().contains("refused 3 fresh tokens"), "{err}");
+}

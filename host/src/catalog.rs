@@ -25,6 +25,39 @@ pub fn commit(store: &dyn Store, tenant_key: &SecretKey, meta: &BackupMetadata) 
     Ok(())
 }
 
+/// Wraps a backup's data key with `key` instead of the key that wraps it now, rewriting its
+/// metadata only: the data object is never read or written. One atomic put replaces the
+/// metadata, so a crash leaves the old or the new, each readable while both keys are in
+/// the ring; a child's link to it holds (it names the parent's data, which is the same).
+pub fn rewrap(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    meta: &BackupMetadata,
+    key: &crate::keyring::TenantKey,
+) -> Result<()> {
+    let e = &meta.encryption;
+    let old = keyring.get(&meta.tenant, &e.key_id)?;
+    let data_key = crate::crypto::unwrap_data_key(
+        &old.secret,
+        &e.wrapped()?,
+        &meta.tenant,
+        &old.id,
+        &meta.backup_id,
+    )?;
+    let wrapped = crate::crypto::wrap_data_key(
+        &key.secret,
+        &data_key,
+        &meta.tenant,
+        &key.id,
+        &meta.backup_id,
+    )?;
+    let mut m = meta.clone();
+    m.encryption.key_id = key.id.clone();
+    m.encryption.wrapped_key_nonce = hex::encode(wrapped.nonce);
+    m.encryption.wrapped_key = hex::encode(&wrapped.ciphertext);
+    commit(store, &key.secret, &m)
+}
+
 /// Splits `<instance>/<id>/<file>` into its parts.
 fn split_name(name: &str) -> Option<(&str, &str, &str)> {
     let mut it = name.splitn(3, '/');

@@ -220,6 +220,20 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Removes a key of `tenant` from the ring (the caller saves it).
+    pub fn remove_key(&mut self, tenant: &str, key_id: &str) -> Result<TenantKey, KeyringError> {
+        let at = self
+            .keys
+            .iter()
+            .position(|k| k.tenant == tenant && k.id == key_id)
+            .ok_or_else(|| KeyringError::UnknownKey {
+                path: self.path.clone(),
+                tenant: tenant.to_string(),
+                key_id: key_id.to_string(),
+            })?;
+        Ok(self.keys.remove(at))
+    }
+
     pub fn keys(&self) -> &[TenantKey] {
         &self.keys
     }

@@ -1,6 +1,8 @@
 //! A TCP proxy on 127.0.0.1 in front of the Swift proxy that injects the faults a real
 //! Swift cannot be made to produce on demand: 503 answers, connections reset mid-body and
-//! slow responses, each at a chosen rate per request; and "down" (every connection reset).
+//! slow responses, each at a chosen rate per request; "down" (every connection reset); and
+//! tokens refused (401) on the next N storage requests, as tempauth does when a re-auth hands
+//! back a cached token about to expire.
 //!
 //! Requests are recognised by a read from the client that starts with an HTTP method: the
 //! client waits for each response before it sends the next request on a connection.
@@ -27,6 +29,8 @@ struct Shared {
     /// Percent of requests that get a fault (split evenly between the three kinds).
     rate: AtomicU32,
     down: AtomicBool,
+    /// Storage requests (not `/auth/`) still to be answered 401.
+    refuse: AtomicU32,
     stop: AtomicBool,
     counts: Counts,
     rng: Mutex<Rng>,
@@ -69,6 +73,7 @@ impl FaultProxy {
             upstream,
             rate: AtomicU32::new(rate_percent),
             down: AtomicBool::new(false),
+            refuse: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             counts: Counts::default(),
             rng: Mutex::new(Rng(seed | 1)),
@@ -94,6 +99,11 @@ impl FaultProxy {
     /// From now on every connection, new or pooled, is reset.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::Relaxed);
+    }
+
+    /// The next `n` storage requests are answered 401 (their token refused).
+    pub fn refuse_tokens(&self, n: u32) {
+        self.shared.refuse.store(n, Ordering::Relaxed);
     }
 
     pub fn injected(&self) -> u64 {
@@ -182,6 +192,21 @@ fn requests(mut client: TcpStream, mut server: TcpStream, sh: &Shared, cut_respo
         }
         if starts_request(&buf[..n]) {
             sh.counts.requests.fetch_add(1, Ordering::Relaxed);
+            let line = String::from_utf8_lossy(&buf[..n.min(200)]).into_owned();
+            let refused = !line.contains(" /auth/")
+                && sh
+                    .refuse
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1))
+                    .is_ok();
+            if refused {
+                let _ = client.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                thread::sleep(Duration::from_millis(20));
+                reset(&client);
+                reset(&server);
+                return;
+            }
             match sh.roll() {
                 Fault::None => {}
                 Fault::Answer503 => {

@@ -402,10 +402,18 @@ pub struct GcArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Add a new random key for the tenant; it encrypts the tenant's new backups.
+    /// Add a new random key for the tenant; it encrypts the tenant's new backups. Creates
+    /// the key ring (mode 0600) when --keyring names one that does not exist yet.
     Add,
-    /// List keys (ids only, never key material).
+    /// List keys (ids only, never key material) and how many backups each wraps.
     List,
+    /// A new active key for the tenant, then every backup of the tenant rewrapped with it
+    /// (metadata only: no data object is read or written).
+    Rotate,
+    /// Rewrap every backup of the tenant with its active key (resumes a cut-off rotation).
+    Rewrap,
+    /// Remove a key from the ring: refused while a backup needs it or it is the active key.
+    Retire { id: String },
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {

@@ -1,18 +1,18 @@
 //! One function per local command: resolve the context, call the service layer (`ops`),
 //! print the result with `render` (the same printers the daemon's client uses).
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use chrono::{DateTime, Utc};
 use couchvault::config::Config;
 use couchvault::couchdb::Source;
+use couchvault::keyring::KeyRing;
 use couchvault::ops::restore::{
     backup_node, node_from_config, Hooks, RestoreRequest, RestoreTarget,
 };
 use couchvault::ops::{BackupRequest, OpsError, Progress};
 use couchvault::wire::{BackupCreated, BackupSummary};
-use serde::Serialize;
 
 use super::args::{BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, RestoreArgs};
 use super::context::Context;
@@ -47,6 +47,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         _ => None,
     };
+    // `key add` names a key ring that does not exist yet: it creates it.
+    if let Command::Key(KeyCommand::Add) = &cli.command {
+        if let Some(path) = cli.keyring.clone().or_else(|| config.keyring.clone()) {
+            if !path.exists() {
+                let tenant = cli.tenant.clone().unwrap_or_else(|| "default".into());
+                return key_init(&path, &tenant, cli.json);
+            }
+        }
+    }
     let ctx = Context::open(&cli, config)?;
     match cli.command {
         Command::Backup(BackupCommand::Create(args)) => {
@@ -63,6 +72,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(args) => gc(&ctx, args),
         Command::Key(KeyCommand::Add) => key_add(ctx),
         Command::Key(KeyCommand::List) => key_list(&ctx),
+        Command::Key(KeyCommand::Rotate) => key_rewrap(ctx, true),
+        Command::Key(KeyCommand::Rewrap) => key_rewrap(ctx, false),
+        Command::Key(KeyCommand::Retire { id }) => key_retire(ctx, &id),
         Command::Policy(cmd) => super::policy::run(&ctx, cmd),
         Command::Daemon(_)
         | Command::Instance(_)
@@ -251,24 +263,7 @@ fn key_add(mut ctx: Context) -> Result<()> {
 }
 
 fn key_list(ctx: &Context) -> Result<()> {
-    #[derive(Serialize)]
-    struct Row<'a> {
-        tenant: &'a str,
-        key_id: &'a str,
-        created: DateTime<Utc>,
-        active: bool,
-    }
-    let rows: Vec<Row<'_>> = ctx
-        .keyring
-        .keys()
-        .iter()
-        .map(|k| Row {
-            tenant: &k.tenant,
-            key_id: &k.id,
-            created: k.created,
-            active: ctx.keyring.active(&k.tenant).is_ok_and(|a| a.id == k.id),
-        })
-        .collect();
+    let rows = ctx.vault.key_usage(&ctx.keyring)?;
     if ctx.json {
         return print_json(&rows);
     }
@@ -276,13 +271,81 @@ fn key_list(ctx: &Context) -> Result<()> {
         .iter()
         .map(|r| {
             vec![
-                r.tenant.to_string(),
-                r.key_id.to_string(),
+                r.tenant.clone(),
+                r.key_id.clone(),
                 r.created.to_rfc3339(),
                 if r.active { "yes" } else { "" }.to_string(),
+                r.backups.to_string(),
             ]
         })
         .collect();
-    table(&["TENANT", "KEY ID", "CREATED", "ACTIVE"], &cells);
+    table(
+        &["TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS"],
+        &cells,
+    );
+    Ok(())
+}
+
+/// `key add` where the key ring does not exist yet: creates it, with the tenant's key.
+fn key_init(path: &Path, tenant: &str, json: bool) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the key ring's directory {}", dir.display()))?;
+    }
+    let ring = KeyRing::create(path, tenant)?;
+    let id = ring.active(tenant)?.id.clone();
+    if json {
+        return print_json(
+            &serde_json::json!({"tenant": tenant, "key_id": id, "created_keyring": path}),
+        );
+    }
+    println!(
+        "created key ring {} (mode 0600) with key {id} for tenant '{tenant}'; keep a copy somewhere safe: losing it loses every backup made with it",
+        path.display()
+    );
+    Ok(())
+}
+
+fn key_rewrap(mut ctx: Context, rotate: bool) -> Result<()> {
+    let tenant = ctx.tenant.clone();
+    let report = match rotate {
+        true => ctx.vault.rotate(&mut ctx.keyring, &tenant)?,
+        false => ctx.vault.rewrap(&ctx.keyring, &tenant)?,
+    };
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "tenant '{}': {} backup(s) rewrapped with key {}, {} already were; data objects untouched",
+            report.tenant,
+            report.rewrapped.len(),
+            report.key_id,
+            report.already
+        );
+        for (id, why) in &report.failed {
+            println!("  {id}: not rewrapped: {why}");
+        }
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} backup(s) of tenant '{}' are not wrapped with the active key; fix what is named above and run `couchvault key rewrap --tenant {}` again",
+            report.failed.len(),
+            report.tenant,
+            report.tenant
+        );
+    }
+    Ok(())
+}
+
+fn key_retire(mut ctx: Context, id: &str) -> Result<()> {
+    let tenant = ctx.tenant.clone();
+    ctx.vault.retire_key(&mut ctx.keyring, &tenant, id)?;
+    if ctx.json {
+        return print_json(&serde_json::json!({"tenant": tenant, "retired": id}));
+    }
+    println!(
+        "retired key {id} of tenant '{tenant}': removed from {}",
+        ctx.keyring.path().display()
+    );
     Ok(())
 }

@@ -234,7 +234,7 @@ pub fn set_checkpoint_observer(observer: fn(&str)) {
     let _ = CHECKPOINT.set(observer);
 }
 
-fn checkpoint(point: &str) {
+pub(crate) fn checkpoint(point: &str) {
     if let Some(observe) = CHECKPOINT.get() {
         observe(point);
     }

@@ -25,6 +25,10 @@ use auth::{authenticate, error_chain, Session};
 
 /// Largest Swift container name.
 const MAX_CONTAINER: usize = 256;
+/// Fresh tokens a request may be refused (401) before the credentials are blamed.
+const MAX_REAUTHS: u32 = 3;
+/// Between re-auths after the first: long enough for a cached token to expire.
+const REAUTH_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct SwiftSettings {
@@ -263,7 +267,7 @@ impl Client {
         build: &dyn Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, StoreError> {
         let what = what(&method, container, object);
-        let mut reauthed = false;
+        let mut reauths = 0;
         Attempts::new(&self.settings.retry).run(
             &what,
             |attempts| {
@@ -278,13 +282,18 @@ impl Client {
                 match build(req).send() {
                     Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                         self.invalidate(&session);
-                        if reauthed {
+                        if reauths == MAX_REAUTHS {
                             return Step::Fail(StoreError::Auth {
                                 url: self.settings.credentials.auth_url().to_string(),
-                                reason: format!("Swift refused a fresh token for {what} (401): the user lacks access to this account or container"),
+                                reason: format!("Swift refused {MAX_REAUTHS} fresh tokens for {what} (401): the user lacks access to this account or container"),
                             });
                         }
-                        reauthed = true;
+                        // tempauth answers a re-auth with its cached token, which may be
+                        // about to expire: the next one, a moment later, is new.
+                        if reauths > 0 {
+                            std::thread::sleep(REAUTH_PAUSE);
+                        }
+                        reauths += 1;
                         tracing::info!(%what, "token rejected (401); authenticating again");
                         Step::Again
                     }

@@ -1,0 +1,132 @@
+//! The key life cycle: which backups each key wraps, rewrapping a tenant's backups with its
+//! active key (metadata only), rotation (a new key, then a rewrap) and retiring a key that
+//! nothing needs any more.
+
+use serde::{Deserialize, Serialize};
+
+use super::{OpsError, Result, Vault};
+use crate::catalog;
+use crate::keyring::KeyRing;
+
+/// One key of the ring and how many backups its wraps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyUsage {
+    pub tenant: String,
+    pub key_id: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub active: bool,
+    /// Committed backups whose data key it wraps.
+    pub backups: u64,
+}
+
+/// What a rewrap did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RewrapReport {
+    pub tenant: String,
+    /// The key every backup is now wrapped with.
+    pub key_id: String,
+    pub rewrapped: Vec<String>,
+    /// Backups that were already wrapped with it.
+    pub already: u64,
+    /// Backups whose metadata could not be read or rewritten, with why (left as they were).
+    pub failed: Vec<(String, String)>,
+}
+
+impl Vault {
+    /// Every key of the ring with the number of backups it wraps.
+    pub fn key_usage(&self, keyring: &KeyRing) -> Result<Vec<KeyUsage>> {
+        let mut tenants: Vec<&str> = keyring.keys().iter().map(|k| k.tenant.as_str()).collect();
+        tenants.dedup();
+        let mut used: Vec<(String, String)> = Vec::new();
+        for t in &tenants {
+            for l in catalog::list(&*self.store, keyring, t, None)? {
+                if let Some(m) = l.metadata {
+                    used.push((m.tenant, m.encryption.key_id));
+                }
+            }
+        }
+        Ok(keyring
+            .keys()
+            .iter()
+            .map(|k| KeyUsage {
+                tenant: k.tenant.clone(),
+                key_id: k.id.clone(),
+                created: k.created,
+                active: keyring.active(&k.tenant).is_ok_and(|a| a.id == k.id),
+                backups: used
+                    .iter()
+                    .filter(|(t, id)| *t == k.tenant && *id == k.id)
+                    .count() as u64,
+            })
+            .collect())
+    }
+
+    /// Wraps every backup of `tenant` with its active key, metadata only. Resumable: a
+    /// rerun rewraps what is left.
+    pub fn rewrap(&self, keyring: &KeyRing, tenant: &str) -> Result<RewrapReport> {
+        let key = keyring.active(tenant)?;
+        let mut report = RewrapReport {
+            tenant: tenant.to_string(),
+            key_id: key.id.clone(),
+            ..Default::default()
+        };
+        for l in catalog::list(&*self.store, keyring, tenant, None)? {
+            let Some(meta) = l.metadata else {
+                let why = l.error.unwrap_or_default();
+                report.failed.push((l.backup_id, why));
+                continue;
+            };
+            if meta.encryption.key_id == key.id {
+                report.already += 1;
+                continue;
+            }
+            match catalog::rewrap(&*self.store, keyring, &meta, key) {
+                Ok(()) => {
+                    tracing::info!(backup = %meta.backup_id, key = %key.id, "rewrapped");
+                    report.rewrapped.push(meta.backup_id);
+                    crate::engine::checkpoint("after-rewrap");
+                }
+                Err(e) => report.failed.push((meta.backup_id, e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Adds a new active key for `tenant` to the ring (saved first), then rewraps every
+    /// backup of the tenant with it.
+    pub fn rotate(&self, keyring: &mut KeyRing, tenant: &str) -> Result<RewrapReport> {
+        keyring.add_key(tenant)?;
+        keyring.save(false)?;
+        self.rewrap(keyring, tenant)
+    }
+
+    /// Removes a key from the ring; refused while a backup needs it, or while it is the
+    /// tenant's active key.
+    pub fn retire_key(&self, keyring: &mut KeyRing, tenant: &str, key_id: &str) -> Result<()> {
+        keyring.get(tenant, key_id)?;
+        if keyring.active(tenant)?.id == key_id {
+            return Err(OpsError::Refused(format!(
+                "key {key_id} is tenant '{tenant}''s active key: `couchvault key rotate --tenant {tenant}` first"
+            )));
+        }
+        let needing: Vec<String> = catalog::list(&*self.store, keyring, tenant, None)?
+            .into_iter()
+            .filter(|l| {
+                l.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.encryption.key_id == key_id)
+            })
+            .map(|l| l.backup_id)
+            .collect();
+        if !needing.is_empty() {
+            return Err(OpsError::Refused(format!(
+                "key {key_id} still wraps {} backup(s) ({}); run `couchvault key rewrap --tenant {tenant}` to wrap them with the active key, then retire it",
+                needing.len(),
+                needing.join(", ")
+            )));
+        }
+        keyring.remove_key(tenant, key_id)?;
+        keyring.save(false)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! The key life cycle through the CLI on the local store: a key ring created from nothing,
+//! rotation that rewrites metadata only (every data object byte-identical), a rotation cut
+//! off by kill -9 and resumed, retire refused then allowed, chains intact throughout.
+
+mod common;
+
+use std::path::Path;
+
+use common::{cli_with_env, tree, unpack_fixture};
+
+fn cli(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    cli_with_env(cwd, args, &[])
+}
+
+fn ok(cwd: &Path, args: &[&str]) -> String {
+    let (code, out, err) = cli(cwd, args);
+    assert_eq!(code, Some(0), "{args:?}: {err}");
+    out
+}
+
+fn json(cwd: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(cwd, &all)).unwrap()
+}
+
+/// Every data object (manifests and segments) of the store with its bytes.
+fn data_objects(cwd: &Path) -> Vec<(String, Vec<u8>)> {
+    let store = cwd.join("couchvault-data/store");
+    tree(&store)
+        .into_iter()
+        .filter(|p| !p.ends_with("backup.json"))
+        .map(|p| {
+            let bytes = std::fs::read(store.join(&p)).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn key_of(cwd: &Path, id: &str) -> String {
+    json(cwd, &["backup", "show", id])["encryption"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn key_add_creates_a_key_ring_that_does_not_exist_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("etc/couchvault/keyring.toml");
+    let p = path.to_str().unwrap();
+    let out = ok(
+        dir.path(),
+        &["--keyring", p, "--tenant", "acme", "key", "add"],
+    );
+    assert!(
+        out.contains("created key ring") && out.contains("losing it"),
+        "{out}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let keys = json(dir.path(), &["--keyring", p, "key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["tenant"], "acme");
+    // A second add adds to it.
+    ok(
+        dir.path(),
+        &["--keyring", p, "--tenant", "acme", "key", "add"],
+    );
+    let keys = json(dir.path(), &["--keyring", p, "key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn rotation_rewrites_metadata_only_survives_kill_9_and_retire_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let data = unpack_fixture(cwd);
+    let create = |extra: &[&str]| {
+        let mut args = vec!["backup", "create", "--instance", "n1", "--data-dir", "data"];
+        args.extend_from_slice(extra);
+        json(cwd, &args)["backup_id"].as_str().unwrap().to_string()
+    };
+    let full = create(&[]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("_dbs.couch"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[1u8; 4000]))
+        .unwrap();
+    let inc = create(&["--incremental"]);
+    let other = create(&[]);
+    let ids = [&full, &inc, &other];
+    let old_key = key_of(cwd, &full);
+    let before = data_objects(cwd);
+    let keys = json(cwd, &["key", "list"]);
+    assert_eq!(keys[0]["backups"], 3, "{keys}");
+
+    // Cut off after the first rewrap.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args(["key", "rotate"])
+        .current_dir(cwd)
+        .env("COUCHVAULT_TEST_PAUSE", "after-rewrap:30000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let started = std::time::Instant::now();
+    let new_key = loop {
+        let keys = json(cwd, &["key", "list"]);
+        let moved = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["active"] == true && k["backups"] == 1);
+        if let Some(k) = moved {
+            break k["key_id"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed().as_secs() < 30, "no rewrap: {keys}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(new_key, old_key);
+    // Half rotated: every backup restores, the chain too, each with its own key.
+    let on_new = ids.iter().filter(|id| key_of(cwd, id) == new_key).count();
+    assert_eq!(on_new, 1);
+    for id in ids {
+        ok(cwd, &["backup", "verify", "--chain", id]);
+    }
+    let (code, _, err) = cli(cwd, &["key", "retire", &old_key]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("still wraps 2 backup(s)") && err.contains("key rewrap"),
+        "{err}"
+    );
+
+    let out = ok(cwd, &["key", "rewrap"]);
+    assert!(
+        out.contains("2 backup(s) rewrapped") && out.contains("1 already"),
+        "{out}"
+    );
+    for id in ids {
+        assert_eq!(key_of(cwd, id), new_key);
+    }
+    assert_eq!(
+        data_objects(cwd),
+        before,
+        "no data object was read into or rewritten"
+    );
+    ok(cwd, &["key", "retire", &old_key]);
+    let keys = json(cwd, &["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(keys[0]["backups"], 3);
+    // Without the old key, everything restores, the incremental's chain too.
+    let target = cwd.join("restored");
+    ok(cwd, &["restore", &inc, "--to", target.to_str().unwrap()]);
+    assert_eq!(
+        common::sha256_file(&target.join("_dbs.couch")),
+        common::sha256_file(&data.join("_dbs.couch"))
+    );
+    let (code, _, err) = cli(cwd, &["key", "retire", &new_key]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("active key"), "{err}");
+}
