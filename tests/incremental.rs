@@ -342,13 +342,8 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
     assert!(err.to_string().contains("tail outside the file"), "{err}");
 }
 
-/// Runs the CLI with extra environment; returns (exit code, stdout, stderr).
-fn cli_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    common::cli_with_env(cwd, args, env)
-}
-
 fn cli(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    cli_env(cwd, args, &[])
+    common::cli_with_env(cwd, args, &[])
 }
 
 fn cli_ok(cwd: &Path, args: &[&str]) -> (String, String) {
@@ -363,7 +358,7 @@ fn created_env(cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> (serde_json:
     let mut args = vec!["--json", "backup", "create", "--instance", "n1"];
     args.extend_from_slice(&["--data-dir", "data"]);
     args.extend_from_slice(extra);
-    let (code, out, err) = cli_env(cwd, &args, env);
+    let (code, out, err) = common::cli_with_env(cwd, &args, env);
     assert_eq!(code, Some(0), "{args:?}: {err}");
     (serde_json::from_str(&out).unwrap(), err)
 }

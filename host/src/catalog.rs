@@ -245,6 +245,23 @@ pub fn chain(
     Ok(out)
 }
 
+/// The backups that depend on `id`, directly or not, newest first: a chain stays within
+/// one instance, so only that instance's backups are read.
+pub fn dependents_of(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    tenant: &str,
+    id: &str,
+) -> Result<Vec<String>> {
+    match locate(store, tenant, id)? {
+        Some((instance, _)) => Ok(dependents(
+            &list(store, keyring, tenant, Some(&instance))?,
+            id,
+        )),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The backups among `listed` that depend on `id`, directly or not, newest first.
 pub fn dependents(listed: &[Listed], id: &str) -> Vec<String> {
     let mut found: BTreeSet<String> = BTreeSet::new();

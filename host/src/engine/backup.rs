@@ -581,7 +581,7 @@ fn prepare<'a>(
     };
     let path = f.archive_path.as_str();
     let parent = records.last().and_then(|r| r.get(path));
-    let decision = match (base, parent) {
+    let mut decision = match (base, parent) {
         (Some(b), Some(p)) => {
             let prefix = Prefix { records, path, p };
             decide(&file, len, identity, prefix, b.check, progress).map_err(read_err)?
@@ -595,7 +595,7 @@ fn prepare<'a>(
         mtime: meta.mtime(),
         sha256: None,
         stored: Stored::Whole,
-        reason: decision.reason.clone(),
+        reason: decision.reason.take(),
         identity: Some(identity),
         end_sha256: Some(end_sha256(&file, len).map_err(read_err)?),
     };

@@ -314,13 +314,12 @@ impl Vault {
             chain.truncate(1);
         }
         let floors = &self.config.floors;
-        let (Some(full), Some(parent)) = (chain.first(), chain.last()) else {
-            return Err("no parent backup".into());
-        };
-        if chain.len() > floors.max_chain_length {
+        let after_full = chain.len().saturating_sub(1);
+        let parent = chain.pop().ok_or("no parent backup")?;
+        let full = chain.first().unwrap_or(&parent);
+        if after_full >= floors.max_chain_length {
             return Err(format!(
-                "the chain has {} backups after its full (floor: max_chain_length = {})",
-                chain.len() - 1,
+                "the chain has {after_full} backups after its full (floor: max_chain_length = {})",
                 floors.max_chain_length
             ));
         }
@@ -338,7 +337,6 @@ impl Vault {
                 parent.backup_id, parent.source.database_dir
             ));
         }
-        let parent = chain.pop().ok_or("no parent backup")?;
         Ok(Base {
             kind,
             check,

@@ -70,8 +70,7 @@ impl Vault {
     /// is refused, naming them, unless `with_dependents`: then they go first, newest first.
     pub fn delete(&self, tenant: &str, id: &str, with_dependents: bool) -> Result<Vec<Deleted>> {
         let keyring = self.keyring()?;
-        let listed = catalog::list(&*self.store, &keyring, tenant, None)?;
-        let dependents = catalog::dependents(&listed, id);
+        let dependents = catalog::dependents_of(&*self.store, &keyring, tenant, id)?;
         if !dependents.is_empty() && !with_dependents {
             return Err(OpsError::Refused(format!(
                 "backup {id} is the parent of {} (incremental or differential backups that cannot be restored without it): delete with --with-dependents to delete them too",
