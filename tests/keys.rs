@@ -163,3 +163,35 @@ fn rotation_rewrites_metadata_only_survives_kill_9_and_retire_waits_for_it() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("active key"), "{err}");
 }
+
+/// A tenant's keys need not be next to each other in the ring: each backup is counted once.
+#[test]
+fn key_list_counts_each_backup_once_when_tenants_keys_interleave() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    unpack_fixture(cwd);
+    ok(
+        cwd,
+        &["backup", "create", "--instance", "n1", "--data-dir", "data"],
+    );
+    ok(cwd, &["--tenant", "acme", "key", "add"]);
+    ok(cwd, &["key", "add"]);
+    let keys = json(cwd, &["key", "list"]);
+    let counts: Vec<(String, u64)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["tenant"].as_str().unwrap().into(),
+                k["backups"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = vec![
+        ("default".into(), 1),
+        ("acme".into(), 0),
+        ("default".into(), 0),
+    ];
+    assert_eq!(counts, want, "{keys}");
+}

@@ -36,6 +36,7 @@ impl Vault {
     /// Every key of the ring with the number of backups it wraps.
     pub fn key_usage(&self, keyring: &KeyRing) -> Result<Vec<KeyUsage>> {
         let mut tenants: Vec<&str> = keyring.keys().iter().map(|k| k.tenant.as_str()).collect();
+        tenants.sort_unstable();
         tenants.dedup();
         let mut used: Vec<(String, String)> = Vec::new();
         for t in &tenants {
