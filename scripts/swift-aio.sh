@@ -2,23 +2,26 @@
 # A single-node OpenStack Swift on 127.0.0.1 for couchvault's tests and benchmarks: proxy,
 # account, container and object servers with tempauth and memcached, as plain processes
 # (no systemd), installed from Debian's packages when missing. With --keystone, also a
-# Keystone v3 (sqlite, fernet) and a second proxy that authenticates through it.
+# Keystone v3 (sqlite, fernet) and a second proxy that authenticates through it. With
+# --barbican, also OpenStack Barbican (Debian's barbican-api: sqlite, the simple_crypto
+# plugin) behind that Keystone, registered in its catalog as the key-manager service.
 #
-#   scripts/swift-aio.sh start [--keystone]   start what is not running; print the env to use
+#   scripts/swift-aio.sh start [--keystone] [--barbican]   start what is not running; print the env
 #   scripts/swift-aio.sh stop [--purge]       stop exactly the processes it started
-#   scripts/swift-aio.sh pid NAME             pid of proxy|object|container|account|memcached|keystone|proxy-ks
+#   scripts/swift-aio.sh pid NAME             pid of proxy|object|container|account|memcached|keystone|proxy-ks|barbican
 #
 # Environment: SWIFT_PORT (18080; backends use +1..+3, memcached +4, the Keystone proxy +5,
-# Keystone +6), SWIFT_SAIO_DIR (/tmp/couchvault-swift-$SWIFT_PORT), SWIFT_MAX_FILE_SIZE
+# Keystone +6, Barbican +7), SWIFT_SAIO_DIR (/tmp/couchvault-swift-$SWIFT_PORT), SWIFT_MAX_FILE_SIZE
 # (bytes; small values force segmenting), SWIFT_TOKEN_LIFE (tempauth token seconds, 86400),
 # SWIFT_WAIT_S (60). Writes $SWIFT_SAIO_DIR/env (shell-sourceable) and prints it.
 set -euo pipefail
 
 CMD=${1:-start}; shift || true
-KEYSTONE=0; PURGE=0; NAME_ARG=""
+KEYSTONE=0; BARBICAN=0; PURGE=0; NAME_ARG=""
 for a in "$@"; do
   case $a in
     --keystone) KEYSTONE=1 ;;
+    --barbican) KEYSTONE=1; BARBICAN=1 ;;
     --purge) PURGE=1 ;;
     *) NAME_ARG=$a ;;
   esac
@@ -26,7 +29,7 @@ done
 
 PORT=${SWIFT_PORT:-18080}
 OBJ_PORT=$((PORT + 1)); CONT_PORT=$((PORT + 2)); ACCT_PORT=$((PORT + 3)); MC_PORT=$((PORT + 4))
-KS_PROXY_PORT=$((PORT + 5)); KS_PORT=$((PORT + 6))
+KS_PROXY_PORT=$((PORT + 5)); KS_PORT=$((PORT + 6)); BARBICAN_PORT=$((PORT + 7))
 DIR=${SWIFT_SAIO_DIR:-/tmp/couchvault-swift-$PORT}
 MAX_FILE_SIZE=${SWIFT_MAX_FILE_SIZE:-5368709122}
 TOKEN_LIFE=${SWIFT_TOKEN_LIFE:-86400}
@@ -35,10 +38,11 @@ HOST=127.0.0.1
 AUTH_URL="http://$HOST:$PORT/auth/v1.0"
 KS_URL="http://$HOST:$KS_PORT/v3"
 KS_ADMIN_PASS=couchvault-admin
+BARBICAN_URL="http://$HOST:$BARBICAN_PORT"
 
 log() { echo "swift-aio: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-usage() { echo "usage: $0 start [--keystone] | stop [--purge] | pid NAME" >&2; exit 2; }
+usage() { echo "usage: $0 start [--keystone] [--barbican] | stop [--purge] | pid NAME" >&2; exit 2; }
 
 # A pid file holds "PID STARTTIME" so a recycled PID is never taken for ours.
 pidfile() { echo "$DIR/run/$1.pid"; }
@@ -65,8 +69,8 @@ stop_one() {
 
 case $CMD in
   stop)
-    for n in proxy-ks keystone proxy object container account memcached; do stop_one "$n"; done
-    for p in $PORT $OBJ_PORT $CONT_PORT $ACCT_PORT $MC_PORT $KS_PROXY_PORT $KS_PORT; do
+    for n in barbican proxy-ks keystone proxy object container account memcached; do stop_one "$n"; done
+    for p in $PORT $OBJ_PORT $CONT_PORT $ACCT_PORT $MC_PORT $KS_PROXY_PORT $KS_PORT $BARBICAN_PORT; do
       for _ in $(seq 50); do port_busy "$p" || break; sleep 0.1; done
     done
     log "stopped (state in $DIR)"
@@ -104,12 +108,15 @@ if [[ $KEYSTONE == 1 ]]; then
   command -v keystone-manage > /dev/null || pkgs+=(python3-keystone)
   /usr/bin/python3 -c 'import keystonemiddleware' 2> /dev/null || pkgs+=(python3-keystonemiddleware)
 fi
+if [[ $BARBICAN == 1 ]]; then
+  /usr/bin/python3 -c 'import barbican.api.app' 2> /dev/null || pkgs+=(barbican-api)
+fi
 if (( ${#pkgs[@]} )); then
   log "installing Debian packages: ${pkgs[*]}"
   apt_install "${pkgs[@]}" || die "apt-get install failed (log /tmp/couchvault-swift-apt.log)"
 fi
 
-mkdir -p "$DIR"/{etc,run,log,cache,srv/node/d1,keystone}
+mkdir -p "$DIR"/{etc,run,log,cache,srv/node/d1,keystone,barbican/home/.barbican}
 exec 9> "$DIR/.lock"; flock -w 600 9 || die "timed out waiting for $DIR/.lock"
 t0=$SECONDS
 RUN_USER=$(id -un)
@@ -335,11 +342,16 @@ CONF
   fi
   start_one keystone $KS_PORT env OS_KEYSTONE_CONFIG_FILES="$KS_CONF" keystone-wsgi-public --host $HOST --port $KS_PORT
   start_one proxy-ks $KS_PROXY_PORT /usr/bin/swift-proxy-server "$DIR/etc/proxy-ks.conf" -v
-  if [[ ! -f $DIR/keystone/bootstrapped ]]; then
-    # The object-store service and endpoint, project "test", user "tester" with role member.
-    /usr/bin/python3 - "$KS_URL" "$KS_ADMIN_PASS" "http://$HOST:$KS_PROXY_PORT/v1/AUTH_\$(project_id)s" "$WAIT_S" << 'PY' || die "Keystone setup failed (log $DIR/log/keystone.log)"
+  SWIFT_ENDPOINT=""; BARBICAN_ENDPOINT=""
+  [[ -f $DIR/keystone/bootstrapped ]] || SWIFT_ENDPOINT="http://$HOST:$KS_PROXY_PORT/v1/AUTH_\$(project_id)s"
+  [[ $BARBICAN == 0 || -f $DIR/keystone/barbican-registered ]] || BARBICAN_ENDPOINT=$BARBICAN_URL
+  if [[ -n $SWIFT_ENDPOINT$BARBICAN_ENDPOINT ]]; then
+    # Swift: the object-store service and endpoint, project "test", user "tester" with role
+    # member. Barbican: the key-manager service and endpoint, and a second project "other"
+    # with user "other" (member) whose token must not open project test's secrets.
+    /usr/bin/python3 - "$KS_URL" "$KS_ADMIN_PASS" "$WAIT_S" "$SWIFT_ENDPOINT" "$BARBICAN_ENDPOINT" << 'PY' || die "Keystone setup failed (log $DIR/log/keystone.log)"
 import json, sys, time, urllib.request, urllib.error
-url, password, endpoint, wait = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+url, password, wait, swift, barbican = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def call(method, path, body=None, token=None):
     headers = {"Content-Type": "application/json"}
     if token:
@@ -367,15 +379,25 @@ while True:
             raise
         time.sleep(0.5)
 tok = h["X-Subject-Token"]
-_, s = call("POST", "/services", {"service": {"type": "object-store", "name": "swift"}}, tok)
-call("POST", "/endpoints", {"endpoint": {"service_id": s["service"]["id"], "interface": "public",
-     "region_id": "RegionOne", "url": endpoint}}, tok)
-_, p = call("POST", "/projects", {"project": {"name": "test", "domain_id": "default"}}, tok)
-_, u = call("POST", "/users", {"user": {"name": "tester", "domain_id": "default", "password": "testing"}}, tok)
 _, roles = call("GET", "/roles?name=member", None, tok)
-call("PUT", "/projects/%s/users/%s/roles/%s" % (p["project"]["id"], u["user"]["id"], roles["roles"][0]["id"]), None, tok)
+member = roles["roles"][0]["id"]
+def service(kind, name, endpoint):
+    _, s = call("POST", "/services", {"service": {"type": kind, "name": name}}, tok)
+    call("POST", "/endpoints", {"endpoint": {"service_id": s["service"]["id"], "interface": "public",
+         "region_id": "RegionOne", "url": endpoint}}, tok)
+def member_of(project, user, user_password):
+    _, p = call("POST", "/projects", {"project": {"name": project, "domain_id": "default"}}, tok)
+    _, u = call("POST", "/users", {"user": {"name": user, "domain_id": "default", "password": user_password}}, tok)
+    call("PUT", "/projects/%s/users/%s/roles/%s" % (p["project"]["id"], u["user"]["id"], member), None, tok)
+if swift:
+    service("object-store", "swift", swift)
+    member_of("test", "tester", "testing")
+if barbican:
+    service("key-manager", "barbican", barbican)
+    member_of("other", "other", "other-pass")
 PY
-    touch "$DIR/keystone/bootstrapped"
+    [[ -z $SWIFT_ENDPOINT ]] || touch "$DIR/keystone/bootstrapped"
+    [[ -z $BARBICAN_ENDPOINT ]] || touch "$DIR/keystone/barbican-registered"
   fi
   # Ready when the test user's token works through the Keystone proxy.
   deadline=$((SECONDS + WAIT_S))
@@ -398,6 +420,85 @@ PY
     sleep 0.5
   done
 fi
+
+# ------------------------------------------------------------------ barbican
+if [[ $BARBICAN == 1 ]]; then
+  B="$DIR/barbican"
+  # The simple_crypto plugin's master key: made once per state directory.
+  [[ -s $B/kek ]] || /usr/bin/python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$B/kek"
+  # oslo.config finds ~/.barbican/barbican.conf before /etc/barbican/barbican.conf.
+  cat > "$B/home/.barbican/barbican.conf" << CONF
+[DEFAULT]
+sql_connection = sqlite:///$B/barbican.db
+db_auto_create = True
+host_href = $BARBICAN_URL
+log_file = $DIR/log/barbican-app.log
+[keystone_authtoken]
+www_authenticate_uri = $KS_URL
+auth_url = $KS_URL
+auth_type = password
+project_domain_id = default
+user_domain_id = default
+project_name = admin
+username = admin
+password = $KS_ADMIN_PASS
+memcached_servers = $HOST:$MC_PORT
+[keystone_notifications]
+enable = False
+[oslo_policy]
+enforce_new_defaults = True
+enforce_scope = True
+[secretstore]
+enabled_secretstore_plugins = store_crypto
+[crypto]
+enabled_crypto_plugins = simple_crypto
+[simple_crypto_plugin]
+kek = $(cat "$B/kek")
+CONF
+  cat > "$B/api-paste.ini" << 'CONF'
+[composite:main]
+use = egg:Paste#urlmap
+/: barbican_version
+/v1: barbican_api
+[pipeline:barbican_version]
+pipeline = microversion versionapp
+[pipeline:barbican_api]
+pipeline = authtoken context microversion apiapp
+[app:apiapp]
+paste.app_factory = barbican.api.app:create_main_app
+[app:versionapp]
+paste.app_factory = barbican.api.app:create_version_app
+[filter:context]
+paste.filter_factory = barbican.api.middleware.context:ContextMiddleware.factory
+[filter:microversion]
+paste.filter_factory = barbican.api.middleware.microversion:MicroversionMiddleware.factory
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+CONF
+  start_one barbican $BARBICAN_PORT env HOME="$B/home" /usr/bin/python3 -c '
+import sys
+from paste import deploy, httpserver
+httpserver.serve(deploy.loadapp("config:" + sys.argv[1]), host=sys.argv[2], port=sys.argv[3])
+' "$B/api-paste.ini" $HOST $BARBICAN_PORT
+  # Ready when the test user can list project test's secrets.
+  deadline=$((SECONDS + WAIT_S))
+  until /usr/bin/python3 - "$KS_URL" "$BARBICAN_URL" << 'PY' 2> /dev/null
+import json, sys, urllib.request
+body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "tester",
+        "domain": {"name": "Default"}, "password": "testing"}}},
+        "scope": {"project": {"name": "test", "domain": {"name": "Default"}}}}}
+req = urllib.request.Request(sys.argv[1] + "/auth/tokens", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=10) as r:
+    tok = r.headers["X-Subject-Token"]
+urllib.request.urlopen(urllib.request.Request(sys.argv[2] + "/v1/secrets", headers={"X-Auth-Token": tok}), timeout=10)
+PY
+  do
+    is_running barbican || { tail -20 "$DIR/log/barbican.log" >&2 || true; die "barbican exited (log $DIR/log/barbican.log)"; }
+    (( SECONDS < deadline )) || die "Barbican not ready after ${WAIT_S}s (logs in $DIR/log)"
+    sleep 0.5
+  done
+fi
 log "ready after $((SECONDS - t0)) s (state in $DIR)"
 
 {
@@ -416,6 +517,12 @@ log "ready after $((SECONDS - t0)) s (state in $DIR)"
     echo "KEYSTONE_USERNAME=tester"
     echo "KEYSTONE_PASSWORD=testing"
     echo "KEYSTONE_PROJECT=test"
+  fi
+  if [[ $BARBICAN == 1 ]]; then
+    echo "BARBICAN_URL=$BARBICAN_URL"
+    echo "BARBICAN_OTHER_USERNAME=other"
+    echo "BARBICAN_OTHER_PASSWORD=other-pass"
+    echo "BARBICAN_OTHER_PROJECT=other"
   fi
 } > "$DIR/env.tmp"
 mv "$DIR/env.tmp" "$DIR/env"   # readers never see half a file
