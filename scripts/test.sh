@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: builds the policy components (Rust -> wasm32-wasip2) the policy tests
 # load, installs PouchDB Server (npm) for the CouchDB tests when missing, starts the Swift
-# all-in-one (with Keystone) on 127.0.0.1 that the Swift tests need, runs
+# all-in-one (with Keystone and Barbican) on 127.0.0.1 that the Swift and key tests need, runs
 # `cargo test --workspace`, and stops Swift again, whatever happened.
 #
 #   bash scripts/test.sh [cargo test arguments]
@@ -20,6 +20,6 @@ export SWIFT_MAX_FILE_SIZE=2097152
 export SWIFT_TOKEN_LIFE=8
 bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true
 trap 'bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true' EXIT
-bash scripts/swift-aio.sh start --keystone
+bash scripts/swift-aio.sh start --barbican
 export COUCHVAULT_TEST_SWIFT_ENV=$SWIFT_SAIO_DIR/env
 cargo test --workspace "$@"

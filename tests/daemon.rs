@@ -41,7 +41,7 @@ fn keyring(dir: &Path, tenants: &[&str]) -> KeyRing {
     let path = dir.join("keyring.toml");
     let mut ring = KeyRing::create(&path, tenants[0]).unwrap();
     for t in &tenants[1..] {
-        ring.add_key(t).unwrap();
+        ring.add_key(t, false).unwrap();
     }
     ring.save(false).unwrap();
     ring

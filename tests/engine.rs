@@ -360,7 +360,10 @@ fn commit_hostile(
     tar_bytes: Vec<u8>,
     files: Vec<FileEntry>,
 ) -> BackupMetadata {
-    let key = env.keyring.active("default").unwrap();
+    let key = env
+        .keyring
+        .unlock(env.keyring.active("default").unwrap())
+        .unwrap();
     let id = ulid::Ulid::new();
     let (sealed, ()) = engine::backup::store_stream(
         &env.store,
@@ -411,7 +414,7 @@ fn commit_hostile(
         incomplete: vec![],
         couchdb: None,
     };
-    catalog::commit(&env.store, &key.secret, &meta).unwrap();
+    catalog::commit(&env.store, key.secret, &meta).unwrap();
     catalog::load(&env.store, &env.keyring, "default", &meta.backup_id).unwrap()
 }
 

@@ -277,7 +277,11 @@ fn a_missing_parent_is_named_and_a_spliced_or_hostile_chain_is_refused() {
     append(&env.data.join(BASIC), &[1u8; 100]);
     let inc = incremental(&env, &full, PrefixCheck::Exact);
 
-    let key = &env.keyring.active("default").unwrap().secret;
+    let key = env
+        .keyring
+        .unlock(env.keyring.active("default").unwrap())
+        .unwrap()
+        .secret;
     // The parent's metadata sealed anew, its data the same (what a key rotation does): the
     // recorded MAC no longer matches, the data stream does, and the chain holds.
     let mut resealed = full.clone();

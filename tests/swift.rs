@@ -17,6 +17,7 @@ use couchvault::catalog;
 use couchvault::engine::{self, Progress};
 use couchvault::format::BackupMetadata;
 use couchvault::keyring::KeyRing;
+use couchvault::keystone::Identity;
 use couchvault::store::swift::{Credentials, Secret, SwiftStore};
 use couchvault::store::Store;
 
@@ -312,7 +313,7 @@ fn keystone_v3_round_trip() {
     }
     let dir = tempfile::tempdir().unwrap();
     let keyring = KeyRing::create(&dir.path().join("keys.toml"), "default").unwrap();
-    let creds = Credentials::V3 {
+    let creds = Credentials::V3(Identity {
         auth_url: env.get("KEYSTONE_AUTH_URL").into(),
         username: env.get("KEYSTONE_USERNAME").into(),
         password: Secret(env.get("KEYSTONE_PASSWORD").into()),
@@ -321,7 +322,7 @@ fn keystone_v3_round_trip() {
         project_domain_name: "Default".into(),
         region: Some("RegionOne".into()),
         interface: "public".into(),
-    };
+    });
     let store = SwiftStore::new(env.settings(creds, &unique("ks"), 512 << 10)).unwrap();
     let data = dir.path().join("gen");
     generate_data(&data, 3, 8);

@@ -36,26 +36,28 @@ pub fn rewrap(
     key: &crate::keyring::TenantKey,
 ) -> Result<()> {
     let e = &meta.encryption;
-    let old = keyring.get(&meta.tenant, &e.key_id)?;
+    let old = keyring.unlock(keyring.get(&meta.tenant, &e.key_id)?)?;
+    let key = keyring.unlock(key)?;
     let data_key = crate::crypto::unwrap_data_key(
-        &old.secret,
+        old.secret,
         &e.wrapped()?,
         &meta.tenant,
         &old.id,
         &meta.backup_id,
     )?;
     let wrapped = crate::crypto::wrap_data_key(
-        &key.secret,
+        key.secret,
         &data_key,
         &meta.tenant,
-        &key.id,
+        key.id,
         &meta.backup_id,
     )?;
     let mut m = meta.clone();
-    m.encryption.key_id = key.id.clone();
+    m.encryption.key_id = key.id.to_string();
     m.encryption.wrapped_key_nonce = hex::encode(wrapped.nonce);
     m.encryption.wrapped_key = hex::encode(&wrapped.ciphertext);
-    commit(store, &key.secret, &m)
+    crate::engine::checkpoint("rewrap-put");
+    commit(store, key.secret, &m)
 }
 
 /// Splits `<instance>/<id>/<file>` into its parts.
@@ -76,8 +78,8 @@ fn load_object(
     let bytes = store.get(tenant, &format::metadata_object(instance, id))?;
     let unverified = UnverifiedMetadata::parse(&bytes)?;
     let key_id = unverified.key_id.clone();
-    let key = keyring.get(tenant, &key_id)?;
-    let (meta, mac) = unverified.verify(&key.secret)?;
+    let key = keyring.unlock(keyring.get(tenant, &key_id)?)?;
+    let (meta, mac) = unverified.verify(key.secret)?;
     if meta.backup_id != id || meta.tenant != tenant || meta.instance != instance {
         return Err(Error::Mismatch {
             id: id.to_string(),

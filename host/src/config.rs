@@ -46,6 +46,8 @@ pub struct Config {
     #[serde(default)]
     pub swift: SwiftConfig,
     #[serde(default)]
+    pub barbican: BarbicanConfig,
+    #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
     pub floors: crate::policy::floors::Floors,
@@ -286,6 +288,48 @@ impl Default for SwiftConfig {
     }
 }
 
+/// OpenStack Barbican, for key ring entries that name a Barbican secret instead of holding
+/// key bytes. Each identity setting missing here is read from the environment
+/// (`OS_AUTH_URL`, `OS_USERNAME`, `OS_PASSWORD`, `OS_PROJECT_NAME`, `OS_USER_DOMAIN_NAME`,
+/// `OS_PROJECT_DOMAIN_NAME`, `OS_REGION_NAME`, `OS_INTERFACE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BarbicanConfig {
+    /// Keystone v3, e.g. `http://127.0.0.1:5000/v3`.
+    pub auth_url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub project_name: Option<String>,
+    pub user_domain_name: Option<String>,
+    pub project_domain_name: Option<String>,
+    pub region: Option<String>,
+    pub interface: Option<String>,
+    /// Barbican's URL, e.g. `http://127.0.0.1:9311`; default: the catalog's key-manager.
+    pub endpoint: Option<String>,
+    /// Attempts per request when Barbican or Keystone does not answer, the first included.
+    pub max_attempts: u32,
+    /// Timeout of one request, e.g. "30s".
+    pub request_timeout: Span,
+}
+
+impl Default for BarbicanConfig {
+    fn default() -> Self {
+        BarbicanConfig {
+            auth_url: None,
+            username: None,
+            password: None,
+            project_name: None,
+            user_domain_name: None,
+            project_domain_name: None,
+            region: None,
+            interface: None,
+            endpoint: None,
+            max_attempts: 3,
+            request_timeout: Span::secs(30),
+        }
+    }
+}
+
 impl Config {
     /// The embedded defaults: local store and key ring under `./couchvault-data/`.
     pub fn embedded() -> Config {
@@ -298,6 +342,7 @@ impl Config {
             restore: RestoreConfig::default(),
             gc: GcConfig::default(),
             swift: SwiftConfig::default(),
+            barbican: BarbicanConfig::default(),
             policy: PolicyConfig::default(),
             floors: crate::policy::floors::Floors::default(),
             couchdb: CouchDbConfig::default(),

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod keyring;
+pub mod keystone;
 pub mod names;
 pub mod ops;
 pub mod policy;

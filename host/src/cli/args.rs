@@ -404,16 +404,24 @@ pub struct GcArgs {
 pub enum KeyCommand {
     /// Add a new random key for the tenant; it encrypts the tenant's new backups. Creates
     /// the key ring (mode 0600) when --keyring names one that does not exist yet.
-    Add,
+    Add(KeyWhere),
     /// List keys (ids only, never key material) and how many backups each wraps.
     List,
     /// A new active key for the tenant, then every backup of the tenant rewrapped with it
     /// (metadata only: no data object is read or written).
-    Rotate,
+    Rotate(KeyWhere),
     /// Rewrap every backup of the tenant with its active key (resumes a cut-off rotation).
     Rewrap,
     /// Remove a key from the ring: refused while a backup needs it or it is the active key.
     Retire { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct KeyWhere {
+    /// Hold the new key in OpenStack Barbican (a new secret in the [barbican] identity's
+    /// project); the key ring records only the secret's UUID.
+    #[arg(long)]
+    pub barbican: bool,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {

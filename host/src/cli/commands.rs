@@ -1,16 +1,20 @@
 //! One function per local command: resolve the context, call the service layer (`ops`),
 //! print the result with `render` (the same printers the daemon's client uses).
 
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use couchvault::config::Config;
 use couchvault::couchdb::Source;
+use couchvault::keyring::barbican::Barbican;
 use couchvault::keyring::KeyRing;
 use couchvault::ops::restore::{
     backup_node, node_from_config, Hooks, RestoreRequest, RestoreTarget,
 };
+use couchvault::ops::keys::RewrapProgress;
 use couchvault::ops::{BackupRequest, OpsError, Progress};
 use couchvault::wire::{BackupCreated, BackupSummary};
 
@@ -48,11 +52,11 @@ pub fn run(cli: Cli) -> Result<()> {
         _ => None,
     };
     // `key add` names a key ring that does not exist yet: it creates it.
-    if let Command::Key(KeyCommand::Add) = &cli.command {
+    if let Command::Key(KeyCommand::Add(place)) = &cli.command {
         if let Some(path) = cli.keyring.clone().or_else(|| config.keyring.clone()) {
             if !path.exists() {
                 let tenant = cli.tenant.clone().unwrap_or_else(|| "default".into());
-                return key_init(&path, &tenant, cli.json);
+                return key_init(&path, &tenant, place.barbican, &config, cli.json);
             }
         }
     }
@@ -70,10 +74,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }) => backup_delete(&ctx, &id, with_dependents),
         Command::Restore(args) => restore(&ctx, args),
         Command::Gc(args) => gc(&ctx, args),
-        Command::Key(KeyCommand::Add) => key_add(ctx),
+        Command::Key(KeyCommand::Add(place)) => key_add(ctx, place.barbican),
         Command::Key(KeyCommand::List) => key_list(&ctx),
-        Command::Key(KeyCommand::Rotate) => key_rewrap(ctx, true),
-        Command::Key(KeyCommand::Rewrap) => key_rewrap(ctx, false),
+        Command::Key(KeyCommand::Rotate(place)) => key_rewrap(ctx, Some(place.barbican)),
+        Command::Key(KeyCommand::Rewrap) => key_rewrap(ctx, None),
         Command::Key(KeyCommand::Retire { id }) => key_retire(ctx, &id),
         Command::Policy(cmd) => super::policy::run(&ctx, cmd),
         Command::Daemon(_)
@@ -248,18 +252,29 @@ fn gc(ctx: &Context, args: GcArgs) -> Result<()> {
     Ok(())
 }
 
-fn key_add(mut ctx: Context) -> Result<()> {
-    let id = ctx.keyring.add_key(&ctx.tenant)?.id.clone();
+fn key_add(mut ctx: Context, in_barbican: bool) -> Result<()> {
+    let key = ctx.keyring.add_key(&ctx.tenant, in_barbican)?;
+    let (id, barbican) = (key.id.clone(), key.barbican.clone());
     ctx.keyring.save(false)?;
     if ctx.json {
-        return print_json(&serde_json::json!({"tenant": ctx.tenant, "key_id": id}));
+        return print_json(
+            &serde_json::json!({"tenant": ctx.tenant, "key_id": id, "barbican": barbican}),
+        );
     }
     println!(
-        "added key {id} for tenant '{}' to {}; it encrypts the tenant's new backups",
+        "added key {id}{} for tenant '{}' to {}; it encrypts the tenant's new backups",
+        held_in(barbican.as_deref()),
         ctx.tenant,
         ctx.keyring.path().display()
     );
     Ok(())
+}
+
+/// " (held in Barbican secret UUID)" for a key held there.
+fn held_in(barbican: Option<&str>) -> String {
+    barbican
+        .map(|uuid| format!(" (held in Barbican secret {uuid})"))
+        .unwrap_or_default()
 }
 
 fn key_list(ctx: &Context) -> Result<()> {
@@ -276,41 +291,86 @@ fn key_list(ctx: &Context) -> Result<()> {
                 r.created.to_rfc3339(),
                 if r.active { "yes" } else { "" }.to_string(),
                 r.backups.to_string(),
+                match &r.barbican {
+                    Some(uuid) => format!("barbican {uuid}"),
+                    None => "key ring".into(),
+                },
             ]
         })
         .collect();
     table(
-        &["TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS"],
+        &["TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS", "HELD IN"],
         &cells,
     );
     Ok(())
 }
 
 /// `key add` where the key ring does not exist yet: creates it, with the tenant's key.
-fn key_init(path: &Path, tenant: &str, json: bool) -> Result<()> {
+fn key_init(
+    path: &Path,
+    tenant: &str,
+    in_barbican: bool,
+    config: &Config,
+    json: bool,
+) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the key ring's directory {}", dir.display()))?;
     }
-    let ring = KeyRing::create(path, tenant)?;
-    let id = ring.active(tenant)?.id.clone();
+    let barbican = in_barbican.then(|| {
+        Arc::new(Barbican::from_config(&config.barbican, &|var| {
+            std::env::var(var).ok().filter(|v| !v.is_empty())
+        }))
+    });
+    let ring = KeyRing::create_with(path, tenant, barbican)?;
+    let key = ring.active(tenant)?;
     if json {
-        return print_json(
-            &serde_json::json!({"tenant": tenant, "key_id": id, "created_keyring": path}),
-        );
+        return print_json(&serde_json::json!({
+            "tenant": tenant, "key_id": key.id, "barbican": key.barbican, "created_keyring": path
+        }));
     }
     println!(
-        "created key ring {} (mode 0600) with key {id} for tenant '{tenant}'; keep a copy somewhere safe: losing it loses every backup made with it",
-        path.display()
+        "created key ring {} (mode 0600) with key {}{} for tenant '{tenant}'; keep a copy somewhere safe: losing it loses every backup made with it",
+        path.display(),
+        key.id,
+        held_in(key.barbican.as_deref()),
     );
     Ok(())
 }
 
-fn key_rewrap(mut ctx: Context, rotate: bool) -> Result<()> {
+/// `key rotate` (`rotate` = Some(in Barbican)) or `key rewrap`, with progress on stderr.
+fn key_rewrap(mut ctx: Context, rotate: Option<bool>) -> Result<()> {
     let tenant = ctx.tenant.clone();
+    // A line that updates on a terminal; otherwise a line per hundred backups.
+    let tty = std::io::stderr().is_terminal();
+    let progress = |p: &RewrapProgress| {
+        let last = p.done == p.total;
+        if ctx.json || !(last || p.done % if tty { 10 } else { 100 } == 0) {
+            return;
+        }
+        let line = format!("rewrapping: {}/{} backup(s) looked at", p.done, p.total);
+        match (tty, last) {
+            (true, false) => eprint!("\r{line}"),
+            (true, true) => eprintln!("\r{line}"),
+            (false, _) => eprintln!("{line}"),
+        }
+    };
     let report = match rotate {
-        true => ctx.vault.rotate(&mut ctx.keyring, &tenant)?,
-        false => ctx.vault.rewrap(&ctx.keyring, &tenant)?,
+        Some(in_barbican) => {
+            let r = ctx
+                .vault
+                .rotate(&mut ctx.keyring, &tenant, in_barbican, &progress)?;
+            let key = ctx.keyring.active(&tenant)?;
+            if !ctx.json {
+                println!(
+                    "new active key {}{} for tenant '{tenant}'",
+                    key.id,
+                    held_in(key.barbican.as_deref())
+                );
+            }
+            r
+        }
+        None => ctx.vault.rewrap(&ctx.keyring, &tenant, &progress)?,
     };
     if ctx.json {
         print_json(&report)?;

@@ -22,7 +22,7 @@ use crate::format::{
     Identity, Kind, ParentRef, PrefixCheck, SourceInfo, Stored, Totals, END_CHECK_LEN,
     FORMAT_VERSION, STREAM_VERSION, SUITE_NAME,
 };
-use crate::keyring::{KeyRing, TenantKey};
+use crate::keyring::{KeyRing, Unlocked};
 use crate::names::validate_name;
 use crate::store::{LargeUpload, Store};
 
@@ -97,10 +97,11 @@ pub fn backup(
 ) -> Result<BackupMetadata> {
     validate_name("tenant", &opts.tenant)?;
     validate_name("instance", &opts.instance)?;
-    let key = match &opts.key_id {
+    // Unlocked first: a key manager that is down fails the backup before any upload.
+    let key = keyring.unlock(match &opts.key_id {
         Some(id) => keyring.get(&opts.tenant, id)?,
         None => keyring.active(&opts.tenant)?,
-    };
+    })?;
     let plan = source.plan()?;
     let (incomplete, map) = match source.check_map(&plan) {
         Ok(c) if c.gaps.is_empty() => (Vec::new(), c),
@@ -231,7 +232,7 @@ pub fn backup(
             None => Error::Cancelled,
         });
     }
-    catalog::commit(store, &key.secret, &meta)?;
+    catalog::commit(store, key.secret, &meta)?;
     tracing::info!(backup = %id, stored = meta.data.size, "backup committed");
     Ok(meta)
 }
@@ -241,7 +242,7 @@ pub fn backup(
 /// the partial object is removed (best effort; `gc` catches what a crash leaves).
 pub fn store_stream<T>(
     store: &dyn Store,
-    key: &TenantKey,
+    key: Unlocked<'_>,
     tenant: &str,
     instance: &str,
     id: Ulid,
@@ -261,7 +262,7 @@ pub fn store_stream<T>(
     }
     .to_bytes();
     let id_str = id.to_string();
-    let wrapped = crypto::wrap_data_key(&key.secret, &data_key, tenant, &key.id, &id_str)?;
+    let wrapped = crypto::wrap_data_key(key.secret, &data_key, tenant, key.id, &id_str)?;
     let object = format::data_object(instance, &id_str);
     let version = STREAM_VERSION.to_string();
     let tool = format!("couchvault {}", env!("CARGO_PKG_VERSION"));
@@ -321,7 +322,7 @@ pub fn store_stream<T>(
             encryption: EncryptionInfo {
                 suite: SUITE_NAME.into(),
                 chunk_size,
-                key_id: key.id.clone(),
+                key_id: key.id.to_string(),
                 wrapped_key_nonce: hex::encode(wrapped.nonce),
                 wrapped_key: hex::encode(&wrapped.ciphertext),
             },

@@ -484,9 +484,9 @@ fn unpack(
     progress: &Progress,
 ) -> Result<u64> {
     let meta = rebuild.chain[k];
-    let key = keyring.get(&meta.tenant, &meta.encryption.key_id)?;
+    let key = keyring.unlock(keyring.get(&meta.tenant, &meta.encryption.key_id)?)?;
     let data_key = crypto::unwrap_data_key(
-        &key.secret,
+        key.secret,
         &meta.encryption.wrapped()?,
         &meta.tenant,
         &meta.encryption.key_id,

@@ -17,6 +17,20 @@ pub struct KeyUsage {
     pub active: bool,
     /// Committed backups whose data key it wraps.
     pub backups: u64,
+    /// The UUID of the Barbican secret holding it; absent for a key in the ring's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barbican: Option<String>,
+}
+
+/// How far a rewrap is, after each backup.
+#[derive(Debug, Clone)]
+pub struct RewrapProgress<'a> {
+    /// Backups looked at so far, of `total`.
+    pub done: u64,
+    pub total: u64,
+    pub backup_id: &'a str,
+    /// Rewrapped now (else already wrapped with the key, or failed).
+    pub rewrapped: bool,
 }
 
 /// What a rewrap did.
@@ -54,6 +68,7 @@ impl Vault {
                 key_id: k.id.clone(),
                 created: k.created,
                 active: keyring.active(&k.tenant).is_ok_and(|a| a.id == k.id),
+                barbican: k.barbican.clone(),
                 backups: used
                     .iter()
                     .filter(|(t, id)| *t == k.tenant && *id == k.id)
@@ -62,43 +77,72 @@ impl Vault {
             .collect())
     }
 
-    /// Wraps every backup of `tenant` with its active key, metadata only. Resumable: a
-    /// rerun rewraps what is left.
-    pub fn rewrap(&self, keyring: &KeyRing, tenant: &str) -> Result<RewrapReport> {
+    /// Wraps every backup of `tenant` with its active key, metadata only: each backup's
+    /// data key is unwrapped with its old key and wrapped with the new one, and its sealed
+    /// metadata replaced in one write. Resumable: a rerun rewraps what is left.
+    pub fn rewrap(
+        &self,
+        keyring: &KeyRing,
+        tenant: &str,
+        progress: &dyn Fn(&RewrapProgress),
+    ) -> Result<RewrapReport> {
         let key = keyring.active(tenant)?;
+        // A key manager that is down stops the rewrap before anything is read.
+        keyring.unlock(key)?;
         let mut report = RewrapReport {
             tenant: tenant.to_string(),
             key_id: key.id.clone(),
             ..Default::default()
         };
-        for l in catalog::list(&*self.store, keyring, tenant, None)? {
-            let Some(meta) = l.metadata else {
-                let why = l.error.unwrap_or_default();
-                report.failed.push((l.backup_id, why));
-                continue;
-            };
-            if meta.encryption.key_id == key.id {
-                report.already += 1;
-                continue;
-            }
-            match catalog::rewrap(&*self.store, keyring, &meta, key) {
-                Ok(()) => {
-                    tracing::info!(backup = %meta.backup_id, key = %key.id, "rewrapped");
-                    report.rewrapped.push(meta.backup_id);
-                    crate::engine::checkpoint("after-rewrap");
+        let listed = catalog::list(&*self.store, keyring, tenant, None)?;
+        let total = listed.len() as u64;
+        for (n, l) in listed.into_iter().enumerate() {
+            let rewrapped = match l.metadata {
+                None => {
+                    let why = l.error.unwrap_or_default();
+                    report.failed.push((l.backup_id.clone(), why));
+                    false
                 }
-                Err(e) => report.failed.push((meta.backup_id, e.to_string())),
-            }
+                Some(meta) if meta.encryption.key_id == key.id => {
+                    report.already += 1;
+                    false
+                }
+                Some(meta) => match catalog::rewrap(&*self.store, keyring, &meta, key) {
+                    Ok(()) => {
+                        tracing::info!(backup = %meta.backup_id, key = %key.id, "rewrapped");
+                        report.rewrapped.push(meta.backup_id);
+                        crate::engine::checkpoint("after-rewrap");
+                        true
+                    }
+                    Err(e) => {
+                        report.failed.push((meta.backup_id, e.to_string()));
+                        false
+                    }
+                },
+            };
+            progress(&RewrapProgress {
+                done: n as u64 + 1,
+                total,
+                backup_id: &l.backup_id,
+                rewrapped,
+            });
         }
         Ok(report)
     }
 
-    /// Adds a new active key for `tenant` to the ring (saved first), then rewraps every
-    /// backup of the tenant with it.
-    pub fn rotate(&self, keyring: &mut KeyRing, tenant: &str) -> Result<RewrapReport> {
-        keyring.add_key(tenant)?;
+    /// Adds a new active key for `tenant` to the ring (in Barbican when `in_barbican`;
+    /// the ring is saved first), then rewraps every backup of the tenant with it.
+    pub fn rotate(
+        &self,
+        keyring: &mut KeyRing,
+        tenant: &str,
+        in_barbican: bool,
+        progress: &dyn Fn(&RewrapProgress),
+    ) -> Result<RewrapReport> {
+        keyring.add_key(tenant, in_barbican)?;
         keyring.save(false)?;
-        self.rewrap(keyring, tenant)
+        crate::engine::checkpoint("after-key-added");
+        self.rewrap(keyring, tenant, progress)
     }
 
     /// Removes a key from the ring; refused while a backup needs it, or while it is the
@@ -110,7 +154,16 @@ impl Vault {
                 "key {key_id} is tenant '{tenant}''s active key: `couchvault key rotate --tenant {tenant}` first"
             )));
         }
-        let needing: Vec<String> = catalog::list(&*self.store, keyring, tenant, None)?
+        let listed = catalog::list(&*self.store, keyring, tenant, None)?;
+        // A backup that cannot be read now may be one that needs the key.
+        if let Some(l) = listed.iter().find(|l| l.metadata.is_none()) {
+            return Err(OpsError::Refused(format!(
+                "backup {} of tenant '{tenant}' cannot be read now ({}), so whether it needs key {key_id} is unknown; fix that first",
+                l.backup_id,
+                l.error.as_deref().unwrap_or("no metadata")
+            )));
+        }
+        let needing: Vec<String> = listed
             .into_iter()
             .filter(|l| {
                 l.metadata

@@ -14,12 +14,13 @@ pub mod policies;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::config::{self, Config, ConfigError, CouchDbConfig};
 use crate::couchdb::http::{CouchClient, CouchError, Password};
+use crate::keyring::barbican::Barbican;
 use crate::keyring::{KeyRing, KeyringError};
 use crate::policy::registry::RegistryError;
 use crate::policy::{Limits, PolicyEngine, PolicyError, PolicyHost};
@@ -134,6 +135,8 @@ pub struct Vault {
     pub state_dir: PathBuf,
     pub store: Box<dyn Store>,
     keyring_path: PathBuf,
+    /// Fetches the keys held in Barbican; its token is shared by every job.
+    barbican: Arc<Barbican>,
     /// One wasmtime engine per process, made on first use.
     policy_engine: OnceLock<PolicyEngine>,
 }
@@ -172,11 +175,15 @@ impl Vault {
             }
             None => open_default_keyring(&data_dir)?,
         };
+        let barbican = Arc::new(Barbican::from_config(&config.barbican, &|var| {
+            std::env::var(var).ok().filter(|v| !v.is_empty())
+        }));
         Ok(Vault {
             state_dir: config.state_dir.clone().unwrap_or(data_dir),
             config,
             store,
             keyring_path,
+            barbican,
             policy_engine: OnceLock::new(),
         })
     }
@@ -206,7 +213,7 @@ impl Vault {
 
     /// The key ring as it is on disk now (keys added with `key add` are seen at once).
     pub fn keyring(&self) -> Result<KeyRing> {
-        Ok(KeyRing::load(&self.keyring_path)?)
+        Ok(KeyRing::load(&self.keyring_path)?.with_barbican(self.barbican.clone()))
     }
 
     /// A policy host for one job or request, on the process's one engine.

@@ -2,20 +2,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
-
+use crate::keystone::{self, Identity, KeystoneError};
 use crate::store::StoreError;
 
-/// A secret string: never printed.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::keystone::{error_chain, Secret};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
@@ -26,22 +16,14 @@ pub enum Credentials {
         key: Secret,
     },
     /// `POST auth_url/auth/tokens`, endpoint from the catalog.
-    V3 {
-        auth_url: String,
-        username: String,
-        password: Secret,
-        project_name: String,
-        user_domain_name: String,
-        project_domain_name: String,
-        region: Option<String>,
-        interface: String,
-    },
+    V3(Identity),
 }
 
 impl Credentials {
     pub fn auth_url(&self) -> &str {
         match self {
-            Credentials::V1 { auth_url, .. } | Credentials::V3 { auth_url, .. } => auth_url,
+            Credentials::V1 { auth_url, .. } => auth_url,
+            Credentials::V3(id) => &id.auth_url,
         }
     }
 }
@@ -105,72 +87,31 @@ pub fn authenticate(
                 )),
             }
         }
-        Credentials::V3 {
-            auth_url,
-            username,
-            password,
-            project_name,
-            user_domain_name,
-            project_domain_name,
-            region,
-            interface,
-        } => {
-            let base = auth_url.trim_end_matches('/');
-            let url = if base.ends_with("/v3") {
-                format!("{base}/auth/tokens")
-            } else {
-                format!("{base}/v3/auth/tokens")
-            };
-            let body = json!({"auth": {
-                "identity": {"methods": ["password"], "password": {"user": {
-                    "name": username, "domain": {"name": user_domain_name}, "password": password.0}}},
-                "scope": {"project": {"name": project_name, "domain": {"name": project_domain_name}}}
-            }});
-            let resp = http
-                .post(&url)
-                .json(&body)
-                .timeout(timeout)
-                .send()
-                .map_err(unreachable)?;
-            check_status(
-                creds,
-                resp.status(),
-                &format!("Keystone refused user '{username}' in project '{project_name}'"),
-                "check OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and the domains",
-                "a Keystone v3 URL (…/v3)",
-            )?;
-            let token = resp
-                .headers()
-                .get("x-subject-token")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .ok_or_else(|| auth_err(creds, "no X-Subject-Token in Keystone's answer"))?;
-            let parsed: TokenBody = resp
-                .json()
-                .map_err(|e| auth_err(creds, format!("cannot read Keystone's token: {e}")))?;
-            let storage_url = parsed
-                .token
-                .catalog
-                .iter()
-                .filter(|s| s.kind == "object-store")
-                .flat_map(|s| s.endpoints.iter())
-                .find(|e| {
-                    e.interface == *interface
-                        && region
+        Credentials::V3(id) => {
+            let token = keystone::authenticate(http, id, timeout).map_err(|e| match e {
+                KeystoneError::Unreachable { url, reason } => StoreError::Unreachable {
+                    what: format!("Swift auth at {url}"),
+                    reason,
+                },
+                e => auth_err(creds, e.to_string()),
+            })?;
+            let storage_url = token.endpoint("object-store", id).ok_or_else(|| {
+                auth_err(
+                    creds,
+                    format!(
+                        "the catalog has no object-store endpoint with interface '{}'{}",
+                        id.interface,
+                        id.region
                             .as_ref()
-                            .is_none_or(|r| e.region.as_deref() == Some(r) || e.region_id.as_deref() == Some(r))
-                })
-                .map(|e| e.url.clone())
-                .ok_or_else(|| {
-                    auth_err(
-                        creds,
-                        format!(
-                            "the catalog has no object-store endpoint with interface '{interface}'{}",
-                            region.as_ref().map(|r| format!(" in region '{r}'")).unwrap_or_default()
-                        ),
-                    )
-                })?;
-            Ok(Session { token, storage_url })
+                            .map(|r| format!(" in region '{r}'"))
+                            .unwrap_or_default()
+                    ),
+                )
+            })?;
+            Ok(Session {
+                token: token.token.0,
+                storage_url,
+            })
         }
     }
 }
@@ -200,46 +141,4 @@ fn check_status(
         ));
     }
     Ok(())
-}
-
-#[derive(Deserialize)]
-struct TokenBody {
-    token: TokenInner,
-}
-
-#[derive(Deserialize)]
-struct TokenInner {
-    #[serde(default)]
-    catalog: Vec<CatalogService>,
-}
-
-#[derive(Deserialize)]
-struct CatalogService {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<Endpoint>,
-}
-
-#[derive(Deserialize)]
-struct Endpoint {
-    interface: String,
-    region: Option<String>,
-    region_id: Option<String>,
-    url: String,
-}
-
-/// An error with its sources, e.g. "error sending request: connection refused".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }

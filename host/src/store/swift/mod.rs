@@ -171,23 +171,20 @@ impl SwiftSettings {
                 key: Secret(pick(&c.key, "ST_KEY").ok_or_else(|| missing("key (ST_KEY)"))?),
                 auth_url,
             },
-            3 => Credentials::V3 {
-                username: pick(&c.username, "OS_USERNAME")
-                    .ok_or_else(|| missing("username (OS_USERNAME)"))?,
-                password: Secret(
-                    pick(&c.password, "OS_PASSWORD")
-                        .ok_or_else(|| missing("password (OS_PASSWORD)"))?,
-                ),
-                project_name: pick(&c.project_name, "OS_PROJECT_NAME")
-                    .ok_or_else(|| missing("project (OS_PROJECT_NAME)"))?,
-                user_domain_name: pick(&c.user_domain_name, "OS_USER_DOMAIN_NAME")
-                    .unwrap_or_else(|| "Default".into()),
-                project_domain_name: pick(&c.project_domain_name, "OS_PROJECT_DOMAIN_NAME")
-                    .unwrap_or_else(|| "Default".into()),
-                region: pick(&c.region, "OS_REGION_NAME"),
-                interface: pick(&c.interface, "OS_INTERFACE").unwrap_or_else(|| "public".into()),
-                auth_url,
-            },
+            3 => Credentials::V3(
+                crate::keystone::IdentityFields {
+                    auth_url: Some(&auth_url),
+                    username: &c.username,
+                    password: &c.password,
+                    project_name: &c.project_name,
+                    user_domain_name: &c.user_domain_name,
+                    project_domain_name: &c.project_domain_name,
+                    region: &c.region,
+                    interface: &c.interface,
+                }
+                .resolve(env)
+                .map_err(|what| missing(&what))?,
+            ),
             v => {
                 return Err(StoreError::Config(format!(
                     "swift.auth_version = {v}: use 1 (tempauth) or 3 (Keystone)"

@@ -1,20 +1,27 @@
-//! The key ring: a 0600 TOML file of named 256-bit tenant keys.
+//! The key ring: a 0600 TOML file of named 256-bit tenant keys, each held in the file or
+//! in OpenStack Barbican ([`barbican`]).
 //!
 //! The newest key of a tenant (the last one in the file) encrypts new backups; every key
 //! of the tenant can still open the backups made with it.
+
+pub mod barbican;
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{CryptoError, SecretKey, KEY_LEN};
 use crate::names::validate_name;
+use barbican::{Barbican, BarbicanError};
 
-pub const KEYRING_FORMAT: u32 = 1;
+/// Format 2 adds entries held in Barbican; a ring without any is still written as 1, so
+/// older couchvaults read it.
+pub const KEYRING_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -44,6 +51,8 @@ pub enum KeyringError {
     },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Barbican(#[from] BarbicanError),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,8 +69,12 @@ struct KeyEntry {
     tenant: String,
     id: String,
     created: DateTime<Utc>,
-    /// 64 hex digits.
-    key: String,
+    /// 64 hex digits; or, instead:
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// The UUID of the Barbican secret holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    barbican: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,13 +82,24 @@ pub struct TenantKey {
     pub tenant: String,
     pub id: String,
     pub created: DateTime<Utc>,
-    pub secret: SecretKey,
+    /// The Barbican secret holding the key; `None` for a key held in the file.
+    pub barbican: Option<String>,
+    /// The key bytes: read from the file, or fetched from Barbican when first needed.
+    secret: OnceLock<SecretKey>,
+}
+
+/// A key with its bytes at hand.
+#[derive(Debug, Clone, Copy)]
+pub struct Unlocked<'a> {
+    pub id: &'a str,
+    pub secret: &'a SecretKey,
 }
 
 #[derive(Debug)]
 pub struct KeyRing {
     path: PathBuf,
     keys: Vec<TenantKey>,
+    barbican: Option<Arc<Barbican>>,
 }
 
 impl KeyRing {
@@ -110,7 +134,7 @@ impl KeyRing {
             reason,
         };
         let file: KeyRingFile = toml::from_str(&text).map_err(|e| invalid(e.message().into()))?;
-        if file.couchvault_keyring != KEYRING_FORMAT {
+        if !(1..=KEYRING_FORMAT).contains(&file.couchvault_keyring) {
             return Err(invalid(format!(
                 "format {} is not supported (this couchvault reads format {KEYRING_FORMAT})",
                 file.couchvault_keyring
@@ -119,12 +143,27 @@ impl KeyRing {
         let mut keys = Vec::with_capacity(file.keys.len());
         for e in file.keys {
             validate_name("tenant", &e.tenant).map_err(|err| invalid(err.to_string()))?;
-            let bytes = hex::decode(e.key.trim())
-                .ok()
-                .and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    invalid(format!("key '{}' is not 64 hex digits (256 bits)", e.id))
-                })?;
+            let secret = OnceLock::new();
+            match (&e.key, &e.barbican) {
+                (Some(hex_key), None) => {
+                    let bytes = hex::decode(hex_key.trim())
+                        .ok()
+                        .and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            invalid(format!("key '{}' is not 64 hex digits (256 bits)", e.id))
+                        })?;
+                    let _ = secret.set(SecretKey(bytes));
+                }
+                (None, Some(uuid)) => {
+                    barbican::check_uuid(uuid).map_err(|err| invalid(err.to_string()))?
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "key '{}' needs exactly one of key (64 hex digits) or barbican (a secret UUID)",
+                        e.id
+                    )))
+                }
+            }
             if keys
                 .iter()
                 .any(|k: &TenantKey| k.tenant == e.tenant && k.id == e.id)
@@ -138,28 +177,50 @@ impl KeyRing {
                 tenant: e.tenant,
                 id: e.id,
                 created: e.created,
-                secret: SecretKey(bytes),
+                barbican: e.barbican,
+                secret,
             });
         }
         Ok(KeyRing {
             path: path.to_path_buf(),
             keys,
+            barbican: None,
         })
+    }
+
+    /// The Barbican client that fetches (and, for [`KeyRing::add_key`], stores) the keys
+    /// held there.
+    pub fn with_barbican(mut self, barbican: Arc<Barbican>) -> KeyRing {
+        self.barbican = Some(barbican);
+        self
     }
 
     /// Creates a new key ring holding one random key for `tenant`. Refuses to overwrite.
     pub fn create(path: &Path, tenant: &str) -> Result<KeyRing, KeyringError> {
+        KeyRing::create_with(path, tenant, None)
+    }
+
+    /// [`KeyRing::create`], with the key held in Barbican when `barbican` is given.
+    pub fn create_with(
+        path: &Path,
+        tenant: &str,
+        barbican: Option<Arc<Barbican>>,
+    ) -> Result<KeyRing, KeyringError> {
+        let in_barbican = barbican.is_some();
         let mut ring = KeyRing {
             path: path.to_path_buf(),
             keys: Vec::new(),
+            barbican,
         };
-        ring.add_key(tenant)?;
+        ring.add_key(tenant, in_barbican)?;
         ring.save(true)?;
         Ok(ring)
     }
 
-    /// Adds a fresh random key for `tenant`; it becomes the tenant's active key.
-    pub fn add_key(&mut self, tenant: &str) -> Result<&TenantKey, KeyringError> {
+    /// Adds a fresh random key for `tenant`; it becomes the tenant's active key. With
+    /// `in_barbican`, the key is stored as a new Barbican secret and the ring records only
+    /// the secret's UUID.
+    pub fn add_key(&mut self, tenant: &str, in_barbican: bool) -> Result<&TenantKey, KeyringError> {
         let created = Utc::now();
         let mut suffix = [0u8; 3];
         crate::crypto::fill_random(&mut suffix)?;
@@ -168,13 +229,49 @@ impl KeyRing {
             created.format("%Y%m%d"),
             hex::encode(suffix)
         );
+        let key = SecretKey::random()?;
+        let barbican = match in_barbican {
+            false => None,
+            true => {
+                let client = self.barbican_client(&id)?;
+                Some(client.store_key(&id, &format!("couchvault {id}"), &key)?)
+            }
+        };
         self.keys.push(TenantKey {
             tenant: tenant.to_string(),
             id,
             created,
-            secret: SecretKey::random()?,
+            barbican,
+            secret: OnceLock::from(key),
         });
         Ok(self.keys.last().expect("just pushed"))
+    }
+
+    /// `key` with its bytes: from the file, or fetched from Barbican once per key ring.
+    pub fn unlock<'k>(&self, key: &'k TenantKey) -> Result<Unlocked<'k>, KeyringError> {
+        let secret = match key.secret.get() {
+            Some(s) => s,
+            None => {
+                let uuid = key.barbican.as_deref().unwrap_or_default();
+                let fetched = self.barbican_client(&key.id)?.fetch_key(&key.id, uuid)?;
+                tracing::debug!(key = %key.id, "fetched the key from Barbican");
+                key.secret.get_or_init(|| fetched)
+            }
+        };
+        Ok(Unlocked {
+            id: &key.id,
+            secret,
+        })
+    }
+
+    fn barbican_client(&self, key_id: &str) -> Result<&Barbican, KeyringError> {
+        self.barbican.as_deref().ok_or_else(|| {
+            BarbicanError::NotConfigured {
+                key_id: key_id.to_string(),
+                missing: "client".into(),
+            }
+            .into()
+        })
     }
 
     /// Writes the key ring atomically with mode 0600.
@@ -183,8 +280,9 @@ impl KeyRing {
             path: self.path.clone(),
             source,
         };
+        let in_barbican = self.keys.iter().any(|k| k.barbican.is_some());
         let file = KeyRingFile {
-            couchvault_keyring: KEYRING_FORMAT,
+            couchvault_keyring: if in_barbican { KEYRING_FORMAT } else { 1 },
             keys: self
                 .keys
                 .iter()
@@ -192,7 +290,11 @@ impl KeyRing {
                     tenant: k.tenant.clone(),
                     id: k.id.clone(),
                     created: k.created,
-                    key: hex::encode(k.secret.0),
+                    key: match &k.barbican {
+                        None => k.secret.get().map(|s| hex::encode(s.0)),
+                        Some(_) => None,
+                    },
+                    barbican: k.barbican.clone(),
                 })
                 .collect(),
         };
@@ -274,10 +376,8 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let loaded = KeyRing::load(&path).unwrap();
-        assert_eq!(
-            loaded.active("default").unwrap().secret,
-            ring.active("default").unwrap().secret
-        );
+        let secret = |r: &KeyRing| r.unlock(r.active("default").unwrap()).unwrap().secret.clone();
+        assert_eq!(secret(&loaded), secret(&ring));
         assert!(matches!(
             loaded.active("other"),
             Err(KeyringError::NoTenantKey { .. })
