@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
 use crate::format::{self, BackupMetadata, UnverifiedMetadata};
-use crate::keyring::KeyRing;
+use crate::keyring::{KeyRing, KeyringError};
 use crate::store::Store;
 
 const METADATA_FILE: &str = "backup.json";
@@ -161,6 +161,10 @@ pub struct Listed {
     pub has_data: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error is that its key cannot be had now (e.g. Barbican is down), not that the
+    /// backup is damaged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub key_unavailable: bool,
 }
 
 /// Committed backups of a tenant, oldest first (ids sort by time).
@@ -180,15 +184,22 @@ pub fn list(
         };
         let (metadata, mac, error) = match load_object(store, keyring, tenant, inst, id) {
             Ok((m, mac)) => (Some(m), Some(mac), None),
-            Err(e) => (None, None, Some(e.to_string())),
+            Err(e) => (None, None, Some(e)),
         };
+        let key_unavailable = matches!(
+            error,
+            Some(Error::Keyring(
+                KeyringError::Barbican(_) | KeyringError::UnknownKey { .. }
+            ))
+        );
         out.push(Listed {
             has_data: names.contains(format::data_object(inst, id).as_str()),
             backup_id: id.to_string(),
             instance: inst.to_string(),
             metadata,
             mac,
-            error,
+            error: error.map(|e| e.to_string()),
+            key_unavailable,
         });
     }
     out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));

@@ -69,7 +69,7 @@ impl IdentityFields<'_> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KeystoneError {
     /// Not answering, or answering 5xx: worth retrying.
     #[error("cannot reach Keystone at {url}: {reason}")]

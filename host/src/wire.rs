@@ -82,7 +82,8 @@ impl BackupSummary {
 }
 
 /// One row of `GET /v1/backups` and `backup list`: a backup whose metadata loaded (`ok`,
-/// with its summary) or one that did not (`invalid`, with why).
+/// with its summary) or one that did not: `invalid` (damaged) or `no_key` (its key cannot
+/// be had now, e.g. Barbican is down), with why.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupRow {
     pub backup_id: String,
@@ -99,6 +100,7 @@ pub struct BackupRow {
 pub enum RowStatus {
     Ok,
     Invalid,
+    NoKey,
 }
 
 /// A backup made: its summary and the retention verdicts after it (`backup create --json`).

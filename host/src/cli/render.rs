@@ -50,7 +50,14 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
                 "-".into(),
                 "-".into(),
                 "-".into(),
-                format!("INVALID: {}", r.error.as_deref().unwrap_or("")),
+                format!(
+                    "{}: {}",
+                    match r.status {
+                        RowStatus::NoKey => "NO KEY",
+                        _ => "INVALID",
+                    },
+                    r.error.as_deref().unwrap_or("")
+                ),
             ],
         })
         .collect();

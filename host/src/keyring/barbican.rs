@@ -18,7 +18,7 @@ use crate::keystone::{self, error_chain, Identity, IdentityFields, KeystoneError
 /// Pause between attempts when Barbican or Keystone does not answer.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BarbicanError {
     #[error("key {key_id} is held in Barbican but no Barbican {missing} is configured: set it in the config file's [barbican] section or the environment")]
     NotConfigured { key_id: String, missing: String },

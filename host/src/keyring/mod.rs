@@ -84,8 +84,9 @@ pub struct TenantKey {
     pub created: DateTime<Utc>,
     /// The Barbican secret holding the key; `None` for a key held in the file.
     pub barbican: Option<String>,
-    /// The key bytes: read from the file, or fetched from Barbican when first needed.
-    secret: OnceLock<SecretKey>,
+    /// The key bytes: read from the file, or fetched from Barbican when first needed (a
+    /// failed fetch is remembered too: one try per key per job, not per backup).
+    secret: OnceLock<Result<SecretKey, BarbicanError>>,
 }
 
 /// A key with its bytes at hand.
@@ -152,7 +153,7 @@ impl KeyRing {
                         .ok_or_else(|| {
                             invalid(format!("key '{}' is not 64 hex digits (256 bits)", e.id))
                         })?;
-                    let _ = secret.set(SecretKey(bytes));
+                    let _ = secret.set(Ok(SecretKey(bytes)));
                 }
                 (None, Some(uuid)) => {
                     barbican::check_uuid(uuid).map_err(|err| invalid(err.to_string()))?
@@ -242,36 +243,37 @@ impl KeyRing {
             id,
             created,
             barbican,
-            secret: OnceLock::from(key),
+            secret: OnceLock::from(Ok(key)),
         });
         Ok(self.keys.last().expect("just pushed"))
     }
 
     /// `key` with its bytes: from the file, or fetched from Barbican once per key ring.
     pub fn unlock<'k>(&self, key: &'k TenantKey) -> Result<Unlocked<'k>, KeyringError> {
-        let secret = match key.secret.get() {
-            Some(s) => s,
-            None => {
-                let uuid = key.barbican.as_deref().unwrap_or_default();
-                let fetched = self.barbican_client(&key.id)?.fetch_key(&key.id, uuid)?;
+        let secret = key.secret.get_or_init(|| {
+            let uuid = key.barbican.as_deref().unwrap_or_default();
+            let fetched = self.barbican_client(&key.id)?.fetch_key(&key.id, uuid);
+            if fetched.is_ok() {
                 tracing::debug!(key = %key.id, "fetched the key from Barbican");
-                key.secret.get_or_init(|| fetched)
             }
-        };
-        Ok(Unlocked {
-            id: &key.id,
-            secret,
-        })
+            fetched
+        });
+        match secret {
+            Ok(secret) => Ok(Unlocked {
+                id: &key.id,
+                secret,
+            }),
+            Err(e) => Err(e.clone().into()),
+        }
     }
 
-    fn barbican_client(&self, key_id: &str) -> Result<&Barbican, KeyringError> {
-        self.barbican.as_deref().ok_or_else(|| {
-            BarbicanError::NotConfigured {
+    fn barbican_client(&self, key_id: &str) -> Result<&Barbican, BarbicanError> {
+        self.barbican
+            .as_deref()
+            .ok_or_else(|| BarbicanError::NotConfigured {
                 key_id: key_id.to_string(),
                 missing: "client".into(),
-            }
-            .into()
-        })
+            })
     }
 
     /// Writes the key ring atomically with mode 0600.
@@ -291,7 +293,10 @@ impl KeyRing {
                     id: k.id.clone(),
                     created: k.created,
                     key: match &k.barbican {
-                        None => k.secret.get().map(|s| hex::encode(s.0)),
+                        None => match k.secret.get() {
+                            Some(Ok(s)) => Some(hex::encode(s.0)),
+                            _ => None,
+                        },
                         Some(_) => None,
                     },
                     barbican: k.barbican.clone(),

@@ -19,9 +19,10 @@ impl Vault {
         Ok(catalog::list(&*self.store, &keyring, tenant, instance)?
             .into_iter()
             .map(|l| BackupRow {
-                status: match l.metadata {
-                    Some(_) => RowStatus::Ok,
-                    None => RowStatus::Invalid,
+                status: match (&l.metadata, l.key_unavailable) {
+                    (Some(_), _) => RowStatus::Ok,
+                    (None, true) => RowStatus::NoKey,
+                    (None, false) => RowStatus::Invalid,
                 },
                 summary: l.metadata.as_ref().map(BackupSummary::of),
                 backup_id: l.backup_id,
