@@ -350,6 +350,9 @@ fn barbican_down_deleted_or_another_project_fails_clearly_and_loses_nothing() {
         &other,
         &[&format!("refused secret {uuid}"), "'other'", "403"],
     );
+    let (_, listed, _) = t.run(&["--json", "backup", "list"], &other);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["status"], "no_key", "{listed}");
     let target = t.cwd().join("never");
     fail(
         &["restore", &id, "--to", target.to_str().unwrap()],

@@ -195,3 +195,64 @@ fn key_list_counts_each_backup_once_when_tenants_keys_interleave() {
     ];
     assert_eq!(counts, want, "{keys}");
 }
+
+/// A backup that started with a key retired before it commits is not committed (it could
+/// never be opened), and says to run it again.
+#[test]
+fn a_key_retired_while_a_backup_runs_is_never_committed_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    unpack_fixture(cwd);
+    let args = ["backup", "create", "--instance", "n1", "--data-dir", "data"];
+    let first = json(cwd, &args)["backup_id"].as_str().unwrap().to_string();
+    let old_key = key_of(cwd, &first);
+    let running = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .args(args)
+        .current_dir(cwd)
+        .env("COUCHVAULT_TEST_PAUSE", "before-commit:4000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    ok(cwd, &["key", "rotate"]);
+    ok(cwd, &["key", "retire", &old_key]);
+    let out = running.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("key {old_key} was retired")) && err.contains("run the backup again"),
+        "{err}"
+    );
+    let listed = json(cwd, &["backup", "list"]);
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["status"], "ok");
+    ok(cwd, &["backup", "verify", &first]);
+}
+
+/// Keys added at once by several processes are all kept: each change is made to the ring
+/// on disk under its lock, not to the copy a process read when it started.
+#[test]
+fn keys_added_at_once_are_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    ok(cwd, &["key", "list"]);
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+                .args(["key", "add"])
+                .current_dir(cwd)
+                .env("COUCHVAULT_TEST_PAUSE", "key-ring-loaded:300")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let keys = json(cwd, &["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 9, "{keys}");
+}

@@ -253,6 +253,7 @@ fn gc(ctx: &Context, args: GcArgs) -> Result<()> {
 }
 
 fn key_add(mut ctx: Context, in_barbican: bool) -> Result<()> {
+    let _lock = ctx.keyring.lock_for_change()?;
     let key = ctx.keyring.add_key(&ctx.tenant, in_barbican)?;
     let (id, barbican) = (key.id.clone(), key.barbican.clone());
     ctx.keyring.save(false)?;

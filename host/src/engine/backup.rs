@@ -232,6 +232,7 @@ pub fn backup(
             None => Error::Cancelled,
         });
     }
+    let _held = keyring.hold_key(&opts.tenant, key.id)?;
     catalog::commit(store, key.secret, &meta)?;
     tracing::info!(backup = %id, stored = meta.data.size, "backup committed");
     Ok(meta)

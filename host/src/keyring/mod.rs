@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{CryptoError, SecretKey, KEY_LEN};
@@ -53,6 +54,8 @@ pub enum KeyringError {
     Crypto(#[from] CryptoError),
     #[error(transparent)]
     Barbican(#[from] BarbicanError),
+    #[error("key {key_id} was retired from the key ring while this backup ran; nothing was committed: run the backup again")]
+    Retired { key_id: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,6 +91,10 @@ pub struct TenantKey {
     /// failed fetch is remembered too: one try per key per job, not per backup).
     secret: OnceLock<Result<SecretKey, BarbicanError>>,
 }
+
+/// A held flock on the key ring's lock file; dropping it unlocks.
+#[derive(Debug)]
+pub struct RingLock(#[allow(dead_code)] Flock<fs::File>);
 
 /// A key with its bytes at hand.
 #[derive(Debug, Clone, Copy)]
@@ -213,14 +220,60 @@ impl KeyRing {
             keys: Vec::new(),
             barbican,
         };
+        let _lock = ring.lock(FlockArg::LockExclusive)?;
         ring.add_key(tenant, in_barbican)?;
         ring.save(true)?;
         Ok(ring)
     }
 
-    /// Adds a fresh random key for `tenant`; it becomes the tenant's active key. With
-    /// `in_barbican`, the key is stored as a new Barbican secret and the ring records only
-    /// the secret's UUID.
+    /// Locks the ring for a change (an flock on `<ring>.lock`, against other processes
+    /// and threads) and reloads it from disk, so that no other writer's key is lost. Keys
+    /// already unlocked stay unlocked. The change is made while the lock is held.
+    pub fn lock_for_change(&mut self) -> Result<RingLock, KeyringError> {
+        let lock = self.lock(FlockArg::LockExclusive)?;
+        let mut fresh = KeyRing::load(&self.path)?.keys;
+        for k in &mut fresh {
+            let had = self.keys.iter_mut().find(|o| o.tenant == k.tenant && o.id == k.id);
+            if let Some(old) = had {
+                k.secret = std::mem::take(&mut old.secret);
+            }
+        }
+        self.keys = fresh;
+        Ok(lock)
+    }
+
+    /// A shared lock under which key `key_id` of `tenant` is still in the ring file: a
+    /// backup commits under it, so a key is never retired between the check and the commit.
+    pub fn hold_key(&self, tenant: &str, key_id: &str) -> Result<RingLock, KeyringError> {
+        let lock = self.lock(FlockArg::LockShared)?;
+        KeyRing::load(&self.path)?
+            .get(tenant, key_id)
+            .map_err(|_| KeyringError::Retired {
+                key_id: key_id.to_string(),
+            })?;
+        Ok(lock)
+    }
+
+    fn lock(&self, how: FlockArg) -> Result<RingLock, KeyringError> {
+        let lock_path = self.path.with_extension("lock");
+        let err = |source| KeyringError::Write {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(err)?;
+        let held = Flock::lock(file, how).map_err(|(_, e)| err(e.into()))?;
+        Ok(RingLock(held))
+    }
+
+    /// Adds a fresh random key for `tenant` (the caller holds [`KeyRing::lock_for_change`]
+    /// and saves); it becomes the tenant's active key. With `in_barbican`, the key is
+    /// stored as a new Barbican secret and the ring records only the secret's UUID.
     pub fn add_key(&mut self, tenant: &str, in_barbican: bool) -> Result<&TenantKey, KeyringError> {
         let created = Utc::now();
         let mut suffix = [0u8; 3];
@@ -327,7 +380,8 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Removes a key of `tenant` from the ring (the caller saves it).
+    /// Removes a key of `tenant` from the ring (the caller holds
+    /// [`KeyRing::lock_for_change`] and saves).
     pub fn remove_key(&mut self, tenant: &str, key_id: &str) -> Result<TenantKey, KeyringError> {
         let at = self
             .keys

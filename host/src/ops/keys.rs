@@ -139,8 +139,11 @@ impl Vault {
         in_barbican: bool,
         progress: &dyn Fn(&RewrapProgress),
     ) -> Result<RewrapReport> {
-        keyring.add_key(tenant, in_barbican)?;
-        keyring.save(false)?;
+        {
+            let _lock = keyring.lock_for_change()?;
+            keyring.add_key(tenant, in_barbican)?;
+            keyring.save(false)?;
+        }
         crate::engine::checkpoint("after-key-added");
         self.rewrap(keyring, tenant, progress)
     }
@@ -148,6 +151,8 @@ impl Vault {
     /// Removes a key from the ring; refused while a backup needs it, or while it is the
     /// tenant's active key.
     pub fn retire_key(&self, keyring: &mut KeyRing, tenant: &str, key_id: &str) -> Result<()> {
+        // Held until the key is gone: a backup cannot commit with it meanwhile.
+        let _lock = keyring.lock_for_change()?;
         keyring.get(tenant, key_id)?;
         if keyring.active(tenant)?.id == key_id {
             return Err(OpsError::Refused(format!(

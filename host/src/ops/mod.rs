@@ -213,7 +213,9 @@ impl Vault {
 
     /// The key ring as it is on disk now (keys added with `key add` are seen at once).
     pub fn keyring(&self) -> Result<KeyRing> {
-        Ok(KeyRing::load(&self.keyring_path)?.with_barbican(self.barbican.clone()))
+        let ring = KeyRing::load(&self.keyring_path)?.with_barbican(self.barbican.clone());
+        crate::engine::checkpoint("key-ring-loaded");
+        Ok(ring)
     }
 
     /// A policy host for one job or request, on the process's one engine.
