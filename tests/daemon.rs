@@ -342,6 +342,8 @@ fn r6_a_tenant_sees_only_its_own_objects_on_every_route() {
         (Method::DELETE, "/v1/tokens/abc"),
         (Method::POST, "/v1/gc"),
         (Method::POST, "/v1/reindex"),
+        (Method::GET, "/v1/keys"),
+        (Method::POST, "/v1/keys/rotate"),
         (Method::POST, "/v1/instances"),
         (Method::POST, "/v1/instances/apply"),
         (Method::DELETE, "/v1/instances/shop"),

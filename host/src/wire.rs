@@ -185,6 +185,19 @@ pub struct GcParams {
     pub grace: Option<Span>,
 }
 
+/// `POST /v1/keys/rotate?tenant=T`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotateParams {
+    /// Hold the new key in OpenStack Barbican.
+    #[serde(default)]
+    pub barbican: bool,
+    /// No new key: rewrap what is not yet wrapped with the active key (resumes a rotation
+    /// that was cut off).
+    #[serde(default)]
+    pub rewrap_only: bool,
+}
+
 /// `POST /v1/reindex`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Reindexed {
@@ -438,6 +451,13 @@ pub enum JobRequest {
     Gc {
         grace: Span,
     },
+    /// A new active key for the job's tenant, then each of its backups rewrapped with it.
+    KeyRotate {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        barbican: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rewrap_only: bool,
+    },
 }
 
 impl JobRequest {
@@ -448,6 +468,7 @@ impl JobRequest {
             JobRequest::Verify { .. } => "verify",
             JobRequest::Delete { .. } => "delete",
             JobRequest::Gc { .. } => "gc",
+            JobRequest::KeyRotate { .. } => "key_rotate",
         }
     }
 

@@ -14,11 +14,13 @@ use couchvault::daemon::schedules::ApplyReport as SchedulesApplied;
 use couchvault::format::BackupMetadata;
 use couchvault::names::escape_control;
 use couchvault::ops::restore::RestoreOutcome;
+use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::{Deleted, GcReport, VerifyReport};
 use couchvault::policy::registry::Entry;
 use couchvault::scheduler::{Schedule, ScheduleSpec};
 use couchvault::wire::{
-    BackupParams, BackupRow, ErrorBody, InstanceApply, Job, RestoreParams, ScheduleApply,
+    BackupParams, BackupRow, ErrorBody, InstanceApply, Job, KeyRotateParams, RestoreParams,
+    ScheduleApply,
     ScheduleShown, TokenCreated, TokenInfo, TokenParams,
 };
 use reqwest::blocking::{Client as Http, RequestBuilder};
@@ -27,7 +29,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::args::{
-    BackupCommand, Cli, Command, InstanceCommand, JobCommand, PolicyCommand, ScheduleAddArgs,
+    BackupCommand, Cli, Command, InstanceCommand, JobCommand, KeyCommand, PolicyCommand,
+    ScheduleAddArgs,
     ScheduleCommand, TokenCommand,
 };
 use super::output::{bytes, print_json, progress_bar, table};
@@ -52,6 +55,7 @@ pub fn wants_server(cli: &Cli, config: &Config) -> bool {
             cli.command,
             Command::Backup(_)
                 | Command::Restore(_)
+                | Command::Key(KeyCommand::List | KeyCommand::Rotate(_) | KeyCommand::Rewrap)
                 | Command::Policy(
                     PolicyCommand::Add { .. } | PolicyCommand::List | PolicyCommand::Rm { .. }
                 )
@@ -277,6 +281,9 @@ fn print_result(j: &Job) -> bool {
         }
         JobRequest::Gc { grace } => serde_json::from_value::<GcReport>(result)
             .map(|r| render::gc(&r, false, &grace.to_string())),
+        JobRequest::KeyRotate { .. } => {
+            serde_json::from_value::<RewrapReport>(result).map(|r| render::rewrapped(&r))
+        }
         JobRequest::Backup(_) => return false,
     };
     parsed.is_ok()
@@ -374,6 +381,26 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
                 println!("removed policy {name}");
             }
             Ok(())
+        }
+        Command::Key(KeyCommand::List) => {
+            let keys: Vec<KeyUsage> = c.get("/v1/keys")?;
+            c.show(&keys, |k| render::keys(k))
+        }
+        Command::Key(KeyCommand::Rotate(place)) => {
+            let body = KeyRotateParams {
+                barbican: place.barbican,
+                rewrap_only: false,
+            };
+            let job: Job = c.post("/v1/keys/rotate", &body)?;
+            c.submitted(job, false)
+        }
+        Command::Key(KeyCommand::Rewrap) => {
+            let body = KeyRotateParams {
+                barbican: false,
+                rewrap_only: true,
+            };
+            let job: Job = c.post("/v1/keys/rotate", &body)?;
+            c.submitted(job, false)
         }
         Command::Instance(cmd) => instance(&c, cmd, cli.tenant.clone()),
         Command::Schedule(cmd) => schedule(&c, cmd),

@@ -20,7 +20,7 @@ use couchvault::wire::{BackupCreated, BackupSummary};
 
 use super::args::{BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, RestoreArgs};
 use super::context::Context;
-use super::output::{print_json, table, with_progress};
+use super::output::{print_json, with_progress};
 use super::render;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -283,26 +283,7 @@ fn key_list(ctx: &Context) -> Result<()> {
     if ctx.json {
         return print_json(&rows);
     }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.tenant.clone(),
-                r.key_id.clone(),
-                r.created.to_rfc3339(),
-                if r.active { "yes" } else { "" }.to_string(),
-                r.backups.to_string(),
-                match &r.barbican {
-                    Some(uuid) => format!("barbican {uuid}"),
-                    None => "key ring".into(),
-                },
-            ]
-        })
-        .collect();
-    table(
-        &["TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS", "HELD IN"],
-        &cells,
-    );
+    render::keys(&rows);
     Ok(())
 }
 
@@ -376,16 +357,7 @@ fn key_rewrap(mut ctx: Context, rotate: Option<bool>) -> Result<()> {
     if ctx.json {
         print_json(&report)?;
     } else {
-        println!(
-            "tenant '{}': {} backup(s) rewrapped with key {}, {} already were; data objects untouched",
-            report.tenant,
-            report.rewrapped.len(),
-            report.key_id,
-            report.already
-        );
-        for (id, why) in &report.failed {
-            println!("  {id}: not rewrapped: {why}");
-        }
+        render::rewrapped(&report);
     }
     if !report.failed.is_empty() {
         anyhow::bail!(

@@ -4,6 +4,7 @@
 
 use couchvault::format::{BackupMetadata, Stored};
 use couchvault::ops::restore::{DbCheck, RestoreOutcome};
+use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
 use couchvault::policy::floors::Verdict;
 use couchvault::wire::{BackupRow, BackupSummary, RowStatus};
@@ -347,4 +348,40 @@ pub fn policy_added(e: &couchvault::policy::registry::Entry) {
         },
         e.name
     );
+}
+
+pub fn keys(rows: &[KeyUsage]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.tenant.clone(),
+                r.key_id.clone(),
+                r.created.to_rfc3339(),
+                if r.active { "yes" } else { "" }.to_string(),
+                r.backups.to_string(),
+                match &r.barbican {
+                    Some(uuid) => format!("barbican {uuid}"),
+                    None => "key ring".into(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS", "HELD IN"],
+        &cells,
+    );
+}
+
+pub fn rewrapped(report: &RewrapReport) {
+    println!(
+        "tenant '{}': {} backup(s) rewrapped with key {}, {} already were; data objects untouched",
+        report.tenant,
+        report.rewrapped.len(),
+        report.key_id,
+        report.already
+    );
+    for (id, why) in &report.failed {
+        println!("  {id}: not rewrapped: {why}");
+    }
 }

@@ -15,6 +15,7 @@ use super::instances;
 use super::metrics::{labels, Metrics};
 use crate::couchdb::Source;
 use crate::ops::restore::{Hooks, RestoreRequest, RestoreTarget};
+use crate::ops::keys::RewrapProgress;
 use crate::ops::{resolve_policies, BackupRequest, OpsError, Progress, Vault};
 pub use crate::wire::{
     BackupParams, Job, JobRequest, JobState, ProgressSnapshot, ScheduledRun, ADMIN_TENANT,
@@ -119,7 +120,7 @@ impl Runner {
             JobRequest::Restore { backup_id, .. }
             | JobRequest::Verify { backup_id, .. }
             | JobRequest::Delete { backup_id, .. } => Some(backup_id.clone()),
-            JobRequest::Gc { .. } => None,
+            JobRequest::Gc { .. } | JobRequest::KeyRotate { .. } => None,
         };
         let job = Job {
             couchvault_job: JOB_FORMAT,
@@ -333,6 +334,30 @@ impl Runner {
                 let report = vault.gc(grace.get(), false)?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
+            }
+            JobRequest::KeyRotate {
+                barbican,
+                rewrap_only,
+            } => {
+                let mut keyring = vault.keyring()?;
+                let counted = |p: &RewrapProgress| {
+                    progress.files_total.store(p.total, Ordering::Relaxed);
+                    progress.files_done.store(p.done, Ordering::Relaxed);
+                };
+                let report = match rewrap_only {
+                    true => vault.rewrap(&keyring, &tenant, &counted)?,
+                    false => vault.rotate(&mut keyring, &tenant, barbican, &counted)?,
+                };
+                job.result = serde_json::to_value(&report).ok();
+                match report.failed.first() {
+                    None => Ok(()),
+                    Some((id, why)) => Err(OpsError::Refused(format!(
+                        "{} backup(s) are not wrapped with key {} (first: {id}: {why}); fix that, then rewrap again",
+                        report.failed.len(),
+                        report.key_id
+                    ))
+                    .into()),
+                }
             }
         }
     }

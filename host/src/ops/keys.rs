@@ -9,7 +9,7 @@ use crate::catalog;
 use crate::keyring::KeyRing;
 
 /// One key of the ring and how many backups its wraps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyUsage {
     pub tenant: String,
     pub key_id: String,

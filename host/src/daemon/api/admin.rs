@@ -1,14 +1,20 @@
 //! Admin routes: tokens, gc, reindex; and `/healthz`, `/metrics`.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{accepted, admin_only, blocking, ApiError, ApiResult, JsonBody, Shared};
+use super::{
+    accepted, admin_only, blocking, tenant_of, ApiError, ApiResult, JsonBody, Shared, TenantQuery,
+};
 use crate::daemon::auth::{self, Principal};
 use crate::daemon::jobs::{JobRequest, ADMIN_TENANT};
-use crate::wire::{GcParams, Health, Reindexed, TokenCreated, TokenInfo, TokenParams, API_VERSION};
+use crate::ops::keys::KeyUsage;
+use crate::wire::{
+    GcParams, Health, KeyRotateParams, Reindexed, TokenCreated, TokenInfo, TokenParams,
+    API_VERSION,
+};
 
 pub(super) async fn healthz(State(d): State<Shared>) -> Json<Health> {
     Json(Health {
@@ -85,6 +91,44 @@ pub(super) async fn gc(
     admin_only(&p)?;
     let grace = b.grace.unwrap_or(d.vault.config.gc.grace);
     accepted(&d, ADMIN_TENANT, JobRequest::Gc { grace }).await
+}
+
+/// `GET /v1/keys?tenant=`: the key ring's keys (ids, never key material) with how many
+/// backups each wraps; every tenant's without `tenant`.
+pub(super) async fn key_list(
+    p: Principal,
+    State(d): State<Shared>,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<Json<Vec<KeyUsage>>> {
+    admin_only(&p)?;
+    blocking(move || {
+        let ring = d.vault.keyring().map_err(ApiError::internal)?;
+        let mut rows = d.vault.key_usage(&ring).map_err(ApiError::internal)?;
+        rows.retain(|k| q.tenant.as_ref().is_none_or(|t| &k.tenant == t));
+        Ok(Json(rows))
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct KeyQuery {
+    tenant: Option<String>,
+}
+
+/// `POST /v1/keys/rotate?tenant=T`: a key rotation (or, with `rewrap_only`, a rewrap) job.
+pub(super) async fn key_rotate(
+    p: Principal,
+    State(d): State<Shared>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(b): JsonBody<KeyRotateParams>,
+) -> ApiResult<Response> {
+    admin_only(&p)?;
+    let tenant = tenant_of(&p, &q)?;
+    let req = JobRequest::KeyRotate {
+        barbican: b.barbican,
+        rewrap_only: b.rewrap_only,
+    };
+    accepted(&d, &tenant, req).await
 }
 
 pub(super) async fn reindex(p: Principal, State(d): State<Shared>) -> ApiResult<Json<Reindexed>> {

@@ -79,7 +79,7 @@ impl FromRequestParts<Shared> for Principal {
 
 /// `?tenant=` for admin calls; a tenant token always means its own tenant.
 #[derive(Deserialize)]
-struct TenantQuery {
+pub(super) struct TenantQuery {
     tenant: Option<String>,
 }
 
@@ -183,6 +183,8 @@ pub fn router(d: Shared) -> Router {
         )
         .route("/v1/gc", post(admin::gc))
         .route("/v1/reindex", post(admin::reindex))
+        .route("/v1/keys", get(admin::key_list))
+        .route("/v1/keys/rotate", post(admin::key_rotate))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such route (see docs/API.md)")
         })

@@ -13,12 +13,13 @@ use utoipa::ToSchema;
 
 use crate::daemon::instances::{self, Instance, InstanceSpec};
 use crate::daemon::schedules;
+use crate::ops::keys::KeyUsage;
 use crate::ops::DryRunReport;
 use crate::policy::registry::Entry;
 use crate::scheduler::{Schedule, ScheduleSpec};
 use crate::wire::{
     BackupParams, BackupRow, DryRunParams, ErrorBody, GcParams, Health, InstanceApply, Job,
-    Reindexed, RestoreParams, ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams,
+    KeyRotateParams, Reindexed, RestoreParams, ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams,
     API_VERSION,
 };
 
@@ -421,6 +422,28 @@ fn routes() -> Vec<Route> {
                 N,
                 200,
                 J(one::<Reindexed>),
+            )
+        },
+        Route {
+            query: TENANT,
+            ..route(
+                "get",
+                "/v1/keys",
+                "the key ring's keys and how many backups each wraps (admin)",
+                N,
+                200,
+                J(many::<KeyUsage>),
+            )
+        },
+        Route {
+            query: TENANT,
+            ..route(
+                "post",
+                "/v1/keys/rotate",
+                "start a key rotation or rewrap job for a tenant (admin)",
+                J(one::<KeyRotateParams>),
+                202,
+                J(one::<Job>),
             )
         },
     ]
