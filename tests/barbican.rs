@@ -64,7 +64,9 @@ impl Tenant {
         env.retain(|(k, _)| !over.iter().any(|(o, _)| o == k));
         env.extend_from_slice(over);
         let (code, out, err) = cli_with_env(self.cwd(), args, &env);
-        self.printed.borrow_mut().push_str(&format!("{out}\n{err}\n"));
+        self.printed
+            .borrow_mut()
+            .push_str(&format!("{out}\n{err}\n"));
         (code, out, err)
     }
 
@@ -378,7 +380,10 @@ fn barbican_down_deleted_or_another_project_fails_clearly_and_loses_nothing() {
     );
     let (active, _) = t.active_key();
     let keys = t.json(&["key", "list"]);
-    let old = keys.as_array().unwrap()[0]["key_id"].as_str().unwrap().to_string();
+    let old = keys.as_array().unwrap()[0]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(old, active);
     fail(&["key", "retire", &old], &[], &["cannot be read now"]);
 }

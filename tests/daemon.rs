@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -1139,4 +1140,173 @@ fn deleting_a_backup_while_its_instance_backs_up_is_refused() {
         &d.admin,
     );
     assert_eq!(shown["parent"]["backup_id"], full_id, "{shown}");
+}
+
+/// Every object of a Swift container: name -> (ETag, Last-Modified), straight from Swift.
+fn swift_listing(env: &SwiftEnv, container: &str) -> BTreeMap<String, (String, String)> {
+    let (token, url) = env.token();
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{url}/{container}?format=json"))
+        .header("X-Auth-Token", token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{container}");
+    let rows: Vec<Value> = resp.json().unwrap();
+    rows.iter()
+        .map(|o| {
+            let s = |k: &str| o[k].as_str().unwrap().to_string();
+            (
+                format!("{container}/{}", s("name")),
+                (s("hash"), s("last_modified")),
+            )
+        })
+        .collect()
+}
+
+/// Issue 14: a rotation job on Swift, killed with SIGKILL after its key was added, just
+/// before a metadata write, and after a rewrap: every backup verifies after each kill, a
+/// rewrap job finishes it, and no data object is read or written (Swift's request log
+/// through a proxy, and every manifest's and segment's ETag and Last-Modified unchanged).
+#[test]
+fn key_rotation_job_on_swift_survives_kill_9_and_rewrites_metadata_only() {
+    let Some(env) = SwiftEnv::load() else { return };
+    let proxy = common::faultproxy::FaultProxy::start(env.port(), 0, 1);
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = unpack_fixture(dir.path());
+    let base = unique("rotate");
+    let extra = format!("store = \"swift://{base}\"\n[backup]\nsegment_size = 1048576\n");
+    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
+    let mut d = Daemon::start(
+        dir.path(),
+        &extra,
+        "",
+        &[
+            ("ST_AUTH", &auth),
+            ("ST_USER", env.get("SWIFT_USER")),
+            ("ST_KEY", env.get("SWIFT_KEY")),
+        ],
+    );
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            let job = start_backup(&d, &d.admin, "n1", &data);
+            let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+            assert_eq!(done["state"], "succeeded", "{done}");
+            done["backup_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let containers = [
+        format!("{base}-default"),
+        format!("{base}-default_segments"),
+    ];
+    let snapshot = || -> BTreeMap<String, (String, String)> {
+        containers
+            .iter()
+            .flat_map(|c| swift_listing(&env, c))
+            .collect()
+    };
+    let before = snapshot();
+    assert!(
+        before.keys().any(|k| k.contains("_segments/")),
+        "{before:?}"
+    );
+    let verify_all = |d: &Daemon| {
+        for id in &ids {
+            let (s, job) = d.post(&format!("/v1/backups/{id}/verify"), &d.admin, &json!({}));
+            assert_eq!(s, 202, "{job}");
+            let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+            assert_eq!(done["state"], "succeeded", "{id}: {done}");
+        }
+    };
+    // Only metadata objects, listings and auth: never a data manifest or a segment.
+    let metadata_only = |lines: Vec<String>| {
+        assert!(
+            lines.iter().any(|l| l.contains("/backup.json")),
+            "{lines:?}"
+        );
+        for l in lines {
+            let path = l.split(' ').nth(1).unwrap_or_default();
+            let object = path.split('?').next().unwrap_or_default();
+            assert!(
+                !object.contains("_segments/") && !object.ends_with("/data"),
+                "a data object was touched: {l}"
+            );
+        }
+    };
+    let pauses = |d: &Daemon| d.log().matches("COUCHVAULT_TEST_PAUSE: pausing").count();
+
+    for (point, body) in [
+        ("after-key-added", json!({})),
+        ("rewrap-put", json!({ "rewrap_only": true })),
+        ("after-rewrap", json!({ "rewrap_only": true })),
+    ] {
+        d.kill9();
+        d.restart(&[("COUCHVAULT_TEST_PAUSE", &format!("{point}:60000"))]);
+        let paused = pauses(&d);
+        proxy.take_requests();
+        let (s, job) = d.post("/v1/keys/rotate", &d.admin, &body);
+        assert_eq!(
+            (s, &job["request"]["kind"]),
+            (202, &json!("key_rotate")),
+            "{job}"
+        );
+        let started = Instant::now();
+        while pauses(&d) == paused {
+            assert!(started.elapsed().as_secs() < 60, "{point}: {}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.kill9();
+        if point != "after-key-added" {
+            metadata_only(proxy.take_requests());
+        }
+        d.restart(&[]);
+        verify_all(&d);
+    }
+    let (_, keys) = d.get("/v1/keys", &d.admin);
+    let on_active = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["active"] == true)
+        .unwrap()["backups"]
+        .clone();
+    assert_eq!(
+        on_active, 1,
+        "one backup rewrapped before the last kill: {keys}"
+    );
+
+    proxy.take_requests();
+    let (s, job) = d.post("/v1/keys/rotate", &d.admin, &json!({ "rewrap_only": true }));
+    assert_eq!(s, 202, "{job}");
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["rewrapped"].as_array().unwrap().len(),
+        3,
+        "{done}"
+    );
+    assert_eq!(done["result"]["already"], 1, "{done}");
+    assert_eq!(done["progress"]["files_done"], 4, "{done}");
+    metadata_only(proxy.take_requests());
+    let (_, keys) = d.get("/v1/keys", &d.admin);
+    let counts: Vec<u64> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["backups"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![0, 4], "{keys}");
+    verify_all(&d);
+
+    let after = snapshot();
+    let data_of = |m: &BTreeMap<String, (String, String)>| -> BTreeMap<String, (String, String)> {
+        m.iter()
+            .filter(|(k, _)| !k.ends_with("/backup.json"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(data_of(&after), data_of(&before), "data objects untouched");
+    for (name, (etag, _)) in before.iter().filter(|(k, _)| k.ends_with("/backup.json")) {
+        assert_ne!(&after[name].0, etag, "{name} rewritten");
+    }
 }

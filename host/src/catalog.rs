@@ -42,16 +42,11 @@ pub fn rewrap(
         old.secret,
         &e.wrapped()?,
         &meta.tenant,
-        &old.id,
+        old.id,
         &meta.backup_id,
     )?;
-    let wrapped = crate::crypto::wrap_data_key(
-        key.secret,
-        &data_key,
-        &meta.tenant,
-        key.id,
-        &meta.backup_id,
-    )?;
+    let wrapped =
+        crate::crypto::wrap_data_key(key.secret, &data_key, &meta.tenant, key.id, &meta.backup_id)?;
     let mut m = meta.clone();
     m.encryption.key_id = key.id.to_string();
     m.encryption.wrapped_key_nonce = hex::encode(wrapped.nonce);

@@ -34,6 +34,8 @@ struct Shared {
     stop: AtomicBool,
     counts: Counts,
     rng: Mutex<Rng>,
+    /// The request line (method and path) of every request, in order.
+    log: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -77,6 +79,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             counts: Counts::default(),
             rng: Mutex::new(Rng(seed | 1)),
+            log: Mutex::new(Vec::new()),
         });
         let sh = shared.clone();
         thread::spawn(move || {
@@ -104,6 +107,11 @@ impl FaultProxy {
     /// The next `n` storage requests are answered 401 (their token refused).
     pub fn refuse_tokens(&self, n: u32) {
         self.shared.refuse.store(n, Ordering::Relaxed);
+    }
+
+    /// The request lines ("GET /v1/AUTH_test/c/o HTTP/1.1") seen since the last call.
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.log.lock().unwrap())
     }
 
     pub fn injected(&self) -> u64 {
@@ -192,7 +200,10 @@ fn requests(mut client: TcpStream, mut server: TcpStream, sh: &Shared, cut_respo
         }
         if starts_request(&buf[..n]) {
             sh.counts.requests.fetch_add(1, Ordering::Relaxed);
-            let line = String::from_utf8_lossy(&buf[..n.min(200)]).into_owned();
+            let line = String::from_utf8_lossy(&buf[..n.min(400)]).into_owned();
+            if let Some(first) = line.lines().next() {
+                sh.log.lock().unwrap().push(first.to_string());
+            }
             let refused = !line.contains(" /auth/")
                 && sh
                     .refuse

@@ -13,15 +13,14 @@ use couchvault::daemon::instances::{
 use couchvault::daemon::schedules::ApplyReport as SchedulesApplied;
 use couchvault::format::BackupMetadata;
 use couchvault::names::escape_control;
-use couchvault::ops::restore::RestoreOutcome;
 use couchvault::ops::keys::{KeyUsage, RewrapReport};
+use couchvault::ops::restore::RestoreOutcome;
 use couchvault::ops::{Deleted, GcReport, VerifyReport};
 use couchvault::policy::registry::Entry;
 use couchvault::scheduler::{Schedule, ScheduleSpec};
 use couchvault::wire::{
     BackupParams, BackupRow, ErrorBody, InstanceApply, Job, KeyRotateParams, RestoreParams,
-    ScheduleApply,
-    ScheduleShown, TokenCreated, TokenInfo, TokenParams,
+    ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams,
 };
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::Method;
@@ -30,8 +29,7 @@ use serde::Serialize;
 
 use super::args::{
     BackupCommand, Cli, Command, InstanceCommand, JobCommand, KeyCommand, PolicyCommand,
-    ScheduleAddArgs,
-    ScheduleCommand, TokenCommand,
+    ScheduleAddArgs, ScheduleCommand, TokenCommand,
 };
 use super::output::{bytes, print_json, progress_bar, table};
 use super::render;

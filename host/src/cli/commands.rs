@@ -11,10 +11,10 @@ use couchvault::config::Config;
 use couchvault::couchdb::Source;
 use couchvault::keyring::barbican::Barbican;
 use couchvault::keyring::KeyRing;
+use couchvault::ops::keys::RewrapProgress;
 use couchvault::ops::restore::{
     backup_node, node_from_config, Hooks, RestoreRequest, RestoreTarget,
 };
-use couchvault::ops::keys::RewrapProgress;
 use couchvault::ops::{BackupRequest, OpsError, Progress};
 use couchvault::wire::{BackupCreated, BackupSummary};
 

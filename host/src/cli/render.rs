@@ -3,8 +3,8 @@
 //! itself.
 
 use couchvault::format::{BackupMetadata, Stored};
-use couchvault::ops::restore::{DbCheck, RestoreOutcome};
 use couchvault::ops::keys::{KeyUsage, RewrapReport};
+use couchvault::ops::restore::{DbCheck, RestoreOutcome};
 use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
 use couchvault::policy::floors::Verdict;
 use couchvault::wire::{BackupRow, BackupSummary, RowStatus};
@@ -368,7 +368,9 @@ pub fn keys(rows: &[KeyUsage]) {
         })
         .collect();
     table(
-        &["TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS", "HELD IN"],
+        &[
+            "TENANT", "KEY ID", "CREATED", "ACTIVE", "BACKUPS", "HELD IN",
+        ],
         &cells,
     );
 }

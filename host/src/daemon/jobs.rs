@@ -14,8 +14,8 @@ use super::db::{Db, IndexEntry};
 use super::instances;
 use super::metrics::{labels, Metrics};
 use crate::couchdb::Source;
-use crate::ops::restore::{Hooks, RestoreRequest, RestoreTarget};
 use crate::ops::keys::RewrapProgress;
+use crate::ops::restore::{Hooks, RestoreRequest, RestoreTarget};
 use crate::ops::{resolve_policies, BackupRequest, OpsError, Progress, Vault};
 pub use crate::wire::{
     BackupParams, Job, JobRequest, JobState, ProgressSnapshot, ScheduledRun, ADMIN_TENANT,

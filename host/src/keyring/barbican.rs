@@ -178,10 +178,11 @@ impl Barbican {
             url,
             reason: error_chain(&e),
         })?;
-        let key = <[u8; KEY_LEN]>::try_from(bytes.as_ref()).map_err(|_| BarbicanError::NotAKey {
-            uuid: uuid.to_string(),
-            len: bytes.len(),
-        })?;
+        let key =
+            <[u8; KEY_LEN]>::try_from(bytes.as_ref()).map_err(|_| BarbicanError::NotAKey {
+                uuid: uuid.to_string(),
+                len: bytes.len(),
+            })?;
         Ok(SecretKey(key))
     }
 
@@ -212,7 +213,10 @@ impl Barbican {
                 }
                 Ok(r) => return Ok(r),
                 Err(e) if attempt < self.attempts => {
-                    tracing::warn!("Barbican did not answer ({}); trying again", error_chain(&e));
+                    tracing::warn!(
+                        "Barbican did not answer ({}); trying again",
+                        error_chain(&e)
+                    );
                     std::thread::sleep(RETRY_PAUSE);
                 }
                 Err(e) => {
@@ -294,12 +298,7 @@ pub fn check_uuid(uuid: &str) -> Result<(), BarbicanError> {
 fn status_error(resp: Response) -> BarbicanError {
     let url = resp.url().to_string();
     let status = resp.status().as_u16();
-    let body: String = resp
-        .text()
-        .unwrap_or_default()
-        .chars()
-        .take(300)
-        .collect();
+    let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
     BarbicanError::Status { url, status, body }
 }
 
@@ -310,7 +309,11 @@ mod tests {
     #[test]
     fn uuids_and_urls() {
         assert!(check_uuid("b2e79c3b-1a76-4b63-a87b-248c5553c710").is_ok());
-        for bad in ["", "../../v1/secrets", "b2e79c3b-1a76-4b63-a87b-248c5553c71/"] {
+        for bad in [
+            "",
+            "../../v1/secrets",
+            "b2e79c3b-1a76-4b63-a87b-248c5553c71/",
+        ] {
             assert!(check_uuid(bad).is_err(), "{bad}");
         }
         assert_eq!(base_url("http://h:9311/v1/"), "http://h:9311");

@@ -165,12 +165,10 @@ impl KeyRing {
                 (None, Some(uuid)) => {
                     barbican::check_uuid(uuid).map_err(|err| invalid(err.to_string()))?
                 }
-                _ => {
-                    return Err(invalid(format!(
-                        "key '{}' needs exactly one of key (64 hex digits) or barbican (a secret UUID)",
-                        e.id
-                    )))
-                }
+                _ => return Err(invalid(format!(
+                    "key '{}' needs exactly one of key (64 hex digits) or barbican (a secret UUID)",
+                    e.id
+                ))),
             }
             if keys
                 .iter()
@@ -233,7 +231,10 @@ impl KeyRing {
         let lock = self.lock(FlockArg::LockExclusive)?;
         let mut fresh = KeyRing::load(&self.path)?.keys;
         for k in &mut fresh {
-            let had = self.keys.iter_mut().find(|o| o.tenant == k.tenant && o.id == k.id);
+            let had = self
+                .keys
+                .iter_mut()
+                .find(|o| o.tenant == k.tenant && o.id == k.id);
             if let Some(old) = had {
                 k.secret = std::mem::take(&mut old.secret);
             }
@@ -435,7 +436,12 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let loaded = KeyRing::load(&path).unwrap();
-        let secret = |r: &KeyRing| r.unlock(r.active("default").unwrap()).unwrap().secret.clone();
+        let secret = |r: &KeyRing| {
+            r.unlock(r.active("default").unwrap())
+                .unwrap()
+                .secret
+                .clone()
+        };
         assert_eq!(secret(&loaded), secret(&ring));
         assert!(matches!(
             loaded.active("other"),

@@ -12,8 +12,7 @@ use crate::daemon::auth::{self, Principal};
 use crate::daemon::jobs::{JobRequest, ADMIN_TENANT};
 use crate::ops::keys::KeyUsage;
 use crate::wire::{
-    GcParams, Health, KeyRotateParams, Reindexed, TokenCreated, TokenInfo, TokenParams,
-    API_VERSION,
+    GcParams, Health, KeyRotateParams, Reindexed, TokenCreated, TokenInfo, TokenParams, API_VERSION,
 };
 
 pub(super) async fn healthz(State(d): State<Shared>) -> Json<Health> {

@@ -19,8 +19,8 @@ use crate::policy::registry::Entry;
 use crate::scheduler::{Schedule, ScheduleSpec};
 use crate::wire::{
     BackupParams, BackupRow, DryRunParams, ErrorBody, GcParams, Health, InstanceApply, Job,
-    KeyRotateParams, Reindexed, RestoreParams, ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams,
-    API_VERSION,
+    KeyRotateParams, Reindexed, RestoreParams, ScheduleApply, ScheduleShown, TokenCreated,
+    TokenInfo, TokenParams, API_VERSION,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
