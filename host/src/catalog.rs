@@ -172,12 +172,20 @@ pub fn list(
     let prefix = instance.map(|i| format!("{i}/")).unwrap_or_default();
     let objects = store.list(tenant, &prefix)?;
     let names: BTreeSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let found: Vec<(&str, &str)> = objects
+        .iter()
+        .filter_map(|o| match split_name(&o.name) {
+            Some((inst, id, METADATA_FILE)) => Some((inst, id)),
+            _ => None,
+        })
+        .collect();
+    // One round trip per backup: several at once.
+    let loaded = crate::parallel::map(&found, crate::parallel::IO_WORKERS, |(inst, id)| {
+        load_object(store, keyring, tenant, inst, id)
+    });
     let mut out = Vec::new();
-    for o in &objects {
-        let Some((inst, id, METADATA_FILE)) = split_name(&o.name) else {
-            continue;
-        };
-        let (metadata, mac, error) = match load_object(store, keyring, tenant, inst, id) {
+    for ((inst, id), result) in found.into_iter().zip(loaded) {
+        let (metadata, mac, error) = match result {
             Ok((m, mac)) => (Some(m), Some(mac), None),
             Err(e) => (None, None, Some(e)),
         };

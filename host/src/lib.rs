@@ -17,6 +17,7 @@ pub mod keyring;
 pub mod keystone;
 pub mod names;
 pub mod ops;
+pub mod parallel;
 pub mod policy;
 pub mod scheduler;
 pub mod store;

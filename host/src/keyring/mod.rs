@@ -165,10 +165,12 @@ impl KeyRing {
                 (None, Some(uuid)) => {
                     barbican::check_uuid(uuid).map_err(|err| invalid(err.to_string()))?
                 }
-                _ => return Err(invalid(format!(
+                _ => {
+                    return Err(invalid(format!(
                     "key '{}' needs exactly one of key (64 hex digits) or barbican (a secret UUID)",
                     e.id
-                ))),
+                )))
+                }
             }
             if keys
                 .iter()

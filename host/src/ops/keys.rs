@@ -2,6 +2,8 @@
 //! active key (metadata only), rotation (a new key, then a rewrap) and retiring a key that
 //! nothing needs any more.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use super::{OpsError, Result, Vault};
@@ -32,6 +34,9 @@ pub struct RewrapProgress<'a> {
     /// Rewrapped now (else already wrapped with the key, or failed).
     pub rewrapped: bool,
 }
+
+/// Called after each backup a rewrap looks at, from any of its threads.
+pub type RewrapObserver<'a> = dyn Fn(&RewrapProgress) + Sync + 'a;
 
 /// What a rewrap did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -79,12 +84,13 @@ impl Vault {
 
     /// Wraps every backup of `tenant` with its active key, metadata only: each backup's
     /// data key is unwrapped with its old key and wrapped with the new one, and its sealed
-    /// metadata replaced in one write. Resumable: a rerun rewraps what is left.
+    /// metadata replaced in one write (several backups at once). Resumable: a rerun
+    /// rewraps what is left.
     pub fn rewrap(
         &self,
         keyring: &KeyRing,
         tenant: &str,
-        progress: &dyn Fn(&RewrapProgress),
+        progress: &RewrapObserver<'_>,
     ) -> Result<RewrapReport> {
         let key = keyring.active(tenant)?;
         // A key manager that is down stops the rewrap before anything is read.
@@ -96,36 +102,44 @@ impl Vault {
         };
         let listed = catalog::list(&*self.store, keyring, tenant, None)?;
         let total = listed.len() as u64;
-        for (n, l) in listed.into_iter().enumerate() {
-            let rewrapped = match l.metadata {
+        let done = AtomicU64::new(0);
+        let step = |backup_id: &str, rewrapped: bool| {
+            progress(&RewrapProgress {
+                done: done.fetch_add(1, Ordering::Relaxed) + 1,
+                total,
+                backup_id,
+                rewrapped,
+            })
+        };
+        let mut todo = Vec::new();
+        for l in listed {
+            match l.metadata {
                 None => {
                     let why = l.error.unwrap_or_default();
-                    report.failed.push((l.backup_id.clone(), why));
-                    false
+                    step(&l.backup_id, false);
+                    report.failed.push((l.backup_id, why));
                 }
                 Some(meta) if meta.encryption.key_id == key.id => {
+                    step(&meta.backup_id, false);
                     report.already += 1;
-                    false
                 }
-                Some(meta) => match catalog::rewrap(&*self.store, keyring, &meta, key) {
-                    Ok(()) => {
-                        tracing::info!(backup = %meta.backup_id, key = %key.id, "rewrapped");
-                        report.rewrapped.push(meta.backup_id);
-                        crate::engine::checkpoint("after-rewrap");
-                        true
-                    }
-                    Err(e) => {
-                        report.failed.push((meta.backup_id, e.to_string()));
-                        false
-                    }
-                },
-            };
-            progress(&RewrapProgress {
-                done: n as u64 + 1,
-                total,
-                backup_id: &l.backup_id,
-                rewrapped,
-            });
+                Some(meta) => todo.push(meta),
+            }
+        }
+        let results = crate::parallel::map(&todo, crate::parallel::IO_WORKERS, |meta| {
+            let r = catalog::rewrap(&*self.store, keyring, meta, key);
+            if r.is_ok() {
+                tracing::info!(backup = %meta.backup_id, key = %key.id, "rewrapped");
+                crate::engine::checkpoint("after-rewrap");
+            }
+            step(&meta.backup_id, r.is_ok());
+            r
+        });
+        for (meta, r) in todo.into_iter().zip(results) {
+            match r {
+                Ok(()) => report.rewrapped.push(meta.backup_id),
+                Err(e) => report.failed.push((meta.backup_id, e.to_string())),
+            }
         }
         Ok(report)
     }
@@ -137,7 +151,7 @@ impl Vault {
         keyring: &mut KeyRing,
         tenant: &str,
         in_barbican: bool,
-        progress: &dyn Fn(&RewrapProgress),
+        progress: &RewrapObserver<'_>,
     ) -> Result<RewrapReport> {
         {
             let _lock = keyring.lock_for_change()?;
