@@ -1309,3 +1309,63 @@ fn key_rotation_job_on_swift_survives_kill_9_and_rewrites_metadata_only() {
         assert_ne!(&after[name].0, etag, "{name} rewritten");
     }
 }
+
+/// `key list`, `key rotate` and `key rewrap` with `--server` run on the daemon (admin) and
+/// print what local mode prints.
+#[test]
+fn key_commands_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default", "acme"]);
+    let data = unpack_fixture(dir.path());
+    let d = Daemon::start(dir.path(), &store_line(dir.path()), "", &[]);
+    for _ in 0..2 {
+        let job = start_backup(&d, &d.admin, "n1", &data);
+        let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--server", &d.url, "--token", &d.admin];
+        all.extend_from_slice(args);
+        let out = couchvault(dir.path(), &all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let out = cli(&["key", "rotate"]);
+    assert!(
+        out.contains("tenant 'default': 2 backup(s) rewrapped") && out.contains("untouched"),
+        "{out}"
+    );
+    let out = cli(&["key", "rewrap"]);
+    assert!(
+        out.contains("0 backup(s) rewrapped") && out.contains("2 already"),
+        "{out}"
+    );
+    let keys: Value = serde_json::from_str(&cli(&["--json", "key", "list"])).unwrap();
+    let rows: Vec<(String, u64)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["tenant"].as_str().unwrap().into(),
+                k["backups"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = vec![
+        ("default".into(), 0),
+        ("acme".into(), 0),
+        ("default".into(), 2),
+    ];
+    assert_eq!(rows, want, "{keys}");
+    assert!(cli(&["--tenant", "acme", "key", "list"]).contains("acme"));
+    // A tenant token may not rotate keys.
+    let t = d.tenant_token("default");
+    let (s, _) = d.post("/v1/keys/rotate", &t, &json!({}));
+    assert_eq!(s, 403);
+}
