@@ -1142,27 +1142,6 @@ fn deleting_a_backup_while_its_instance_backs_up_is_refused() {
     assert_eq!(shown["parent"]["backup_id"], full_id, "{shown}");
 }
 
-/// Every object of a Swift container: name -> (ETag, Last-Modified), straight from Swift.
-fn swift_listing(env: &SwiftEnv, container: &str) -> BTreeMap<String, (String, String)> {
-    let (token, url) = env.token();
-    let resp = reqwest::blocking::Client::new()
-        .get(format!("{url}/{container}?format=json"))
-        .header("X-Auth-Token", token)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{container}");
-    let rows: Vec<Value> = resp.json().unwrap();
-    rows.iter()
-        .map(|o| {
-            let s = |k: &str| o[k].as_str().unwrap().to_string();
-            (
-                format!("{container}/{}", s("name")),
-                (s("hash"), s("last_modified")),
-            )
-        })
-        .collect()
-}
-
 /// Issue 14: a rotation job on Swift, killed with SIGKILL after its key was added, just
 /// before a metadata write, and after a rewrap: every backup verifies after each kill, a
 /// rewrap job finishes it, and no data object is read or written (Swift's request log
@@ -1203,7 +1182,11 @@ fn key_rotation_job_on_swift_survives_kill_9_and_rewrites_metadata_only() {
     let snapshot = || -> BTreeMap<String, (String, String)> {
         containers
             .iter()
-            .flat_map(|c| swift_listing(&env, c))
+            .flat_map(|c| {
+                env.listing(c)
+                    .into_iter()
+                    .map(move |(name, v)| (format!("{c}/{name}"), v))
+            })
             .collect()
     };
     let before = snapshot();

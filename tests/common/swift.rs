@@ -1,6 +1,6 @@
 //! Access to the real Swift all-in-one started by `scripts/swift-aio.sh` (see `.ci/run`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -136,6 +136,12 @@ impl SwiftEnv {
 
     /// Names of the objects in a container (empty when it does not exist).
     pub fn objects(&self, container: &str) -> Vec<String> {
+        self.listing(container).into_keys().collect()
+    }
+
+    /// Every object of a container as Swift lists it: name -> (ETag, Last-Modified); empty
+    /// when the container does not exist.
+    pub fn listing(&self, container: &str) -> BTreeMap<String, (String, String)> {
         let (token, url) = self.token();
         let resp = reqwest::blocking::Client::new()
             .get(format!("{url}/{container}?format=json"))
@@ -143,13 +149,16 @@ impl SwiftEnv {
             .send()
             .unwrap();
         if resp.status() == 404 {
-            return Vec::new();
+            return BTreeMap::new();
         }
         let v: serde_json::Value = resp.json().unwrap();
         v.as_array()
             .unwrap()
             .iter()
-            .map(|o| o["name"].as_str().unwrap().to_string())
+            .map(|o| {
+                let s = |k: &str| o[k].as_str().unwrap().to_string();
+                (s("name"), (s("hash"), s("last_modified")))
+            })
             .collect()
     }
 }
