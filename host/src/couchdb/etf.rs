@@ -5,8 +5,9 @@
 #[derive(Debug, Clone, PartialEq)]
 pub enum Term {
     Int(i64),
-    /// An integer too big for i64 (never a pointer or a count we need).
-    Big,
+    /// An integer too big for i64, in decimal (a document may hold one; never a pointer
+    /// or a count).
+    Big(String),
     Float(f64),
     Atom(String),
     Bin(Vec<u8>),
@@ -217,7 +218,7 @@ impl Reader<'_> {
                         .fold(0i64, |acc, &d| (acc << 8) | d as i64);
                     Term::Int(if negative { -v } else { v })
                 } else {
-                    Term::Big
+                    Term::Big(decimal(digits, negative))
                 }
             }
             116 => {
@@ -237,6 +238,31 @@ impl Reader<'_> {
             }
         })
     }
+}
+
+/// A little-endian magnitude in base 256 as decimal text.
+fn decimal(le: &[u8], negative: bool) -> String {
+    let mut mag: Vec<u32> = le.iter().rev().map(|&b| b as u32).collect();
+    let mut groups = Vec::new();
+    while mag.iter().any(|&d| d != 0) {
+        // Divide by 10^9, keeping the remainder.
+        let mut rem = 0u64;
+        for d in &mut mag {
+            let cur = (rem << 8) | *d as u64;
+            *d = (cur / 1_000_000_000) as u32;
+            rem = cur % 1_000_000_000;
+        }
+        groups.push(rem);
+    }
+    let mut s = String::from(if negative { "-" } else { "" });
+    match groups.pop() {
+        None => return "0".into(),
+        Some(top) => s.push_str(&top.to_string()),
+    }
+    for g in groups.iter().rev() {
+        s.push_str(&format!("{g:09}"));
+    }
+    s
 }
 
 /// Decodes `term_to_binary` output (starting with the version byte 131).
@@ -278,5 +304,17 @@ mod tests {
             let _ = decode(&b[..cut]);
         }
         assert!(decode(&[131, 108, 255, 255, 255, 255]).is_err());
+        // term_to_binary(123456789012345678901234567890) and its negation
+        let mag = [
+            0xd2, 0x0a, 0x3f, 0x4e, 0xee, 0xe0, 0x73, 0xc3, 0xf6, 0x0f, 0xe9, 0x8e, 0x01,
+        ];
+        for (sign, text) in [
+            (0u8, "123456789012345678901234567890"),
+            (1, "-123456789012345678901234567890"),
+        ] {
+            let mut b = vec![131, 110, mag.len() as u8, sign];
+            b.extend(mag);
+            assert_eq!(decode(&b).unwrap(), Term::Big(text.into()));
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! files in the order a hot copy needs (view indexes, then database files, then config).
 
 pub mod confine;
+pub mod couchfile;
+pub mod ejson;
 pub mod etf;
 pub mod http;
 pub mod shardmap;
