@@ -217,3 +217,149 @@ fn read_everything(path: &Path) -> couchvault::couchdb::couchfile::Result<()> {
     f.security(&h)?;
     f.fold_local_docs(&h, &mut |_, _| Ok(()))
 }
+
+/// Flips one byte inside the item stored at `pos` (past its length and checksum).
+fn damage_item(path: &Path, pos: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut at = pos as usize + 24;
+    if at % 4096 == 0 {
+        at += 1;
+    }
+    bytes[at] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `backup verify --deep` of backups of damaged files names each damage (file, offset,
+/// document, attachment) and fails; `backup databases` reads only headers and lists them.
+#[test]
+fn deep_verify_names_damaged_bodies_trees_attachments_and_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let data = unpack_fixture(cwd);
+    let id_of = |out: &str| -> String {
+        let v: Value = serde_json::from_str(out).unwrap();
+        v["backup_id"].as_str().unwrap().to_string()
+    };
+    let backup = || {
+        id_of(&common::ok(
+            cwd,
+            &[
+                "--json",
+                "backup",
+                "create",
+                "--instance",
+                "n1",
+                "--data-dir",
+                "data",
+            ],
+        ))
+    };
+    // A clean backup verifies deep, and lists its databases.
+    let clean = backup();
+    let out = common::ok(cwd, &["backup", "verify", "--deep", &clean]);
+    assert!(
+        out.contains("database file(s) read whole") && out.contains("3 attachments"),
+        "{out}"
+    );
+    let listed: Value =
+        serde_json::from_str(&common::ok(cwd, &["--json", "backup", "databases", &clean])).unwrap();
+    let basic = listed["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "fixture_basic")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (basic["doc_count"].as_u64(), basic["doc_del_count"].as_u64()),
+        (Some(8), Some(2))
+    );
+
+    // Find a document body, the by-id root and an attachment chunk in fixture_basic's shards.
+    let mut body = None;
+    let mut att = None;
+    let mut root = None;
+    for range in ["00000000-7fffffff", "80000000-ffffffff"] {
+        let rel = format!("shards/{range}/fixture_basic.1795703450.couch");
+        let f = open(&data.join(&rel));
+        let h = f.db_header().unwrap();
+        root.get_or_insert((rel.clone(), h.id_root.unwrap()));
+        f.fold_docs(&h, &mut |d| {
+            let ptr = d.winner().body_ptr;
+            if let Some(p) = ptr.filter(|_| !d.deleted) {
+                let (_, atts) = f.doc_body(p).unwrap();
+                match atts.first() {
+                    Some(a) if att.is_none() => {
+                        att = Some((rel.clone(), d.id.clone(), a.name.clone(), a.chunks[0].0))
+                    }
+                    None if body.is_none() => body = Some((rel.clone(), d.id.clone(), p)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let (body_file, body_doc, body_ptr) = body.unwrap();
+    let (att_file, att_doc, att_name, att_ptr) = att.unwrap();
+    let (root_file, root_ptr) = root.unwrap();
+
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            "a corrupted document body",
+            Box::new(|| damage_item(&data.join(&body_file), body_ptr)),
+            vec![
+                format!("document {body_doc}"),
+                format!("checksum mismatch in the item at {body_ptr}"),
+            ],
+        ),
+        (
+            "a damaged attachment",
+            Box::new(|| damage_item(&data.join(&att_file), att_ptr)),
+            vec![
+                format!("document {att_doc}"),
+                format!("attachment '{att_name}'"),
+            ],
+        ),
+        (
+            "a damaged B-tree node",
+            Box::new(|| damage_item(&data.join(&root_file), root_ptr)),
+            vec![format!("by-id tree: node at {root_ptr}: ")],
+        ),
+        (
+            "a file cut before its first header",
+            Box::new(|| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(data.join("shards/00000000-ffffffff/fixture_q1.1795703453.couch"))
+                    .unwrap();
+                f.set_len(2000).unwrap();
+            }),
+            vec!["fixture_q1.1795703453.couch: no valid header".to_string()],
+        ),
+    ];
+    for (what, damage, want) in cases {
+        // Each case on a fresh copy of the fixture.
+        std::fs::remove_dir_all(&data).unwrap();
+        unpack_fixture(cwd);
+        damage();
+        let id = backup();
+        let (code, out, err) = common::cli_with_env(cwd, &["backup", "verify", "--deep", &id], &[]);
+        assert_eq!(code, Some(1), "{what}: {out}{err}");
+        for w in &want {
+            assert!(out.contains(w.as_str()), "{what}: want '{w}' in:\n{out}");
+        }
+        assert!(
+            out.contains("DAMAGED") && err.contains("problem(s)"),
+            "{what}: {out}{err}"
+        );
+    }
+    assert!(
+        !cwd.join("couchvault-data/scratch")
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false),
+        "scratch space cleaned up"
+    );
+}

@@ -437,6 +437,13 @@ pub enum JobRequest {
         /// Also every backup it depends on, each file rebuilt and checked whole.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         chain: bool,
+        /// Also every database file read whole (result: the databases report).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deep: bool,
+    },
+    /// The databases in a backup, from its files' headers.
+    Databases {
+        backup_id: String,
     },
     Delete {
         backup_id: String,
@@ -466,6 +473,7 @@ impl JobRequest {
             JobRequest::Backup(_) => "backup",
             JobRequest::Restore { .. } => "restore",
             JobRequest::Verify { .. } => "verify",
+            JobRequest::Databases { .. } => "databases",
             JobRequest::Delete { .. } => "delete",
             JobRequest::Gc { .. } => "gc",
             JobRequest::KeyRotate { .. } => "key_rotate",

@@ -302,7 +302,14 @@ pub enum BackupCommand {
         /// Also every backup it depends on, each file rebuilt and checked whole.
         #[arg(long)]
         chain: bool,
+        /// Also open every database file at its last header, walk its trees and read
+        /// every document body and attachment (implies --chain).
+        #[arg(long)]
+        deep: bool,
     },
+    /// The databases in a backup, with shards, document counts and sizes, read from its
+    /// files (no restore, no CouchDB).
+    Databases { id: String },
     /// Delete a backup (metadata first, then data).
     Delete {
         id: String,

@@ -13,6 +13,7 @@ use couchvault::daemon::instances::{
 use couchvault::daemon::schedules::ApplyReport as SchedulesApplied;
 use couchvault::format::BackupMetadata;
 use couchvault::names::escape_control;
+use couchvault::ops::databases::DatabasesReport;
 use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::restore::RestoreOutcome;
 use couchvault::ops::{Deleted, GcReport, VerifyReport};
@@ -268,6 +269,9 @@ fn print_result(j: &Job) -> bool {
         return false;
     };
     let parsed = match &j.request {
+        JobRequest::Verify { deep: true, .. } | JobRequest::Databases { .. } => {
+            serde_json::from_value::<DatabasesReport>(result).map(|r| render::databases(&r))
+        }
         JobRequest::Verify { .. } => {
             serde_json::from_value::<VerifyReport>(result).map(|r| render::verified(&r))
         }
@@ -318,8 +322,13 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
             let meta: BackupMetadata = c.get(&format!("/v1/backups/{id}"))?;
             c.show(&meta, render::backup)
         }
-        Command::Backup(BackupCommand::Verify { id, chain }) => {
-            let path = format!("/v1/backups/{id}/verify?chain={chain}");
+        Command::Backup(BackupCommand::Verify { id, chain, deep }) => {
+            let path = format!("/v1/backups/{id}/verify?chain={chain}&deep={deep}");
+            let job: Job = c.post_empty(&path)?;
+            c.submitted(job, false)
+        }
+        Command::Backup(BackupCommand::Databases { id }) => {
+            let path = format!("/v1/backups/{id}/databases");
             let job: Job = c.post_empty(&path)?;
             c.submitted(job, false)
         }

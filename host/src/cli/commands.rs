@@ -67,7 +67,13 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Backup(BackupCommand::List { instance }) => backup_list(&ctx, instance),
         Command::Backup(BackupCommand::Show { id }) => backup_show(&ctx, &id),
-        Command::Backup(BackupCommand::Verify { id, chain }) => backup_verify(&ctx, &id, chain),
+        Command::Backup(BackupCommand::Verify {
+            id,
+            chain: _,
+            deep: true,
+        }) => backup_databases(&ctx, &id, true),
+        Command::Backup(BackupCommand::Verify { id, chain, .. }) => backup_verify(&ctx, &id, chain),
+        Command::Backup(BackupCommand::Databases { id }) => backup_databases(&ctx, &id, false),
         Command::Backup(BackupCommand::Delete {
             id,
             with_dependents,
@@ -174,6 +180,27 @@ fn backup_verify(ctx: &Context, id: &str, chain: bool) -> Result<()> {
     }
     render::verified(&report);
     Ok(())
+}
+
+/// `backup databases` (headers), or `backup verify --deep` (everything; damage fails it).
+fn backup_databases(ctx: &Context, id: &str, deep: bool) -> Result<()> {
+    let progress = Progress::default();
+    let label = if deep {
+        "deep verify"
+    } else {
+        "reading databases"
+    };
+    let report = with_progress(label, &progress, ctx.json, || match deep {
+        true => ctx.vault.verify_deep(&ctx.tenant, id, &progress),
+        false => ctx.vault.databases(&ctx.tenant, id, &progress),
+    })
+    .with_context(|| format!("backup {id} failed verification"))?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        render::databases(&report);
+    }
+    render::deep_outcome(&report)
 }
 
 fn backup_delete(ctx: &Context, id: &str, with_dependents: bool) -> Result<()> {

@@ -3,6 +3,7 @@
 //! itself.
 
 use couchvault::format::{BackupMetadata, Stored};
+use couchvault::ops::databases::DatabasesReport;
 use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::restore::{DbCheck, RestoreOutcome};
 use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
@@ -10,6 +11,7 @@ use couchvault::policy::floors::Verdict;
 use couchvault::wire::{BackupRow, BackupSummary, RowStatus};
 
 use super::output::{bytes, table};
+use couchvault::names::escape_control;
 
 /// Tags as `k=v,k=v`, control characters escaped (tags are tenant text).
 pub fn tags_text<'a>(tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
@@ -385,5 +387,86 @@ pub fn rewrapped(report: &RewrapReport) {
     );
     for (id, why) in &report.failed {
         println!("  {id}: not rewrapped: {why}");
+    }
+}
+
+pub fn databases(report: &DatabasesReport) {
+    let cells: Vec<Vec<String>> = report
+        .databases
+        .iter()
+        .map(|d| {
+            vec![
+                match d.node_local {
+                    true => format!("{} (node-local)", escape_control(&d.name)),
+                    false => escape_control(&d.name).into_owned(),
+                },
+                d.shards.to_string(),
+                d.doc_count.to_string(),
+                d.doc_del_count.to_string(),
+                d.live_doc_count
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                bytes(d.size),
+                match d.problems {
+                    0 => "ok".into(),
+                    n => format!("DAMAGED ({n})"),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DATABASE",
+            "SHARDS",
+            "DOCS",
+            "DELETED",
+            "LIVE AT START",
+            "SIZE",
+            "STATUS",
+        ],
+        &cells,
+    );
+    for f in &report.files {
+        for p in &f.problems {
+            println!("  {}", escape_control(p));
+        }
+        if f.more_problems > 0 {
+            println!(
+                "  {}: {} more problem(s)",
+                escape_control(&f.file),
+                f.more_problems
+            );
+        }
+    }
+    for n in &report.notes {
+        println!("note: {}", escape_control(n));
+    }
+    if let Some(v) = &report.verify {
+        verified(v);
+        let walked: Vec<_> = report
+            .files
+            .iter()
+            .filter_map(|f| f.walked.as_ref())
+            .collect();
+        println!(
+            "{} database file(s) read whole: {} documents ({} with conflicts), {} revision bodies, {} attachments ({})",
+            walked.len(),
+            walked.iter().map(|w| w.docs).sum::<u64>(),
+            walked.iter().map(|w| w.conflicted).sum::<u64>(),
+            walked.iter().map(|w| w.bodies).sum::<u64>(),
+            walked.iter().map(|w| w.attachments).sum::<u64>(),
+            bytes(walked.iter().map(|w| w.attachment_bytes).sum()),
+        );
+    }
+}
+
+/// A deep verify with damage fails, naming how much.
+pub fn deep_outcome(report: &DatabasesReport) -> anyhow::Result<()> {
+    match report.problems() {
+        0 => Ok(()),
+        n => anyhow::bail!(
+            "backup {}: {n} problem(s) in its database files (listed above); restore from another backup",
+            report.backup_id
+        ),
     }
 }

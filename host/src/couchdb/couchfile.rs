@@ -188,7 +188,9 @@ impl CouchFile {
             if !seen.insert(ptr) {
                 return Err(malformed(format!("B-tree node at {ptr} is reached twice")));
             }
-            let node = self.term_at(ptr)?;
+            let node = self
+                .term_at(ptr)
+                .map_err(|e| malformed(format!("node at {ptr}: {e}")))?;
             let (kind, entries) = match node.as_tuple() {
                 Some([k, Term::List(e)]) => (k, e),
                 _ => return Err(malformed(format!("B-tree node at {ptr} is malformed"))),
@@ -273,7 +275,9 @@ impl CouchFile {
         let mut md5 = Md5::new();
         let mut total = 0u64;
         for &(pos, len) in &att.chunks {
-            let bytes = self.chunk_at(pos)?;
+            let bytes = self
+                .chunk_at(pos)
+                .map_err(|e| malformed(format!("attachment '{}': {e}", att.name)))?;
             if bytes.len() as u64 != len {
                 return Err(malformed(format!(
                     "attachment '{}': chunk at {pos} is {} bytes, its pointer says {len}",

@@ -52,6 +52,8 @@ pub fn write(t: &Term, out: &mut String) -> Result<(), EjsonError> {
             out.push('}');
         }
         Term::Atom(a) if a == "true" || a == "false" || a == "null" => out.push_str(a),
+        // As CouchDB's JSON encoder writes them (its own documents hold a few).
+        Term::Atom(a) => string(a, out),
         other => {
             return Err(EjsonError::NotJson(
                 format!("{other:?}").chars().take(80).collect(),
@@ -64,17 +66,18 @@ pub fn write(t: &Term, out: &mut String) -> Result<(), EjsonError> {
 /// The members of an EJSON object, `"k":v,...`, without braces.
 pub fn write_pairs(pairs: &[Term], out: &mut String) -> Result<(), EjsonError> {
     for (i, p) in pairs.iter().enumerate() {
+        // CouchDB's own documents (the shard map's `props`) may have atom keys.
         let (k, v) = match p.as_tuple() {
-            Some([Term::Bin(k), v]) => (k, v),
+            Some([Term::Bin(k), v]) => {
+                (std::str::from_utf8(k).map_err(|_| EjsonError::NotUtf8)?, v)
+            }
+            Some([Term::Atom(k), v]) => (k.as_str(), v),
             _ => return Err(EjsonError::Key),
         };
         if i > 0 {
             out.push(',');
         }
-        string(
-            std::str::from_utf8(k).map_err(|_| EjsonError::NotUtf8)?,
-            out,
-        );
+        string(k, out);
         out.push(':');
         write(v, out)?;
     }
@@ -145,7 +148,11 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["b"], 1.5);
-        assert!(to_json(&Term::Atom("undefined".into())).is_err());
+        assert_eq!(
+            to_json(&Term::Atom("couch_partition".into())).unwrap(),
+            r#""couch_partition""#
+        );
+        assert!(to_json(&Term::Tuple(vec![Term::Int(1), Term::Int(2)])).is_err());
         assert!(to_json(&Term::Bin(vec![0xff])).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod confine;
 pub mod couchfile;
+pub mod deep;
 pub mod ejson;
 pub mod etf;
 pub mod http;

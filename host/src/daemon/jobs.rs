@@ -119,6 +119,7 @@ impl Runner {
             JobRequest::Backup(_) => Some(Ulid::new().to_string()),
             JobRequest::Restore { backup_id, .. }
             | JobRequest::Verify { backup_id, .. }
+            | JobRequest::Databases { backup_id }
             | JobRequest::Delete { backup_id, .. } => Some(backup_id.clone()),
             JobRequest::Gc { .. } | JobRequest::KeyRotate { .. } => None,
         };
@@ -313,8 +314,30 @@ impl Runner {
                     }
                 }
             }
-            JobRequest::Verify { backup_id, chain } => {
+            JobRequest::Verify {
+                backup_id,
+                deep: true,
+                ..
+            } => {
+                let report = vault.verify_deep(&tenant, &backup_id, progress)?;
+                job.result = serde_json::to_value(&report).ok();
+                match report.problems() {
+                    0 => Ok(()),
+                    n => Err(OpsError::Refused(format!(
+                        "backup {backup_id}: {n} problem(s) in its database files (see the job's result)"
+                    ))
+                    .into()),
+                }
+            }
+            JobRequest::Verify {
+                backup_id, chain, ..
+            } => {
                 let report = vault.verify(&tenant, &backup_id, chain, progress)?;
+                job.result = serde_json::to_value(&report).ok();
+                Ok(())
+            }
+            JobRequest::Databases { backup_id } => {
+                let report = vault.databases(&tenant, &backup_id, progress)?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
             }

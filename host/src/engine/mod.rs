@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 pub use backup::{backup, BackupOptions};
-pub use restore::{restore, restore_with, verify, RestoreOptions, RestoreReport, VerifyReport};
+pub use restore::{
+    inspect, restore, restore_with, verify, OnWhole, RestoreOptions, RestoreReport, VerifyReport,
+};
 
 /// Blocks of plaintext in flight between the two pipeline threads.
 pub const QUEUE_BLOCKS: usize = 8;

@@ -182,6 +182,43 @@ pub fn verify(
     })
 }
 
+/// [`verify`], with every file `select` picks written under `scratch` as it is rebuilt and
+/// handed to `on_whole` as soon as it is whole (then it may be removed): what needs a file
+/// on disk to read it (a `.couch` file is random-read) gets it without a restore, with
+/// scratch space for the files in flight only. `chain` must rebuild its last backup (a
+/// full alone, or a whole chain).
+pub fn inspect(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    chain: &[BackupMetadata],
+    progress: &Progress,
+    scratch: &Path,
+    select: &(dyn Fn(&str) -> bool + Sync),
+    on_whole: &OnWhole<'_>,
+) -> Result<VerifyReport> {
+    let target = chain.last().ok_or(Error::PipelineAborted)?;
+    let mut rebuild = Rebuild::new(chain, true)?;
+    rebuild.on_whole = Some(on_whole);
+    let place = |path: &str| select(path).then(|| scratch.join(path));
+    let mut chunks = 0;
+    for k in 0..chain.len() {
+        if rebuild.needs(k) {
+            chunks += unpack(store, keyring, &mut rebuild, k, &place, progress)
+                .map_err(|e| progress.explain(e))?;
+        }
+    }
+    rebuild.finish(&|_| None)?;
+    Ok(VerifyReport {
+        backup_id: target.backup_id.clone(),
+        files: target.totals.files,
+        bytes: target.totals.bytes,
+        stored_bytes: chain.iter().map(|m| m.data.size).sum(),
+        chunks,
+        backups: chain.len() as u64,
+        rebuilt: true,
+    })
+}
+
 /// One destination: a target directory, the staging directory beside it, and which
 /// archive prefixes land there.
 struct Destination {
@@ -523,7 +560,14 @@ struct Rebuild<'a> {
     /// Per target file: the hash of the bytes applied so far, and their count.
     state: HashMap<&'a str, (Context, u64)>,
     rebuild: bool,
+    /// Per target file: the chain index of its last piece (the file is whole after it).
+    last_piece: HashMap<&'a str, usize>,
+    /// Called with each placed file as soon as it is whole ([`inspect`]).
+    on_whole: Option<&'a OnWhole<'a>>,
 }
+
+/// What [`inspect`] calls with each selected file once it is whole on scratch disk.
+pub type OnWhole<'a> = dyn Fn(&str, &Path) -> Result<()> + Sync + 'a;
 
 impl<'a> Rebuild<'a> {
     /// With `rebuild`, the last backup's files are rebuilt (restore, verify of a whole
@@ -543,12 +587,19 @@ impl<'a> Rebuild<'a> {
                 pieces_of(chain, &index, f, &mut needed)?;
             }
         }
+        let mut last_piece: HashMap<&str, usize> = HashMap::new();
+        for (k, path) in &needed {
+            let last = last_piece.entry(path).or_insert(*k);
+            *last = (*last).max(*k);
+        }
         Ok(Rebuild {
             chain: chain.iter().collect(),
             index,
             needed,
             state: HashMap::new(),
             rebuild,
+            last_piece,
+            on_whole: None,
         })
     }
 
@@ -842,6 +893,7 @@ fn extract(
                 want.path
             )));
         }
+        let mut whole_at = None;
         let sha = if rebuild.needed.contains(&(k, *path_str)) {
             let (hash, done) = rebuild
                 .state
@@ -854,7 +906,13 @@ fn extract(
                 )));
             }
             let sha = match place(&want.path) {
-                Some(dest) => write_piece(&mut entry, &dest, from, hash, progress)?,
+                Some(dest) => {
+                    let sha = write_piece(&mut entry, &dest, from, hash, progress)?;
+                    if rebuild.last_piece.get(path_str) == Some(&k) {
+                        whole_at = Some(dest);
+                    }
+                    sha
+                }
                 None => {
                     let mut w = HashingWriter::new(io::sink(), Some(hash), progress);
                     copy_large(&mut entry, &mut w).map_err(stream_err)?;
@@ -884,6 +942,9 @@ fn extract(
                 "{} does not match its SHA-256",
                 want.path
             )));
+        }
+        if let (Some(dest), Some(on_whole)) = (whole_at, rebuild.on_whole) {
+            on_whole(&want.path, &dest)?;
         }
         progress.file_done();
     }

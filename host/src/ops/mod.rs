@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod backups;
+pub mod databases;
 pub mod keys;
 pub mod policies;
 pub mod restore;

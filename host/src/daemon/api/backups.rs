@@ -133,6 +133,9 @@ pub(super) struct VerifyQuery {
     /// Also verify every backup it depends on, and each file rebuilt whole.
     #[serde(default)]
     chain: bool,
+    /// Also read every database file whole: trees, bodies, attachments.
+    #[serde(default)]
+    deep: bool,
 }
 
 pub(super) async fn backup_verify(
@@ -145,7 +148,20 @@ pub(super) async fn backup_verify(
     owned_backup(&d, &tenant, &id).await?;
     let request = JobRequest::Verify {
         backup_id: id,
-        chain: q.chain,
+        chain: q.chain || q.deep,
+        deep: q.deep,
     };
     accepted(&d, &tenant, request).await
+}
+
+/// `POST /v1/backups/{id}/databases`: a job listing the databases in a backup.
+pub(super) async fn backup_databases(
+    p: Principal,
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult<Response> {
+    let tenant = tenant_of(&p, &q)?;
+    owned_backup(&d, &tenant, &id).await?;
+    accepted(&d, &tenant, JobRequest::Databases { backup_id: id }).await
 }

@@ -132,6 +132,10 @@ pub fn router(d: Shared) -> Router {
             get(backups::backup_show).delete(backups::backup_delete),
         )
         .route("/v1/backups/{id}/verify", post(backups::backup_verify))
+        .route(
+            "/v1/backups/{id}/databases",
+            post(backups::backup_databases),
+        )
         .route("/v1/restores", post(restores::restore_create))
         .route("/v1/restores/{id}", get(restores::restore_show))
         .route("/v1/jobs", get(jobs::job_list))

@@ -169,11 +169,22 @@ fn routes() -> Vec<Route> {
             )
         },
         Route {
-            query: &["tenant", "chain"],
+            query: &["tenant", "chain", "deep"],
             ..route(
                 "post",
                 "/v1/backups/{id}/verify",
                 "start a verify job",
+                N,
+                202,
+                J(one::<Job>),
+            )
+        },
+        Route {
+            query: TENANT,
+            ..route(
+                "post",
+                "/v1/backups/{id}/databases",
+                "start a job listing the databases in a backup",
                 N,
                 202,
                 J(one::<Job>),

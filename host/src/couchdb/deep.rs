@@ -1,0 +1,233 @@
+//! What a `.couch` file of a backup holds, read with [`super::couchfile`]: its header alone
+//! (`backup databases`), or every tree, body and attachment (`backup verify --deep`), with
+//! any damage named by file, offset and what.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::couchfile::{CouchFile, CouchFileError};
+use super::ejson;
+
+/// At most this many problems are listed per file (the count says how many more).
+const MAX_PROBLEMS: usize = 50;
+
+/// One `.couch` file of a backup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShardCheck {
+    /// Its path in the backup, e.g. `data/shards/00000000-7fffffff/orders.1795703450.couch`.
+    pub file: String,
+    /// The database, e.g. `orders` (`_dbs`, `_nodes`, `_users` for node-local files).
+    pub database: String,
+    /// The shard's range, e.g. `00000000-7fffffff`; none for a node-local database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+    pub size: u64,
+    /// Live and deleted documents, as the header's by-id tree reduction counts them.
+    pub doc_count: u64,
+    pub doc_del_count: u64,
+    pub update_seq: u64,
+    /// Only after a deep check: what walking every tree found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub walked: Option<Walked>,
+    /// Damage: what, and where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Problems not listed (past the first 50).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_problems: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Counts from walking a file's trees.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Walked {
+    pub docs: u64,
+    pub deleted: u64,
+    /// Documents with more than one live leaf.
+    pub conflicted: u64,
+    /// Revision bodies read (every leaf of every document).
+    pub bodies: u64,
+    pub attachments: u64,
+    pub attachment_bytes: u64,
+    pub local_docs: u64,
+    /// Entries of the by-sequence tree.
+    pub changes: u64,
+}
+
+impl ShardCheck {
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(what);
+        } else {
+            self.more_problems += 1;
+        }
+    }
+}
+
+/// The database and shard range of a backup path: `data/shards/<range>/<db>.<suffix>.couch`
+/// or `data/<db>.couch`. None for what is not a database file.
+pub fn database_of(archive_path: &str) -> Option<(String, Option<String>)> {
+    let rest = archive_path.strip_prefix("data/")?.strip_suffix(".couch")?;
+    if let Some(shard) = rest.strip_prefix("shards/") {
+        let (range, file) = shard.split_once('/')?;
+        let (db, suffix) = file.rsplit_once('.')?;
+        if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        return Some((db.to_string(), Some(range.to_string())));
+    }
+    (!rest.contains('/')).then(|| (rest.to_string(), None))
+}
+
+/// The header of a database file: its counts. A file without a valid header is a problem.
+pub fn summarize(path: &Path, archive_path: &str) -> ShardCheck {
+    let (database, range) = database_of(archive_path).unwrap_or_default();
+    let mut c = ShardCheck {
+        file: archive_path.to_string(),
+        database,
+        range,
+        ..Default::default()
+    };
+    match open(path).and_then(|f| Ok((f.len(), f.db_header()?))) {
+        Ok((size, h)) => {
+            c.size = size;
+            c.doc_count = h.doc_count;
+            c.doc_del_count = h.doc_del_count;
+            c.update_seq = h.update_seq;
+        }
+        Err(e) => c.problem(format!("{archive_path}: {e}")),
+    }
+    c
+}
+
+/// Everything: the header, every document's revision tree, every leaf's body (valid
+/// JSON), every attachment's bytes against its length and MD5, the by-sequence and local
+/// trees and `_security`; the counts walked against the header's.
+pub fn check(path: &Path, archive_path: &str) -> ShardCheck {
+    let mut c = summarize(path, archive_path);
+    if !c.problems.is_empty() {
+        return c;
+    }
+    let f = match open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            c.problem(format!("{archive_path}: {e}"));
+            return c;
+        }
+    };
+    let h = match f.db_header() {
+        Ok(h) => h,
+        Err(e) => {
+            c.problem(format!("{archive_path}: {e}"));
+            return c;
+        }
+    };
+    let mut w = Walked::default();
+    let mut problems = Vec::new();
+    let mut seen_atts = HashSet::new();
+    let walked = f.fold_docs(&h, &mut |doc| {
+        w.docs += 1;
+        if doc.deleted {
+            w.deleted += 1;
+        }
+        if doc.conflicts().next().is_some() {
+            w.conflicted += 1;
+        }
+        for leaf in &doc.leaves {
+            let Some(ptr) = leaf.body_ptr else { continue };
+            let read = f.doc_body(ptr).and_then(|(body, atts)| {
+                w.bodies += 1;
+                ejson::to_json(&body).map_err(|e| {
+                    CouchFileError::Malformed(format!("the body at {ptr} is not JSON: {e}"))
+                })?;
+                for att in atts {
+                    // Revisions share attachments: each stored stream is read once.
+                    if !seen_atts.insert(att.chunks.first().copied()) {
+                        continue;
+                    }
+                    f.attachment(&att, &mut |_| Ok(()))?;
+                    w.attachments += 1;
+                    w.attachment_bytes += att.disk_len;
+                }
+                Ok(())
+            });
+            if let Err(e) = read {
+                problems.push(format!("document {} revision {}: {e}", doc.id, leaf.rev));
+            }
+        }
+        Ok(())
+    });
+    for p in problems {
+        c.problem(format!("{archive_path}: {p}"));
+    }
+    if let Err(e) = walked {
+        c.problem(format!("{archive_path}: by-id tree: {e}"));
+    } else if (w.docs - w.deleted, w.deleted) != (c.doc_count, c.doc_del_count) {
+        c.problem(format!(
+            "{archive_path}: the by-id tree holds {} live and {} deleted documents, the header counts {} and {}",
+            w.docs - w.deleted,
+            w.deleted,
+            c.doc_count,
+            c.doc_del_count
+        ));
+    }
+    if let Some(root) = h.seq_root {
+        match f.fold_tree(root, &mut |_, _| {
+            w.changes += 1;
+            Ok(())
+        }) {
+            Err(e) => c.problem(format!("{archive_path}: by-sequence tree: {e}")),
+            Ok(()) if w.changes != w.docs => c.problem(format!(
+                "{archive_path}: the by-sequence tree has {} entries for {} documents",
+                w.changes, w.docs
+            )),
+            Ok(()) => {}
+        }
+    }
+    if let Err(e) = f.fold_local_docs(&h, &mut |_, _| {
+        w.local_docs += 1;
+        Ok(())
+    }) {
+        c.problem(format!("{archive_path}: local documents: {e}"));
+    }
+    if let Err(e) = f.security(&h) {
+        c.problem(format!("{archive_path}: _security: {e}"));
+    }
+    c.walked = Some(w);
+    c
+}
+
+fn open(path: &Path) -> Result<CouchFile, CouchFileError> {
+    let file = std::fs::File::open(path).map_err(|source| CouchFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    CouchFile::new(file).map_err(|source| CouchFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_of;
+
+    #[test]
+    fn database_names_from_paths() {
+        assert_eq!(
+            database_of("data/shards/00000000-7fffffff/fixture/nested+name$(x).1795703453.couch"),
+            Some((
+                "fixture/nested+name$(x)".into(),
+                Some("00000000-7fffffff".into())
+            ))
+        );
+        assert_eq!(database_of("data/_dbs.couch"), Some(("_dbs".into(), None)));
+        assert_eq!(database_of("views/x.view"), None);
+        assert_eq!(database_of("data/shards/r/noSuffix.couch"), None);
+    }
+}
