@@ -438,6 +438,9 @@ pub fn databases(report: &DatabasesReport) {
             );
         }
     }
+    for d in &report.damage {
+        println!("  {}", escape_control(d));
+    }
     for n in &report.notes {
         println!("note: {}", escape_control(n));
     }

@@ -50,15 +50,20 @@ pub struct DatabasesReport {
     /// Notes that are not damage, e.g. a count that moved while the backup ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Damage seen across a database's files, e.g. fewer documents than CouchDB counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<String>,
 }
 
 impl DatabasesReport {
     /// Problems in every file together.
     pub fn problems(&self) -> u64 {
-        self.files
+        let in_files: u64 = self
+            .files
             .iter()
             .map(|f| f.problems.len() as u64 + f.more_problems)
-            .sum()
+            .sum();
+        in_files + self.damage.len() as u64
     }
 }
 
@@ -143,7 +148,7 @@ impl Vault {
         )?;
         let mut files = found.into_inner().unwrap_or_else(|p| p.into_inner());
         files.sort_by(|a, b| a.file.cmp(&b.file));
-        let (databases, notes) = summarize(target, &files);
+        let (databases, notes, damage) = summarize(target, &files);
         Ok(DatabasesReport {
             backup_id: target.backup_id.clone(),
             deep,
@@ -151,12 +156,18 @@ impl Vault {
             files,
             verify: deep.then_some(verify),
             notes,
+            damage,
         })
     }
 }
 
-/// Per database: its files summed, and CouchDB's count at backup start beside them.
-fn summarize(meta: &BackupMetadata, files: &[ShardCheck]) -> (Vec<DatabaseRow>, Vec<String>) {
+/// Per database: its files summed, and CouchDB's count at backup start beside them. Live
+/// and deleted documents together only grow while a backup runs (a purge aside): files
+/// holding fewer than CouchDB counted at the start are damage (cut short, or lost).
+fn summarize(
+    meta: &BackupMetadata,
+    files: &[ShardCheck],
+) -> (Vec<DatabaseRow>, Vec<String>, Vec<String>) {
     // Node-local databases (`data/_users.couch`) are not the clustered ones of that name.
     let mut rows: BTreeMap<(&str, bool), (DatabaseRow, Vec<&str>)> = BTreeMap::new();
     for f in files {
@@ -178,15 +189,25 @@ fn summarize(meta: &BackupMetadata, files: &[ShardCheck]) -> (Vec<DatabaseRow>, 
         row.problems += f.problems.len() as u64 + f.more_problems;
         ranges.extend(f.range.as_deref());
     }
-    let mut notes = Vec::new();
+    let (mut notes, mut damage) = (Vec::new(), Vec::new());
     let live = meta.couchdb.as_ref().map(|c| &c.databases);
     let out = rows
         .into_values()
         .map(|(mut row, ranges)| {
             let recorded = live.and_then(|l| l.get(&row.name));
-            if let (Some(stats), true) = (recorded, covers_ring(&ranges)) {
+            if let (Some(stats), true) = (recorded.filter(|_| !row.node_local), covers_ring(&ranges)) {
                 row.live_doc_count = Some(stats.doc_count);
-                if stats.doc_count != row.doc_count {
+                let (had, has) = (
+                    stats.doc_count + stats.doc_del_count,
+                    row.doc_count + row.doc_del_count,
+                );
+                if has < had {
+                    row.problems += 1;
+                    damage.push(format!(
+                        "{}: its files hold {has} documents (live and deleted), CouchDB counted {had} when the backup started: files cut short or lost",
+                        row.name
+                    ));
+                } else if stats.doc_count != row.doc_count {
                     notes.push(format!(
                         "{}: CouchDB counted {} documents when the backup started, its files hold {} (written while the backup ran)",
                         row.name, stats.doc_count, row.doc_count
@@ -196,7 +217,7 @@ fn summarize(meta: &BackupMetadata, files: &[ShardCheck]) -> (Vec<DatabaseRow>, 
             row
         })
         .collect();
-    (out, notes)
+    (out, notes, damage)
 }
 
 /// Whether shard ranges `bbbbbbbb-eeeeeeee` cover the whole hash ring, each once.
