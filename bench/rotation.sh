@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# B8: key rotation of N backups (default 1000) on a loopback Swift: time per backup beside
+# B9: key rotation of N backups (default 1000) on a loopback Swift: time per backup beside
 # reading every backup's metadata (the least a rotation must do), store calls by kind and
 # every data object's ETag before and after. Not a test.
 #

@@ -1,4 +1,4 @@
-//! B8: key rotation of N backups (default 1,000) on a real Swift: the time per backup,
+//! B9: key rotation of N backups (default 1,000) on a real Swift: the time per backup,
 //! beside the least any rotation must do (read and authenticate every backup's metadata,
 //! timed in the same process), and the proof that no data object was read or written:
 //! every store call counted by kind of object, and every data manifest's and segment's ETag
@@ -248,7 +248,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|(k, v)| k.ends_with("/backup.json") && after.get(*k) != Some(*v))
         .count();
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e3 / n as f64;
-    println!("B8 key rotation, {n} backups on a loopback Swift (one process, same store)");
+    println!("B9 key rotation, {n} backups on a loopback Swift (one process, same store)");
     println!(
         "  making the backups:            {:8.2} s  ({:.2} ms per backup)",
         made.as_secs_f64(),

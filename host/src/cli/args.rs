@@ -357,8 +357,22 @@ pub struct RestoreArgs {
     pub id: Option<String>,
     /// Directory to restore the database files into (with a tenant token: a directory name
     /// under the tenant's restore root).
-    #[arg(long, value_name = "DIR", required_unless_present = "in_place")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["in_place", "to_url"])]
     pub to: Option<PathBuf>,
+    /// Restore one database only, pushed into the running CouchDB at --to-url (every leaf
+    /// revision with its history, conflicts, attachments, design documents, _security).
+    #[arg(long, value_name = "NAME", requires = "to_url")]
+    pub database: Option<String>,
+    /// The CouchDB that --database goes into, e.g. http://127.0.0.1:5984 (credentials from
+    /// COUCHDB_USER and COUCHDB_PASSWORD or [couchdb], never in this URL).
+    #[arg(long, value_name = "URL", requires = "database", conflicts_with_all = ["to", "in_place", "view_index_to", "config_to", "force", "rollback", "rename_node"])]
+    pub to_url: Option<String>,
+    /// With --database: the name it gets in the target (default: its own).
+    #[arg(long = "as", value_name = "NEWNAME", requires = "database")]
+    pub as_name: Option<String>,
+    /// With --database: also the tombstones of deleted documents.
+    #[arg(long, requires = "database")]
+    pub include_deleted: bool,
     /// With --server: restore into the registered instance itself (its directories, its
     /// hooks); a tenant needs the instance's restore_in_place.
     #[arg(long, conflicts_with_all = ["to", "view_index_to", "config_to", "rollback"])]

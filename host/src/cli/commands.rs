@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use couchvault::config::Config;
+use couchvault::couchdb::http::{CouchClient, Password};
 use couchvault::couchdb::Source;
 use couchvault::keyring::barbican::Barbican;
 use couchvault::keyring::KeyRing;
+use couchvault::ops::databases::DbRestoreRequest;
 use couchvault::ops::keys::RewrapProgress;
 use couchvault::ops::restore::{
     backup_node, node_from_config, Hooks, RestoreRequest, RestoreTarget,
@@ -78,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
             id,
             with_dependents,
         }) => backup_delete(&ctx, &id, with_dependents),
+        Command::Restore(args) if args.database.is_some() => restore_database(&ctx, args),
         Command::Restore(args) => restore(&ctx, args),
         Command::Gc(args) => gc(&ctx, args),
         Command::Key(KeyCommand::Add(place)) => key_add(ctx, place.barbican),
@@ -266,6 +269,47 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         return print_json(&outcome);
     }
     render::restored(&outcome, backup_node(&meta));
+    Ok(())
+}
+
+/// `restore ID --database NAME --to-url URL`.
+fn restore_database(ctx: &Context, args: RestoreArgs) -> Result<()> {
+    let (Some(id), Some(database), Some(url)) = (&args.id, &args.database, &args.to_url) else {
+        anyhow::bail!("restore --database needs a backup id, --database and --to-url");
+    };
+    if CouchClient::url_has_credentials(url) {
+        anyhow::bail!(
+            "--to-url must not hold credentials (they would be on the command line): set COUCHDB_USER and COUCHDB_PASSWORD, or [couchdb] user and password"
+        );
+    }
+    let c = &ctx.vault.config.couchdb;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let user = env("COUCHDB_USER").or_else(|| c.user.clone());
+    let password = env("COUCHDB_PASSWORD")
+        .or_else(|| c.password.clone())
+        .map(Password);
+    let req = DbRestoreRequest {
+        database: database.clone(),
+        target_name: args.as_name.clone(),
+        couchdb: CouchClient::new(url, user, password)?,
+        include_deleted: args.include_deleted,
+    };
+    let progress = Progress::default();
+    let report = with_progress("restoring database", &progress, ctx.json, || {
+        ctx.vault.restore_database(&ctx.tenant, id, &req, &progress)
+    })
+    .with_context(|| format!("restore of database '{database}' from backup {id} failed"))?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        render::database_restored(&report);
+    }
+    if !report.refused.is_empty() {
+        anyhow::bail!(
+            "{} revision(s) were refused by the target (listed above)",
+            report.refused.len()
+        );
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! itself.
 
 use couchvault::format::{BackupMetadata, Stored};
-use couchvault::ops::databases::DatabasesReport;
+use couchvault::ops::databases::{DatabasesReport, DbRestoreReport};
 use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::restore::{DbCheck, RestoreOutcome};
 use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
@@ -471,5 +471,30 @@ pub fn deep_outcome(report: &DatabasesReport) -> anyhow::Result<()> {
             "backup {}: {n} problem(s) in its database files (listed above); restore from another backup",
             report.backup_id
         ),
+    }
+}
+
+pub fn database_restored(r: &DbRestoreReport) {
+    println!(
+        "restored database '{}' of backup {} into '{}' at {}{}: {} documents from {} shard file(s), {} revision(s) written ({} the target had), {} attachment(s) ({}){}{}",
+        escape_control(&r.database),
+        r.backup_id,
+        escape_control(&r.target),
+        r.target_url,
+        if r.created { " (created)" } else { "" },
+        r.documents,
+        r.shards,
+        r.revisions_written,
+        r.revisions_present,
+        r.attachments,
+        bytes(r.attachment_bytes),
+        if r.security { ", _security set" } else { "" },
+        match r.deleted_skipped {
+            0 => String::new(),
+            n => format!(", {n} deleted revision(s) left out (--include-deleted brings them)"),
+        }
+    );
+    for x in &r.refused {
+        println!("  refused: {}", escape_control(x));
     }
 }

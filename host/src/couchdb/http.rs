@@ -228,6 +228,62 @@ impl CouchClient {
         Ok(())
     }
 
+    /// Creates a database; false when it exists already.
+    pub fn create_db(&self, db: &str) -> Result<bool, CouchError> {
+        let path = format!("/{}", encode_db(db));
+        let (status, body) = self.send(self.req(reqwest::Method::PUT, &path), &path)?;
+        match status {
+            201 | 202 => Ok(true),
+            412 => Ok(false),
+            _ => Err(self.fail(&path, format!("HTTP {status} {}", reason_of(&body)))),
+        }
+    }
+
+    /// `POST /{db}/_revs_diff`: which of these revisions the database lacks.
+    pub fn revs_diff(&self, db: &str, revs: &Value) -> Result<Value, CouchError> {
+        self.post(&format!("/{}/_revs_diff", encode_db(db)), revs.to_string())
+    }
+
+    /// `POST /{db}/_bulk_docs` with a JSON body already written; the per-document answers.
+    pub fn bulk_docs(&self, db: &str, body: String) -> Result<Value, CouchError> {
+        self.post(&format!("/{}/_bulk_docs", encode_db(db)), body)
+    }
+
+    /// `PUT /{db}/_security`.
+    pub fn put_security(&self, db: &str, security: String) -> Result<(), CouchError> {
+        let path = format!("/{}/_security", encode_db(db));
+        let rb = self
+            .req(reqwest::Method::PUT, &path)
+            .header("content-type", "application/json")
+            .body(security);
+        let (status, body) = self.send(rb, &path)?;
+        if !(200..300).contains(&status) {
+            return Err(self.fail(&path, format!("HTTP {status} {}", reason_of(&body))));
+        }
+        Ok(())
+    }
+
+    fn post(&self, path: &str, body: String) -> Result<Value, CouchError> {
+        // Large batches (attachments inline) take longer than the default timeout.
+        let rb = self
+            .req(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(600))
+            .body(body);
+        let (status, body) = self.send(rb, path)?;
+        if !(200..300).contains(&status) {
+            return Err(self.fail(path, format!("HTTP {status} {}", reason_of(&body))));
+        }
+        Ok(body)
+    }
+
+    /// Whether credentials were given inside the URL (refused where the URL is argv).
+    pub fn url_has_credentials(url: &str) -> bool {
+        reqwest::Url::parse(url)
+            .map(|u| !u.username().is_empty() || u.password().is_some())
+            .unwrap_or(false)
+    }
+
     /// A database's doc count now, or why it cannot be opened.
     pub fn doc_count(&self, db: &str) -> Result<u64, CouchError> {
         let info = self.get(&format!("/{}", encode_db(db)))?;

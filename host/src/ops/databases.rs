@@ -4,14 +4,20 @@
 //! they are read.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{OpsError, Result, Vault};
 use crate::catalog;
+use crate::couchdb::couchfile::{CouchFile, CouchFileError, DocInfo, Leaf};
 use crate::couchdb::deep::{self, ShardCheck};
+use crate::couchdb::ejson;
+use crate::couchdb::http::CouchClient;
 use crate::engine::{self, Progress, VerifyReport};
 use crate::format::{BackupMetadata, Kind};
 
@@ -254,5 +260,369 @@ mod tests {
         assert!(super::covers_ring(&["00000000-ffffffff"]));
         assert!(!super::covers_ring(&["00000000-7fffffff"]));
         assert!(!super::covers_ring(&[]));
+    }
+}
+
+/// `restore ID --database NAME --to-url URL`: one database pushed into a running CouchDB.
+pub struct DbRestoreRequest {
+    /// The database in the backup.
+    pub database: String,
+    /// Its name in the target (default: the same).
+    pub target_name: Option<String>,
+    pub couchdb: CouchClient,
+    /// Also the tombstones of deleted documents.
+    pub include_deleted: bool,
+}
+
+/// What a one-database restore did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DbRestoreReport {
+    pub backup_id: String,
+    pub database: String,
+    pub target: String,
+    /// The target CouchDB (no credentials).
+    pub target_url: String,
+    /// Whether the target database was created (else it existed: a rerun adds what is
+    /// missing).
+    pub created: bool,
+    pub shards: u64,
+    pub documents: u64,
+    /// Leaf revisions written (conflicts included), and those the target already had.
+    pub revisions_written: u64,
+    pub revisions_present: u64,
+    pub deleted_skipped: u64,
+    pub attachments: u64,
+    pub attachment_bytes: u64,
+    pub security: bool,
+    /// Revisions the target refused, with its reason (at most 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// Leaf revisions per `_bulk_docs` request, and the body size that sends a batch early.
+const BATCH_DOCS: usize = 200;
+const BATCH_BYTES: usize = 8 << 20;
+
+impl Vault {
+    /// Pushes one database of a backup into a running CouchDB: every document's leaf
+    /// revisions with their histories (`new_edits: false`, so conflicts stay conflicts),
+    /// attachments with their bytes and types, design documents, `_security`; tombstones
+    /// with `include_deleted`. Revisions the target has are skipped (`_revs_diff`), so a
+    /// rerun after a failure sends only what is missing. Shard files are rebuilt one at a
+    /// time on scratch disk and pushed as soon as each is whole.
+    pub fn restore_database(
+        &self,
+        tenant: &str,
+        id: &str,
+        req: &DbRestoreRequest,
+        progress: &Progress,
+    ) -> Result<DbRestoreReport> {
+        let keyring = self.keyring()?;
+        let meta = catalog::load(&*self.store, &keyring, tenant, id)?;
+        let chain = match meta.kind {
+            Kind::Full => vec![meta],
+            _ => catalog::chain(&*self.store, &keyring, meta)?,
+        };
+        let Some(target) = chain.last() else {
+            return Err(OpsError::Refused(format!("backup {id} has no data")));
+        };
+        let is_ours = |path: &str| matches!(deep::database_of(path), Some((db, Some(_))) if db == req.database);
+        let shards = target.files.iter().filter(|f| is_ours(&f.path)).count();
+        if shards == 0 {
+            return Err(OpsError::Refused(format!(
+                "backup {id} holds no database '{}'; `couchvault backup databases {id}` lists those it holds",
+                req.database
+            )));
+        }
+        let name = req
+            .target_name
+            .clone()
+            .unwrap_or_else(|| req.database.clone());
+        let created = req.couchdb.create_db(&name)?;
+        let report = Mutex::new(DbRestoreReport {
+            backup_id: target.backup_id.clone(),
+            database: req.database.clone(),
+            target: name.clone(),
+            target_url: req.couchdb.base().to_string(),
+            created,
+            ..Default::default()
+        });
+        let security = Mutex::new(None);
+        let dir = self
+            .state_dir
+            .join("scratch")
+            .join(format!("{id}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| OpsError::io(format!("creating {}", dir.display()), e))?;
+        let scratch = Scratch(dir);
+        let on_whole = |path: &str, file: &std::path::Path| -> crate::Result<()> {
+            let pushed = push_shard(file, path, req, &name, &report, &security, progress);
+            std::fs::remove_file(file)
+                .map_err(|e| crate::Error::io(format!("removing {}", file.display()), e))?;
+            pushed.map_err(|e| crate::Error::Hook {
+                reason: e.to_string(),
+            })
+        };
+        engine::inspect(
+            &*self.store,
+            &keyring,
+            &chain,
+            progress,
+            &scratch.0,
+            &is_ours,
+            &on_whole,
+        )
+        .map_err(|e| match e {
+            crate::Error::Hook { reason } => OpsError::Refused(reason),
+            e => e.into(),
+        })?;
+        let mut report = report.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(sec) = security.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            req.couchdb.put_security(&name, sec)?;
+            report.security = true;
+        }
+        Ok(report)
+    }
+}
+
+/// Pushes every document of one shard file.
+fn push_shard(
+    file: &std::path::Path,
+    path: &str,
+    req: &DbRestoreRequest,
+    target: &str,
+    report: &Mutex<DbRestoreReport>,
+    security: &Mutex<Option<String>>,
+    progress: &Progress,
+) -> std::result::Result<(), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{path}: {e}");
+    let f = std::fs::File::open(file)
+        .and_then(CouchFile::new)
+        .map_err(|e| at(&e))?;
+    let header = f.db_header().map_err(|e| at(&e))?;
+    if let Some(sec) = f.security(&header).map_err(|e| at(&e))? {
+        let json = ejson::to_json(&sec).map_err(|e| at(&e))?;
+        security
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(json);
+    }
+    let mut pusher = Pusher {
+        f: &f,
+        req,
+        target,
+        report,
+        progress,
+        batch: Vec::new(),
+        failed: None,
+    };
+    pusher.report().shards += 1;
+    let folded = f.fold_docs(&header, &mut |doc| {
+        pusher.batch.push(doc);
+        if pusher.batch.len() >= BATCH_DOCS {
+            pusher.flush()?;
+        }
+        Ok(())
+    });
+    if let Some(e) = pusher.failed.take() {
+        return Err(at(&e));
+    }
+    folded.map_err(|e| at(&e))?;
+    pusher
+        .flush()
+        .map_err(|_| at(&pusher.failed.take().unwrap_or_default()))
+}
+
+struct Pusher<'a> {
+    f: &'a CouchFile,
+    req: &'a DbRestoreRequest,
+    target: &'a str,
+    report: &'a Mutex<DbRestoreReport>,
+    progress: &'a Progress,
+    batch: Vec<DocInfo>,
+    /// Why a flush failed (the fold is stopped with a placeholder error).
+    failed: Option<String>,
+}
+
+impl Pusher<'_> {
+    fn report(&self) -> std::sync::MutexGuard<'_, DbRestoreReport> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the batch: asks the target which leaf revisions it lacks, then writes those.
+    fn flush(&mut self) -> crate::couchdb::couchfile::Result<()> {
+        let docs = std::mem::take(&mut self.batch);
+        self.send(&docs).map_err(|e| {
+            self.failed = Some(e);
+            CouchFileError::Malformed("stopped".into())
+        })
+    }
+
+    fn send(&mut self, docs: &[DocInfo]) -> std::result::Result<(), String> {
+        let mut wanted = serde_json::Map::new();
+        let mut skipped = 0;
+        for d in docs {
+            let revs: Vec<Value> = d
+                .leaves
+                .iter()
+                .filter(|l| {
+                    let keep = !l.deleted || self.req.include_deleted;
+                    skipped += u64::from(!keep);
+                    keep && l.body_ptr.is_some()
+                })
+                .map(|l| Value::String(l.rev.clone()))
+                .collect();
+            if !revs.is_empty() {
+                wanted.insert(d.id.clone(), Value::Array(revs));
+            }
+        }
+        let asked: u64 = wanted
+            .values()
+            .filter_map(Value::as_array)
+            .map(|a| a.len() as u64)
+            .sum();
+        let missing = match wanted.is_empty() {
+            true => Value::Object(Default::default()),
+            false => self
+                .req
+                .couchdb
+                .revs_diff(self.target, &Value::Object(wanted))
+                .map_err(|e| e.to_string())?,
+        };
+        let mut body = String::from(r#"{"new_edits":false,"docs":["#);
+        let mut in_body = 0;
+        let mut written = 0;
+        for d in docs {
+            let Some(revs) = missing.get(&d.id).and_then(|m| m["missing"].as_array()) else {
+                continue;
+            };
+            for leaf in d
+                .leaves
+                .iter()
+                .filter(|l| revs.iter().any(|r| r == l.rev.as_str()))
+            {
+                if in_body > 0 {
+                    body.push(',');
+                }
+                self.write_doc(d, leaf, &mut body)?;
+                in_body += 1;
+                written += 1;
+                if body.len() >= BATCH_BYTES {
+                    self.post(std::mem::take(&mut body))?;
+                    body = String::from(r#"{"new_edits":false,"docs":["#);
+                    in_body = 0;
+                }
+            }
+        }
+        if in_body > 0 {
+            self.post(body)?;
+        }
+        let mut r = self.report();
+        r.documents += docs.len() as u64;
+        r.revisions_written += written;
+        r.revisions_present += asked - written;
+        r.deleted_skipped += skipped;
+        self.progress
+            .files_done
+            .fetch_add(docs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn post(&self, mut body: String) -> std::result::Result<(), String> {
+        body.push_str("]}");
+        let answers = self
+            .req
+            .couchdb
+            .bulk_docs(self.target, body)
+            .map_err(|e| e.to_string())?;
+        let mut r = self.report();
+        for a in answers.as_array().into_iter().flatten() {
+            if let Some(err) = a.get("error").and_then(Value::as_str) {
+                if r.refused.len() < 100 {
+                    r.refused.push(format!(
+                        "{} {}: {err}: {}",
+                        a["id"].as_str().unwrap_or("?"),
+                        a["rev"].as_str().unwrap_or("?"),
+                        a["reason"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One leaf revision as a `_bulk_docs` document: its history, attachments inline.
+    fn write_doc(
+        &self,
+        d: &DocInfo,
+        leaf: &Leaf,
+        out: &mut String,
+    ) -> std::result::Result<(), String> {
+        let ptr = leaf.body_ptr.unwrap_or_default();
+        let (body, atts) = self
+            .f
+            .doc_body(ptr)
+            .map_err(|e| format!("document {}: {e}", d.id))?;
+        out.push_str(r#"{"_id":"#);
+        ejson::string(&d.id, out);
+        out.push_str(r#","_rev":"#);
+        ejson::string(&leaf.rev, out);
+        out.push_str(&format!(
+            r#","_revisions":{{"start":{},"ids":["#,
+            leaf.pos()
+        ));
+        for (i, h) in leaf.path.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            ejson::string(h, out);
+        }
+        out.push_str("]}");
+        if leaf.deleted {
+            out.push_str(r#","_deleted":true"#);
+        }
+        if !atts.is_empty() {
+            out.push_str(r#","_attachments":{"#);
+            for (i, att) in atts.iter().enumerate() {
+                let mut stored = Vec::with_capacity(att.disk_len as usize);
+                self.f
+                    .attachment(att, &mut |b| {
+                        stored.extend_from_slice(b);
+                        Ok(())
+                    })
+                    .map_err(|e| format!("document {}: {e}", d.id))?;
+                let data = match att.encoding.as_str() {
+                    "gzip" => {
+                        let mut plain = Vec::with_capacity(att.att_len as usize);
+                        flate2::read::GzDecoder::new(stored.as_slice())
+                            .read_to_end(&mut plain)
+                            .map_err(|e| {
+                                format!("document {}: attachment '{}': {e}", d.id, att.name)
+                            })?;
+                        plain
+                    }
+                    _ => stored,
+                };
+                if i > 0 {
+                    out.push(',');
+                }
+                ejson::string(&att.name, out);
+                out.push_str(r#":{"content_type":"#);
+                ejson::string(&att.content_type, out);
+                out.push_str(r#","data":""#);
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(&data));
+                out.push_str(r#""}"#);
+                let mut r = self.report();
+                r.attachments += 1;
+                r.attachment_bytes += data.len() as u64;
+            }
+            out.push('}');
+        }
+        if let Some(pairs) = ejson::pairs(&body).filter(|p| !p.is_empty()) {
+            out.push(',');
+            ejson::write_pairs(pairs, out).map_err(|e| format!("document {}: {e}", d.id))?;
+        }
+        out.push('}');
+        Ok(())
     }
 }
