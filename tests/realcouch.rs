@@ -982,7 +982,10 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
     };
     let first = restore(&fresh, &[]);
     assert_eq!(first["created"], true, "{first}");
-    assert_eq!(first["revisions_written"], 60, "54 live documents and 6 conflicts: {first}");
+    assert_eq!(
+        first["revisions_written"], 60,
+        "54 live documents and 6 conflicts: {first}"
+    );
     assert_eq!(
         snapshot(&fresh, db),
         want,
@@ -1043,6 +1046,43 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
         err.contains("holds no database 'nope'") && err.contains("backup databases"),
         "{err}"
     );
+
+    // Through the daemon: a tenant pushes into its registered instance's CouchDB only.
+    let ddir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cwd.join("couchvault-data/keyring.toml"),
+        ddir.path().join("keyring.toml"),
+    )
+    .unwrap();
+    let extra = format!(
+        "store = \"file://{}\"\n[couchdb.credentials.fresh]\nuser = \"admin\"\npassword = \"password\"\n",
+        cwd.join("couchvault-data/store").display()
+    );
+    let d = common::daemon::Daemon::start(ddir.path(), &extra, "", &[]);
+    let (s, v) = d.post(
+        "/v1/instances",
+        &d.admin,
+        &json!({ "name": "onedb", "tenant": "default", "data_dir": fresh.data, "couchdb_url": fresh.url, "couchdb_credentials": "fresh" }),
+    );
+    assert_eq!(s, 201, "{v}");
+    let tenant = d.tenant_token("default");
+    let (s, v) = d.post(
+        "/v1/restores/database",
+        &tenant,
+        &json!({ "backup_id": id, "database": db, "to_url": "http://127.0.0.1:1" }),
+    );
+    assert_eq!(s, 403, "{v}");
+    let (s, job) = d.post(
+        "/v1/restores/database",
+        &tenant,
+        &json!({ "backup_id": id, "database": db, "as": "via-daemon" }),
+    );
+    assert_eq!(s, 202, "{job}");
+    let done = d.wait_job(job["id"].as_str().unwrap(), &tenant);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["revisions_written"], 60, "{done}");
+    assert_eq!(snapshot(&fresh, "via-daemon"), want);
+    drop(d);
     fresh.stop();
 
     // Into a 3-node cluster (q=2, n=3) under another name.

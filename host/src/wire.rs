@@ -146,6 +146,25 @@ pub struct RestoreParams {
     pub rename_node: bool,
 }
 
+/// `POST /v1/restores/database`: one database pushed into a running CouchDB.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DbRestoreParams {
+    pub backup_id: String,
+    pub database: String,
+    /// Its name in the target (default: its own).
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub as_name: Option<String>,
+    #[serde(default)]
+    pub include_deleted: bool,
+    /// Admin only: the target CouchDB (default: the backup's instance's). No credentials
+    /// in it: name `[couchdb.credentials.NAME]` with `couchdb_credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub couchdb_credentials: Option<String>,
+}
+
 /// `POST /v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -445,6 +464,22 @@ pub enum JobRequest {
     Databases {
         backup_id: String,
     },
+    /// One database pushed into a running CouchDB: `to_url` (admin), else the registered
+    /// instance's CouchDB.
+    RestoreDatabase {
+        backup_id: String,
+        /// The backup's instance (holds no lock: the node's files are not touched).
+        instance: String,
+        database: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_name: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        include_deleted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        couchdb_credentials: Option<String>,
+    },
     Delete {
         backup_id: String,
         /// Also the backups that depend on it (else refused while any does).
@@ -474,6 +509,7 @@ impl JobRequest {
             JobRequest::Restore { .. } => "restore",
             JobRequest::Verify { .. } => "verify",
             JobRequest::Databases { .. } => "databases",
+            JobRequest::RestoreDatabase { .. } => "restore_database",
             JobRequest::Delete { .. } => "delete",
             JobRequest::Gc { .. } => "gc",
             JobRequest::KeyRotate { .. } => "key_rotate",

@@ -357,11 +357,12 @@ pub struct RestoreArgs {
     pub id: Option<String>,
     /// Directory to restore the database files into (with a tenant token: a directory name
     /// under the tenant's restore root).
-    #[arg(long, value_name = "DIR", required_unless_present_any = ["in_place", "to_url"])]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["in_place", "database"])]
     pub to: Option<PathBuf>,
-    /// Restore one database only, pushed into the running CouchDB at --to-url (every leaf
-    /// revision with its history, conflicts, attachments, design documents, _security).
-    #[arg(long, value_name = "NAME", requires = "to_url")]
+    /// Restore one database only, pushed into the running CouchDB at --to-url (with
+    /// --server and no --to-url: the backup's registered instance's CouchDB): every leaf
+    /// revision with its history, conflicts, attachments, design documents, _security.
+    #[arg(long, value_name = "NAME")]
     pub database: Option<String>,
     /// The CouchDB that --database goes into, e.g. http://127.0.0.1:5984 (credentials from
     /// COUCHDB_USER and COUCHDB_PASSWORD or [couchdb], never in this URL).

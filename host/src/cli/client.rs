@@ -7,21 +7,22 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use couchvault::config::Config;
+use couchvault::couchdb::http::CouchClient;
 use couchvault::daemon::instances::{
     self, ApplyReport as InstancesApplied, Instance, InstanceSpec,
 };
 use couchvault::daemon::schedules::ApplyReport as SchedulesApplied;
 use couchvault::format::BackupMetadata;
 use couchvault::names::escape_control;
-use couchvault::ops::databases::DatabasesReport;
+use couchvault::ops::databases::{DatabasesReport, DbRestoreReport};
 use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::restore::RestoreOutcome;
 use couchvault::ops::{Deleted, GcReport, VerifyReport};
 use couchvault::policy::registry::Entry;
 use couchvault::scheduler::{Schedule, ScheduleSpec};
 use couchvault::wire::{
-    BackupParams, BackupRow, ErrorBody, InstanceApply, Job, KeyRotateParams, RestoreParams,
-    ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams,
+    BackupParams, BackupRow, DbRestoreParams, ErrorBody, InstanceApply, Job, KeyRotateParams,
+    RestoreParams, ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams,
 };
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::Method;
@@ -283,6 +284,9 @@ fn print_result(j: &Job) -> bool {
         }
         JobRequest::Gc { grace } => serde_json::from_value::<GcReport>(result)
             .map(|r| render::gc(&r, false, &grace.to_string())),
+        JobRequest::RestoreDatabase { .. } => {
+            serde_json::from_value::<DbRestoreReport>(result).map(|r| render::database_restored(&r))
+        }
         JobRequest::KeyRotate { .. } => {
             serde_json::from_value::<RewrapReport>(result).map(|r| render::rewrapped(&r))
         }
@@ -339,6 +343,24 @@ pub fn run(cli: Cli, config: Config) -> Result<()> {
             let path = format!("/v1/backups/{id}?with_dependents={with_dependents}");
             let job: Job = c.send(c.request(Method::DELETE, &path))?;
             c.submitted(job, false)
+        }
+        Command::Restore(a) if a.database.is_some() => {
+            if a.to_url
+                .as_deref()
+                .is_some_and(CouchClient::url_has_credentials)
+            {
+                bail!("--to-url must not hold credentials: the daemon names them ([couchdb.credentials.NAME])");
+            }
+            let body = DbRestoreParams {
+                backup_id: a.id.unwrap_or_default(),
+                database: a.database.unwrap_or_default(),
+                as_name: a.as_name,
+                include_deleted: a.include_deleted,
+                to_url: a.to_url,
+                couchdb_credentials: None,
+            };
+            let job: Job = c.post("/v1/restores/database", &body)?;
+            c.submitted(job, a.detach)
         }
         Command::Restore(a) => {
             if a.owner.is_some() {

@@ -275,7 +275,9 @@ fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
 /// `restore ID --database NAME --to-url URL`.
 fn restore_database(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let (Some(id), Some(database), Some(url)) = (&args.id, &args.database, &args.to_url) else {
-        anyhow::bail!("restore --database needs a backup id, --database and --to-url");
+        anyhow::bail!(
+            "restore --database needs a backup id and --to-url (or --server, to push into the backup's registered instance)"
+        );
     };
     if CouchClient::url_has_credentials(url) {
         anyhow::bail!(

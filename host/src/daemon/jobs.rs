@@ -120,6 +120,7 @@ impl Runner {
             JobRequest::Restore { backup_id, .. }
             | JobRequest::Verify { backup_id, .. }
             | JobRequest::Databases { backup_id }
+            | JobRequest::RestoreDatabase { backup_id, .. }
             | JobRequest::Delete { backup_id, .. } => Some(backup_id.clone()),
             JobRequest::Gc { .. } | JobRequest::KeyRotate { .. } => None,
         };
@@ -340,6 +341,51 @@ impl Runner {
                 let report = vault.databases(&tenant, &backup_id, progress)?;
                 job.result = serde_json::to_value(&report).ok();
                 Ok(())
+            }
+            JobRequest::RestoreDatabase {
+                backup_id,
+                instance,
+                database,
+                target_name,
+                include_deleted,
+                to_url,
+                couchdb_credentials,
+            } => {
+                let target = match to_url {
+                    Some(url) => {
+                        let creds = couchdb_credentials
+                            .as_ref()
+                            .and_then(|c| vault.config.couchdb.credentials.get(c));
+                        crate::config::CouchDbConfig {
+                            url: Some(url),
+                            user: creds.and_then(|c| c.user.clone()),
+                            password: creds.and_then(|c| c.password.clone()),
+                            credentials: Default::default(),
+                        }
+                    }
+                    None => self.instance(&tenant, &instance)?.couchdb(&vault.config),
+                };
+                let Some(couchdb) = vault.couch_client_for(Some(&target))? else {
+                    return Err(OpsError::Refused(format!(
+                        "instance '{instance}' has no couchdb_url to restore database '{database}' into"
+                    ))
+                    .into());
+                };
+                let req = crate::ops::databases::DbRestoreRequest {
+                    database,
+                    target_name,
+                    couchdb,
+                    include_deleted,
+                };
+                let report = vault.restore_database(&tenant, &backup_id, &req, progress)?;
+                job.result = serde_json::to_value(&report).ok();
+                match report.refused.len() {
+                    0 => Ok(()),
+                    n => Err(OpsError::Refused(format!(
+                        "{n} revision(s) were refused by the target (see the job's result)"
+                    ))
+                    .into()),
+                }
             }
             JobRequest::Delete {
                 backup_id,

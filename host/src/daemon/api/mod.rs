@@ -137,6 +137,7 @@ pub fn router(d: Shared) -> Router {
             post(backups::backup_databases),
         )
         .route("/v1/restores", post(restores::restore_create))
+        .route("/v1/restores/database", post(restores::restore_database))
         .route("/v1/restores/{id}", get(restores::restore_show))
         .route("/v1/jobs", get(jobs::job_list))
         .route("/v1/jobs/{id}", get(jobs::job_show))

@@ -18,9 +18,9 @@ use crate::ops::DryRunReport;
 use crate::policy::registry::Entry;
 use crate::scheduler::{Schedule, ScheduleSpec};
 use crate::wire::{
-    BackupParams, BackupRow, DryRunParams, ErrorBody, GcParams, Health, InstanceApply, Job,
-    KeyRotateParams, Reindexed, RestoreParams, ScheduleApply, ScheduleShown, TokenCreated,
-    TokenInfo, TokenParams, API_VERSION,
+    BackupParams, BackupRow, DbRestoreParams, DryRunParams, ErrorBody, GcParams, Health,
+    InstanceApply, Job, KeyRotateParams, Reindexed, RestoreParams, ScheduleApply, ScheduleShown,
+    TokenCreated, TokenInfo, TokenParams, API_VERSION,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -190,6 +190,14 @@ fn routes() -> Vec<Route> {
                 J(one::<Job>),
             )
         },
+        route(
+            "post",
+            "/v1/restores/database",
+            "start a job pushing one database of a backup into a running CouchDB",
+            J(one::<DbRestoreParams>),
+            202,
+            J(one::<Job>),
+        ),
         route(
             "post",
             "/v1/restores",

@@ -14,7 +14,7 @@ use crate::daemon::auth::Principal;
 use crate::daemon::instances;
 use crate::daemon::jobs::{Job, JobRequest};
 use crate::daemon::Daemon;
-use crate::wire::RestoreParams;
+use crate::wire::{DbRestoreParams, RestoreParams};
 
 /// Where a restore may write: anywhere absolute for the admin; for a tenant, only a
 /// directory strictly inside `<tenant_restore_root>/<tenant>/`, so that everything a
@@ -89,6 +89,44 @@ fn tenant_target(base: &std::path::Path, rel: &std::path::Path) -> ApiResult<Pat
         }
     }
     Ok(base.join(rel))
+}
+
+/// `POST /v1/restores/database`: a tenant pushes only into its instance's registered
+/// CouchDB; the admin may name any URL (credentials by name from the config).
+pub(super) async fn restore_database(
+    p: Principal,
+    State(d): State<Shared>,
+    Query(q): Query<TenantQuery>,
+    JsonBody(b): JsonBody<DbRestoreParams>,
+) -> ApiResult<Response> {
+    let tenant = tenant_of(&p, &q)?;
+    let meta = owned_backup(&d, &tenant, &b.backup_id).await?;
+    if p != Principal::Admin && (b.to_url.is_some() || b.couchdb_credentials.is_some()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a tenant restores a database only into its instance's registered CouchDB: give no to_url",
+        ));
+    }
+    if let Some(url) = &b.to_url {
+        if crate::couchdb::http::CouchClient::url_has_credentials(url) {
+            return Err(ApiError::bad(
+                "to_url must not hold credentials: name [couchdb.credentials.NAME] with couchdb_credentials",
+            ));
+        }
+    }
+    if b.to_url.is_none() {
+        instances::require(&d.db, &tenant, &meta.instance)?;
+    }
+    let req = JobRequest::RestoreDatabase {
+        backup_id: b.backup_id,
+        instance: meta.instance,
+        database: b.database,
+        target_name: b.as_name,
+        include_deleted: b.include_deleted,
+        to_url: b.to_url,
+        couchdb_credentials: b.couchdb_credentials,
+    };
+    accepted(&d, &tenant, req).await
 }
 
 pub(super) async fn restore_create(
