@@ -721,6 +721,9 @@ fn incrementals_of_a_node_under_a_writer_each_restore_onto_a_fresh_node() {
         "{totals}"
     );
 
+    // The databases of an incremental are read through its chain.
+    deep_verify_passes(cwd, &inc2.2);
+
     src.stop();
     let fresh = Couch::start(&sh, "cv-inc-dst", 11180, node);
     for (label, (before, after, id)) in [("full", &full), ("inc1", &inc1), ("inc2", &inc2)] {
