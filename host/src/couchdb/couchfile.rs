@@ -91,22 +91,26 @@ impl CouchFile {
     }
 
     /// `n` logical bytes from physical position `pos`, skipping each block's marker byte.
-    fn read(&self, mut pos: u64, n: usize) -> Result<Vec<u8>> {
+    fn read(&self, pos: u64, n: usize) -> Result<Vec<u8>> {
         // A damaged length must not ask for more memory than the file has bytes.
         if n as u64 > self.len || pos > self.len {
             return Err(CouchFileError::Length { len: n, pos });
         }
-        let mut out = vec![0u8; n];
-        let mut filled = 0;
-        while filled < n {
-            if pos % BLOCK == 0 {
-                pos += 1;
+        // One read of the whole physical span, then the block markers taken out: an
+        // attachment chunk spans many blocks.
+        let end = physical_after(pos, n as u64);
+        let mut raw = vec![0u8; (end - pos) as usize];
+        self.at(pos, &mut raw)?;
+        let mut out = Vec::with_capacity(n);
+        let mut i = 0usize;
+        while out.len() < n {
+            if (pos + i as u64) % BLOCK == 0 {
+                i += 1;
             }
-            let block_end = (pos / BLOCK + 1) * BLOCK;
-            let want = (n - filled).min((block_end - pos) as usize);
-            self.at(pos, &mut out[filled..filled + want])?;
-            filled += want;
-            pos += want as u64;
+            let block_end = ((pos + i as u64) / BLOCK + 1) * BLOCK;
+            let want = (n - out.len()).min((block_end - pos - i as u64) as usize);
+            out.extend_from_slice(&raw[i..i + want]);
+            i += want;
         }
         Ok(out)
     }

@@ -299,9 +299,11 @@ pub struct DbRestoreReport {
     pub refused: Vec<String>,
 }
 
-/// Leaf revisions per `_bulk_docs` request, and the body size that sends a batch early.
+/// Leaf revisions per `_bulk_docs` request, the body size that sends a batch early, and
+/// how many requests are in flight at once.
 const BATCH_DOCS: usize = 200;
 const BATCH_BYTES: usize = 8 << 20;
+const SENDERS: usize = 4;
 
 impl Vault {
     /// Pushes one database of a backup into a running CouchDB: every document's leaf
@@ -309,7 +311,7 @@ impl Vault {
     /// attachments with their bytes and types, design documents, `_security`; tombstones
     /// with `include_deleted`. Revisions the target has are skipped (`_revs_diff`), so a
     /// rerun after a failure sends only what is missing. Shard files are rebuilt one at a
-    /// time on scratch disk and pushed as soon as each is whole.
+    /// time on scratch disk and pushed as soon as each is whole, a few requests at once.
     pub fn restore_database(
         &self,
         tenant: &str,
@@ -326,28 +328,34 @@ impl Vault {
         let Some(target) = chain.last() else {
             return Err(OpsError::Refused(format!("backup {id} has no data")));
         };
-        let is_ours = |path: &str| matches!(deep::database_of(path), Some((db, Some(_))) if db == req.database);
-        let shards = target.files.iter().filter(|f| is_ours(&f.path)).count();
-        if shards == 0 {
+        let is_ours = |path: &str| {
+            matches!(deep::database_of(path), Some((db, Some(_))) if db == req.database)
+        };
+        if !target.files.iter().any(|f| is_ours(&f.path)) {
             return Err(OpsError::Refused(format!(
                 "backup {id} holds no database '{}'; `couchvault backup databases {id}` lists those it holds",
                 req.database
             )));
         }
-        let name = req
-            .target_name
-            .clone()
-            .unwrap_or_else(|| req.database.clone());
+        let name = req.target_name.clone().unwrap_or_else(|| req.database.clone());
         let created = req.couchdb.create_db(&name)?;
-        let report = Mutex::new(DbRestoreReport {
-            backup_id: target.backup_id.clone(),
-            database: req.database.clone(),
-            target: name.clone(),
-            target_url: req.couchdb.base().to_string(),
-            created,
-            ..Default::default()
-        });
-        let security = Mutex::new(None);
+        let (queue, bodies) = std::sync::mpsc::sync_channel::<String>(SENDERS);
+        let push = Push {
+            req,
+            target: &name,
+            report: Mutex::new(DbRestoreReport {
+                backup_id: target.backup_id.clone(),
+                database: req.database.clone(),
+                target: name.clone(),
+                target_url: req.couchdb.base().to_string(),
+                created,
+                ..Default::default()
+            }),
+            security: Mutex::new(None),
+            progress,
+            queue: Mutex::new(Some(queue)),
+            failure: Mutex::new(None),
+        };
         let dir = self
             .state_dir
             .join("scratch")
@@ -356,28 +364,39 @@ impl Vault {
             .map_err(|e| OpsError::io(format!("creating {}", dir.display()), e))?;
         let scratch = Scratch(dir);
         let on_whole = |path: &str, file: &std::path::Path| -> crate::Result<()> {
-            let pushed = push_shard(file, path, req, &name, &report, &security, progress);
+            let pushed = push.shard(file, path);
             std::fs::remove_file(file)
                 .map_err(|e| crate::Error::io(format!("removing {}", file.display()), e))?;
-            pushed.map_err(|e| crate::Error::Hook {
-                reason: e.to_string(),
-            })
+            pushed.map_err(|reason| crate::Error::Hook { reason })
         };
-        engine::inspect(
-            &*self.store,
-            &keyring,
-            &chain,
-            progress,
-            &scratch.0,
-            &is_ours,
-            &on_whole,
-        )
-        .map_err(|e| match e {
+        let bodies = Mutex::new(bodies);
+        let read = std::thread::scope(|s| {
+            for _ in 0..SENDERS {
+                s.spawn(|| push.send_queued(&bodies));
+            }
+            let read = engine::inspect(
+                &*self.store,
+                &keyring,
+                &chain,
+                progress,
+                &scratch.0,
+                &is_ours,
+                &on_whole,
+            );
+            // Closing the queue ends the senders once it is empty.
+            push.lock(&push.queue).take();
+            read
+        });
+        if let Some(why) = push.lock(&push.failure).take() {
+            return Err(OpsError::Refused(why));
+        }
+        read.map_err(|e| match e {
             crate::Error::Hook { reason } => OpsError::Refused(reason),
             e => e.into(),
         })?;
-        let mut report = report.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(sec) = security.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let security = push.lock(&push.security).take();
+        let mut report = push.report.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(sec) = security {
             req.couchdb.put_security(&name, sec)?;
             report.security = true;
         }
@@ -385,80 +404,58 @@ impl Vault {
     }
 }
 
-/// Pushes every document of one shard file.
-fn push_shard(
-    file: &std::path::Path,
-    path: &str,
-    req: &DbRestoreRequest,
-    target: &str,
-    report: &Mutex<DbRestoreReport>,
-    security: &Mutex<Option<String>>,
-    progress: &Progress,
-) -> std::result::Result<(), String> {
-    let at = |e: &dyn std::fmt::Display| format!("{path}: {e}");
-    let f = std::fs::File::open(file)
-        .and_then(CouchFile::new)
-        .map_err(|e| at(&e))?;
-    let header = f.db_header().map_err(|e| at(&e))?;
-    if let Some(sec) = f.security(&header).map_err(|e| at(&e))? {
-        let json = ejson::to_json(&sec).map_err(|e| at(&e))?;
-        security
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(json);
-    }
-    let mut pusher = Pusher {
-        f: &f,
-        req,
-        target,
-        report,
-        progress,
-        batch: Vec::new(),
-        failed: None,
-    };
-    pusher.report().shards += 1;
-    let folded = f.fold_docs(&header, &mut |doc| {
-        pusher.batch.push(doc);
-        if pusher.batch.len() >= BATCH_DOCS {
-            pusher.flush()?;
-        }
-        Ok(())
-    });
-    if let Some(e) = pusher.failed.take() {
-        return Err(at(&e));
-    }
-    folded.map_err(|e| at(&e))?;
-    pusher
-        .flush()
-        .map_err(|_| at(&pusher.failed.take().unwrap_or_default()))
-}
-
-struct Pusher<'a> {
-    f: &'a CouchFile,
+/// What every shard file's push shares.
+struct Push<'a> {
     req: &'a DbRestoreRequest,
     target: &'a str,
-    report: &'a Mutex<DbRestoreReport>,
+    report: Mutex<DbRestoreReport>,
+    security: Mutex<Option<String>>,
     progress: &'a Progress,
-    batch: Vec<DocInfo>,
-    /// Why a flush failed (the fold is stopped with a placeholder error).
-    failed: Option<String>,
+    /// `_bulk_docs` bodies for the senders; taken (closed) when every file is read.
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<String>>>,
+    /// The first failure of a sender: everything stops.
+    failure: Mutex<Option<String>>,
 }
 
-impl Pusher<'_> {
-    fn report(&self) -> std::sync::MutexGuard<'_, DbRestoreReport> {
-        self.report.lock().unwrap_or_else(|p| p.into_inner())
+impl Push<'_> {
+    fn lock<'m, T>(&self, m: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends the batch: asks the target which leaf revisions it lacks, then writes those.
-    fn flush(&mut self) -> crate::couchdb::couchfile::Result<()> {
-        let docs = std::mem::take(&mut self.batch);
-        self.send(&docs).map_err(|e| {
-            self.failed = Some(e);
-            CouchFileError::Malformed("stopped".into())
-        })
+    /// Pushes every document of one shard file.
+    fn shard(&self, file: &std::path::Path, path: &str) -> std::result::Result<(), String> {
+        let at = |e: &dyn std::fmt::Display| format!("{path}: {e}");
+        let f = std::fs::File::open(file)
+            .and_then(CouchFile::new)
+            .map_err(|e| at(&e))?;
+        let header = f.db_header().map_err(|e| at(&e))?;
+        if let Some(sec) = f.security(&header).map_err(|e| at(&e))? {
+            let json = ejson::to_json(&sec).map_err(|e| at(&e))?;
+            self.lock(&self.security).get_or_insert(json);
+        }
+        self.lock(&self.report).shards += 1;
+        let mut batch = Vec::new();
+        let mut failed = None;
+        let folded = f.fold_docs(&header, &mut |doc| {
+            batch.push(doc);
+            if batch.len() >= BATCH_DOCS {
+                self.batch(&f, &std::mem::take(&mut batch)).map_err(|e| {
+                    failed = Some(e);
+                    CouchFileError::Malformed("stopped".into())
+                })?;
+            }
+            Ok(())
+        });
+        if let Some(e) = failed {
+            return Err(at(&e));
+        }
+        folded.map_err(|e| at(&e))?;
+        self.batch(&f, &batch).map_err(|e| at(&e))
     }
 
-    fn send(&mut self, docs: &[DocInfo]) -> std::result::Result<(), String> {
+    /// Asks the target which of these documents' leaf revisions it lacks, then queues
+    /// those for the senders.
+    fn batch(&self, f: &CouchFile, docs: &[DocInfo]) -> std::result::Result<(), String> {
         let mut wanted = serde_json::Map::new();
         let mut skipped = 0;
         for d in docs {
@@ -489,35 +486,31 @@ impl Pusher<'_> {
                 .revs_diff(self.target, &Value::Object(wanted))
                 .map_err(|e| e.to_string())?,
         };
-        let mut body = String::from(r#"{"new_edits":false,"docs":["#);
+        const OPEN: &str = r#"{"new_edits":false,"docs":["#;
+        let mut body = String::from(OPEN);
         let mut in_body = 0;
         let mut written = 0;
         for d in docs {
             let Some(revs) = missing.get(&d.id).and_then(|m| m["missing"].as_array()) else {
                 continue;
             };
-            for leaf in d
-                .leaves
-                .iter()
-                .filter(|l| revs.iter().any(|r| r == l.rev.as_str()))
-            {
+            for leaf in d.leaves.iter().filter(|l| revs.iter().any(|r| r == l.rev.as_str())) {
                 if in_body > 0 {
                     body.push(',');
                 }
-                self.write_doc(d, leaf, &mut body)?;
+                self.write_doc(f, d, leaf, &mut body)?;
                 in_body += 1;
                 written += 1;
                 if body.len() >= BATCH_BYTES {
-                    self.post(std::mem::take(&mut body))?;
-                    body = String::from(r#"{"new_edits":false,"docs":["#);
+                    self.enqueue(std::mem::replace(&mut body, String::from(OPEN)))?;
                     in_body = 0;
                 }
             }
         }
         if in_body > 0 {
-            self.post(body)?;
+            self.enqueue(body)?;
         }
-        let mut r = self.report();
+        let mut r = self.lock(&self.report);
         r.documents += docs.len() as u64;
         r.revisions_written += written;
         r.revisions_present += asked - written;
@@ -528,14 +521,39 @@ impl Pusher<'_> {
         Ok(())
     }
 
-    fn post(&self, mut body: String) -> std::result::Result<(), String> {
+    fn enqueue(&self, mut body: String) -> std::result::Result<(), String> {
+        if let Some(why) = self.lock(&self.failure).clone() {
+            return Err(why);
+        }
         body.push_str("]}");
+        let queue = self.lock(&self.queue).clone();
+        match queue.map(|q| q.send(body)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err("the senders stopped".into()),
+        }
+    }
+
+    /// A sender: posts queued bodies until the queue closes; the first failure stops all.
+    fn send_queued(&self, bodies: &Mutex<std::sync::mpsc::Receiver<String>>) {
+        loop {
+            let next = self.lock(bodies).recv();
+            let Ok(body) = next else { return };
+            if self.lock(&self.failure).is_some() {
+                continue;
+            }
+            if let Err(e) = self.post(body) {
+                self.lock(&self.failure).get_or_insert(e);
+            }
+        }
+    }
+
+    fn post(&self, body: String) -> std::result::Result<(), String> {
         let answers = self
             .req
             .couchdb
             .bulk_docs(self.target, body)
             .map_err(|e| e.to_string())?;
-        let mut r = self.report();
+        let mut r = self.lock(&self.report);
         for a in answers.as_array().into_iter().flatten() {
             if let Some(err) = a.get("error").and_then(Value::as_str) {
                 if r.refused.len() < 100 {
@@ -554,23 +572,20 @@ impl Pusher<'_> {
     /// One leaf revision as a `_bulk_docs` document: its history, attachments inline.
     fn write_doc(
         &self,
+        f: &CouchFile,
         d: &DocInfo,
         leaf: &Leaf,
         out: &mut String,
     ) -> std::result::Result<(), String> {
         let ptr = leaf.body_ptr.unwrap_or_default();
-        let (body, atts) = self
-            .f
+        let (body, atts) = f
             .doc_body(ptr)
             .map_err(|e| format!("document {}: {e}", d.id))?;
         out.push_str(r#"{"_id":"#);
         ejson::string(&d.id, out);
         out.push_str(r#","_rev":"#);
         ejson::string(&leaf.rev, out);
-        out.push_str(&format!(
-            r#","_revisions":{{"start":{},"ids":["#,
-            leaf.pos()
-        ));
+        out.push_str(&format!(r#","_revisions":{{"start":{},"ids":["#, leaf.pos()));
         for (i, h) in leaf.path.iter().enumerate() {
             if i > 0 {
                 out.push(',');
@@ -585,12 +600,11 @@ impl Pusher<'_> {
             out.push_str(r#","_attachments":{"#);
             for (i, att) in atts.iter().enumerate() {
                 let mut stored = Vec::with_capacity(att.disk_len as usize);
-                self.f
-                    .attachment(att, &mut |b| {
-                        stored.extend_from_slice(b);
-                        Ok(())
-                    })
-                    .map_err(|e| format!("document {}: {e}", d.id))?;
+                f.attachment(att, &mut |b| {
+                    stored.extend_from_slice(b);
+                    Ok(())
+                })
+                .map_err(|e| format!("document {}: {e}", d.id))?;
                 let data = match att.encoding.as_str() {
                     "gzip" => {
                         let mut plain = Vec::with_capacity(att.att_len as usize);
@@ -610,9 +624,9 @@ impl Pusher<'_> {
                 out.push_str(r#":{"content_type":"#);
                 ejson::string(&att.content_type, out);
                 out.push_str(r#","data":""#);
-                out.push_str(&base64::engine::general_purpose::STANDARD.encode(&data));
+                base64::engine::general_purpose::STANDARD.encode_string(&data, out);
                 out.push_str(r#""}"#);
-                let mut r = self.report();
+                let mut r = self.lock(&self.report);
                 r.attachments += 1;
                 r.attachment_bytes += data.len() as u64;
             }
