@@ -48,7 +48,7 @@ print("%d documents" % n)
 PY
 
 # Runs a command under /usr/bin/time; its seconds and peak RSS (KiB) land in $W/time.
-t() { /usr/bin/time -f "%e %M" -o "$W/time" "$@"; }
+t() { /usr/bin/time -f "%e %M %U %S" -o "$W/time" "$@"; }
 cd "$W"
 t "$BIN" --json backup create --instance b --couchdb-config "$SRC_ETC" > "$W/created.json"
 read -r s_bk _ < "$W/time"
@@ -59,13 +59,14 @@ read -r s_cb _ < "$W/time"
 curl -s -u admin:password -X PUT "$DST/cr" > /dev/null
 DST_CB=${DST/http:\/\//http://admin:password@}
 t sh -c "couchrestore --url '$DST_CB' --db cr --attachments --quiet < '$W/cb.txt' 2> /dev/null"
-read -r s_cr m_cr < "$W/time"
+read -r s_cr m_cr _ < "$W/time"
 t "$BIN" restore "$ID" --database bench --to-url "$DST" --as cv > /dev/null
-read -r s_cv m_cv < "$W/time"
+read -r s_cv m_cv u_cv k_cv < "$W/time"
+echo "  (couchvault restore --database CPU: user ${u_cv} s, system ${k_cv} s)"
 t "$BIN" backup verify "$ID" > /dev/null
-read -r s_v m_v < "$W/time"
+read -r s_v m_v _ < "$W/time"
 t "$BIN" backup verify --deep "$ID" > /dev/null
-read -r s_dv m_dv < "$W/time"
+read -r s_dv m_dv _ < "$W/time"
 count() { curl -s -u admin:password "$DST/$1" | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["doc_count"], d["sizes"]["external"])'; }
 
 echo "B8, one database of ${SIZE} MiB with attachments, CouchDB 3.5 on 127.0.0.1"

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -128,8 +129,28 @@ pub fn check(path: &Path, archive_path: &str) -> ShardCheck {
         }
     };
     let mut w = Walked::default();
+    // Revisions are gathered a few thousand at a time (memory stays flat), then their
+    // bodies and attachments, the bulk of the bytes, are read on two threads.
+    let seen_atts = Mutex::new(HashSet::new());
     let mut problems = Vec::new();
-    let mut seen_atts = HashSet::new();
+    let mut revisions = Vec::new();
+    let mut check = |revisions: &mut Vec<(String, String, u64)>, w: &mut Walked| {
+        let read = crate::parallel::map(revisions, 2, |(id, rev, ptr)| {
+            check_revision(&f, &seen_atts, *ptr)
+                .map_err(|e| format!("document {id} revision {rev}: {e}"))
+        });
+        for r in read {
+            w.bodies += 1;
+            match r {
+                Ok((atts, bytes)) => {
+                    w.attachments += atts;
+                    w.attachment_bytes += bytes;
+                }
+                Err(p) => problems.push(p),
+            }
+        }
+        revisions.clear();
+    };
     let walked = f.fold_docs(&h, &mut |doc| {
         w.docs += 1;
         if doc.deleted {
@@ -138,30 +159,17 @@ pub fn check(path: &Path, archive_path: &str) -> ShardCheck {
         if doc.conflicts().next().is_some() {
             w.conflicted += 1;
         }
-        for leaf in &doc.leaves {
-            let Some(ptr) = leaf.body_ptr else { continue };
-            let read = f.doc_body(ptr).and_then(|(body, atts)| {
-                w.bodies += 1;
-                ejson::to_json(&body).map_err(|e| {
-                    CouchFileError::Malformed(format!("the body at {ptr} is not JSON: {e}"))
-                })?;
-                for att in atts {
-                    // Revisions share attachments: each stored stream is read once.
-                    if !seen_atts.insert(att.chunks.first().copied()) {
-                        continue;
-                    }
-                    f.attachment(&att, &mut |_| Ok(()))?;
-                    w.attachments += 1;
-                    w.attachment_bytes += att.disk_len;
-                }
-                Ok(())
-            });
-            if let Err(e) = read {
-                problems.push(format!("document {} revision {}: {e}", doc.id, leaf.rev));
+        for leaf in doc.leaves {
+            if let Some(ptr) = leaf.body_ptr {
+                revisions.push((doc.id.clone(), leaf.rev, ptr));
             }
+        }
+        if revisions.len() >= 4096 {
+            check(&mut revisions, &mut w);
         }
         Ok(())
     });
+    check(&mut revisions, &mut w);
     for p in problems {
         c.problem(format!("{archive_path}: {p}"));
     }
@@ -200,6 +208,30 @@ pub fn check(path: &Path, archive_path: &str) -> ShardCheck {
     }
     c.walked = Some(w);
     c
+}
+
+/// One revision's body (it must be JSON) and its attachments not read yet (bytes against
+/// length and MD5): how many were read, and their bytes.
+fn check_revision(
+    f: &CouchFile,
+    seen: &Mutex<HashSet<Option<(u64, u64)>>>,
+    ptr: u64,
+) -> Result<(u64, u64), CouchFileError> {
+    let (body, atts) = f.doc_body(ptr)?;
+    ejson::to_json(&body)
+        .map_err(|e| CouchFileError::Malformed(format!("the body at {ptr} is not JSON: {e}")))?;
+    let (mut read, mut bytes) = (0, 0);
+    for att in atts {
+        // Revisions share attachments: each stored stream is read once.
+        let first = att.chunks.first().copied();
+        if !seen.lock().unwrap_or_else(|p| p.into_inner()).insert(first) {
+            continue;
+        }
+        f.attachment(&att, &mut |_| Ok(()))?;
+        read += 1;
+        bytes += att.disk_len;
+    }
+    Ok((read, bytes))
 }
 
 fn open(path: &Path) -> Result<CouchFile, CouchFileError> {

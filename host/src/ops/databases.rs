@@ -134,24 +134,48 @@ impl Vault {
         let scratch = Scratch(dir);
         let found = Mutex::new(Vec::new());
         let select = |path: &str| deep::database_of(path).is_some();
+        // Each whole file is read on a checker thread while the stream goes on to the next
+        // (at most one waits: scratch holds two files and the one being written).
+        let (queue, whole) = std::sync::mpsc::sync_channel::<(String, PathBuf)>(1);
+        let queue = Mutex::new(Some(queue));
         let on_whole = |path: &str, file: &std::path::Path| -> crate::Result<()> {
-            let c = match deep {
-                true => deep::check(file, path),
-                false => deep::summarize(file, path),
-            };
-            found.lock().unwrap_or_else(|p| p.into_inner()).push(c);
-            std::fs::remove_file(file)
-                .map_err(|e| crate::Error::io(format!("removing {}", file.display()), e))
+            let q = queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            q.ok_or(crate::Error::PipelineAborted)?
+                .send((path.to_string(), file.to_path_buf()))
+                .map_err(|_| crate::Error::PipelineAborted)
         };
-        let verify = engine::inspect(
-            &*self.store,
-            &keyring,
-            &chain,
-            progress,
-            &scratch.0,
-            &select,
-            &on_whole,
-        )?;
+        let verify = std::thread::scope(|s| {
+            let found = &found;
+            let checker = s.spawn(move || -> std::io::Result<()> {
+                for (path, file) in whole {
+                    let c = match deep {
+                        true => deep::check(&file, &path),
+                        false => deep::summarize(&file, &path),
+                    };
+                    found.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    std::fs::remove_file(&file)?;
+                }
+                Ok(())
+            });
+            let verify = engine::inspect(
+                &*self.store,
+                &keyring,
+                &chain,
+                progress,
+                &scratch.0,
+                &select,
+                &on_whole,
+            );
+            // Closing the queue ends the checker once it is empty.
+            queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let checked = checker
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the checker stopped")));
+            (verify, checked)
+        });
+        let (verify, checked) = verify;
+        let verify = verify?;
+        checked.map_err(|e| OpsError::io("removing a scratch file", e))?;
         let mut files = found.into_inner().unwrap_or_else(|p| p.into_inner());
         files.sort_by(|a, b| a.file.cmp(&b.file));
         let (databases, notes, damage) = summarize(target, &files);
@@ -328,16 +352,17 @@ impl Vault {
         let Some(target) = chain.last() else {
             return Err(OpsError::Refused(format!("backup {id} has no data")));
         };
-        let is_ours = |path: &str| {
-            matches!(deep::database_of(path), Some((db, Some(_))) if db == req.database)
-        };
+        let is_ours = |path: &str| matches!(deep::database_of(path), Some((db, Some(_))) if db == req.database);
         if !target.files.iter().any(|f| is_ours(&f.path)) {
             return Err(OpsError::Refused(format!(
                 "backup {id} holds no database '{}'; `couchvault backup databases {id}` lists those it holds",
                 req.database
             )));
         }
-        let name = req.target_name.clone().unwrap_or_else(|| req.database.clone());
+        let name = req
+            .target_name
+            .clone()
+            .unwrap_or_else(|| req.database.clone());
         let created = req.couchdb.create_db(&name)?;
         let (queue, bodies) = std::sync::mpsc::sync_channel::<String>(SENDERS);
         let push = Push {
@@ -363,17 +388,32 @@ impl Vault {
         std::fs::create_dir_all(&dir)
             .map_err(|e| OpsError::io(format!("creating {}", dir.display()), e))?;
         let scratch = Scratch(dir);
+        // Each whole shard file is pushed from its own thread while the stream goes on to
+        // the next; its bodies go to the senders.
+        let (files, whole) = std::sync::mpsc::sync_channel::<(String, PathBuf)>(1);
+        let files = Mutex::new(Some(files));
         let on_whole = |path: &str, file: &std::path::Path| -> crate::Result<()> {
-            let pushed = push.shard(file, path);
-            std::fs::remove_file(file)
-                .map_err(|e| crate::Error::io(format!("removing {}", file.display()), e))?;
-            pushed.map_err(|reason| crate::Error::Hook { reason })
+            let q = push.lock(&files).clone();
+            q.ok_or(crate::Error::PipelineAborted)?
+                .send((path.to_string(), file.to_path_buf()))
+                .map_err(|_| crate::Error::PipelineAborted)
         };
         let bodies = Mutex::new(bodies);
         let read = std::thread::scope(|s| {
             for _ in 0..SENDERS {
                 s.spawn(|| push.send_queued(&bodies));
             }
+            let reader = s.spawn(|| {
+                for (path, file) in whole {
+                    let pushed = push.shard(&file, &path);
+                    let removed = std::fs::remove_file(&file);
+                    if let Err(why) = pushed.and(removed.map_err(|e| e.to_string())) {
+                        push.lock(&push.failure).get_or_insert(why);
+                    }
+                }
+                // Closing the queue ends the senders once it is empty.
+                push.lock(&push.queue).take();
+            });
             let read = engine::inspect(
                 &*self.store,
                 &keyring,
@@ -383,17 +423,16 @@ impl Vault {
                 &is_ours,
                 &on_whole,
             );
-            // Closing the queue ends the senders once it is empty.
+            push.lock(&files).take();
+            let _ = reader.join();
+            // Also when the reader died: the senders must end.
             push.lock(&push.queue).take();
             read
         });
         if let Some(why) = push.lock(&push.failure).take() {
             return Err(OpsError::Refused(why));
         }
-        read.map_err(|e| match e {
-            crate::Error::Hook { reason } => OpsError::Refused(reason),
-            e => e.into(),
-        })?;
+        read?;
         let security = push.lock(&push.security).take();
         let mut report = push.report.into_inner().unwrap_or_else(|p| p.into_inner());
         if let Some(sec) = security {
@@ -494,7 +533,11 @@ impl Push<'_> {
             let Some(revs) = missing.get(&d.id).and_then(|m| m["missing"].as_array()) else {
                 continue;
             };
-            for leaf in d.leaves.iter().filter(|l| revs.iter().any(|r| r == l.rev.as_str())) {
+            for leaf in d
+                .leaves
+                .iter()
+                .filter(|l| revs.iter().any(|r| r == l.rev.as_str()))
+            {
                 if in_body > 0 {
                     body.push(',');
                 }
@@ -585,7 +628,10 @@ impl Push<'_> {
         ejson::string(&d.id, out);
         out.push_str(r#","_rev":"#);
         ejson::string(&leaf.rev, out);
-        out.push_str(&format!(r#","_revisions":{{"start":{},"ids":["#, leaf.pos()));
+        out.push_str(&format!(
+            r#","_revisions":{{"start":{},"ids":["#,
+            leaf.pos()
+        ));
         for (i, h) in leaf.path.iter().enumerate() {
             if i > 0 {
                 out.push(',');
