@@ -163,14 +163,37 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let target = chain.last().ok_or(Error::PipelineAborted)?;
     let rebuilt = chain.len() > 1 || target.parent.is_none();
-    let mut rebuild = Rebuild::new(chain, rebuilt)?;
+    // Verify passes exactly what restore accepts.
+    check_chain(
+        store,
+        keyring,
+        Rebuild::new(chain, rebuilt)?,
+        true,
+        &|_| None,
+        progress,
+    )
+}
+
+/// Streams the backups of a chain (`every` one, or those the rebuild needs), placing files
+/// where `place` says; then checks the rebuilt files' sizes and hashes.
+fn check_chain(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    mut rebuild: Rebuild<'_>,
+    every: bool,
+    place: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let chain = rebuild.chain.clone();
+    let target = chain.last().ok_or(Error::PipelineAborted)?;
     let mut chunks = 0;
     for k in 0..chain.len() {
-        chunks += unpack(store, keyring, &mut rebuild, k, &|_| None, progress)
-            .map_err(|e| progress.explain(e))?;
+        if every || rebuild.needs(k) {
+            chunks += unpack(store, keyring, &mut rebuild, k, place, progress)
+                .map_err(|e| progress.explain(e))?;
+        }
     }
     rebuild.finish(&|_| None)?;
-    // Verify passes exactly what restore accepts.
     Ok(VerifyReport {
         backup_id: target.backup_id.clone(),
         files: target.totals.files,
@@ -178,7 +201,7 @@ pub fn verify(
         stored_bytes: chain.iter().map(|m| m.data.size).sum(),
         chunks,
         backups: chain.len() as u64,
-        rebuilt,
+        rebuilt: rebuild.rebuild,
     })
 }
 
@@ -196,27 +219,10 @@ pub fn inspect(
     select: &(dyn Fn(&str) -> bool + Sync),
     on_whole: &OnWhole<'_>,
 ) -> Result<VerifyReport> {
-    let target = chain.last().ok_or(Error::PipelineAborted)?;
     let mut rebuild = Rebuild::new(chain, true)?;
     rebuild.on_whole = Some(on_whole);
     let place = |path: &str| select(path).then(|| scratch.join(path));
-    let mut chunks = 0;
-    for k in 0..chain.len() {
-        if rebuild.needs(k) {
-            chunks += unpack(store, keyring, &mut rebuild, k, &place, progress)
-                .map_err(|e| progress.explain(e))?;
-        }
-    }
-    rebuild.finish(&|_| None)?;
-    Ok(VerifyReport {
-        backup_id: target.backup_id.clone(),
-        files: target.totals.files,
-        bytes: target.totals.bytes,
-        stored_bytes: chain.iter().map(|m| m.data.size).sum(),
-        chunks,
-        backups: chain.len() as u64,
-        rebuilt: true,
-    })
+    check_chain(store, keyring, rebuild, false, &place, progress)
 }
 
 /// One destination: a target directory, the staging directory beside it, and which

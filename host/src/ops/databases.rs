@@ -19,7 +19,7 @@ use crate::couchdb::deep::{self, ShardCheck};
 use crate::couchdb::ejson;
 use crate::couchdb::http::CouchClient;
 use crate::engine::{self, Progress, VerifyReport};
-use crate::format::{BackupMetadata, Kind};
+use crate::format::BackupMetadata;
 
 /// One database of a backup: its shard files summed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -87,6 +87,25 @@ impl Drop for Scratch {
 }
 
 impl Vault {
+    /// A backup with every backup it depends on (oldest first), and scratch space for
+    /// its files, removed when dropped.
+    fn chain_and_scratch(
+        &self,
+        keyring: &crate::keyring::KeyRing,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(Vec<BackupMetadata>, Scratch)> {
+        let meta = catalog::load(&*self.store, keyring, tenant, id)?;
+        let chain = catalog::chain(&*self.store, keyring, meta)?;
+        let dir = self
+            .state_dir
+            .join("scratch")
+            .join(format!("{id}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| OpsError::io(format!("creating {}", dir.display()), e))?;
+        Ok((chain, Scratch(dir)))
+    }
+
     /// The databases of a backup, from each `.couch` file's header.
     pub fn databases(
         &self,
@@ -117,21 +136,10 @@ impl Vault {
         progress: &Progress,
     ) -> Result<DatabasesReport> {
         let keyring = self.keyring()?;
-        let meta = catalog::load(&*self.store, &keyring, tenant, id)?;
-        let chain = match meta.kind {
-            Kind::Full => vec![meta],
-            _ => catalog::chain(&*self.store, &keyring, meta)?,
-        };
+        let (chain, scratch) = self.chain_and_scratch(&keyring, tenant, id)?;
         let Some(target) = chain.last() else {
             return Err(OpsError::Refused(format!("backup {id} has no data")));
         };
-        let dir = self
-            .state_dir
-            .join("scratch")
-            .join(format!("{id}-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| OpsError::io(format!("creating {}", dir.display()), e))?;
-        let scratch = Scratch(dir);
         let found = Mutex::new(Vec::new());
         let select = |path: &str| deep::database_of(path).is_some();
         // Each whole file is read on a checker thread while the stream goes on to the next
@@ -344,11 +352,7 @@ impl Vault {
         progress: &Progress,
     ) -> Result<DbRestoreReport> {
         let keyring = self.keyring()?;
-        let meta = catalog::load(&*self.store, &keyring, tenant, id)?;
-        let chain = match meta.kind {
-            Kind::Full => vec![meta],
-            _ => catalog::chain(&*self.store, &keyring, meta)?,
-        };
+        let (chain, scratch) = self.chain_and_scratch(&keyring, tenant, id)?;
         let Some(target) = chain.last() else {
             return Err(OpsError::Refused(format!("backup {id} has no data")));
         };
@@ -381,13 +385,6 @@ impl Vault {
             queue: Mutex::new(Some(queue)),
             failure: Mutex::new(None),
         };
-        let dir = self
-            .state_dir
-            .join("scratch")
-            .join(format!("{id}-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| OpsError::io(format!("creating {}", dir.display()), e))?;
-        let scratch = Scratch(dir);
         // Each whole shard file is pushed from its own thread while the stream goes on to
         // the next; its bodies go to the senders.
         let (files, whole) = std::sync::mpsc::sync_channel::<(String, PathBuf)>(1);
