@@ -865,6 +865,21 @@ fn populate_one(c: &Couch, db: &str) {
         &format!("{path}/_bulk_docs"),
         &json!({ "docs": docs }),
     );
+    // Large attachments (sent as raw multipart parts), one stored gzip-encoded by CouchDB,
+    // on a document with a history.
+    let big_text = "a longer line of text, compressible, for the big attachment\n".repeat(3000);
+    let big_bin = attachment(db, "big", "big.bin", 300_000);
+    c.send(
+        Method::PUT,
+        &format!("{path}/big"),
+        &json!({ "kind": "big", "_attachments": {
+            "big.txt": { "content_type": "text/plain", "data": base64::engine::general_purpose::STANDARD.encode(&big_text) },
+            "big.bin": { "content_type": "application/octet-stream", "data": base64::engine::general_purpose::STANDARD.encode(&big_bin) }
+        } }),
+    );
+    let mut big = c.get(&format!("{path}/big"));
+    big["kind"] = json!("bigger");
+    c.send(Method::PUT, &format!("{path}/big"), &big);
     // Updates (histories longer than one), deletions, conflicts.
     for i in (1..60).step_by(5) {
         let id = format!("o{i:03}");
@@ -986,8 +1001,8 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
     let first = restore(&fresh, &[]);
     assert_eq!(first["created"], true, "{first}");
     assert_eq!(
-        first["revisions_written"], 60,
-        "54 live documents and 6 conflicts: {first}"
+        first["revisions_written"], 61,
+        "55 live documents and 6 conflicts: {first}"
     );
     assert_eq!(
         snapshot(&fresh, db),
@@ -1083,7 +1098,7 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
     assert_eq!(s, 202, "{job}");
     let done = d.wait_job(job["id"].as_str().unwrap(), &tenant);
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(done["result"]["revisions_written"], 60, "{done}");
+    assert_eq!(done["result"]["revisions_written"], 61, "{done}");
     assert_eq!(snapshot(&fresh, "via-daemon"), want);
     drop(d);
     fresh.stop();

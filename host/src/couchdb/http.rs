@@ -249,6 +249,36 @@ impl CouchClient {
         self.post(&format!("/{}/_bulk_docs", encode_db(db)), body)
     }
 
+    /// `PUT /{db}/{id}?new_edits=false` of one revision as `multipart/related` (its JSON,
+    /// then each attachment's raw bytes). A refusal (4xx) is an answer with `error`, as
+    /// `_bulk_docs` gives per document; a failure of the server is an error.
+    pub fn put_multipart(
+        &self,
+        db: &str,
+        id: &str,
+        boundary: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, CouchError> {
+        let path = format!("/{}/{}?new_edits=false", encode_db(db), encode_db(id));
+        let rb = self
+            .req(reqwest::Method::PUT, &path)
+            .header(
+                "content-type",
+                format!("multipart/related; boundary=\"{boundary}\""),
+            )
+            .timeout(Duration::from_secs(600))
+            .body(body);
+        let (status, answer) = self.send(rb, &path)?;
+        match status {
+            200..=299 => Ok(answer),
+            400..=499 => Ok(serde_json::json!({
+                "error": answer.get("error").cloned().unwrap_or(Value::String(format!("HTTP {status}"))),
+                "reason": answer.get("reason").cloned().unwrap_or(Value::Null),
+            })),
+            _ => Err(self.fail(&path, format!("HTTP {status} {}", reason_of(&answer)))),
+        }
+    }
+
     /// `PUT /{db}/_security`.
     pub fn put_security(&self, db: &str, security: String) -> Result<(), CouchError> {
         let path = format!("/{}/_security", encode_db(db));

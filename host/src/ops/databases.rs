@@ -14,9 +14,10 @@ use serde_json::Value;
 
 use super::{OpsError, Result, Vault};
 use crate::catalog;
-use crate::couchdb::couchfile::{CouchFile, CouchFileError, DocInfo, Leaf};
+use crate::couchdb::couchfile::{AttInfo, CouchFile, CouchFileError, DocInfo, Leaf};
 use crate::couchdb::deep::{self, ShardCheck};
 use crate::couchdb::ejson;
+use crate::couchdb::etf::Term;
 use crate::couchdb::http::CouchClient;
 use crate::engine::{self, Progress, VerifyReport};
 use crate::format::BackupMetadata;
@@ -336,6 +337,22 @@ pub struct DbRestoreReport {
 const BATCH_DOCS: usize = 200;
 const BATCH_BYTES: usize = 8 << 20;
 const SENDERS: usize = 4;
+/// A revision with at least this many attachment bytes goes alone, its attachments as raw
+/// `multipart/related` parts: CouchDB then neither parses nor base64-decodes them.
+const MULTIPART_MIN: u64 = 64 << 10;
+
+/// A request for the senders.
+enum Request {
+    /// A `_bulk_docs` body.
+    Bulk(String),
+    /// One revision: `PUT /{db}/{id}?new_edits=false`, `multipart/related`.
+    Doc {
+        id: String,
+        rev: String,
+        boundary: String,
+        body: Vec<u8>,
+    },
+}
 
 impl Vault {
     /// Pushes one database of a backup into a running CouchDB: every document's leaf
@@ -368,7 +385,7 @@ impl Vault {
             .clone()
             .unwrap_or_else(|| req.database.clone());
         let created = req.couchdb.create_db(&name)?;
-        let (queue, bodies) = std::sync::mpsc::sync_channel::<String>(SENDERS);
+        let (queue, bodies) = std::sync::mpsc::sync_channel::<Request>(SENDERS);
         let push = Push {
             req,
             target: &name,
@@ -448,7 +465,7 @@ struct Push<'a> {
     security: Mutex<Option<String>>,
     progress: &'a Progress,
     /// `_bulk_docs` bodies for the senders; taken (closed) when every file is read.
-    queue: Mutex<Option<std::sync::mpsc::SyncSender<String>>>,
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<Request>>>,
     /// The first failure of a sender: everything stops.
     failure: Mutex<Option<String>>,
 }
@@ -535,20 +552,31 @@ impl Push<'_> {
                 .iter()
                 .filter(|l| revs.iter().any(|r| r == l.rev.as_str()))
             {
+                written += 1;
+                let ptr = leaf.body_ptr.unwrap_or_default();
+                let (doc, atts) = f
+                    .doc_body(ptr)
+                    .map_err(|e| format!("document {}: {e}", d.id))?;
+                let att_bytes: u64 = atts.iter().map(|a| a.att_len).sum();
+                if att_bytes >= MULTIPART_MIN && !d.id.starts_with('_') {
+                    let request = self.multipart(f, d, leaf, &doc, &atts)?;
+                    self.enqueue(request)?;
+                    continue;
+                }
                 if in_body > 0 {
                     body.push(',');
                 }
-                self.write_doc(f, d, leaf, &mut body)?;
+                self.write_doc(f, d, leaf, &doc, &atts, None, &mut body)?;
                 in_body += 1;
-                written += 1;
                 if body.len() >= BATCH_BYTES {
-                    self.enqueue(std::mem::replace(&mut body, String::from(OPEN)))?;
+                    let full = std::mem::replace(&mut body, String::from(OPEN));
+                    self.enqueue(Request::Bulk(full + "]}"))?;
                     in_body = 0;
                 }
             }
         }
         if in_body > 0 {
-            self.enqueue(body)?;
+            self.enqueue(Request::Bulk(body + "]}"))?;
         }
         let mut r = self.lock(&self.report);
         r.documents += docs.len() as u64;
@@ -561,38 +589,52 @@ impl Push<'_> {
         Ok(())
     }
 
-    fn enqueue(&self, mut body: String) -> std::result::Result<(), String> {
+    fn enqueue(&self, request: Request) -> std::result::Result<(), String> {
         if let Some(why) = self.lock(&self.failure).clone() {
             return Err(why);
         }
-        body.push_str("]}");
         let queue = self.lock(&self.queue).clone();
-        match queue.map(|q| q.send(body)) {
+        match queue.map(|q| q.send(request)) {
             Some(Ok(())) => Ok(()),
             _ => Err("the senders stopped".into()),
         }
     }
 
     /// A sender: posts queued bodies until the queue closes; the first failure stops all.
-    fn send_queued(&self, bodies: &Mutex<std::sync::mpsc::Receiver<String>>) {
+    fn send_queued(&self, requests: &Mutex<std::sync::mpsc::Receiver<Request>>) {
         loop {
-            let next = self.lock(bodies).recv();
-            let Ok(body) = next else { return };
+            let next = self.lock(requests).recv();
+            let Ok(request) = next else { return };
             if self.lock(&self.failure).is_some() {
                 continue;
             }
-            if let Err(e) = self.post(body) {
+            if let Err(e) = self.post(request) {
                 self.lock(&self.failure).get_or_insert(e);
             }
         }
     }
 
-    fn post(&self, body: String) -> std::result::Result<(), String> {
-        let answers = self
-            .req
-            .couchdb
-            .bulk_docs(self.target, body)
-            .map_err(|e| e.to_string())?;
+    fn post(&self, request: Request) -> std::result::Result<(), String> {
+        let answers = match request {
+            Request::Bulk(body) => self.req.couchdb.bulk_docs(self.target, body),
+            Request::Doc {
+                id,
+                rev,
+                boundary,
+                body,
+            } => self
+                .req
+                .couchdb
+                .put_multipart(self.target, &id, &boundary, body)
+                .map(|answer| {
+                    // One answer, as _bulk_docs gives them.
+                    let mut a = answer;
+                    a["id"] = Value::String(id);
+                    a["rev"] = Value::String(rev);
+                    Value::Array(vec![a])
+                }),
+        }
+        .map_err(|e| e.to_string())?;
         let mut r = self.lock(&self.report);
         for a in answers.as_array().into_iter().flatten() {
             if let Some(err) = a.get("error").and_then(Value::as_str) {
@@ -609,18 +651,51 @@ impl Push<'_> {
         Ok(())
     }
 
-    /// One leaf revision as a `_bulk_docs` document: its history, attachments inline.
+    /// One revision with its attachments as raw `multipart/related` parts.
+    fn multipart(
+        &self,
+        f: &CouchFile,
+        d: &DocInfo,
+        leaf: &Leaf,
+        doc: &Term,
+        atts: &[AttInfo],
+    ) -> std::result::Result<Request, String> {
+        let boundary = format!("couchvault-{}", ulid::Ulid::new());
+        let mut parts = Vec::new();
+        let mut json = String::new();
+        self.write_doc(f, d, leaf, doc, atts, Some(&mut parts), &mut json)?;
+        let mut body =
+            Vec::with_capacity(json.len() + parts.iter().map(Vec::len).sum::<usize>() + 256);
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(json.as_bytes());
+        for part in parts {
+            body.extend_from_slice(format!("\r\n--{boundary}\r\n\r\n").as_bytes());
+            body.extend_from_slice(&part);
+        }
+        body.extend_from_slice(format!("\r\n--{boundary}--").as_bytes());
+        Ok(Request::Doc {
+            id: d.id.clone(),
+            rev: leaf.rev.clone(),
+            boundary,
+            body,
+        })
+    }
+
+    /// One leaf revision as JSON: its history, and its attachments inline (base64) or,
+    /// given `parts`, as `"follows"` with their bytes appended to `parts` in order.
+    #[allow(clippy::too_many_arguments)]
     fn write_doc(
         &self,
         f: &CouchFile,
         d: &DocInfo,
         leaf: &Leaf,
+        body: &Term,
+        atts: &[AttInfo],
+        mut parts: Option<&mut Vec<Vec<u8>>>,
         out: &mut String,
     ) -> std::result::Result<(), String> {
-        let ptr = leaf.body_ptr.unwrap_or_default();
-        let (body, atts) = f
-            .doc_body(ptr)
-            .map_err(|e| format!("document {}: {e}", d.id))?;
         out.push_str(r#"{"_id":"#);
         ejson::string(&d.id, out);
         out.push_str(r#","_rev":"#);
@@ -666,16 +741,25 @@ impl Push<'_> {
                 ejson::string(&att.name, out);
                 out.push_str(r#":{"content_type":"#);
                 ejson::string(&att.content_type, out);
-                out.push_str(r#","data":""#);
-                base64::engine::general_purpose::STANDARD.encode_string(&data, out);
-                out.push_str(r#""}"#);
+                let len = data.len() as u64;
+                match parts.as_deref_mut() {
+                    Some(parts) => {
+                        out.push_str(&format!(r#","length":{len},"follows":true}}"#));
+                        parts.push(data);
+                    }
+                    None => {
+                        out.push_str(r#","data":""#);
+                        base64::engine::general_purpose::STANDARD.encode_string(&data, out);
+                        out.push_str(r#""}"#);
+                    }
+                }
                 let mut r = self.lock(&self.report);
                 r.attachments += 1;
-                r.attachment_bytes += data.len() as u64;
+                r.attachment_bytes += len;
             }
             out.push('}');
         }
-        if let Some(pairs) = ejson::pairs(&body).filter(|p| !p.is_empty()) {
+        if let Some(pairs) = ejson::pairs(body).filter(|p| !p.is_empty()) {
             out.push(',');
             ejson::write_pairs(pairs, out).map_err(|e| format!("document {}: {e}", d.id))?;
         }
