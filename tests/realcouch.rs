@@ -868,7 +868,7 @@ fn populate_one(c: &Couch, db: &str) {
     // Large attachments (sent as raw multipart parts), one stored gzip-encoded by CouchDB,
     // on a document with a history.
     let big_text = "a longer line of text, compressible, for the big attachment\n".repeat(3000);
-    let big_bin = attachment(db, "big", "big.bin", 300_000);
+    let big_bin = attachment(db, "big", "big.bin", 4_300_000);
     c.send(
         Method::PUT,
         &format!("{path}/big"),
