@@ -1,7 +1,7 @@
 //! Reading the databases inside a backup without restoring it: `backup databases` (each
-//! file's header) and `backup verify --deep` (every tree, body and attachment). Files are
-//! rebuilt one at a time on scratch disk under the state directory and removed as soon as
-//! they are read.
+//! file's header), `backup verify --deep` (every tree, body and attachment) and `restore
+//! --database` (one database pushed into a running CouchDB). Files are rebuilt one at a time
+//! on scratch disk under the state directory and removed as soon as they are read.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
