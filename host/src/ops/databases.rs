@@ -335,8 +335,8 @@ pub struct DbRestoreReport {
 /// Leaf revisions per `_bulk_docs` request, the body size that sends a batch early, and
 /// how many requests are in flight at once.
 const BATCH_DOCS: usize = 200;
-const BATCH_BYTES: usize = 8 << 20;
-const SENDERS: usize = 4;
+const BATCH_BYTES: usize = 4 << 20;
+const SENDERS: usize = 8;
 /// A revision with at least this many attachment bytes goes alone, its attachments as raw
 /// `multipart/related` parts: CouchDB then neither parses nor base64-decodes them. Not
 /// lower: each such request is a commit of its own (measured: 100 KiB documents one by one
