@@ -1329,17 +1329,7 @@ fn key_commands_through_the_daemon() {
         "{out}"
     );
     let keys: Value = serde_json::from_str(&cli(&["--json", "key", "list"])).unwrap();
-    let rows: Vec<(String, u64)> = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["tenant"].as_str().unwrap().into(),
-                k["backups"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rows = common::key_counts(&keys);
     let want: Vec<(String, u64)> = vec![
         ("default".into(), 0),
         ("acme".into(), 0),

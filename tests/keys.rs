@@ -186,17 +186,7 @@ fn key_list_counts_each_backup_once_when_tenants_keys_interleave() {
     ok(cwd, &["--tenant", "acme", "key", "add"]);
     ok(cwd, &["key", "add"]);
     let keys = json(cwd, &["key", "list"]);
-    let counts: Vec<(String, u64)> = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["tenant"].as_str().unwrap().into(),
-                k["backups"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let counts = common::key_counts(&keys);
     let want: Vec<(String, u64)> = vec![
         ("default".into(), 1),
         ("acme".into(), 0),

@@ -28,25 +28,25 @@ fn ok(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> String {
     out
 }
 
-/// Backs up node `c` (its etc/, its URL and credentials) as `instance`; returns the id.
-fn backup_of(cwd: &Path, c: &Couch, instance: &str) -> String {
-    let out = ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            instance,
-            "--couchdb-config",
-            c.etc.to_str().unwrap(),
-        ],
-        &c.env(),
-    );
+/// `backup create --instance INSTANCE SOURCE...` with `env`; returns the backup's id.
+fn create_backup(cwd: &Path, instance: &str, source: &[&str], env: &[(&str, String)]) -> String {
+    let mut args = vec!["--json", "backup", "create", "--instance", instance];
+    args.extend_from_slice(source);
+    let out = ok(cwd, &args, env);
     serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// Backs up node `c` (its etc/, its URL and credentials) as `instance`; returns the id.
+fn backup_of(cwd: &Path, c: &Couch, instance: &str) -> String {
+    create_backup(
+        cwd,
+        instance,
+        &["--couchdb-config", c.etc.to_str().unwrap()],
+        &c.env(),
+    )
 }
 
 /// A document's payload, derived from what it is: every body read back can be checked.
@@ -570,23 +570,7 @@ fn a_cluster_members_data_dir_records_every_node_of_its_shard_maps() {
         nodes[i % 3].send(Method::POST, "/shared", &json!({ "i": i }));
     }
     let data = nodes[0].data.to_str().unwrap().to_string();
-    let out = ok(
-        cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "member",
-            "--data-dir",
-            &data,
-        ],
-        &[],
-    );
-    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_backup(cwd, "member", &["--data-dir", &data], &[]);
     let meta: Value =
         serde_json::from_str(&ok(cwd, &["--json", "backup", "show", &id], &[])).unwrap();
     let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
@@ -812,23 +796,12 @@ fn deep_verify_names_files_that_hold_fewer_documents_than_couchdb_counted() {
         .unwrap();
     assert!(copied.success());
     batch(50);
-    let out = ok(
+    let id = create_backup(
         cwd,
-        &[
-            "--json",
-            "backup",
-            "create",
-            "--instance",
-            "cut",
-            "--data-dir",
-            stale.to_str().unwrap(),
-        ],
+        "cut",
+        &["--data-dir", stale.to_str().unwrap()],
         &c.env(),
     );
-    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     c.stop();
     let (code, out, err) = run(cwd, &["backup", "verify", "--deep", &id], &[]);
     assert_eq!(code, Some(1), "{out}{err}");

@@ -335,3 +335,17 @@ pub fn built_policy(file: &str) -> PathBuf {
         .expect("the binary is in <target>/<profile>/");
     target.join("policies").join(file)
 }
+
+/// `key list --json` (or `GET /v1/keys`) as (tenant, backups it wraps), in ring order.
+pub fn key_counts(keys: &serde_json::Value) -> Vec<(String, u64)> {
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["tenant"].as_str().unwrap().into(),
+                k["backups"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
