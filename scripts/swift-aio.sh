@@ -234,9 +234,9 @@ user_test_tester = testing .admin
 user_test2_tester2 = testing2 .admin
 user_test_reader = reading
 token_life = $TOKEN_LIFE" > "$DIR/etc/proxy-server.conf"
-if [[ $KEYSTONE == 1 ]]; then
-  proxy_conf $KS_PROXY_PORT "authtoken keystoneauth" "[filter:authtoken]
-paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+# How a service (the Keystone proxy, Barbican) checks tokens: as Keystone's admin.
+authtoken_conf() {
+  cat << CONF
 www_authenticate_uri = $KS_URL
 auth_url = $KS_URL
 auth_type = password
@@ -245,8 +245,14 @@ user_domain_id = default
 project_name = admin
 username = admin
 password = $KS_ADMIN_PASS
-delay_auth_decision = True
 memcached_servers = $HOST:$MC_PORT
+CONF
+}
+if [[ $KEYSTONE == 1 ]]; then
+  proxy_conf $KS_PROXY_PORT "authtoken keystoneauth" "[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+$(authtoken_conf)
+delay_auth_decision = True
 
 [filter:keystoneauth]
 use = egg:swift#keystoneauth
@@ -434,15 +440,7 @@ db_auto_create = True
 host_href = $BARBICAN_URL
 log_file = $DIR/log/barbican-app.log
 [keystone_authtoken]
-www_authenticate_uri = $KS_URL
-auth_url = $KS_URL
-auth_type = password
-project_domain_id = default
-user_domain_id = default
-project_name = admin
-username = admin
-password = $KS_ADMIN_PASS
-memcached_servers = $HOST:$MC_PORT
+$(authtoken_conf)
 [keystone_notifications]
 enable = False
 [oslo_policy]
