@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::couchfile::{CouchFile, CouchFileError};
+use super::couchfile::{CouchFile, CouchFileError, DbHeader};
 use super::ejson;
 
 /// At most this many problems are listed per file (the count says how many more).
@@ -87,6 +87,11 @@ pub fn database_of(archive_path: &str) -> Option<(String, Option<String>)> {
 
 /// The header of a database file: its counts. A file without a valid header is a problem.
 pub fn summarize(path: &Path, archive_path: &str) -> ShardCheck {
+    opened(path, archive_path).0
+}
+
+/// The file opened at its header: its summary, and the file with its header when both read.
+fn opened(path: &Path, archive_path: &str) -> (ShardCheck, Option<(CouchFile, DbHeader)>) {
     let (database, range) = database_of(archive_path).unwrap_or_default();
     let mut c = ShardCheck {
         file: archive_path.to_string(),
@@ -94,39 +99,28 @@ pub fn summarize(path: &Path, archive_path: &str) -> ShardCheck {
         range,
         ..Default::default()
     };
-    match open(path).and_then(|f| Ok((f.len(), f.db_header()?))) {
-        Ok((size, h)) => {
-            c.size = size;
+    match open(path).and_then(|f| Ok((f.db_header()?, f))) {
+        Ok((h, f)) => {
+            c.size = f.len();
             c.doc_count = h.doc_count;
             c.doc_del_count = h.doc_del_count;
             c.update_seq = h.update_seq;
+            (c, Some((f, h)))
         }
-        Err(e) => c.problem(format!("{archive_path}: {e}")),
+        Err(e) => {
+            c.problem(format!("{archive_path}: {e}"));
+            (c, None)
+        }
     }
-    c
 }
 
 /// Everything: the header, every document's revision tree, every leaf's body (valid
 /// JSON), every attachment's bytes against its length and MD5, the by-sequence and local
 /// trees and `_security`; the counts walked against the header's.
 pub fn check(path: &Path, archive_path: &str) -> ShardCheck {
-    let mut c = summarize(path, archive_path);
-    if !c.problems.is_empty() {
-        return c;
-    }
-    let f = match open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            c.problem(format!("{archive_path}: {e}"));
-            return c;
-        }
-    };
-    let h = match f.db_header() {
-        Ok(h) => h,
-        Err(e) => {
-            c.problem(format!("{archive_path}: {e}"));
-            return c;
-        }
+    let (mut c, f, h) = match opened(path, archive_path) {
+        (c, Some((f, h))) => (c, f, h),
+        (c, None) => return c,
     };
     let mut w = Walked::default();
     // Revisions are gathered a few thousand at a time (memory stays flat), then their

@@ -2,7 +2,7 @@
 //! the secret's payload (the 256-bit key-encryption key) is fetched with a Keystone token
 //! when a job needs it and kept only in memory.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -57,7 +57,9 @@ struct Session {
 
 /// A Barbican client for one identity; its token is shared by every job of the process.
 pub struct Barbican {
-    http: Client,
+    /// Made on first use: every command opens a `Barbican`, few ever need one (a blocking
+    /// client starts a thread of its own).
+    http: OnceLock<Client>,
     /// The identity, or which setting is missing.
     identity: Result<Identity, String>,
     endpoint: Option<String>,
@@ -90,7 +92,7 @@ impl Barbican {
         }
         .resolve(env);
         Barbican {
-            http: Client::new(),
+            http: OnceLock::new(),
             identity,
             endpoint: c.endpoint.as_deref().map(base_url),
             timeout: c.request_timeout.get(),
@@ -116,7 +118,7 @@ impl Barbican {
             "secret_type": "symmetric",
         });
         let resp = self.send(key_id, |s| {
-            self.http
+            self.http()
                 .post(format!("{}/v1/secrets", s.endpoint))
                 .json(&body)
         })?;
@@ -148,7 +150,7 @@ impl Barbican {
     pub fn fetch_key(&self, key_id: &str, uuid: &str) -> Result<SecretKey, BarbicanError> {
         check_uuid(uuid)?;
         let resp = self.send(key_id, |s| {
-            self.http
+            self.http()
                 .get(format!("{}/v1/secrets/{uuid}/payload", s.endpoint))
                 .header("Accept", "application/octet-stream")
         })?;
@@ -229,6 +231,10 @@ impl Barbican {
         }
     }
 
+    fn http(&self) -> &Client {
+        self.http.get_or_init(Client::new)
+    }
+
     fn forget_session(&self) {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -249,7 +255,7 @@ impl Barbican {
         let mut attempt = 0;
         let token = loop {
             attempt += 1;
-            match keystone::authenticate(&self.http, id, self.timeout) {
+            match keystone::authenticate(self.http(), id, self.timeout) {
                 Err(KeystoneError::Unreachable { .. }) if attempt < self.attempts => {
                     std::thread::sleep(RETRY_PAUSE)
                 }
