@@ -194,6 +194,48 @@ fn damaged_and_hostile_files_give_errors_never_panics() {
     assert!(read_everything(&path).is_err());
 }
 
+/// An attachment whose chunk list names one chunk over and over (a hostile file) is an
+/// error once it adds up to more than the file, not gigabytes read and held.
+#[test]
+fn an_attachment_cannot_read_more_than_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = unpack_fixture(dir.path());
+    for range in ["00000000-7fffffff", "80000000-ffffffff"] {
+        let f = open(&data.join(format!("shards/{range}/fixture_basic.1795703450.couch")));
+        let h = f.db_header().unwrap();
+        let mut found = None;
+        f.fold_docs(&h, &mut |d| {
+            if let Some(p) = d.winner().body_ptr.filter(|_| !d.deleted) {
+                let (_, atts) = f.doc_body(p).unwrap();
+                found = found
+                    .take()
+                    .or(atts.into_iter().find(|a| a.encoding == "identity"));
+            }
+            Ok(())
+        })
+        .unwrap();
+        let Some(mut att) = found else { continue };
+        let chunk = att.chunks[0];
+        att.chunks = vec![chunk; 100_000];
+        att.disk_len = chunk.1 * 100_000;
+        let mut read = 0u64;
+        let e = f
+            .attachment(&att, &mut |b| {
+                read += b.len() as u64;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("more than the file holds"), "{e}");
+        assert!(
+            read <= f.len(),
+            "{read} bytes read from a {}-byte file",
+            f.len()
+        );
+        return;
+    }
+    panic!("no attachment in the fixture");
+}
+
 /// Reads every document, body, attachment and local document of a file.
 fn read_everything(path: &Path) -> couchvault::couchdb::couchfile::Result<()> {
     let f = open(path);

@@ -290,6 +290,14 @@ impl CouchFile {
                 )));
             }
             total += len;
+            // Each stored byte is in the file once: a list naming chunks again and again
+            // (a hostile file's) must not make a reader hold or hash more than the file.
+            if total > self.len {
+                return Err(malformed(format!(
+                    "attachment '{}': its chunks add up to more than the file holds",
+                    att.name
+                )));
+            }
             md5.update(&bytes);
             sink(&bytes)?;
         }

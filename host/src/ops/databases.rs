@@ -719,24 +719,15 @@ impl Push<'_> {
         if !atts.is_empty() {
             out.push_str(r#","_attachments":{"#);
             for (i, att) in atts.iter().enumerate() {
-                let mut stored = Vec::with_capacity(att.disk_len as usize);
+                // Lengths come from the file: never allocated ahead from them.
+                let mut stored = Vec::new();
                 f.attachment(att, &mut |b| {
                     stored.extend_from_slice(b);
                     Ok(())
                 })
                 .map_err(|e| format!("document {}: {e}", d.id))?;
-                let data = match att.encoding.as_str() {
-                    "gzip" => {
-                        let mut plain = Vec::with_capacity(att.att_len as usize);
-                        flate2::read::GzDecoder::new(stored.as_slice())
-                            .read_to_end(&mut plain)
-                            .map_err(|e| {
-                                format!("document {}: attachment '{}': {e}", d.id, att.name)
-                            })?;
-                        plain
-                    }
-                    _ => stored,
-                };
+                let data = identity_bytes(att, stored)
+                    .map_err(|e| format!("document {}: attachment '{}': {e}", d.id, att.name))?;
                 if i > 0 {
                     out.push(',');
                 }
@@ -767,5 +758,83 @@ impl Push<'_> {
         }
         out.push('}');
         Ok(())
+    }
+}
+
+/// An attachment's own bytes: its stored bytes, gunzipped when stored gzip-encoded. A
+/// hostile file's gzip cannot inflate past the length the attachment records, nor past what
+/// deflate can hold (about 1,032 bytes per stored byte).
+fn identity_bytes(att: &AttInfo, stored: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    if att.encoding != "gzip" {
+        return Ok(stored);
+    }
+    let most = (stored.len() as u64)
+        .saturating_mul(1032)
+        .saturating_add(64);
+    if att.att_len > most {
+        return Err(format!(
+            "records {} bytes, more than its {} gzip bytes can hold",
+            att.att_len,
+            stored.len()
+        ));
+    }
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(stored.as_slice())
+        .take(att.att_len + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| e.to_string())?;
+    if plain.len() as u64 != att.att_len {
+        return Err(format!(
+            "inflates to {}{} bytes, it records {}",
+            if plain.len() as u64 > att.att_len {
+                "more than "
+            } else {
+                ""
+            },
+            plain.len().min(att.att_len as usize),
+            att.att_len
+        ));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn att(att_len: u64) -> AttInfo {
+        AttInfo {
+            name: "a".into(),
+            content_type: "text/plain".into(),
+            chunks: vec![],
+            att_len,
+            disk_len: 0,
+            revpos: 1,
+            md5: vec![],
+            encoding: "gzip".into(),
+        }
+    }
+
+    /// A hostile file's gzip attachment: a bomb recorded as small, or a length no gzip can
+    /// hold, is an error; nothing is allocated from the recorded length.
+    #[test]
+    fn gzip_attachments_inflate_only_to_their_recorded_length() {
+        let text = b"hello, attachment ".repeat(100);
+        assert_eq!(
+            identity_bytes(&att(text.len() as u64), gzip(&text)).unwrap(),
+            text
+        );
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        let e = identity_bytes(&att(100), bomb.clone()).unwrap_err();
+        assert!(e.contains("more than 100"), "{e}");
+        let e = identity_bytes(&att(u64::MAX), bomb).unwrap_err();
+        assert!(e.contains("can hold"), "{e}");
     }
 }
