@@ -15,11 +15,24 @@ if ! command -v pouchdb-server > /dev/null 2>&1; then
 fi
 # Small objects force real segmenting; a short token life forces re-authentication.
 export SWIFT_PORT=${SWIFT_PORT:-18080}
-export SWIFT_SAIO_DIR=${SWIFT_SAIO_DIR:-/tmp/couchvault-test-swift}
+# Swift's files (sqlite databases, objects, logs) live in RAM where there is a tmpfs: on a
+# fresh CI machine the disk is still writing back the build when the tests start, and Swift's
+# fsyncs stalled behind it long enough for 503s and lost tokens (CI, issue 14).
+shm=/tmp
+[[ -d /dev/shm && -w /dev/shm ]] && shm=/dev/shm
+export SWIFT_SAIO_DIR=${SWIFT_SAIO_DIR:-$shm/couchvault-test-swift}
 export SWIFT_MAX_FILE_SIZE=2097152
 export SWIFT_TOKEN_LIFE=8
 bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true
-trap 'bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true' EXIT
+# On failure, Swift's own errors first (they go with the logs when Swift is purged).
+swift_down() {
+  local rc=$?
+  if [[ $rc != 0 ]]; then
+    grep -HE "ERROR|Timeout|locked|Traceback" "$SWIFT_SAIO_DIR"/log/*.log 2> /dev/null | tail -30 || true
+  fi
+  bash scripts/swift-aio.sh stop --purge > /dev/null 2>&1 || true
+}
+trap swift_down EXIT
 bash scripts/swift-aio.sh start --barbican
 export COUCHVAULT_TEST_SWIFT_ENV=$SWIFT_SAIO_DIR/env
 cargo test --workspace "$@"
