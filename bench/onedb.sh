@@ -49,6 +49,9 @@ PY
 
 # Runs a command under /usr/bin/time; its seconds and peak RSS (KiB) land in $W/time.
 t() { /usr/bin/time -f "%e %M %U %S" -o "$W/time" "$@"; }
+# CPU seconds the target CouchDB (its Erlang VM) has used so far: what each restore costs it.
+DST_PID=$(cat "${COUCH_INSTANCES:-/tmp/couchdb-instances}/cvb-dst/pid")
+couch_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$DST_PID/stat"; }
 cd "$W"
 t "$BIN" --json backup create --instance b --couchdb-config "$SRC_ETC" > "$W/created.json"
 read -r s_bk _ < "$W/time"
@@ -58,11 +61,16 @@ t couchbackup --url "$CB_URL" --db bench --attachments --quiet --output "$W/cb.t
 read -r s_cb _ < "$W/time"
 curl -s -u admin:password -X PUT "$DST/cr" > /dev/null
 DST_CB=${DST/http:\/\//http://admin:password@}
+c0=$(couch_cpu)
 t sh -c "couchrestore --url '$DST_CB' --db cr --attachments --quiet < '$W/cb.txt' 2> /dev/null"
-read -r s_cr m_cr _ < "$W/time"
+read -r s_cr m_cr u_cr k_cr < "$W/time"
+c1=$(couch_cpu)
 t "$BIN" restore "$ID" --database bench --to-url "$DST" --as cv > /dev/null
 read -r s_cv m_cv u_cv k_cv < "$W/time"
-echo "  (couchvault restore --database CPU: user ${u_cv} s, system ${k_cv} s)"
+c2=$(couch_cpu)
+echo "  CPU seconds (user+system) of each restore and of the target CouchDB meanwhile:"
+echo "    couchrestore $(awk "BEGIN { print $u_cr + $k_cr }") s, CouchDB $(awk "BEGIN { print $c1 - $c0 }") s"
+echo "    couchvault   $(awk "BEGIN { print $u_cv + $k_cv }") s, CouchDB $(awk "BEGIN { print $c2 - $c1 }") s"
 t "$BIN" backup verify "$ID" > /dev/null
 read -r s_v m_v _ < "$W/time"
 t "$BIN" backup verify --deep "$ID" > /dev/null

@@ -405,3 +405,69 @@ fn deep_verify_names_damaged_bodies_trees_attachments_and_truncation() {
         "scratch space cleaned up"
     );
 }
+
+/// A revision's `multipart/related` body reads its attachments from the file while it is
+/// sent: exactly the length it announces, the stored bytes as they are (gzip kept), and
+/// a read error, not a body, when an attachment's bytes or recorded length are wrong.
+#[test]
+fn a_multipart_body_streams_checked_attachment_bytes() {
+    use couchvault::couchdb::multipart::MultipartBody;
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let data = unpack_fixture(dir.path());
+    let docs = docs_of(&data, "fixture_basic", ".1795703450");
+    let (doc, _) = &docs["doc-001"];
+    let path = std::fs::read_dir(data.join("shards"))
+        .unwrap()
+        .map(|r| r.unwrap().path().join("fixture_basic.1795703450.couch"))
+        .filter(|p| p.exists())
+        .find(|p| {
+            let f = open(p);
+            let h = f.db_header().unwrap();
+            let mut has = false;
+            f.fold_docs(&h, &mut |d| {
+                has |= d.id == "doc-001";
+                Ok(())
+            })
+            .unwrap();
+            has
+        })
+        .unwrap();
+    let file = std::sync::Arc::new(open(&path));
+    let (_, atts) = file.doc_body(doc.winner().body_ptr.unwrap()).unwrap();
+    assert_eq!(atts.len(), 2);
+    assert!(atts.iter().any(|a| a.encoding == "gzip"));
+    let read = |atts: &[couchvault::couchdb::couchfile::AttInfo]| {
+        let mut body = MultipartBody::new("b", "{}".into(), &file, atts);
+        let len = body.content_length();
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).map(|_| (len, out))
+    };
+    let (len, out) = read(&atts).unwrap();
+    assert_eq!(len, out.len() as u64);
+    for a in &atts {
+        let mut stored = Vec::new();
+        file.attachment(a, &mut |b| {
+            stored.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert!(out.windows(stored.len()).any(|w| w == stored), "{}", a.name);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\n\r\n"));
+    assert!(text.ends_with("\r\n--b--"));
+
+    let mut wrong_md5 = atts.clone();
+    wrong_md5[0].md5[0] ^= 1;
+    let e = read(&wrong_md5).unwrap_err();
+    assert!(e.to_string().contains("do not match its MD5"), "{e}");
+    let gz = atts.iter().position(|a| a.encoding == "gzip").unwrap();
+    let mut wrong_len = atts.clone();
+    wrong_len[gz].att_len -= 1;
+    let e = read(&wrong_len).unwrap_err();
+    assert!(e.to_string().contains("inflates to more than"), "{e}");
+    wrong_len[gz].att_len += 2;
+    let e = read(&wrong_len).unwrap_err();
+    assert!(e.to_string().contains("inflates to"), "{e}");
+}

@@ -2,7 +2,7 @@
 //! backup under a live writer restored onto a fresh node, a restore under another node name
 //! with `--rename-node`, the post-restore check and rollback, live stats, an in-place restore
 //! through the daemon, a cluster member. Each test runs its own nodes with node names of its
-//! own, so the tests run in parallel. Ports: 11100-11272 (a node uses PORT, PORT+2 and
+//! own, so the tests run in parallel. Ports: 11100-11282 (a node uses PORT, PORT+2 and
 //! PORT+20000): below the kernel's ephemeral range, so no client socket or free-port probe of
 //! another test can take one.
 
@@ -1087,4 +1087,90 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+/// Issue 15, memory flat: a revision with a 192 MiB attachment and a 20 MiB one CouchDB
+/// stores gzip-encoded is pushed into another database with the process's peak memory far
+/// below the attachment (it is streamed from the shard file, not held), the bytes, lengths,
+/// digests and encodings as the source has them.
+#[test]
+fn a_revision_with_a_large_attachment_restores_in_flat_memory() {
+    let Some(sh) = script() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let c = Couch::start(&sh, "cv-bigatt", 11280, "cvbigatt@127.0.0.1");
+    c.send(Method::PUT, "/big", &json!({}));
+    let mut rev = c.send(Method::PUT, "/big/doc", &json!({ "v": 1 }))["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = attachment("big", "doc", "blob.bin", 192 << 20);
+    let text = "line of text that CouchDB compresses when it stores it\n".repeat(20 << 20 >> 6);
+    for (name, kind, bytes) in [
+        ("blob.bin", "application/octet-stream", blob.as_slice()),
+        ("notes.txt", "text/plain", text.as_bytes()),
+    ] {
+        let (s, v) = c.call(
+            c.req(Method::PUT, &format!("/big/doc/{name}?rev={rev}"))
+                .header("content-type", kind)
+                .timeout(Duration::from_secs(300))
+                .body(bytes.to_vec()),
+        );
+        assert_eq!(s, 201, "{v}");
+        rev = v["rev"].as_str().unwrap().to_string();
+    }
+    drop(blob);
+    let id = backup_of(cwd, &c, "bigatt");
+
+    let env: Vec<(&str, String)> = c.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "--json",
+        "restore",
+        &id,
+        "--database",
+        "big",
+        "--to-url",
+        &c.url,
+        "--as",
+        "copy",
+    ];
+    let (code, out, err, peak_kib) = common::cli_peak_rss(cwd, &args, &env);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["revisions_written"], 1, "{report}");
+    eprintln!("peak RSS of the restore: {peak_kib} KiB");
+    assert!(
+        peak_kib < 64 << 10,
+        "peak RSS {peak_kib} KiB while pushing a 192 MiB attachment"
+    );
+
+    let info = |db: &str| {
+        let mut doc = c.get(&format!("/{db}/doc?att_encoding_info=true&revs=true"));
+        for a in doc["_attachments"].as_object_mut().unwrap().values_mut() {
+            a.as_object_mut().unwrap().remove("revpos");
+        }
+        doc
+    };
+    let want = info("big");
+    assert_eq!(
+        want["_attachments"]["notes.txt"]["encoding"], "gzip",
+        "{want}"
+    );
+    assert_eq!(info("copy"), want);
+    for name in ["blob.bin", "notes.txt"] {
+        let bytes = |db: &str| {
+            let r = c
+                .req(Method::GET, &format!("/{db}/doc/{name}"))
+                .timeout(Duration::from_secs(300))
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            ring::digest::digest(&ring::digest::SHA256, &r.bytes().unwrap())
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(bytes("copy"), bytes("big"), "{name}");
+    }
+    c.stop();
 }

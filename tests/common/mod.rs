@@ -80,6 +80,50 @@ pub fn cli_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Option<i32>, String, String) {
+    let out = cli_command(cwd, args, env)
+        .output()
+        .expect("run couchvault");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cli_with_env`, also giving the process's peak resident memory in KiB (its `VmHWM`,
+/// read every 20 ms while it runs).
+pub fn cli_peak_rss(
+    cwd: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String, u64) {
+    let child = cli_command(cwd, args, env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run couchvault");
+    let status = format!("/proc/{}/status", child.id());
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let mut peak = 0;
+    while !waiter.is_finished() {
+        let hwm = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+        peak = peak.max(hwm.unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = waiter.join().unwrap().expect("run couchvault");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        peak,
+    )
+}
+
+fn cli_command(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_couchvault"));
     cmd.args(args).current_dir(cwd);
     for var in [
@@ -95,12 +139,7 @@ pub fn cli_with_env(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run couchvault");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cmd
 }
 
 /// Runs `couchvault` and returns its stdout; it must succeed.

@@ -276,42 +276,8 @@ impl CouchFile {
         att: &AttInfo,
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let mut md5 = Md5::new();
-        let mut total = 0u64;
-        for &(pos, len) in &att.chunks {
-            let bytes = self
-                .chunk_at(pos)
-                .map_err(|e| malformed(format!("attachment '{}': {e}", att.name)))?;
-            if bytes.len() as u64 != len {
-                return Err(malformed(format!(
-                    "attachment '{}': chunk at {pos} is {} bytes, its pointer says {len}",
-                    att.name,
-                    bytes.len()
-                )));
-            }
-            total += len;
-            // Each stored byte is in the file once: a list naming chunks again and again
-            // (a hostile file's) must not make a reader hold or hash more than the file.
-            if total > self.len {
-                return Err(malformed(format!(
-                    "attachment '{}': its chunks add up to more than the file holds",
-                    att.name
-                )));
-            }
-            md5.update(&bytes);
-            sink(&bytes)?;
-        }
-        if total != att.disk_len {
-            return Err(malformed(format!(
-                "attachment '{}': {total} bytes stored, {} recorded",
-                att.name, att.disk_len
-            )));
-        }
-        if md5.finalize().as_slice() != att.md5.as_slice() {
-            return Err(malformed(format!(
-                "attachment '{}': its bytes do not match its MD5",
-                att.name
-            )));
+        for chunk in AttChunks::new(self, att.clone()) {
+            sink(&chunk?)?;
         }
         Ok(())
     }
@@ -516,6 +482,108 @@ fn collect_leaves(
     }
     ancestry.pop();
     Ok(())
+}
+
+/// An attachment's stored bytes chunk by chunk, checked as they come: no more than it
+/// records nor than the file holds (a hostile list may name a chunk again and again), and
+/// at the end its length and MD5. `F` is the file, borrowed or shared with another thread.
+pub struct AttChunks<F> {
+    file: F,
+    att: AttInfo,
+    next: usize,
+    total: u64,
+    md5: Md5,
+    done: bool,
+}
+
+impl<F: std::ops::Deref<Target = CouchFile>> AttChunks<F> {
+    pub fn new(file: F, att: AttInfo) -> AttChunks<F> {
+        AttChunks {
+            file,
+            att,
+            next: 0,
+            total: 0,
+            md5: Md5::new(),
+            done: false,
+        }
+    }
+
+    /// The bytes it yields when the file is sound: what the attachment records.
+    pub fn stored_len(&self) -> u64 {
+        self.att.disk_len
+    }
+
+    fn chunk(&mut self, pos: u64, len: u64) -> Result<Vec<u8>> {
+        let name = &self.att.name;
+        let bytes = self
+            .file
+            .chunk_at(pos)
+            .map_err(|e| malformed(format!("attachment '{name}': {e}")))?;
+        if bytes.len() as u64 != len {
+            return Err(malformed(format!(
+                "attachment '{name}': chunk at {pos} is {} bytes, its pointer says {len}",
+                bytes.len()
+            )));
+        }
+        self.total += len;
+        if self.total > self.file.len {
+            return Err(malformed(format!(
+                "attachment '{name}': its chunks add up to more than the file holds"
+            )));
+        }
+        if self.total > self.att.disk_len {
+            return Err(malformed(format!(
+                "attachment '{name}': its chunks add up to more than the {} bytes it records",
+                self.att.disk_len
+            )));
+        }
+        self.md5.update(&bytes);
+        Ok(bytes)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let name = &self.att.name;
+        if self.total != self.att.disk_len {
+            return Err(malformed(format!(
+                "attachment '{name}': {} bytes stored, {} recorded",
+                self.total, self.att.disk_len
+            )));
+        }
+        if self.md5.clone().finalize().as_slice() != self.att.md5.as_slice() {
+            return Err(malformed(format!(
+                "attachment '{name}': its bytes do not match its MD5"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<F: std::ops::Deref<Target = CouchFile>> Iterator for AttChunks<F> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        if self.done {
+            return None;
+        }
+        let step = match self.att.chunks.get(self.next).copied() {
+            Some((pos, len)) => {
+                self.next += 1;
+                self.chunk(pos, len).map(Some)
+            }
+            None => self.finish().map(|()| None),
+        };
+        match step {
+            Ok(Some(bytes)) => Some(Ok(bytes)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 /// An attachment as a document body records it.

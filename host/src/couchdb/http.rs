@@ -101,8 +101,17 @@ impl CouchClient {
 
     /// Sends; a non-2xx answer is an error with CouchDB's reason.
     fn send(&self, rb: RequestBuilder, path: &str) -> Result<(u16, Value), CouchError> {
-        // reqwest's errors name the URL, which holds no credentials.
-        let resp = rb.send().map_err(|e| self.fail(path, e.without_url()))?;
+        // reqwest's errors name the URL, which holds no credentials; their causes say
+        // what failed (e.g. a request body that could not be read).
+        let resp = rb.send().map_err(|e| {
+            let mut causes = String::new();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                causes = format!("{causes}: {c}");
+                cause = c.source();
+            }
+            self.fail(path, format!("{}{causes}", e.without_url()))
+        })?;
         let status = resp.status().as_u16();
         let body: Value = resp.json().unwrap_or(Value::Null);
         Ok((status, body))
@@ -257,9 +266,14 @@ impl CouchClient {
         db: &str,
         id: &str,
         boundary: &str,
-        body: Vec<u8>,
+        body: super::multipart::MultipartBody,
     ) -> Result<Value, CouchError> {
-        let path = format!("/{}/{}?new_edits=false", encode_db(db), encode_db(id));
+        let doc = match id.strip_prefix("_design/") {
+            Some(name) => format!("_design/{}", encode_db(name)),
+            None => encode_db(id),
+        };
+        let path = format!("/{}/{doc}?new_edits=false", encode_db(db));
+        let len = body.content_length();
         let rb = self
             .req(reqwest::Method::PUT, &path)
             .header(
@@ -267,7 +281,7 @@ impl CouchClient {
                 format!("multipart/related; boundary=\"{boundary}\""),
             )
             .timeout(Duration::from_secs(600))
-            .body(body);
+            .body(reqwest::blocking::Body::sized(body, len));
         let (status, answer) = self.send(rb, &path)?;
         match status {
             200..=299 => Ok(answer),

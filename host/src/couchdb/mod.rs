@@ -7,6 +7,7 @@ pub mod deep;
 pub mod ejson;
 pub mod etf;
 pub mod http;
+pub mod multipart;
 pub mod shardmap;
 
 use std::fs;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::couchdb::deep::{self, ShardCheck};
 use crate::couchdb::ejson;
 use crate::couchdb::etf::Term;
 use crate::couchdb::http::CouchClient;
+use crate::couchdb::multipart::{self, MultipartBody};
 use crate::engine::{self, Progress, VerifyReport};
 use crate::format::BackupMetadata;
 
@@ -338,9 +339,10 @@ const BATCH_DOCS: usize = 200;
 const BATCH_BYTES: usize = 4 << 20;
 const SENDERS: usize = 8;
 /// A revision with at least this many attachment bytes goes alone, its attachments as raw
-/// `multipart/related` parts: CouchDB then neither parses nor base64-decodes them. Not
-/// lower: each such request is a commit of its own (measured: 100 KiB documents one by one
-/// took twice as long as in batches).
+/// `multipart/related` parts streamed from the file: CouchDB then neither parses nor
+/// base64-decodes them, and memory stays flat however large they are. Not lower: each such
+/// request is a commit of its own (measured: 100 KiB documents one by one took twice as
+/// long as in batches).
 const MULTIPART_MIN: u64 = 4 << 20;
 
 /// A request for the senders.
@@ -352,7 +354,7 @@ enum Request {
         id: String,
         rev: String,
         boundary: String,
-        body: Vec<u8>,
+        body: Box<MultipartBody>,
     },
 }
 
@@ -480,8 +482,10 @@ impl Push<'_> {
     /// Pushes every document of one shard file.
     fn shard(&self, file: &std::path::Path, path: &str) -> std::result::Result<(), String> {
         let at = |e: &dyn std::fmt::Display| format!("{path}: {e}");
+        // Shared with the senders: a multipart body reads its attachments while it is sent.
         let f = std::fs::File::open(file)
             .and_then(CouchFile::new)
+            .map(Arc::new)
             .map_err(|e| at(&e))?;
         let header = f.db_header().map_err(|e| at(&e))?;
         if let Some(sec) = f.security(&header).map_err(|e| at(&e))? {
@@ -510,7 +514,7 @@ impl Push<'_> {
 
     /// Asks the target which of these documents' leaf revisions it lacks, then queues
     /// those for the senders.
-    fn batch(&self, f: &CouchFile, docs: &[DocInfo]) -> std::result::Result<(), String> {
+    fn batch(&self, f: &Arc<CouchFile>, docs: &[DocInfo]) -> std::result::Result<(), String> {
         let mut wanted = serde_json::Map::new();
         let mut skipped = 0;
         for d in docs {
@@ -559,8 +563,9 @@ impl Push<'_> {
                 let (doc, atts) = f
                     .doc_body(ptr)
                     .map_err(|e| format!("document {}: {e}", d.id))?;
-                let att_bytes: u64 = atts.iter().map(|a| a.att_len).sum();
-                if att_bytes >= MULTIPART_MIN && !d.id.starts_with('_') {
+                // Either length may be a hostile file's lie: the larger decides.
+                let att_bytes: u64 = atts.iter().map(|a| a.att_len.max(a.disk_len)).sum();
+                if att_bytes >= MULTIPART_MIN {
                     let request = self.multipart(f, d, leaf, &doc, &atts)?;
                     self.enqueue(request)?;
                     continue;
@@ -568,7 +573,7 @@ impl Push<'_> {
                 if in_body > 0 {
                     body.push(',');
                 }
-                self.write_doc(f, d, leaf, &doc, &atts, None, &mut body)?;
+                self.write_doc(f, d, leaf, &doc, &atts, false, &mut body)?;
                 in_body += 1;
                 if body.len() >= BATCH_BYTES {
                     let full = std::mem::replace(&mut body, String::from(OPEN));
@@ -627,7 +632,7 @@ impl Push<'_> {
             } => self
                 .req
                 .couchdb
-                .put_multipart(self.target, &id, &boundary, body)
+                .put_multipart(self.target, &id, &boundary, *body)
                 .map(|answer| {
                     // One answer, as _bulk_docs gives them.
                     let mut a = answer;
@@ -653,30 +658,20 @@ impl Push<'_> {
         Ok(())
     }
 
-    /// One revision with its attachments as raw `multipart/related` parts.
+    /// One revision with its attachments as raw `multipart/related` parts, read from the
+    /// file while the request is sent.
     fn multipart(
         &self,
-        f: &CouchFile,
+        f: &Arc<CouchFile>,
         d: &DocInfo,
         leaf: &Leaf,
         doc: &Term,
         atts: &[AttInfo],
     ) -> std::result::Result<Request, String> {
         let boundary = format!("couchvault-{}", ulid::Ulid::new());
-        let mut parts = Vec::new();
         let mut json = String::new();
-        self.write_doc(f, d, leaf, doc, atts, Some(&mut parts), &mut json)?;
-        let mut body =
-            Vec::with_capacity(json.len() + parts.iter().map(Vec::len).sum::<usize>() + 256);
-        body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n").as_bytes(),
-        );
-        body.extend_from_slice(json.as_bytes());
-        for part in parts {
-            body.extend_from_slice(format!("\r\n--{boundary}\r\n\r\n").as_bytes());
-            body.extend_from_slice(&part);
-        }
-        body.extend_from_slice(format!("\r\n--{boundary}--").as_bytes());
+        self.write_doc(f, d, leaf, doc, atts, true, &mut json)?;
+        let body = Box::new(MultipartBody::new(&boundary, json, f, atts));
         Ok(Request::Doc {
             id: d.id.clone(),
             rev: leaf.rev.clone(),
@@ -686,7 +681,7 @@ impl Push<'_> {
     }
 
     /// One leaf revision as JSON: its history, and its attachments inline (base64) or,
-    /// given `parts`, as `"follows"` with their bytes appended to `parts` in order.
+    /// with `follows`, as parts that follow the JSON in order.
     #[allow(clippy::too_many_arguments)]
     fn write_doc(
         &self,
@@ -695,7 +690,7 @@ impl Push<'_> {
         leaf: &Leaf,
         body: &Term,
         atts: &[AttInfo],
-        mut parts: Option<&mut Vec<Vec<u8>>>,
+        follows: bool,
         out: &mut String,
     ) -> std::result::Result<(), String> {
         out.push_str(r#"{"_id":"#);
@@ -719,36 +714,33 @@ impl Push<'_> {
         if !atts.is_empty() {
             out.push_str(r#","_attachments":{"#);
             for (i, att) in atts.iter().enumerate() {
-                // Lengths come from the file: never allocated ahead from them.
-                let mut stored = Vec::new();
-                f.attachment(att, &mut |b| {
-                    stored.extend_from_slice(b);
-                    Ok(())
-                })
-                .map_err(|e| format!("document {}: {e}", d.id))?;
-                let data = identity_bytes(att, stored)
-                    .map_err(|e| format!("document {}: attachment '{}': {e}", d.id, att.name))?;
                 if i > 0 {
                     out.push(',');
                 }
                 ejson::string(&att.name, out);
                 out.push_str(r#":{"content_type":"#);
                 ejson::string(&att.content_type, out);
-                let len = data.len() as u64;
-                match parts.as_deref_mut() {
-                    Some(parts) => {
-                        out.push_str(&format!(r#","length":{len},"follows":true}}"#));
-                        parts.push(data);
-                    }
-                    None => {
-                        out.push_str(r#","data":""#);
-                        base64::engine::general_purpose::STANDARD.encode_string(&data, out);
-                        out.push_str(r#""}"#);
-                    }
+                if follows {
+                    multipart::follows_json(att, out);
+                } else {
+                    // Lengths come from the file: never allocated ahead from them.
+                    let mut stored = Vec::new();
+                    f.attachment(att, &mut |b| {
+                        stored.extend_from_slice(b);
+                        Ok(())
+                    })
+                    .map_err(|e| format!("document {}: {e}", d.id))?;
+                    let data = identity_bytes(att, stored).map_err(|e| {
+                        format!("document {}: attachment '{}': {e}", d.id, att.name)
+                    })?;
+                    out.push_str(r#","data":""#);
+                    base64::engine::general_purpose::STANDARD.encode_string(&data, out);
+                    out.push('"');
                 }
+                out.push('}');
                 let mut r = self.lock(&self.report);
                 r.attachments += 1;
-                r.attachment_bytes += len;
+                r.attachment_bytes += att.att_len;
             }
             out.push('}');
         }
