@@ -145,6 +145,16 @@ fn headers_security_and_local_docs() {
     }
     assert_eq!(docs, 10, "header reductions: 8 live + 2 deleted");
     assert_eq!(locals, vec!["_local/checkpoint-1".to_string()]);
+    // Properties: only the partitioned database says so; the default revs limit.
+    for (db, partitioned) in [
+        ("fixture_partitioned.1795703453", true),
+        ("fixture_basic.1795703450", false),
+    ] {
+        let f = open(&data.join(format!("shards/00000000-7fffffff/{db}.couch")));
+        let h = f.db_header().unwrap();
+        assert_eq!(f.partitioned(&h).unwrap(), partitioned, "{db}");
+        assert_eq!(h.revs_limit, Some(1000), "{db}");
+    }
 }
 
 /// Every file of the fixture, damaged a thousand ways (bytes flipped, cut short, garbage

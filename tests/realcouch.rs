@@ -944,6 +944,19 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
     };
     let want_view = view(&src, db);
     let want_security = src.get(&format!("/{}/_security", encode(db)));
+    // A revision limit of its own, and a partitioned database beside it.
+    let (s, v) = src.call(
+        src.req(Method::PUT, &format!("/{}/_revs_limit", encode(db)))
+            .body("50"),
+    );
+    assert_eq!(s, 200, "{v}");
+    src.send(Method::PUT, "/parts?partitioned=true", &json!({}));
+    src.send(
+        Method::POST,
+        "/parts/_bulk_docs",
+        &json!({ "docs": [{ "_id": "p1:a", "v": 1 }, { "_id": "p2:b", "v": 2 }] }),
+    );
+    let want_parts = snapshot(&src, "parts");
     let id = backup_of(cwd, &src, "onedb");
     let deleted_in_src = src.get(&format!("/{}", encode(db)))["doc_del_count"]
         .as_u64()
@@ -992,6 +1005,21 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
         0,
         "no tombstones unless asked"
     );
+    assert_eq!(fresh.get(&format!("/{}/_revs_limit", encode(db))), 50);
+    ok(
+        cwd,
+        &[
+            "restore",
+            &id,
+            "--database",
+            "parts",
+            "--to-url",
+            &fresh.url,
+        ],
+        &creds(&fresh),
+    );
+    assert_eq!(fresh.get("/parts")["props"]["partitioned"], true);
+    assert_eq!(snapshot(&fresh, "parts"), want_parts);
 
     // A rerun: everything is there, nothing is written.
     let again = restore(&fresh, &[]);
@@ -1035,6 +1063,16 @@ fn one_database_restores_into_a_fresh_node_and_a_cluster() {
     assert_eq!(code, Some(1));
     assert!(
         err.contains("holds no database 'nope'") && err.contains("backup databases"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        cwd,
+        &["restore", &id, "--database", "_dbs", "--to-url", &fresh.url],
+        &creds(&fresh),
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("node-local database") && err.contains("--to DIR"),
         "{err}"
     );
 

@@ -294,6 +294,21 @@ impl CouchFile {
         }))
     }
 
+    /// Whether the database is partitioned (its properties say `{partitioned, true}`).
+    pub fn partitioned(&self, header: &DbHeader) -> Result<bool> {
+        let Some(ptr) = header.props_ptr else {
+            return Ok(false);
+        };
+        Ok(match self.term_at(ptr)? {
+            Term::List(props) => props.iter().any(|p| {
+                p.as_tuple().is_some_and(|kv| {
+                    kv.len() == 2 && kv[0].is_atom("partitioned") && kv[1].is_atom("true")
+                })
+            }),
+            _ => false,
+        })
+    }
+
     /// Every `_local/` document: (id, body).
     pub fn fold_local_docs(
         &self,
@@ -328,6 +343,10 @@ pub struct DbHeader {
     pub seq_root: Option<u64>,
     pub local_root: Option<u64>,
     pub security_ptr: Option<u64>,
+    /// `_revs_limit`.
+    pub revs_limit: Option<u64>,
+    /// Where the database's properties are (`partitioned`), when it has any.
+    pub props_ptr: Option<u64>,
     /// Live and deleted documents, from the by-id tree's reduction.
     pub doc_count: u64,
     pub doc_del_count: u64,
@@ -358,6 +377,8 @@ impl DbHeader {
             seq_root: f.get(5).and_then(tree_root),
             local_root: f.get(6).and_then(tree_root),
             security_ptr: int(9).filter(|p| *p >= 0).map(|p| p as u64),
+            revs_limit: int(10).filter(|n| *n > 0).map(|n| n as u64),
+            props_ptr: int(15).filter(|p| *p >= 0).map(|p| p as u64),
             doc_count,
             doc_del_count,
         })

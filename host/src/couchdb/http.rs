@@ -238,8 +238,9 @@ impl CouchClient {
     }
 
     /// Creates a database; false when it exists already.
-    pub fn create_db(&self, db: &str) -> Result<bool, CouchError> {
-        let path = format!("/{}", encode_db(db));
+    pub fn create_db(&self, db: &str, partitioned: bool) -> Result<bool, CouchError> {
+        let query = if partitioned { "?partitioned=true" } else { "" };
+        let path = format!("/{}{query}", encode_db(db));
         let (status, body) = self.send(self.req(reqwest::Method::PUT, &path), &path)?;
         match status {
             201 | 202 => Ok(true),
@@ -293,16 +294,27 @@ impl CouchClient {
         }
     }
 
+    /// `PUT /{db}/_revs_limit`.
+    pub fn put_revs_limit(&self, db: &str, limit: u64) -> Result<(), CouchError> {
+        self.put_json(
+            &format!("/{}/_revs_limit", encode_db(db)),
+            limit.to_string(),
+        )
+    }
+
     /// `PUT /{db}/_security`.
     pub fn put_security(&self, db: &str, security: String) -> Result<(), CouchError> {
-        let path = format!("/{}/_security", encode_db(db));
+        self.put_json(&format!("/{}/_security", encode_db(db)), security)
+    }
+
+    fn put_json(&self, path: &str, body: String) -> Result<(), CouchError> {
         let rb = self
-            .req(reqwest::Method::PUT, &path)
+            .req(reqwest::Method::PUT, path)
             .header("content-type", "application/json")
-            .body(security);
-        let (status, body) = self.send(rb, &path)?;
+            .body(body);
+        let (status, body) = self.send(rb, path)?;
         if !(200..300).contains(&status) {
-            return Err(self.fail(&path, format!("HTTP {status} {}", reason_of(&body))));
+            return Err(self.fail(path, format!("HTTP {status} {}", reason_of(&body))));
         }
         Ok(())
     }

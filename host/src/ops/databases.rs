@@ -378,6 +378,14 @@ impl Vault {
             return Err(OpsError::Refused(format!("backup {id} has no data")));
         };
         let is_ours = |path: &str| matches!(deep::database_of(path), Some((db, Some(_))) if db == req.database);
+        let node_local =
+            |path: &str| matches!(deep::database_of(path), Some((db, None)) if db == req.database);
+        if target.files.iter().any(|f| node_local(&f.path)) {
+            return Err(OpsError::Refused(format!(
+                "'{}' is a node-local database (data/{}.couch), not a clustered one: restore the node (`couchvault restore {id} --to DIR`) to get it back",
+                req.database, req.database
+            )));
+        }
         if !target.files.iter().any(|f| is_ours(&f.path)) {
             return Err(OpsError::Refused(format!(
                 "backup {id} holds no database '{}'; `couchvault backup databases {id}` lists those it holds",
@@ -388,7 +396,9 @@ impl Vault {
             .target_name
             .clone()
             .unwrap_or_else(|| req.database.clone());
-        let created = req.couchdb.create_db(&name)?;
+        // Reachable before the stream starts; the database itself is created with the
+        // first shard file, whose header says whether it is partitioned.
+        req.couchdb.version()?;
         let (queue, bodies) = std::sync::mpsc::sync_channel::<Request>(SENDERS);
         let push = Push {
             req,
@@ -398,9 +408,10 @@ impl Vault {
                 database: req.database.clone(),
                 target: name.clone(),
                 target_url: req.couchdb.base().to_string(),
-                created,
                 ..Default::default()
             }),
+            created: std::sync::OnceLock::new(),
+            revs_limit: Mutex::new(None),
             security: Mutex::new(None),
             progress,
             queue: Mutex::new(Some(queue)),
@@ -452,7 +463,12 @@ impl Vault {
         }
         read?;
         let security = push.lock(&push.security).take();
+        let revs_limit = push.lock(&push.revs_limit).take();
         let mut report = push.report.into_inner().unwrap_or_else(|p| p.into_inner());
+        report.created = matches!(push.created.get(), Some(Ok(true)));
+        if let Some(limit) = revs_limit {
+            req.couchdb.put_revs_limit(&name, limit)?;
+        }
         if let Some(sec) = security {
             req.couchdb.put_security(&name, sec)?;
             report.security = true;
@@ -466,6 +482,10 @@ struct Push<'a> {
     req: &'a DbRestoreRequest,
     target: &'a str,
     report: Mutex<DbRestoreReport>,
+    /// Whether the first shard file created the target database (or the error).
+    created: std::sync::OnceLock<std::result::Result<bool, String>>,
+    /// A `_revs_limit` other than CouchDB's default, set at the end.
+    revs_limit: Mutex<Option<u64>>,
     security: Mutex<Option<String>>,
     progress: &'a Progress,
     /// `_bulk_docs` bodies for the senders; taken (closed) when every file is read.
@@ -488,6 +508,16 @@ impl Push<'_> {
             .map(Arc::new)
             .map_err(|e| at(&e))?;
         let header = f.db_header().map_err(|e| at(&e))?;
+        let partitioned = f.partitioned(&header).map_err(|e| at(&e))?;
+        self.created
+            .get_or_init(|| {
+                let made = self.req.couchdb.create_db(self.target, partitioned);
+                made.map_err(|e| e.to_string())
+            })
+            .clone()?;
+        if let Some(limit) = header.revs_limit.filter(|n| *n != 1000) {
+            self.lock(&self.revs_limit).get_or_insert(limit);
+        }
         if let Some(sec) = f.security(&header).map_err(|e| at(&e))? {
             let json = ejson::to_json(&sec).map_err(|e| at(&e))?;
             self.lock(&self.security).get_or_insert(json);
