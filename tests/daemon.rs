@@ -1342,3 +1342,116 @@ fn key_commands_through_the_daemon() {
     let (s, _) = d.post("/v1/keys/rotate", &t, &json!({}));
     assert_eq!(s, 403);
 }
+
+/// Issue 16: finished jobs reach their webhooks (a Slack-style `text` and the job record)
+/// and backups ping a dead-man's switch (`/start`, then success or `/fail`); a receiver that
+/// fails is retried until it answers, a dead one never holds a job up; a tenant's rule hears
+/// nothing of another tenant; the URLs' secrets never reach the daemon's log.
+#[test]
+fn jobs_notify_webhooks_and_pings_and_a_dead_receiver_holds_nothing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default", "acme"]);
+    let data = unpack_fixture(dir.path());
+    let (rx, url) = common::receiver::Receiver::start(2);
+    let extra = format!(
+        "{}[notify]\nretry_delay = \"1s\"\nmax_attempts = 3\n\
+         [[notify.rules]]\ntenant = \"default\"\nwebhook = \"{url}/hook/secret-hook-token\"\nping = \"{url}/ping/secret-ping-token\"\n\
+         [[notify.rules]]\nwebhook = \"http://127.0.0.1:1/dead/secret-dead-token\"\n\
+         [[notify.rules]]\ntenant = \"acme\"\nwebhook = \"{url}/acme\"\nfailures_only = true\n",
+        store_line(dir.path())
+    );
+    let d = Daemon::start(dir.path(), &extra, "", &[]);
+    let job = start_backup(&d, &d.admin, "node1", &data);
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let first_done = std::time::Instant::now();
+    let mut bad = backup_body("node1", &dir.path().join("no-such-dir"));
+    bad["allow_incomplete"] = json!(true);
+    let (s, job) = d.post("/v1/backups", &d.admin, &bad);
+    assert_eq!(s, 202, "{job}");
+    let failed = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    // The dead destination's tries (1 s, then 2 s apart) and the failing receiver's held
+    // neither job: the second ended long before they did.
+    assert!(
+        first_done.elapsed() < Duration::from_millis(2500),
+        "{failed}"
+    );
+
+    // The first two requests failed (500) and were tried again, in order.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (rx.seen("/ping/").len() < 6 || rx.seen("/hook/").len() < 2)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pings: Vec<String> = rx
+        .seen("/ping/")
+        .into_iter()
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(
+        pings,
+        [
+            "GET /ping/secret-ping-token/start",
+            "GET /ping/secret-ping-token/start",
+            "GET /ping/secret-ping-token/start",
+            "GET /ping/secret-ping-token",
+            "GET /ping/secret-ping-token/start",
+            "GET /ping/secret-ping-token/fail",
+        ],
+        "{pings:?}"
+    );
+    let hooks = rx.seen("/hook/");
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    let first: Value = serde_json::from_str(&hooks[0].2).unwrap();
+    assert_eq!(first["couchvault_notification"], 1);
+    assert_eq!(first["event"], "job_finished");
+    assert_eq!(first["state"], "succeeded");
+    assert_eq!(first["instance"], "node1");
+    assert_eq!(first["backup_id"], done["backup_id"]);
+    assert_eq!(first["job"]["id"], done["id"]);
+    assert!(first["duration_secs"].as_f64().unwrap() > 0.0);
+    let text = first["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("couchvault: backup of default/node1 succeeded in "),
+        "{text}"
+    );
+    let second: Value = serde_json::from_str(&hooks[1].2).unwrap();
+    assert_eq!(second["state"], "failed");
+    assert_eq!(second["error"], failed["error"]);
+    assert!(rx.seen("/acme").is_empty(), "another tenant's jobs");
+
+    // The dead destination was given up after its tries; the counts are in /metrics.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let m = d
+            .req(Method::GET, "/metrics", Some(&d.admin))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if m.contains("couchvault_notifications_total{outcome=\"failed\"} 2")
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        metrics.contains("couchvault_notifications_total{outcome=\"failed\"} 2"),
+        "{metrics}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("notify rule 2 (http://127.0.0.1:1/…)"),
+        "{log}"
+    );
+    for secret in [
+        "secret-hook-token",
+        "secret-ping-token",
+        "secret-dead-token",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}

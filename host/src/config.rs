@@ -55,6 +55,9 @@ pub struct Config {
     pub couchdb: CouchDbConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// `[notify]`: webhooks and dead-man's-switch pings of jobs (daemon).
+    #[serde(default)]
+    pub notify: crate::daemon::notify::NotifyConfig,
     #[serde(default)]
     pub client: ClientConfig,
 }
@@ -347,6 +350,7 @@ impl Config {
             floors: crate::policy::floors::Floors::default(),
             couchdb: CouchDbConfig::default(),
             daemon: DaemonConfig::default(),
+            notify: Default::default(),
             client: ClientConfig::default(),
         }
     }

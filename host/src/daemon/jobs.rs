@@ -13,6 +13,7 @@ use ulid::Ulid;
 use super::db::{Db, IndexEntry};
 use super::instances;
 use super::metrics::{labels, Metrics};
+use super::notify::Notifier;
 use crate::couchdb::Source;
 use crate::ops::keys::RewrapProgress;
 use crate::ops::restore::{Hooks, RestoreRequest, RestoreTarget};
@@ -65,6 +66,7 @@ pub struct Runner {
     pub vault: Arc<Vault>,
     pub db: Db,
     pub metrics: Arc<Metrics>,
+    notifier: Notifier,
     /// (tenant, instance) → the job holding it.
     busy: Mutex<Holders>,
     active: Mutex<HashMap<String, Active>>,
@@ -78,11 +80,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Runner {
-    pub fn new(vault: Arc<Vault>, db: Db, metrics: Arc<Metrics>, history: usize) -> Runner {
+    pub fn new(
+        vault: Arc<Vault>,
+        db: Db,
+        metrics: Arc<Metrics>,
+        notifier: Notifier,
+        history: usize,
+    ) -> Runner {
         Runner {
             vault,
             db,
             metrics,
+            notifier,
             busy: Mutex::default(),
             active: Mutex::default(),
             accepting: AtomicBool::new(true),
@@ -224,6 +233,7 @@ impl Runner {
             tracing::error!(job = %job.id, "cannot record the job: {e}");
         }
         tracing::info!(job = %job.id, kind = job.request.kind(), tenant = %job.tenant, "job started");
+        self.notifier.job_started(&job);
         let outcome = self.execute(&mut job, &progress);
         job.progress = snapshot(&progress, started);
         job.finished_at = Some(Utc::now());
@@ -248,6 +258,7 @@ impl Runner {
         {
             tracing::error!(job = %job.id, "cannot record the job's end: {e}");
         }
+        self.notifier.job_finished(&job);
         if let Some(inst) = job.request.instance() {
             lock(&self.busy).remove(&(job.tenant.clone(), inst.to_string()));
         }

@@ -56,6 +56,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Scheduled runs by outcome (started, skipped, missed).",
     ),
+    (
+        "couchvault_notifications_total",
+        "counter",
+        "Job notifications by outcome (sent, failed after every try, dropped when a queue was full).",
+    ),
     ("couchvault_jobs_running", "gauge", "Jobs running now."),
     (
         "couchvault_schedules",

@@ -12,6 +12,7 @@ pub mod instances;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod schedules;
 
 use std::net::SocketAddr;
@@ -52,6 +53,8 @@ pub enum DaemonError {
     },
     #[error("daemon.listen '{0}' is not an address (e.g. 127.0.0.1:8420)")]
     Address(String),
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyConfigError),
 }
 
 /// Everything the API handlers and the loops share.
@@ -87,10 +90,13 @@ impl Daemon {
         let db = Db::open(&vault.state_dir.join("daemon.db"))?;
         let vault = Arc::new(vault);
         let metrics = Arc::new(metrics::Metrics::default());
+        vault.config.notify.check()?;
+        let notifier = notify::Notifier::new(&vault.config.notify, metrics.clone());
         let runner = Arc::new(Runner::new(
             vault.clone(),
             db.clone(),
             metrics,
+            notifier,
             vault.config.daemon.job_history,
         ));
         let interrupted = runner.recover()?;
