@@ -1455,3 +1455,178 @@ fn jobs_notify_webhooks_and_pings_and_a_dead_receiver_holds_nothing_up() {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
+
+/// Issue 16, end to end in headless Chromium against a daemon with real backups on the
+/// local store: sign in, the overview, a running backup's progress updating without a
+/// reload until it ends, a schedule added with its cron expression in words and its next
+/// five runs, a restore reviewed then confirmed, and a tenant that sees only its own
+/// instance (the dashboard's requests obey the API's tenant rules). A screenshot of each
+/// page lands in `target/tmp/dashboard/`.
+#[test]
+fn the_dashboard_in_a_real_browser() {
+    let Some((chromium, driver)) = common::webdriver::available() else {
+        return;
+    };
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default", "acme"]);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (data, shop) = (unpack_fixture(&a), unpack_fixture(&b));
+    // Each backup stops for 3 s half way: long enough to watch it run.
+    let d = Daemon::start(
+        dir.path(),
+        &store_line(dir.path()),
+        "",
+        &[("COUCHVAULT_TEST_PAUSE", "mid-stream:3000")],
+    );
+    register(&d, "default", "node1", &data, false);
+    register(&d, "acme", "shop", &shop, false);
+    let first = start_backup(&d, &d.admin, "node1", &data);
+    let first = d.wait_job(first["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(first["state"], "succeeded", "{first}");
+
+    let web = common::webdriver::Browser::start(&chromium, &driver);
+    web.goto(&format!("{}/", d.url));
+    web.fill("#token", &d.admin);
+    web.click("#signin-submit");
+    web.wait_text("#who", |t| t == "admin");
+    let card = "section[aria-label='instance default/node1']";
+    let last = web.wait_text(&format!("{card} dd.fresh"), |t| t.ends_with("ago"));
+    assert!(last.contains("s ago"), "{last}");
+    assert!(web
+        .try_find("section[aria-label='instance acme/shop']")
+        .is_some());
+    // Every form control has a label.
+    let unlabelled = web.script(
+        "return [...document.querySelectorAll('input, select')].filter(e => !e.labels?.length && !e.getAttribute('aria-label')).length",
+        json!([]),
+    );
+    assert_eq!(unlabelled, 0);
+    web.screenshot(&shots.join("1-overview.png"));
+
+    // A backup started from its card: its progress shows while it runs, then it ends.
+    web.script(
+        "[...document.querySelectorAll(arguments[0] + ' button')].find(b => b.textContent === 'Back up now').click()",
+        json!([card]),
+    );
+    let running = web.wait_text("tr[data-job] progress + div", |t| t.contains(" / "));
+    let (done, total) = running
+        .split_once(", files")
+        .unwrap()
+        .0
+        .split_once(" / ")
+        .unwrap();
+    assert_ne!(done, total, "caught half way: {running}");
+    web.screenshot(&shots.join("2-jobs-running.png"));
+    let job_id = web.script(
+        "return document.querySelector('tr[data-job] progress').closest('tr').dataset.job",
+        json!([]),
+    );
+    let job_id = job_id.as_str().unwrap().to_string();
+    web.wait_text(
+        &format!("tr[data-job='{job_id}'] td.state-succeeded"),
+        |t| t == "succeeded",
+    );
+    web.screenshot(&shots.join("3-jobs-done.png"));
+
+    // A schedule: the expression in words and its next five runs before it is saved.
+    web.goto(&format!("{}/#/schedules", d.url));
+    web.fill("#schedule-name", "nightly");
+    web.fill("#schedule-instance", "node1");
+    web.fill("#schedule-cron", "30 2 * * 1-5");
+    web.fill("#schedule-tz", "Europe/Berlin");
+    web.wait_text("#cron-words", |t| {
+        t == "At 02:30 on Monday to Friday (Europe/Berlin)"
+    });
+    let runs = web.script(
+        "return document.querySelectorAll('#cron-next li').length",
+        json!([]),
+    );
+    assert_eq!(runs, 5);
+    web.fill("#schedule-cron", "61 2 * * *");
+    web.wait_text("#cron-words", |t| t.contains("minute") && t.contains("61"));
+    web.fill("#schedule-cron", "30 2 * * 1-5");
+    web.wait_text("#cron-words", |t| t.starts_with("At 02:30"));
+    web.screenshot(&shots.join("4-schedule-preview.png"));
+    web.click("#schedule-save");
+    web.find("tr[data-schedule='nightly']");
+    let (_, list) = d.get("/v1/schedules", &d.admin);
+    assert_eq!(list[0]["cron"], "30 2 * * 1-5", "{list}");
+    assert_eq!(list[0]["tz"], "Europe/Berlin", "{list}");
+
+    // A restore: what will happen is shown first, then it runs when confirmed.
+    let target = dir.path().join("restored");
+    web.goto(&format!("{}/#/backups/default%2Fnode1", d.url));
+    web.find("tr[data-backup]");
+    web.script(
+        "[...document.querySelectorAll('tr[data-backup] button')].find(b => b.textContent === 'Restore…').click()",
+        json!([]),
+    );
+    web.fill("#restore-target", target.to_str().unwrap());
+    web.click("#restore-review-button");
+    let review = web.wait_text("#restore-review", |t| t.contains("What will happen"));
+    assert!(
+        review.contains(&format!("into {}", target.display())),
+        "{review}"
+    );
+    assert!(review.contains("node check"), "{review}");
+    assert!(review.contains("hooks: none"), "{review}");
+    web.screenshot(&shots.join("5-restore-review.png"));
+    assert!(!target.exists(), "nothing happens before it is confirmed");
+    web.click("#restore-confirm");
+    let restored = d.wait_job(
+        &web.wait("the restore job", || {
+            let (_, jobs) = d.get("/v1/jobs?kind=restore", &d.admin);
+            jobs.as_array()?.first()?["id"].as_str().map(str::to_string)
+        }),
+        &d.admin,
+    );
+    assert_eq!(restored["state"], "succeeded", "{restored}");
+    assert!(target.join("_dbs.couch").exists() || target.join("data").exists());
+
+    // A tenant sees its own instance only, and the API refuses it another tenant's.
+    web.click("#signout");
+    web.fill("#token", &d.tenant_token("acme"));
+    web.click("#signin-submit");
+    web.wait_text("#who", |t| t == "tenant acme");
+    web.goto(&format!("{}/#/overview", d.url));
+    web.find("section[aria-label='instance acme/shop']");
+    assert!(web
+        .try_find("section[aria-label='instance default/node1']")
+        .is_none());
+    web.screenshot(&shots.join("6-tenant-overview.png"));
+    web.goto(&format!("{}/#/backups/default%2Fnode1", d.url));
+    let options = web.script(
+        "return [...document.querySelectorAll('#backup-instance option')].map(o => o.value)",
+        json!([]),
+    );
+    assert_eq!(options, json!(["acme/shop"]));
+    let answer = web.script_async(
+        "fetch('/v1/backups?tenant=default', { headers: { Authorization: 'Bearer ' + sessionStorage.getItem('couchvault-token') } }).then(r => arguments[0](r.status))",
+        json!([]),
+    );
+    assert_eq!(answer, 403);
+}
+
+/// A job seen ended has freed its instance: the next job of the instance, asked for at
+/// once, starts (the daemon used to record the end first and free the instance after, so
+/// a client that saw the end could be answered 409; the pause widens that window).
+#[test]
+fn a_job_seen_ended_has_freed_its_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    keyring(dir.path(), &["default"]);
+    let data = unpack_fixture(dir.path());
+    let d = Daemon::start(
+        dir.path(),
+        &store_line(dir.path()),
+        "",
+        &[("COUCHVAULT_TEST_PAUSE", "job-recorded:3000")],
+    );
+    let job = start_backup(&d, &d.admin, "node1", &data);
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, next) = d.post("/v1/backups", &d.admin, &backup_body("node1", &data));
+    assert_eq!(s, 202, "{next}");
+}

@@ -113,6 +113,9 @@ pub struct DaemonConfig {
     /// How often the backup index is rebuilt from the store (it is also updated by every
     /// job): picks up backups made by the CLI or another daemon.
     pub reindex_interval: Span,
+    /// An instance whose last successful backup is older is shown stale (red) on the
+    /// dashboard and in `GET /v1/overview`.
+    pub stale_after: Span,
 }
 
 impl Default for DaemonConfig {
@@ -122,6 +125,7 @@ impl Default for DaemonConfig {
             schedules_dir: None,
             shutdown_timeout: Span::secs(60),
             job_history: 50,
+            stale_after: Span::secs(26 * 3600),
             max_body_bytes: 16 << 20,
             tenant_restore_root: None,
             instances_dir: None,

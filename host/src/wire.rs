@@ -350,6 +350,85 @@ pub struct InstanceApply {
     pub instances: Vec<InstanceSpec>,
 }
 
+/// `GET /v1/whoami`: what the token is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub admin: bool,
+    /// The tenant of a tenant token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// `POST /v1/schedules/preview`: a cron expression to explain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronPreviewParams {
+    pub cron: String,
+    /// IANA time zone; UTC when absent.
+    #[serde(default)]
+    pub tz: Option<String>,
+}
+
+/// The expression in words and its next runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CronPreview {
+    pub cron: String,
+    pub tz: String,
+    /// e.g. "At 02:30 every day (Europe/Berlin)".
+    pub description: String,
+    /// The next five runs.
+    pub next_runs: Vec<DateTime<Utc>>,
+    /// The same runs in the time zone (RFC 3339 with its offset).
+    pub next_runs_local: Vec<String>,
+}
+
+/// `GET /v1/overview`: each instance at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Overview {
+    pub now: DateTime<Utc>,
+    /// `daemon.stale_after` in seconds.
+    pub stale_after_secs: u64,
+    pub instances: Vec<InstanceOverview>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceOverview {
+    pub tenant: String,
+    pub instance: String,
+    /// Registered with the daemon (else only its backups or schedules name it).
+    pub registered: bool,
+    pub backups: u64,
+    /// Bytes its backups take in the store.
+    pub stored_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_id: Option<String>,
+    /// No successful backup within `daemon.stale_after`.
+    pub stale: bool,
+    /// The earliest next run of its active schedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_schedule: Option<String>,
+    /// Jobs of the instance that failed in the last 7 days.
+    pub failures_7d: u64,
+    /// Ids of its running jobs.
+    pub running: Vec<String>,
+    /// Its backups, oldest first (at most the last 60): the charts' points.
+    pub history: Vec<HistoryPoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HistoryPoint {
+    pub backup_id: String,
+    pub kind: crate::format::Kind,
+    pub finished_at: DateTime<Utc>,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub duration_secs: f64,
+}
+
 /// `GET /v1/schedules/{id}`: the schedule and when it runs next.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleShown {

@@ -7,6 +7,7 @@ pub mod fakecouch;
 pub mod faultproxy;
 pub mod receiver;
 pub mod swift;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -248,6 +248,10 @@ impl Db {
     pub fn index_list(&self, tenant: &str) -> Result<Vec<IndexEntry>, DbError> {
         all(&self.index, "backup_index", format!("{tenant}/").as_bytes())
     }
+    /// Every tenant's indexed backups.
+    pub fn index_all(&self) -> Result<Vec<IndexEntry>, DbError> {
+        all(&self.index, "backup_index", b"")
+    }
     /// Replaces a tenant's index with what the store holds.
     pub fn index_replace(&self, tenant: &str, entries: &[IndexEntry]) -> Result<(), DbError> {
         let mut batch = sled::Batch::default();

@@ -251,6 +251,11 @@ impl Runner {
         }
         tracing::info!(job = %job.id, state = job.state.as_str(), error = %crate::names::escape_control(job.error.as_deref().unwrap_or("")), "job finished");
         self.record_metrics(&job);
+        // The instance is free before the end is recorded: whoever sees the job ended may
+        // start the next one at once (its work is done; only its record is left to write).
+        if let Some(inst) = job.request.instance() {
+            lock(&self.busy).remove(&(job.tenant.clone(), inst.to_string()));
+        }
         if let Err(e) = self
             .db
             .put_job(&job)
@@ -258,11 +263,9 @@ impl Runner {
         {
             tracing::error!(job = %job.id, "cannot record the job's end: {e}");
         }
-        self.notifier.job_finished(&job);
-        if let Some(inst) = job.request.instance() {
-            lock(&self.busy).remove(&(job.tenant.clone(), inst.to_string()));
-        }
+        crate::engine::checkpoint("job-recorded");
         lock(&self.active).remove(&job.id);
+        self.notifier.job_finished(&job);
         self.prune(&job);
     }
 

@@ -227,7 +227,8 @@ fn pick_error(producer: crate::Result<()>, consumer: crate::Result<()>) -> crate
 }
 
 /// Named points of the pipelines (`after-first-file`, `mid-stream`, `before-commit`,
-/// `restore-staged`, `restore-moved-aside`, `restore-swapped`), reported to an observer
+/// `restore-staged`, `restore-moved-aside`, `restore-swapped`; the daemon's `job-recorded`),
+/// reported to an observer
 /// the process may install once: the seam crash tests use to stop a run at an exact step
 /// (the CLI installs one only for `COUCHVAULT_TEST_PAUSE`). Nothing observes by default.
 static CHECKPOINT: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();

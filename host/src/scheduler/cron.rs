@@ -73,6 +73,20 @@ pub struct Cron {
     /// matches, as in Vixie cron; the crate would require both).
     schedules: Vec<::cron::Schedule>,
     every_hour: bool,
+    fields: Fields,
+}
+
+/// The parsed fields as bit masks, for [`Cron::describe`].
+#[derive(Clone)]
+struct Fields {
+    minutes: u64,
+    hours: u64,
+    days: u64,
+    months: u64,
+    /// Sunday is 0 (7 folded into it).
+    weekdays: u64,
+    dom_star: bool,
+    dow_star: bool,
 }
 
 impl PartialEq for Cron {
@@ -258,6 +272,15 @@ impl Cron {
             tz,
             schedules,
             every_hour,
+            fields: Fields {
+                minutes,
+                hours,
+                days,
+                months,
+                weekdays,
+                dom_star,
+                dow_star,
+            },
         };
         let epoch = DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default();
         if cron.next_after(epoch).is_none() {
@@ -320,6 +343,143 @@ impl Cron {
     }
 }
 
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+impl Cron {
+    /// The expression in words, e.g. "At 02:30 every day (Europe/Berlin)".
+    pub fn describe(&self) -> String {
+        let f = &self.fields;
+        let days = match (f.dom_star, f.dow_star) {
+            (true, true) => "every day".to_string(),
+            (false, true) => days_of_month(f.days),
+            (true, false) => weekdays(f.weekdays),
+            // Either matches, as in Vixie cron.
+            (false, false) => format!("{} or {}", days_of_month(f.days), weekdays(f.weekdays)),
+        };
+        let months = bits(f.months, 1, 12);
+        let months = if months.len() == 12 {
+            String::new()
+        } else {
+            format!(", in {}", words(&months, |m| MONTHS[m as usize - 1].into()))
+        };
+        let time = times(&bits(f.minutes, 0, 59), &bits(f.hours, 0, 23));
+        let mut first = time.chars();
+        let time = first
+            .next()
+            .map(|c| c.to_uppercase().chain(first).collect::<String>())
+            .unwrap_or_default();
+        format!("{time} {days}{months} ({})", self.tz)
+    }
+}
+
+fn bits(mask: u64, lo: u32, hi: u32) -> Vec<u32> {
+    (lo..=hi).filter(|v| mask & (1 << v) != 0).collect()
+}
+
+/// "a, b and c", runs of three or more as "x to y".
+fn words(values: &[u32], name: impl Fn(u32) -> String) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < values.len() {
+        let mut j = i;
+        while j + 1 < values.len() && values[j + 1] == values[j] + 1 {
+            j += 1;
+        }
+        if j - i >= 2 {
+            parts.push(format!("{} to {}", name(values[i]), name(values[j])));
+            i = j + 1;
+        } else {
+            parts.push(name(values[i]));
+            i += 1;
+        }
+    }
+    match parts.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// `k` when the values are exactly `lo`, `lo + k`, ... up to `hi` (a `*/k` field).
+fn step_of(values: &[u32], lo: u32, hi: u32) -> Option<u32> {
+    let k = values.get(1)?.checked_sub(*values.first()?)?;
+    let every: Vec<u32> = (lo..=hi).step_by(k.max(1) as usize).collect();
+    (values[0] == lo && every == values).then_some(k)
+}
+
+fn times(minutes: &[u32], hours: &[u32]) -> String {
+    let during = if hours.len() == 24 {
+        String::new()
+    } else if let Some(k) = step_of(hours, 0, 23) {
+        format!(" of every {k} hours")
+    } else {
+        let s = if hours.len() > 1 { "s" } else { "" };
+        format!(" during hour{s} {}", words(hours, |h| format!("{h:02}")))
+    };
+    match minutes {
+        [m] if hours.len() == 24 => format!("at minute {m} of every hour"),
+        [m] if hours.len() <= 6 => {
+            let at: Vec<u32> = hours.to_vec();
+            let list = words(&at, |h| format!("{h:02}:{m:02}"));
+            // A run of hours reads as a range of times: say each instead.
+            if list.contains(" to ") {
+                format!("at minute {m}{during}")
+            } else {
+                format!("at {list}")
+            }
+        }
+        [m] => format!("at minute {m}{during}"),
+        all if all.len() == 60 => format!("every minute{during}"),
+        some => match step_of(some, 0, 59) {
+            Some(k) => format!("every {k} minutes{during}"),
+            None => format!(
+                "at minutes {}{}",
+                words(some, |m| m.to_string()),
+                if during.is_empty() {
+                    " of every hour".to_string()
+                } else {
+                    during
+                }
+            ),
+        },
+    }
+}
+
+fn days_of_month(mask: u64) -> String {
+    let days = bits(mask, 1, 31);
+    let s = if days.len() > 1 { "s" } else { "" };
+    format!("on day{s} {} of the month", words(&days, |d| d.to_string()))
+}
+
+fn weekdays(mask: u64) -> String {
+    format!(
+        "on {}",
+        words(&bits(mask, 0, 6), |w| WEEKDAYS[w as usize].into())
+    )
+}
+
 /// A bit mask as the crate's explicit list: `0,15,30,45`.
 fn list(mask: u64) -> String {
     (0..64)
@@ -331,6 +491,46 @@ fn list(mask: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn expressions_in_words() {
+        let say = |e: &str, tz: &str| {
+            super::Cron::parse(e, super::parse_tz(tz).unwrap())
+                .unwrap()
+                .describe()
+        };
+        assert_eq!(say("30 2 * * *", "UTC"), "At 02:30 every day (UTC)");
+        assert_eq!(
+            say("0 */6 * * *", "Europe/Berlin"),
+            "At 00:00, 06:00, 12:00 and 18:00 every day (Europe/Berlin)"
+        );
+        assert_eq!(
+            say("*/15 9-17 * * 1-5", "UTC"),
+            "Every 15 minutes during hours 09 to 17 on Monday to Friday (UTC)"
+        );
+        assert_eq!(
+            say("@hourly", "UTC"),
+            "At minute 0 of every hour every day (UTC)"
+        );
+        assert_eq!(say("@weekly", "UTC"), "At 00:00 on Sunday (UTC)");
+        assert_eq!(
+            say("0 3 1,15 * 7", "UTC"),
+            "At 03:00 on days 1 and 15 of the month or on Sunday (UTC)"
+        );
+        assert_eq!(
+            say("5 4 * jan,jul *", "UTC"),
+            "At 04:05 every day, in January and July (UTC)"
+        );
+        assert_eq!(
+            say("0,20,45 * * * *", "UTC"),
+            "At minutes 0, 20 and 45 of every hour every day (UTC)"
+        );
+        assert_eq!(say("* * * * *", "UTC"), "Every minute every day (UTC)");
+        assert_eq!(
+            say("0 */2 * * *", "UTC"),
+            "At minute 0 of every 2 hours every day (UTC)"
+        );
+    }
+
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {

@@ -9,9 +9,11 @@ mod error;
 mod instances;
 mod jobs;
 mod openapi;
+mod overview;
 mod policies;
 mod restores;
 mod schedules;
+mod ui;
 
 use std::sync::Arc;
 
@@ -120,7 +122,12 @@ fn admin_only(p: &Principal) -> ApiResult<()> {
 pub fn router(d: Shared) -> Router {
     let limit = d.vault.config.daemon.max_body_bytes;
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/healthz", get(admin::healthz))
+        .route("/v1/whoami", get(overview::whoami))
+        .route("/v1/overview", get(overview::overview))
+        .route("/v1/schedules/preview", post(overview::schedule_preview))
         .route("/metrics", get(admin::metrics))
         .route("/v1/openapi.json", get(openapi::openapi))
         .route(

@@ -18,9 +18,10 @@ use crate::ops::DryRunReport;
 use crate::policy::registry::Entry;
 use crate::scheduler::{Schedule, ScheduleSpec};
 use crate::wire::{
-    BackupParams, BackupRow, DbRestoreParams, DryRunParams, ErrorBody, GcParams, Health,
-    InstanceApply, Job, KeyRotateParams, Reindexed, RestoreParams, ScheduleApply, ScheduleShown,
-    TokenCreated, TokenInfo, TokenParams, API_VERSION,
+    BackupParams, BackupRow, CronPreview, CronPreviewParams, DbRestoreParams, DryRunParams,
+    ErrorBody, GcParams, Health, InstanceApply, Job, KeyRotateParams, Overview, Reindexed,
+    RestoreParams, ScheduleApply, ScheduleShown, TokenCreated, TokenInfo, TokenParams, WhoAmI,
+    API_VERSION,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -281,6 +282,36 @@ fn routes() -> Vec<Route> {
             204,
             N,
         ),
+        Route {
+            query: &[],
+            ..route(
+                "get",
+                "/v1/whoami",
+                "what the token is (admin, or which tenant)",
+                N,
+                200,
+                J(one::<WhoAmI>),
+            )
+        },
+        route(
+            "get",
+            "/v1/overview",
+            "each instance at a glance: last success, staleness, next run, stored bytes, failures in 7 days, running jobs, history (admin without ?tenant: all)",
+            N,
+            200,
+            J(one::<Overview>),
+        ),
+        Route {
+            query: &[],
+            ..route(
+                "post",
+                "/v1/schedules/preview",
+                "a cron expression in words, with its next five runs",
+                J(one::<CronPreviewParams>),
+                200,
+                J(one::<CronPreview>),
+            )
+        },
         route(
             "get",
             "/v1/schedules",
