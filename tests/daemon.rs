@@ -1507,10 +1507,7 @@ fn the_dashboard_in_a_real_browser() {
     web.screenshot(&shots.join("1-overview.png"));
 
     // A backup started from its card: its progress shows while it runs, then it ends.
-    web.script(
-        "[...document.querySelectorAll(arguments[0] + ' button')].find(b => b.textContent === 'Back up now').click()",
-        json!([card]),
-    );
+    web.click_button(card, "Back up now");
     let running = web.wait_text("tr[data-job] progress + div", |t| t.contains(" / "));
     let (done, total) = running
         .split_once(", files")
@@ -1555,15 +1552,63 @@ fn the_dashboard_in_a_real_browser() {
     let (_, list) = d.get("/v1/schedules", &d.admin);
     assert_eq!(list[0]["cron"], "30 2 * * 1-5", "{list}");
     assert_eq!(list[0]["tz"], "Europe/Berlin", "{list}");
+    let schedule_id = list[0]["id"].as_str().unwrap().to_string();
+    web.click_button("tr[data-schedule='nightly']", "Pause");
+    web.wait_text("tr[data-schedule='nightly'] td:nth-child(5)", |t| {
+        t == "paused"
+    });
+    let (_, s) = d.get(&format!("/v1/schedules/{schedule_id}"), &d.admin);
+    assert_eq!(s["paused"], true, "{s}");
+    web.click_button("tr[data-schedule='nightly']", "Resume");
+    web.wait_text("tr[data-schedule='nightly'] td:nth-child(5)", |t| {
+        t == "active"
+    });
+    web.screenshot(&shots.join("4b-schedules.png"));
+
+    // Verify, and delete after the confirmation.
+    let backups_before = backup_ids(&d, &d.admin);
+    assert_eq!(backups_before.len(), 2);
+    web.goto(&format!("{}/#/backups/default%2Fnode1", d.url));
+    let oldest = format!("tr[data-backup='{}']", backups_before[0]);
+    web.click_button(&oldest, "Verify");
+    // The first job of a kind the page started, once it has ended.
+    let ended = |kind: &str| {
+        let id = web.wait(&format!("the {kind} job"), || {
+            let (_, jobs) = d.get(&format!("/v1/jobs?kind={kind}"), &d.admin);
+            jobs.as_array()?.first()?["id"].as_str().map(str::to_string)
+        });
+        d.wait_job(&id, &d.admin)
+    };
+    let verified = ended("verify");
+    assert_eq!(verified["state"], "succeeded", "{verified}");
+    web.click_button(&oldest, "Delete");
+    let asked = web.accept_alert();
+    assert!(asked.contains("cannot be undone"), "{asked}");
+    web.wait("the backup deleted", || {
+        (backup_ids(&d, &d.admin).len() == 1).then_some(())
+    });
+
+    // A policy uploaded and dry-run against the instance's real backups.
+    if let Some(gfs) = gfs_wasm() {
+        let wasm = dir.path().join("gfs.wasm");
+        std::fs::write(&wasm, gfs).unwrap();
+        web.goto(&format!("{}/#/policies", d.url));
+        web.fill("#policy-name", "gfs");
+        web.upload("#policy-file", &wasm);
+        web.click("#policy-upload button[type=submit]");
+        web.click_button("tr[data-policy='gfs']", "Dry run");
+        let verdicts = web.wait_text("#dry-run table", |t| t.contains("keep"));
+        assert!(
+            verdicts.contains(&backup_ids(&d, &d.admin)[0]),
+            "{verdicts}"
+        );
+        web.screenshot(&shots.join("7-policy-dry-run.png"));
+    }
 
     // A restore: what will happen is shown first, then it runs when confirmed.
     let target = dir.path().join("restored");
     web.goto(&format!("{}/#/backups/default%2Fnode1", d.url));
-    web.find("tr[data-backup]");
-    web.script(
-        "[...document.querySelectorAll('tr[data-backup] button')].find(b => b.textContent === 'Restore…').click()",
-        json!([]),
-    );
+    web.click_button("tr[data-backup]", "Restore…");
     web.fill("#restore-target", target.to_str().unwrap());
     web.click("#restore-review-button");
     let review = web.wait_text("#restore-review", |t| t.contains("What will happen"));
@@ -1576,13 +1621,7 @@ fn the_dashboard_in_a_real_browser() {
     web.screenshot(&shots.join("5-restore-review.png"));
     assert!(!target.exists(), "nothing happens before it is confirmed");
     web.click("#restore-confirm");
-    let restored = d.wait_job(
-        &web.wait("the restore job", || {
-            let (_, jobs) = d.get("/v1/jobs?kind=restore", &d.admin);
-            jobs.as_array()?.first()?["id"].as_str().map(str::to_string)
-        }),
-        &d.admin,
-    );
+    let restored = ended("restore");
     assert_eq!(restored["state"], "succeeded", "{restored}");
     assert!(target.join("_dbs.couch").exists() || target.join("data").exists());
 
@@ -1608,6 +1647,21 @@ fn the_dashboard_in_a_real_browser() {
         json!([]),
     );
     assert_eq!(answer, 403);
+    // The same rules as the API's (R6): another tenant's objects are not found.
+    let admin_job = restored["id"].as_str().unwrap();
+    let backup = &backup_ids(&d, &d.admin)[0];
+    for (path, want) in [
+        (format!("/v1/jobs/{admin_job}"), 404),
+        (format!("/v1/backups/{backup}"), 404),
+        (format!("/v1/schedules/{schedule_id}"), 404),
+        ("/v1/overview?tenant=default".to_string(), 403),
+    ] {
+        let got = web.script_async(
+            "fetch(arguments[0], { headers: { Authorization: 'Bearer ' + sessionStorage.getItem('couchvault-token') } }).then(r => arguments[1](r.status))",
+            json!([path]),
+        );
+        assert_eq!(got, want, "{path}");
+    }
 }
 
 /// A job seen ended has freed its instance: the next job of the instance, asked for at

@@ -157,6 +157,39 @@ impl Browser {
         );
     }
 
+    /// Gives a file input the file at `path`, as a user picking it would.
+    pub fn upload(&self, css: &str, path: &Path) {
+        let e = self.find(css);
+        self.ok(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": path.to_str().unwrap() })),
+        );
+    }
+
+    /// Accepts the confirmation dialog that is open, waiting for it; returns its text.
+    pub fn accept_alert(&self) -> String {
+        let text = self.wait("a dialog", || {
+            let v = self.call(reqwest::Method::GET, "/alert/text", None);
+            v.as_str().map(str::to_string)
+        });
+        self.ok(reqwest::Method::POST, "/alert/accept", Some(json!({})));
+        text
+    }
+
+    /// Clicks the first `button` inside `scope` whose text is `label`.
+    pub fn click_button(&self, scope: &str, label: &str) {
+        self.wait(&format!("a button {label} in {scope}"), || {
+            let found = self.script(
+                // Clicked after the script returns: a click that opens a dialog must not
+                // block the script's answer.
+                "const b = [...document.querySelectorAll(arguments[0] + ' button')].find(b => b.textContent === arguments[1]); if (b) setTimeout(() => b.click(), 0); return !!b;",
+                json!([scope, label]),
+            );
+            (found == true).then_some(())
+        })
+    }
+
     /// The visible text of the first element matching `css` ("" when there is none).
     pub fn text(&self, css: &str) -> String {
         match self.try_find(css) {

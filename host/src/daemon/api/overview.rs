@@ -70,7 +70,6 @@ pub(super) async fn overview(
     for inst in instances::list(&d.db, only.as_deref())? {
         row(&mut rows, &inst.spec.tenant, &inst.spec.name).registered = true;
     }
-    // Oldest first: the last one seen is the newest.
     for e in
         d.db.index_all()?
             .into_iter()

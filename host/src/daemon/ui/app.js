@@ -372,6 +372,7 @@ function scheduleForm(root, existing) {
   const form = el("form", { class: "panel", id: "schedule-form", "aria-label": existing ? "edit schedule" : "add a schedule" },
     el("h3", { text: existing ? "Edit schedule " + existing.name : "Add a schedule" }),
     field("schedule-name", "Name", existing && existing.name, { required: true, readonly: !!existing }),
+    me.admin ? field("schedule-tenant", "Tenant", existing ? existing.tenant : "default", { required: true, readonly: !!existing }) : null,
     field("schedule-instance", "Instance", existing && existing.instance, { required: true }),
     field("schedule-cron", "Cron expression (minute hour day-of-month month day-of-week, or @daily)", existing ? existing.cron : "30 2 * * *", { required: true, class: "mono" }),
     field("schedule-tz", "Time zone (IANA)", existing ? existing.tz : Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC", { required: true }),
@@ -399,6 +400,7 @@ function scheduleForm(root, existing) {
     ev.preventDefault();
     const spec = Object.assign({}, existing ? specOf(existing) : {}, {
       name: val("schedule-name"), instance: val("schedule-instance"), cron: val("schedule-cron"), tz: val("schedule-tz"),
+      tenant: me.admin ? val("schedule-tenant") : undefined,
       policies: val("schedule-policies") ? val("schedule-policies").split(",").map(x => x.trim()).filter(Boolean) : [],
     });
     try {
@@ -417,8 +419,10 @@ function specOf(s) {
   return Object.fromEntries(Object.entries(s).filter(([k]) => !skip.has(k)));
 }
 
-async function policies(root) {
-  const list = await api("GET", "/v1/policies");
+async function policies(root, tenant) {
+  // The admin acts on one tenant's policies at a time (#/policies/TENANT).
+  const q = tenantQuery(tenant || "default");
+  const list = await api("GET", "/v1/policies" + q);
   const o = await api("GET", "/v1/overview");
   const result = el("div", { id: "dry-run" });
   const name = el("input", { id: "policy-name", required: true });
@@ -432,27 +436,32 @@ async function policies(root) {
     ev.preventDefault();
     try {
       const bytes = await file.files[0].arrayBuffer();
-      await api("PUT", "/v1/policies/" + encodeURIComponent(name.value.trim()), undefined, bytes);
+      await api("PUT", "/v1/policies/" + encodeURIComponent(name.value.trim()) + q, undefined, bytes);
       say("Policy " + name.value + " uploaded");
-      policies(root);
+      policies(root, tenant);
     } catch (e) { upload.querySelector("#policy-error").textContent = e.message; }
   });
-  const instances = [...new Set(o.instances.map(i => i.instance))];
-  root.replaceChildren(el("h2", { text: "Policies" }),
+  const own = me.admin ? (tenant || "default") : me.tenant;
+  const instances = [...new Set(o.instances.filter(i => i.tenant === own).map(i => i.instance))];
+  const tenants = [...new Set(["default", ...o.instances.map(i => i.tenant)])];
+  root.replaceChildren(el("h2", { text: "Policies" + (me.admin ? " of tenant " + own : "") }),
+    me.admin ? el("div", {}, el("label", { for: "policy-tenant", text: "Tenant" }),
+      el("select", { id: "policy-tenant", onchange: e => { location.hash = "#/policies/" + encodeURIComponent(e.target.value); } },
+        tenants.map(t => el("option", { value: t, selected: t === own, text: t })))) : null,
     list.length ? table(["Name", "Kinds", "Added", "Dry run against", ""], list.map(p => {
       const pick = el("select", { "aria-label": "instance for the dry run of " + p.name }, instances.map(i => el("option", { value: i, text: i })));
       return el("tr", { "data-policy": p.name }, el("td", { text: p.name }), el("td", { text: p.kinds }), el("td", { text: when(p.added) }),
         el("td", {}, pick),
         el("td", { class: "actions" },
-          el("button", { type: "button", onclick: () => dryRun(result, p.name, pick.value), text: "Dry run" }),
-          el("button", { type: "button", class: "danger", onclick: confirmThen("Remove policy " + p.name + "?", () => api("DELETE", "/v1/policies/" + encodeURIComponent(p.name)).then(() => policies(root)).catch(e => say(e.message))), text: "Remove" })));
+          el("button", { type: "button", onclick: () => dryRun(result, p.name, pick.value, q), text: "Dry run" }),
+          el("button", { type: "button", class: "danger", onclick: confirmThen("Remove policy " + p.name + "?", () => api("DELETE", "/v1/policies/" + encodeURIComponent(p.name) + q).then(() => policies(root, tenant)).catch(e => say(e.message))), text: "Remove" })));
     }), "policies") : el("p", { class: "muted", text: "No policies uploaded." }),
     result, upload);
 }
 
-async function dryRun(box, name, instance) {
+async function dryRun(box, name, instance, q) {
   try {
-    const r = await api("POST", "/v1/policies/" + encodeURIComponent(name) + "/dry-run", instance ? { instance } : {});
+    const r = await api("POST", "/v1/policies/" + encodeURIComponent(name) + "/dry-run" + q, instance ? { instance } : {});
     box.replaceChildren(el("section", { class: "panel", "aria-label": "dry run of " + name },
       el("h3", { text: "Dry run of " + name + (instance ? " on " + instance : "") + " (nothing deleted)" }),
       r.retention ? table(["Backup", "Verdict", "Why"], r.retention.map(v => el("tr", {},
