@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: builds the policy components (Rust -> wasm32-wasip2) the policy tests
-# load, installs PouchDB Server (npm) for the CouchDB tests when missing, starts the Swift
+# Runs every test: builds the policy components (Rust -> wasm32-wasip2, and the JavaScript
+# and Python examples) the policy tests load, installs PouchDB Server (npm) for the CouchDB tests when missing, starts the Swift
 # all-in-one (with Keystone and Barbican) on 127.0.0.1 that the Swift and key tests need, runs
 # `cargo test --workspace`, and stops Swift again, whatever happened.
 #
@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-policies.sh
+# The JavaScript and Python example policies, built from source (npm and PyPI).
+bash scripts/build-policy-examples.sh
 # PouchDB Server: a real CouchDB-compatible server for the live-stats and post-restore tests.
 if ! command -v pouchdb-server > /dev/null 2>&1; then
   echo "installing pouchdb-server (npm, about 2.5 minutes)"

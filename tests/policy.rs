@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::policies::{component, host, protection_input, retain, ts};
 use common::{couchvault, ok};
 
 use std::path::Path;
@@ -10,47 +11,16 @@ use std::time::{Duration, Instant};
 
 use couchvault::format::{Kind, PrefixCheck};
 use couchvault::policy::floors::{self, Floors};
-use couchvault::policy::{
-    BackupInfo, Limits, Policy, PolicyError, PolicyHost, ProtectionInput, RetentionInput,
-};
-
-/// A component built by scripts/test.sh (cargo build --target wasm32-wasip2). Missing ones
-/// skip the test, except under CI.
-fn component(_crate_dir: &str, file: &str) -> Option<Vec<u8>> {
-    let path = common::built_policy(file);
-    match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI builds {} first (scripts/test.sh)",
-                path.display()
-            );
-            eprintln!(
-                "skipping: {} is not built (run scripts/test.sh)",
-                path.display()
-            );
-            None
-        }
-    }
-}
+use couchvault::policy::{BackupInfo, Limits, PolicyHost, RetentionInput};
 
 fn gfs() -> Option<Vec<u8>> {
-    component("policies/gfs-retention", "gfs_retention.wasm")
+    component("gfs_retention.wasm")
 }
 fn standard() -> Option<Vec<u8>> {
-    component("policies/standard-protection", "standard_protection.wasm")
+    component("standard_protection.wasm")
 }
 fn hostile() -> Option<Vec<u8>> {
-    component("tests/policies/hostile", "hostile.wasm")
-}
-
-fn host(dir: &Path) -> PolicyHost {
-    PolicyHost::new(&dir.join("cache"), Limits::default()).unwrap()
-}
-
-fn ts(s: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    component("hostile.wasm")
 }
 
 fn backups(times: &[&str]) -> Vec<BackupInfo> {
@@ -68,26 +38,6 @@ fn backups(times: &[&str]) -> Vec<BackupInfo> {
         .collect();
     v.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     v
-}
-
-fn retain(
-    host: &PolicyHost,
-    policy: &Policy,
-    params: &str,
-    list: Vec<BackupInfo>,
-) -> Result<Vec<(String, String)>, PolicyError> {
-    let input = RetentionInput {
-        now: ts("2026-11-26T12:00:00Z"),
-        tenant: "t".into(),
-        instance: "i".into(),
-        params: params.into(),
-        backups: list,
-    };
-    Ok(host
-        .retain(policy, &input)?
-        .into_iter()
-        .map(|k| (k.id, k.reason))
-        .collect())
 }
 
 /// (what, params, backups, expected kept ids, a reason each must include)
@@ -311,7 +261,10 @@ fn hostile_policies_are_stopped_within_budget_while_others_keep_answering() {
     });
     // What a policy can see: no environment, no filesystem, a clock stopped at zero.
     let probe = retain(&host, &bad, "probe", list.clone()).unwrap();
-    assert!(probe[0].1.contains("env=0 fs=denied clock=0"), "{probe:?}");
+    assert!(
+        probe[0].1.contains("env=0 fs=denied clock=0 net=denied"),
+        "{probe:?}"
+    );
     // A protection that loops is stopped too.
     let err = host.protect(&bad, &protection_input("loop")).unwrap_err();
     assert!(
@@ -320,18 +273,6 @@ fn hostile_policies_are_stopped_within_budget_while_others_keep_answering() {
     );
     // The host is still healthy.
     assert_eq!(retain(&host, &good, "", list).unwrap().len(), 2);
-}
-
-fn protection_input(params: &str) -> ProtectionInput {
-    ProtectionInput {
-        now: 0,
-        tenant: "t".into(),
-        instance: "i".into(),
-        schedule: None,
-        source_size: 1 << 20,
-        params: params.into(),
-        chain: vec![],
-    }
 }
 
 #[test]
@@ -346,11 +287,7 @@ fn wrong_worlds_and_ungranted_imports_are_refused_at_load() {
         err.contains("policy 'core'") && err.contains("not a component"),
         "{err}"
     );
-    for import in [
-        "wasi:sockets/tcp@0.2.0",
-        "wasi:http/outgoing-handler@0.2.0",
-        "evil:net/dial",
-    ] {
+    for import in ["wasi:http/outgoing-handler@0.2.0", "evil:net/dial"] {
         let wat = format!("(component (import \"{import}\" (instance)))");
         let err = host.load("sneaky", wat.as_bytes()).unwrap_err().to_string();
         assert!(

@@ -92,7 +92,9 @@ fn info_v1(b: &BackupInfo) -> v1::retention::BackupInfo {
 }
 
 /// Imports a policy may have: the WIT package's type-only interface, and the WASI
-/// interfaces Rust's std on wasm32-wasip2 imports, linked with nothing granted.
+/// interfaces the languages' runtimes import (Rust's std; CPython also imports sockets),
+/// linked with nothing granted: no preopened directory, no environment, a stopped clock,
+/// and every socket refused before any is made (tcp, udp and name lookup are off).
 const ALLOWED_IMPORTS: &[&str] = &[
     "couchvault:policy/types@",
     "wasi:cli/",
@@ -100,6 +102,7 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:clocks/",
     "wasi:random/",
     "wasi:filesystem/",
+    "wasi:sockets/",
 ];
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Largest `get-random-bytes` answer: bounds what one host call may cost (the default is
@@ -110,7 +113,7 @@ const MAX_RANDOM_BYTES: u64 = 64 << 10;
 pub enum PolicyError {
     #[error("policy '{name}' is not a valid component: {reason}")]
     Invalid { name: String, reason: String },
-    #[error("policy '{name}' imports '{import}', which policies are not granted (only WASI cli, io, clocks, random and filesystem, all empty)")]
+    #[error("policy '{name}' imports '{import}', which policies are not granted (only WASI cli, io, clocks, random, filesystem and sockets, all empty or refused)")]
     Capability { name: String, import: String },
     #[error("policy '{name}' does not provide {what} (export '{export}' of wit/policy.wit's world '{world}' missing or of the wrong type): {reason}")]
     WrongWorld {

@@ -1,6 +1,6 @@
 //! A policy that misbehaves on request, for the sandbox tests. Its parameters choose:
 //! retain: "loop", "memory", "recursion", "panic", "huge", "none", "probe" (reports what it
-//! can see of the environment, filesystem and clock), "sleep" (std::thread::sleep for
+//! can see of the environment, filesystem, clock and network), "sleep" (std::thread::sleep for
 //! ever), "block" (a monotonic-clock pollable of u64::MAX ns, blocked on), "exit",
 //! "random-huge" (64 MiB of random in one call), "random-loop" (64 KiB calls, the most allowed, for ever),
 //! "escape" (an error full of terminal escape sequences); protect: "noenc", "badkey",
@@ -85,13 +85,22 @@ impl Guest for Hostile {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
+                // Loopback, a port nothing listens on: only "connected" or "refused by the
+                // peer" would mean the guest reached the network.
+                let net = match std::net::TcpStream::connect("127.0.0.1:9") {
+                    Ok(_) => "connected".to_string(),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        "reached".to_string()
+                    }
+                    Err(_) => "denied".to_string(),
+                };
                 Ok(vec![Keep {
                     id: input
                         .backups
                         .first()
                         .map(|b| b.id.clone())
                         .unwrap_or_default(),
-                    reason: format!("env={env} fs={fs} clock={now}"),
+                    reason: format!("env={env} fs={fs} clock={now} net={net}"),
                 }])
             }
             _ => Ok(input
