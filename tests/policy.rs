@@ -213,7 +213,14 @@ fn hostile_policies_are_stopped_within_budget_while_others_keep_answering() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let host = host(dir.path());
+    // A deadline far above what fuel allows: each case must be stopped by its own limit
+    // (filling 64 MiB took more than the default 100 ms on a loaded machine, and the deadline
+    // fired first). Deadlines are tested on their own below.
+    let limits = Limits {
+        deadline: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let host = PolicyHost::new(&dir.path().join("cache"), limits).unwrap();
     let bad = host.load("hostile", &bad).unwrap();
     let good = host.load("gfs-retention", &good).unwrap();
     let list = backups(&["2026-11-26T00:00:00Z", "2026-11-25T00:00:00Z"]);

@@ -124,6 +124,20 @@ fn js_and_python_examples_answer_as_the_rust_defaults() {
             eprintln!("{lang}: {err}");
             assert!(err.contains(says) && !err.contains('\n'), "{lang}: {err}");
         }
+        // A bug in the guest (a number where a string is expected): the exception's own
+        // words, as one line, not a wasm backtrace.
+        let err = retain(&host, &r, r#"{"keep_within": 5}"#, list.clone())
+            .unwrap_err()
+            .to_string();
+        eprintln!("{lang}: {err}");
+        let says = match lang {
+            "js" => ["TypeError", "trim is not a function"],
+            _ => ["AttributeError", "has no attribute 'strip'"],
+        };
+        assert!(
+            says.iter().all(|s| err.contains(s)) && !err.contains('\n'),
+            "{lang}: {err}"
+        );
         let err = host
             .protect(
                 &p,

@@ -91,6 +91,24 @@ fn info_v1(b: &BackupInfo) -> v1::retention::BackupInfo {
     }
 }
 
+/// The line of what a guest printed that says why it stopped: a Python traceback's exception
+/// line (the first line after it that is not indented), a Rust panic's location and message,
+/// else the first line.
+fn guest_said(printed: &str) -> Option<String> {
+    let mut lines = printed.lines().filter(|l| !l.trim().is_empty());
+    let all: Vec<&str> = lines.clone().collect();
+    if lines.any(|l| l.starts_with("Traceback (most recent call last)")) {
+        if let Some(exception) = lines.find(|l| !l.starts_with(char::is_whitespace)) {
+            return Some(exception.trim().to_string());
+        }
+    }
+    if let Some(i) = all.iter().position(|l| l.contains("panicked at")) {
+        let message = all.get(i + 1).map_or("", |l| l.trim());
+        return Some(format!("{} {message}", all[i].trim()));
+    }
+    all.first().map(|l| l.trim().to_string())
+}
+
 /// Imports a policy may have: the WIT package's type-only interface, and the WASI
 /// interfaces the languages' runtimes import (Rust's std; CPython also imports sockets),
 /// linked with nothing granted: no preopened directory, no environment, a stopped clock,
@@ -565,14 +583,14 @@ impl PolicyHost {
             },
         };
         let mut output = String::new();
-        for (label, pipe) in [("stderr", stderr), ("stdout", stdout)] {
-            let text = String::from_utf8_lossy(&pipe.contents()).trim().to_string();
-            if !text.is_empty() {
-                output.push_str(&format!(
-                    "; its {label}: {}",
-                    crate::names::escape_control(&text.chars().take(500).collect::<String>())
-                ));
-            }
+        let said = [stderr, stdout]
+            .into_iter()
+            .find_map(|pipe| guest_said(&String::from_utf8_lossy(&pipe.contents())));
+        if let Some(line) = said {
+            output.push_str(&format!(
+                "; it said: {}",
+                crate::names::escape_control(&line.chars().take(500).collect::<String>())
+            ));
         }
         PolicyError::Stopped {
             name: name.to_string(),
@@ -759,4 +777,26 @@ impl PolicyHost {
 /// A core module starts with the magic and version 1; a component has layer 1 in bytes 6-7.
 fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest_said;
+
+    #[test]
+    fn what_a_stopped_guest_said_in_one_line() {
+        // componentize-py: the traceback, then its runtime's panic.
+        let python = "Traceback (most recent call last):\n  File \"/0/app.py\", line 82, in retain\n  File \"/0/app.py\", line 55, in minus_duration\nAttributeError: 'int' object has no attribute 'strip'\n\nthread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:\nPython function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            guest_said(python).as_deref(),
+            Some("AttributeError: 'int' object has no attribute 'strip'")
+        );
+        let rust = "\nthread '<unnamed>' panicked at src/lib.rs:46:23:\nhostile policy panicked on purpose\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            guest_said(rust).as_deref(),
+            Some("thread '<unnamed>' panicked at src/lib.rs:46:23: hostile policy panicked on purpose")
+        );
+        assert_eq!(guest_said("oops\nmore\n").as_deref(), Some("oops"));
+        assert_eq!(guest_said(" \n"), None);
+    }
 }
