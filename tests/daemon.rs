@@ -19,22 +19,7 @@ use serde_json::{json, Value};
 
 /// The GFS retention component built by scripts/test.sh; None (skip) outside CI.
 fn gfs_wasm() -> Option<Vec<u8>> {
-    let p = common::built_policy("gfs_retention.wasm");
-    match std::fs::read(&p) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI builds {} first",
-                p.display()
-            );
-            eprintln!(
-                "skipping: {} is not built (run scripts/test.sh)",
-                p.display()
-            );
-            None
-        }
-    }
+    common::policies::component("gfs_retention.wasm")
 }
 
 /// A key ring with keys for `tenants`, at `dir/keyring.toml`.
@@ -1103,23 +1088,30 @@ fn incremental_backups_through_the_api() {
     assert!(backup_ids(&d, &d.admin).is_empty());
 }
 
+/// A daemon on the fixture whose jobs pause at `pause` (`COUCHVAULT_TEST_PAUSE`), and its
+/// first backup of `node1`, finished.
+fn paused_daemon_with_a_backup(dir: &Path, pause: &str) -> (std::path::PathBuf, Daemon, Value) {
+    keyring(dir, &["default"]);
+    let data = unpack_fixture(dir);
+    let d = Daemon::start(
+        dir,
+        &store_line(dir),
+        "",
+        &[("COUCHVAULT_TEST_PAUSE", pause)],
+    );
+    let job = start_backup(&d, &d.admin, "node1", &data);
+    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    (data, d, done)
+}
+
 /// A delete holds its backup's instance like a backup does: while an incremental of the
 /// instance runs, deleting its parent is refused (409) instead of pulling the parent from
 /// under it.
 #[test]
 fn deleting_a_backup_while_its_instance_backs_up_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    keyring(dir.path(), &["default"]);
-    let data = unpack_fixture(dir.path());
-    let d = Daemon::start(
-        dir.path(),
-        &store_line(dir.path()),
-        "",
-        &[("COUCHVAULT_TEST_PAUSE", "before-commit:3000")],
-    );
-    let job = start_backup(&d, &d.admin, "node1", &data);
-    let full = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
-    assert_eq!(full["state"], "succeeded", "{full}");
+    let (data, d, full) = paused_daemon_with_a_backup(dir.path(), "before-commit:3000");
     let full_id = full["backup_id"].as_str().unwrap();
 
     let mut body = backup_body("node1", &data);
@@ -1670,17 +1662,7 @@ fn the_dashboard_in_a_real_browser() {
 #[test]
 fn a_job_seen_ended_has_freed_its_instance() {
     let dir = tempfile::tempdir().unwrap();
-    keyring(dir.path(), &["default"]);
-    let data = unpack_fixture(dir.path());
-    let d = Daemon::start(
-        dir.path(),
-        &store_line(dir.path()),
-        "",
-        &[("COUCHVAULT_TEST_PAUSE", "job-recorded:3000")],
-    );
-    let job = start_backup(&d, &d.admin, "node1", &data);
-    let done = d.wait_job(job["id"].as_str().unwrap(), &d.admin);
-    assert_eq!(done["state"], "succeeded", "{done}");
+    let (data, d, _) = paused_daemon_with_a_backup(dir.path(), "job-recorded:3000");
     let (s, next) = d.post("/v1/backups", &d.admin, &backup_body("node1", &data));
     assert_eq!(s, 202, "{next}");
 }

@@ -155,7 +155,6 @@ async fn put_map(
 pub fn serve(couch: Shared) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    listener.set_nonblocking(true).unwrap();
     let node = couch.node.clone();
     let app = Router::new()
         .route(
@@ -182,15 +181,6 @@ pub fn serve(couch: Shared) -> String {
         .route("/_node/_local/_dbs/{*db}", get(get_map).put(put_map))
         .route("/{*path}", get(db_route))
         .with_state(couch);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
-    });
+    super::serve_in_background(listener, app);
     url
 }

@@ -63,6 +63,21 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
 }
 
+/// Serves `app` on `listener` (non-blocking, 127.0.0.1) from a background thread.
+pub fn serve_in_background(listener: std::net::TcpListener, app: axum::Router) {
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+}
+
 /// Runs the `couchvault` binary in `cwd`, free of the caller's couchvault environment.
 pub fn couchvault(cwd: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_couchvault"))
