@@ -18,8 +18,8 @@ stale() {
 }
 
 js=policies/examples/js
-if stale "$OUT/gfs_retention_js.wasm" "$js"/*.js "$js"/build.mjs \
-  || stale "$OUT/standard_protection_js.wasm" "$js"/*.js "$js"/build.mjs; then
+if stale "$OUT/gfs_retention_js.wasm" "$js"/*.js "$js"/build.mjs "$js"/package.json \
+  || stale "$OUT/standard_protection_js.wasm" "$js"/*.js "$js"/build.mjs "$js"/package.json; then
   if [[ ! -d $js/node_modules/@bytecodealliance/componentize-js ]]; then
     echo "installing componentize-js (npm)"
     (cd "$js" && npm install --no-fund --no-audit --silent)

@@ -151,3 +151,58 @@ fn js_and_python_examples_answer_as_the_rust_defaults() {
         );
     }
 }
+
+/// Issue 17: a JavaScript policy needs more than the fixed budget of a Rust one for a large
+/// instance (lowering 1,000 records into the interpreter alone costs ~177 million fuel units):
+/// budgets grow with the input, so the ports answer over 1,000 backups under the default
+/// limits, and a guest that spins on that input is still stopped, naming its budget.
+#[test]
+fn js_and_python_policies_fit_the_default_budget_over_1000_backups() {
+    let Some(gfs_rs) = component("gfs_retention.wasm") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let gfs_rs = host.load("gfs", &gfs_rs).unwrap();
+    let now = ts("2026-11-26T12:00:00Z");
+    let list: Vec<BackupInfo> = (0..1000i64)
+        .map(|i| BackupInfo {
+            id: format!("01BACKUP{i:018}"),
+            created_at: now - i * 6 * 3600,
+            size: 1 << 30,
+            kind: "full".into(),
+            parent: None,
+            tags: vec![("schedule".into(), "nightly".into())],
+            schedule: Some("nightly".into()),
+        })
+        .collect();
+    let expected = retain(&host, &gfs_rs, "", list.clone()).unwrap();
+    let fixed = couchvault::policy::Limits::default().fuel;
+    for lang in ["js", "py"] {
+        let Some(wasm) = component(&format!("gfs_retention_{lang}.wasm")) else {
+            return;
+        };
+        let policy = host.load(&format!("gfs-{lang}"), &wasm).unwrap();
+        assert_eq!(
+            retain(&host, &policy, "", list.clone()).unwrap(),
+            expected,
+            "{lang}"
+        );
+        let used = host.last_usage().unwrap();
+        eprintln!("{lang}: {used:?} for 1000 backups");
+        if lang == "js" {
+            assert!(used.fuel > fixed, "js used {} fuel", used.fuel);
+        }
+    }
+    let Some(hostile) = component("hostile.wasm") else {
+        return;
+    };
+    let hostile = host.load("hostile", &hostile).unwrap();
+    let err = retain(&host, &hostile, "loop", list)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("its budget for an input of 1000 backups") && !err.contains('\n'),
+        "{err}"
+    );
+}

@@ -157,8 +157,12 @@ pub struct PolicyConfig {
     pub protection: Option<String>,
     /// Fuel per evaluation.
     pub fuel: u64,
+    /// Fuel added per backup in the policy's input.
+    pub fuel_per_backup: u64,
     /// Wall-clock deadline per evaluation, in milliseconds.
     pub deadline_ms: u64,
+    /// Deadline added per backup in the policy's input, in microseconds.
+    pub deadline_per_backup_us: u64,
     /// Cap on a policy's memory, in MiB.
     pub memory_mib: usize,
 }
@@ -170,7 +174,9 @@ impl Default for PolicyConfig {
             retention: None,
             protection: None,
             fuel: l.fuel,
+            fuel_per_backup: l.fuel_per_backup,
             deadline_ms: l.deadline.as_millis() as u64,
+            deadline_per_backup_us: l.deadline_per_backup.as_micros() as u64,
             memory_mib: l.memory_bytes >> 20,
         }
     }

@@ -248,6 +248,20 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Write a starter policy project (Rust, JavaScript or Python) for this couchvault's WIT.
+    New {
+        /// The policy's name (also its project's and component's name).
+        #[arg(value_parser = parse_instance)]
+        name: String,
+        #[arg(long, value_enum)]
+        lang: PolicyLang,
+        /// Which functions it exports: retention (`retain`), protection (`protect`) or both.
+        #[arg(long, value_enum, default_value = "both")]
+        world: PolicyWorld,
+        /// Where to write it (must not exist or be empty); default ./NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Dry-run a policy component: keep/delete with reasons, and its protection answer.
     Test {
         /// The component (.wasm).
@@ -283,6 +297,24 @@ pub enum PolicyCommand {
         #[arg(value_parser = parse_instance)]
         name: String,
     },
+}
+
+/// A starter policy's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyLang {
+    Rust,
+    #[value(alias = "javascript")]
+    Js,
+    #[value(alias = "py")]
+    Python,
+}
+
+/// A starter policy's world of wit/policy.wit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyWorld {
+    Retention,
+    Protection,
+    Both,
 }
 
 #[derive(Debug, Subcommand)]

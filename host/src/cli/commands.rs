@@ -20,7 +20,9 @@ use couchvault::ops::restore::{
 use couchvault::ops::{BackupRequest, OpsError, Progress};
 use couchvault::wire::{BackupCreated, BackupSummary};
 
-use super::args::{BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, RestoreArgs};
+use super::args::{
+    BackupCommand, Cli, Command, CreateArgs, GcArgs, KeyCommand, PolicyCommand, RestoreArgs,
+};
 use super::context::Context;
 use super::output::{print_json, with_progress};
 use super::render;
@@ -35,6 +37,22 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     if let Command::Daemon(args) = &cli.command {
         return super::daemon::run(&cli, config, args);
+    }
+    // Writes files only: no state, no store.
+    if let Command::Policy(PolicyCommand::New {
+        name,
+        lang,
+        world,
+        dir,
+    }) = &cli.command
+    {
+        let dir = super::starter::new(name, *lang, *world, dir.clone())?;
+        println!(
+            "wrote a {} starter for policy '{name}' in {} (see its README.md to build it)",
+            lang.title(),
+            dir.display()
+        );
+        return Ok(());
     }
     // A bad source is reported before first use creates anything.
     let source = match &cli.command {

@@ -8,6 +8,7 @@ mod daemon;
 mod output;
 mod policy;
 mod render;
+mod starter;
 mod testing;
 
 /// Runs one command line.

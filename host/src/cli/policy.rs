@@ -109,6 +109,7 @@ pub fn run(ctx: &Context, cmd: PolicyCommand) -> Result<()> {
             render::policies(&entries, &ctx.tenant);
             Ok(())
         }
+        PolicyCommand::New { .. } => unreachable!("written before the context opens"),
         PolicyCommand::Rm { name } => {
             ctx.vault.remove_policy(&ctx.tenant, &name)?;
             if !ctx.json {

@@ -240,7 +240,9 @@ impl Vault {
 fn policy_limits(c: &config::PolicyConfig) -> Limits {
     Limits {
         fuel: c.fuel,
+        fuel_per_backup: c.fuel_per_backup,
         deadline: std::time::Duration::from_millis(c.deadline_ms.max(1)),
+        deadline_per_backup: std::time::Duration::from_micros(c.deadline_per_backup_us),
         memory_bytes: c.memory_mib << 20,
         ..Limits::default()
     }

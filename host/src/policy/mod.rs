@@ -159,12 +159,22 @@ pub enum PolicyError {
 }
 
 /// Per-evaluation limits.
+///
+/// Fuel and deadline grow with the input: a call's budget is the base plus a share per backup
+/// it is given (the retention list, the protection chain), counted up to [`MAX_SCALED_ITEMS`].
+/// Lowering each record into an interpreted guest (JavaScript, Python) costs far more than
+/// into Rust, so a fixed budget would refuse JavaScript policies of large instances, while a
+/// larger fixed one would let every hostile guest run longer on small inputs.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Fuel units per call (about 6-7 million per millisecond of work).
+    /// Fuel units per call (about 2-4 million per millisecond of work).
     pub fuel: u64,
+    /// Fuel added per backup in the input.
+    pub fuel_per_backup: u64,
     /// Wall-clock deadline per call.
     pub deadline: Duration,
+    /// Deadline added per backup in the input.
+    pub deadline_per_backup: Duration,
     /// Sum of all linear memories of the component's instances.
     pub memory_bytes: usize,
     pub max_instances: usize,
@@ -180,7 +190,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             fuel: 300_000_000,
+            fuel_per_backup: 600_000,
             deadline: Duration::from_millis(100),
+            deadline_per_backup: Duration::from_micros(300),
             memory_bytes: 64 << 20,
             max_instances: 32,
             max_tables: 32,
@@ -188,6 +200,42 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             log_bytes: 64 << 10,
         }
+    }
+}
+
+/// Backups beyond this many in one input add no more budget.
+pub const MAX_SCALED_ITEMS: usize = 10_000;
+
+/// One call's fuel and deadline: the limits scaled to its input.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    fuel: u64,
+    deadline: Duration,
+    backups: usize,
+}
+
+impl Limits {
+    fn budget(&self, backups: usize) -> Budget {
+        let n = backups.min(MAX_SCALED_ITEMS);
+        Budget {
+            fuel: self
+                .fuel
+                .saturating_add(self.fuel_per_backup.saturating_mul(n as u64)),
+            deadline: self
+                .deadline
+                .saturating_add(self.deadline_per_backup.saturating_mul(n as u32)),
+            backups,
+        }
+    }
+}
+
+impl Budget {
+    /// "300000000 units (for 0 backups)".
+    fn what(&self, amount: String) -> String {
+        format!(
+            "{amount} (its budget for an input of {} backups)",
+            self.backups
+        )
     }
 }
 
@@ -285,6 +333,17 @@ pub struct PolicyHost {
     runtime: tokio::runtime::Runtime,
     /// Set by a job's cancel: an evaluation in progress stops at once.
     cancel: Option<Arc<AtomicBool>>,
+    /// What the last evaluation that answered used of its limits.
+    last: std::sync::Mutex<Option<Usage>>,
+}
+
+/// What one evaluation used of its limits: for sizing budgets (`policy test`, B5).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Usage {
+    pub fuel: u64,
+    /// Sum of the instances' linear memories at the end.
+    pub memory_bytes: usize,
+    pub elapsed: Duration,
 }
 
 /// What every evaluation in the process shares: the wasmtime engine with its epoch
@@ -394,6 +453,7 @@ impl PolicyEngine {
             shared: self.0.clone(),
             runtime,
             cancel: None,
+            last: std::sync::Mutex::new(None),
         })
     }
 }
@@ -407,6 +467,11 @@ impl PolicyHost {
     /// Evaluations stop (as "cancelled") as soon as `flag` is set.
     pub fn cancel_on(&mut self, flag: Arc<AtomicBool>) {
         self.cancel = Some(flag);
+    }
+
+    /// What the last evaluation that answered used: fuel, memory, time.
+    pub fn last_usage(&self) -> Option<Usage> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many components this host has compiled (not loaded from the cache).
@@ -510,7 +575,7 @@ impl PolicyHost {
         })
     }
 
-    fn store(&self) -> (Store<State>, MemoryOutputPipe, MemoryOutputPipe) {
+    fn store(&self, budget: Budget) -> (Store<State>, MemoryOutputPipe, MemoryOutputPipe) {
         let stdout = MemoryOutputPipe::new(self.shared.limits.log_bytes);
         let stderr = MemoryOutputPipe::new(self.shared.limits.log_bytes);
         let wasi = WasiCtxBuilder::new()
@@ -539,9 +604,8 @@ impl PolicyHost {
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Fuel and epoch: both are set before every call.
-        let _ = store.set_fuel(self.shared.limits.fuel);
-        let ticks =
-            (self.shared.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let _ = store.set_fuel(budget.fuel);
+        let ticks = (budget.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         (store, stdout, stderr)
     }
@@ -550,6 +614,7 @@ impl PolicyHost {
     fn stopped(
         &self,
         name: &str,
+        budget: Budget,
         err: wasmtime::Error,
         stdout: &MemoryOutputPipe,
         stderr: &MemoryOutputPipe,
@@ -557,13 +622,13 @@ impl PolicyHost {
         let reason = match err.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => {
                 format!(
-                    "it used up its fuel budget of {} units",
-                    self.shared.limits.fuel
+                    "it used up its fuel budget of {}",
+                    budget.what(format!("{} units", budget.fuel))
                 )
             }
             Some(Trap::Interrupt) => format!(
-                "it ran past its {} ms deadline",
-                self.shared.limits.deadline.as_millis()
+                "it ran past its deadline of {}",
+                budget.what(format!("{} ms", budget.deadline.as_millis()))
             ),
             Some(Trap::StackOverflow) => "it overflowed its stack (too deep recursion)".into(),
             Some(Trap::UnreachableCodeReached) => "it trapped (a panic or `unreachable`)".into(),
@@ -608,16 +673,18 @@ impl PolicyHost {
     fn run<R>(
         &self,
         policy: &Policy,
+        backups: usize,
         call: impl AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<Result<R, String>>,
         size: impl Fn(&R) -> usize,
     ) -> Result<R, PolicyError> {
-        let (mut store, stdout, stderr) = self.store();
+        let budget = self.shared.limits.budget(backups);
+        let (mut store, stdout, stderr) = self.store(budget);
         let ended = |reason: String| PolicyError::Stopped {
             name: policy.name.clone(),
             reason,
             output: String::new(),
         };
-        let deadline = self.shared.limits.deadline;
+        let deadline = budget.deadline;
         let cancel = self.cancel.clone();
         let cancelled = async move {
             loop {
@@ -632,6 +699,7 @@ impl PolicyHost {
             Deadline,
             Cancelled,
         }
+        let started = std::time::Instant::now();
         let outcome = self.runtime.block_on(async {
             tokio::select! {
                 r = call(&mut store) => Ended::Answered(r),
@@ -640,17 +708,26 @@ impl PolicyHost {
             }
         });
         let answer = match outcome {
-            Ended::Answered(r) => r,
+            Ended::Answered(r) => {
+                let usage = Usage {
+                    fuel: budget.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+                    memory_bytes: store.data().limiter.total,
+                    elapsed: started.elapsed(),
+                };
+                tracing::debug!(policy = %policy.name, ?usage, "policy evaluated");
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(usage);
+                r
+            }
             Ended::Deadline => {
                 return Err(ended(format!(
-                    "it ran past its {} ms deadline (waiting in a host call)",
-                    deadline.as_millis()
+                    "it ran past its deadline of {} (waiting in a host call)",
+                    budget.what(format!("{} ms", deadline.as_millis()))
                 )))
             }
             Ended::Cancelled => return Err(ended("the job was cancelled".into())),
         };
         let answer = answer
-            .map_err(|e| self.stopped(&policy.name, e, &stdout, &stderr))?
+            .map_err(|e| self.stopped(&policy.name, budget, e, &stdout, &stderr))?
             .map_err(|message| PolicyError::Refused {
                 name: policy.name.clone(),
                 message: crate::names::escape_control(&message).into_owned(),
@@ -686,6 +763,7 @@ impl PolicyHost {
             })?;
         self.run(
             policy,
+            input.backups.len(),
             async |store| match pre {
                 RetentionPre::Current(pre) => {
                     let p = pre.instantiate_async(&mut *store).await?;
@@ -739,6 +817,7 @@ impl PolicyHost {
             })?;
         self.run(
             policy,
+            input.chain.len(),
             async |store| match pre {
                 ProtectionPre::Current(pre) => {
                     let p = pre.instantiate_async(&mut *store).await?;
@@ -781,7 +860,21 @@ fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::guest_said;
+    use super::{guest_said, Limits, MAX_SCALED_ITEMS};
+    use std::time::Duration;
+
+    #[test]
+    fn budgets_grow_with_the_input_up_to_a_cap() {
+        let l = Limits::default();
+        let small = l.budget(0);
+        assert_eq!((small.fuel, small.deadline), (l.fuel, l.deadline));
+        let large = l.budget(1000);
+        assert_eq!(large.fuel, 300_000_000 + 1000 * 600_000);
+        assert_eq!(large.deadline, Duration::from_millis(400));
+        let huge = l.budget(usize::MAX);
+        assert_eq!(huge.fuel, l.budget(MAX_SCALED_ITEMS).fuel);
+        assert!(huge.what("x".into()).contains(&usize::MAX.to_string()));
+    }
 
     #[test]
     fn what_a_stopped_guest_said_in_one_line() {

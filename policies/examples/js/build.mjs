@@ -1,6 +1,8 @@
-// Builds each policy here into a component against couchvault's WIT:
-//   node build.mjs [OUT_DIR]   (default: .)  ->  gfs_retention_js.wasm, standard_protection_js.wasm
+// Builds the policies listed in package.json ("couchvault": {"wit": ..., "policies": [...]})
+// into WebAssembly components against couchvault's WIT:
+//   node build.mjs [OUT_DIR]   (default: .)
 // A policy has no clock, network or stdio: those features are left out of the runtime.
+// (`couchvault policy new NAME --lang js` writes this same file into its starter.)
 import { componentize } from "@bytecodealliance/componentize-js";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -26,21 +28,22 @@ async function wrapped(source, dir) {
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
-const wit = process.env.COUCHVAULT_WIT || resolve(here, "../../../wit");
+const { couchvault: project } = JSON.parse(await readFile(join(here, "package.json"), "utf8"));
+const wit = process.env.COUCHVAULT_WIT || resolve(here, project.wit);
 const out = resolve(process.argv[2] || ".");
 const work = await mkdtemp(join(tmpdir(), "couchvault-policy-"));
-for (const [source, world, name] of [
-  ["gfs-retention.js", "retention-policy", "gfs_retention_js.wasm"],
-  ["standard-protection.js", "protection-policy", "standard_protection_js.wasm"],
-]) {
-  const started = Date.now();
-  const { component } = await componentize({
-    sourcePath: await wrapped(join(here, source), work),
-    witPath: wit,
-    worldName: world,
-    disableFeatures: ["random", "stdio", "clocks", "http", "fetch-event"],
-  });
-  await writeFile(join(out, name), component);
-  console.log(`${name}: ${component.length} bytes in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+try {
+  for (const { source, world, output } of project.policies) {
+    const started = Date.now();
+    const { component } = await componentize({
+      sourcePath: await wrapped(join(here, source), work),
+      witPath: wit,
+      worldName: world,
+      disableFeatures: ["random", "stdio", "clocks", "http", "fetch-event"],
+    });
+    await writeFile(join(out, output), component);
+    console.log(`${output}: ${component.length} bytes in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  }
+} finally {
+  await rm(work, { recursive: true, force: true });
 }
-await rm(work, { recursive: true, force: true });
