@@ -4,7 +4,7 @@
 # componentize-js from npm (into policies/examples/js/node_modules) and componentize-py from
 # PyPI (into <target>/policy-tools/py). A component is rebuilt only when its sources or the
 # WIT changed.
-#   -> <target>/policies/{gfs_retention,standard_protection}_{js,py}.wasm
+#   -> <target>/policies/{gfs_retention,standard_protection}_{js,py}.wasm, month_end_py.wasm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="$(bash scripts/target-dir.sh)/policies"
@@ -32,7 +32,7 @@ if [[ ! -x $PY_TOOLS/bin/componentize-py ]]; then
   echo "installing componentize-py (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check --target "$PY_TOOLS" -r "$py/requirements.txt"
 fi
-for policy in gfs_retention:retention-policy standard_protection:protection-policy; do
+for policy in gfs_retention:retention-policy standard_protection:protection-policy month_end:policy; do
   name=${policy%%:*} world=${policy#*:}
   stale "$OUT/${name}_py.wasm" "$py/$name" || continue
   started=$SECONDS

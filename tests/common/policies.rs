@@ -31,6 +31,18 @@ pub fn host(dir: &Path) -> PolicyHost {
     PolicyHost::new(&dir.join("cache"), Limits::default()).unwrap()
 }
 
+/// A host whose compiled-component cache is shared by every run of the suite
+/// (`<target>/tmp/policy-cache`; entries are named by the component's hash and the engine's):
+/// the JavaScript and Python components take seconds each to compile.
+pub fn shared_host() -> PolicyHost {
+    let cache = super::built_policy("x")
+        .ancestors()
+        .nth(2)
+        .expect("<target>/policies/x")
+        .join("tmp/policy-cache");
+    PolicyHost::new(&cache, Limits::default()).unwrap()
+}
+
 pub fn ts(s: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
 }

@@ -28,7 +28,8 @@ fn print_report(r: &DryRunReport) {
     if let Some(p) = &r.protection {
         println!();
         println!(
-            "protection: zstd level {}, encrypted, key {}, tags {}",
+            "protection: {} backup, zstd level {}, encrypted, key {}, tags {}",
+            p.kind,
             p.compression_level,
             p.key_id.as_deref().unwrap_or("(the tenant's active key)"),
             render::tags_text(p.tags.iter().map(|(k, v)| (k, v)))
