@@ -75,6 +75,72 @@ fn fixture_round_trip_is_byte_identical() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// Issue 18: both compression modes (zstd's own workers, and `zstd_workers = 1`'s
+/// compression thread of its own) restore byte-identical, and the metadata's `tar_size` is
+/// the tar stream's length before compression (it recorded the compressed length before).
+#[test]
+fn both_compression_modes_round_trip_and_record_the_tar_size() {
+    let sums = fixture_checksums();
+    let file_bytes: u64 = sums.values().map(|(size, _)| size).sum();
+    for workers in [1, 2] {
+        let env = Env::new(64 << 10);
+        let source = couchvault::couchdb::Source::discover(&couchvault::couchdb::SourceSpec {
+            data_dir: Some(env.data.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let opts = engine::BackupOptions {
+            id: None,
+            allow_incomplete: true,
+            live: None,
+            tenant: "default".into(),
+            instance: "node1".into(),
+            key_id: None,
+            tags: Default::default(),
+            stream: StreamSettings {
+                zstd_workers: workers,
+                chunk_size: 4096,
+                ..StreamSettings::default()
+            },
+            base: None,
+        };
+        let meta = engine::backup(
+            &env.store,
+            &env.keyring,
+            &source,
+            &opts,
+            &Progress::default(),
+        )
+        .unwrap();
+        // Every file's bytes, a 512-byte header each, padded to 512, and the end blocks.
+        assert!(
+            meta.data.tar_size > file_bytes,
+            "{workers}: {:?}",
+            meta.data
+        );
+        assert_eq!(meta.data.tar_size % 512, 0, "{workers}");
+        assert!(meta.data.size < meta.data.tar_size, "{workers}: compressed");
+        let target = env.path("restored");
+        engine::restore(
+            &env.store,
+            &env.keyring,
+            std::slice::from_ref(&meta),
+            &restore_opts(&target),
+            &Progress::default(),
+        )
+        .unwrap();
+        for (path, (size, sha)) in &sums {
+            let file = target.join(path.strip_prefix("data/").unwrap());
+            assert_eq!(
+                fs::metadata(&file).unwrap().len(),
+                *size,
+                "{workers}: {path}"
+            );
+            assert_eq!(&sha256_file(&file), sha, "{workers}: {path}");
+        }
+    }
+}
+
 #[test]
 fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
     let env = Env::new(1 << 20);

@@ -187,7 +187,8 @@ impl Default for PolicyConfig {
 pub struct BackupConfig {
     /// zstd level, 1-19.
     pub compression_level: i32,
-    /// zstd worker threads; 0 means one per CPU core.
+    /// zstd worker threads; 0 means one per CPU core; 1 compresses on one thread of its own
+    /// (a third of the memory; docs/PERFORMANCE.md).
     pub zstd_workers: u32,
     /// Plaintext bytes per encrypted chunk (4 KiB - 16 MiB).
     pub chunk_size: u32,

@@ -66,7 +66,7 @@ pub struct Base {
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub compression_level: i32,
-    /// zstd worker threads; 0 compresses on the calling thread.
+    /// zstd's own worker threads; 0 or 1: one compression thread of the pipeline's own.
     pub zstd_workers: u32,
     pub chunk_size: u32,
 }
@@ -277,32 +277,49 @@ pub fn store_stream<T>(
     let upload = store.create_large(tenant, &object, &labels)?;
     let sealer = StreamSealer::new(&data_key, nonce_prefix, header.to_vec());
 
+    // This thread writes the tar stream, which is compressed by zstd's own workers or by a
+    // thread of its own; a last thread seals and uploads. Bounded queues of recycled blocks
+    // join them.
     let (tx, rx) = sync_channel(QUEUE_BLOCKS);
     let (spent, free) = recycler();
     let result = std::thread::scope(|s| {
         let consumer = s.spawn(move || seal_and_upload(rx, spent, sealer, &header, upload));
-        let produced = (|| {
-            let writer = BlockWriter::new(tx, free, chunk_size as usize, TAG_LEN);
-            let mut counted = CountingWriter {
-                inner: writer,
-                count: 0,
-            };
-            let mut enc =
-                zstd::stream::write::Encoder::new(&mut counted, settings.compression_level)
-                    .map_err(|e| Error::io("starting zstd", e))?;
-            if settings.zstd_workers > 0 {
-                enc.multithread(settings.zstd_workers)
-                    .map_err(|e| Error::io("starting zstd workers", e))?;
+        let sealing = BlockWriter::new(tx, free, chunk_size as usize, TAG_LEN);
+        let produced = if settings.zstd_workers > 1 {
+            (|| {
+                let mut tar = CountingWriter {
+                    inner: zstd_encoder(sealing, settings)?,
+                    count: 0,
+                };
+                let value = produce(&mut tar)?;
+                tar.inner
+                    .finish()
+                    .map_err(|e| Error::io("finishing zstd", e))?
+                    .finish()
+                    .map_err(|e| Error::io("ending the stream", e))?;
+                Ok((value, tar.count))
+            })()
+        } else {
+            let (tar_tx, tar_rx) = sync_channel(QUEUE_BLOCKS);
+            let (tar_spent, tar_free) = recycler();
+            let compressor = s.spawn(move || compress(tar_rx, tar_spent, sealing, settings));
+            let produced = (|| {
+                let mut tar = CountingWriter {
+                    inner: BlockWriter::new(tar_tx, tar_free, TAR_BLOCK, 0),
+                    count: 0,
+                };
+                let value = produce(&mut tar)?;
+                tar.inner
+                    .finish()
+                    .map_err(|e| Error::io("ending the tar stream", e))?;
+                Ok((value, tar.count))
+            })();
+            let compressed = compressor.join().unwrap_or(Err(Error::PipelineAborted));
+            match (produced, compressed) {
+                (Ok(p), Ok(())) => Ok(p),
+                (p, z) => Err(pick_error(p.map(drop), z).expect_err("one stage failed")),
             }
-            let value = produce(&mut enc)?;
-            enc.finish().map_err(|e| Error::io("finishing zstd", e))?;
-            let tar_size = counted.count;
-            counted
-                .inner
-                .finish()
-                .map_err(|e| Error::io("ending the stream", e))?;
-            Ok((value, tar_size))
-        })();
+        };
         let consumed = consumer.join().unwrap_or(Err(Error::PipelineAborted));
         match (produced, consumed) {
             (Ok(p), Ok(c)) => Ok((p, c)),
@@ -336,6 +353,50 @@ pub fn store_stream<T>(
         },
         value,
     ))
+}
+
+/// Bytes of tar stream per block handed to the compressor.
+const TAR_BLOCK: usize = 256 << 10;
+
+fn zstd_encoder<W: Write>(
+    out: W,
+    settings: &StreamSettings,
+) -> Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut enc = zstd::stream::write::Encoder::new(out, settings.compression_level)
+        .map_err(|e| Error::io("starting zstd", e))?;
+    if settings.zstd_workers > 1 {
+        enc.multithread(settings.zstd_workers)
+            .map_err(|e| Error::io("starting zstd workers", e))?;
+    }
+    Ok(enc)
+}
+
+/// The compressor thread of `zstd_workers = 1`: zstd over the tar blocks, into the blocks
+/// that get sealed. A third of the memory of zstd's multithreaded mode, whose job buffers
+/// (8 MiB each at level 3, several per worker) are most of a backup's peak RSS; as fast on
+/// data that is mostly compressed already (attachments), slower on text (docs/PERFORMANCE.md).
+fn compress(
+    rx: Receiver<Block>,
+    spent: SyncSender<Vec<u8>>,
+    out: BlockWriter,
+    settings: &StreamSettings,
+) -> Result<()> {
+    let mut enc = zstd_encoder(out, settings)?;
+    loop {
+        match rx.recv() {
+            Ok(Block::Data(block)) => {
+                enc.write_all(&block)
+                    .map_err(|e| Error::io("compressing", e))?;
+                let _ = spent.try_send(block);
+            }
+            Ok(Block::End) => break,
+            Err(_) => return Err(Error::PipelineAborted),
+        }
+    }
+    enc.finish()
+        .map_err(|e| Error::io("finishing zstd", e))?
+        .finish()
+        .map_err(|e| Error::io("ending the stream", e))
 }
 
 /// The consumer thread: seals each block (the last one with the last-chunk flag), hashes
