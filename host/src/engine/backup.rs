@@ -358,6 +358,7 @@ pub fn store_stream<T>(
 /// Bytes of tar stream per block handed to the compressor.
 const TAR_BLOCK: usize = 256 << 10;
 
+/// A zstd encoder at the configured level, multithreaded when more than one worker is asked.
 fn zstd_encoder<W: Write>(
     out: W,
     settings: &StreamSettings,
