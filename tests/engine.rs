@@ -84,34 +84,13 @@ fn both_compression_modes_round_trip_and_record_the_tar_size() {
     let file_bytes: u64 = sums.values().map(|(size, _)| size).sum();
     for workers in [1, 2] {
         let env = Env::new(64 << 10);
-        let source = couchvault::couchdb::Source::discover(&couchvault::couchdb::SourceSpec {
-            data_dir: Some(env.data.clone()),
-            ..Default::default()
-        })
-        .unwrap();
-        let opts = engine::BackupOptions {
-            id: None,
-            allow_incomplete: true,
-            live: None,
-            tenant: "default".into(),
-            instance: "node1".into(),
-            key_id: None,
-            tags: Default::default(),
-            stream: StreamSettings {
-                zstd_workers: workers,
-                chunk_size: 4096,
-                ..StreamSettings::default()
-            },
-            base: None,
+        let stream = StreamSettings {
+            zstd_workers: workers,
+            chunk_size: 4096,
+            ..StreamSettings::default()
         };
-        let meta = engine::backup(
-            &env.store,
-            &env.keyring,
-            &source,
-            &opts,
-            &Progress::default(),
-        )
-        .unwrap();
+        let meta = common::backup_with(&env.store, &env.keyring, &env.data, "node1", stream, true)
+            .unwrap();
         // Every file's bytes, a 512-byte header each, padded to 512, and the end blocks.
         assert!(
             meta.data.tar_size > file_bytes,

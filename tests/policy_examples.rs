@@ -359,11 +359,7 @@ fn run(cmd: &mut Command) {
 #[test]
 fn policy_new_starters_build_and_answer_alike() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = common::built_policy("x")
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf();
+    let target = common::target_dir();
     let (Some(node_modules), Some(py_tools)) = (
         toolchain(root.join("policies/examples/js/node_modules")),
         toolchain(target.join("policy-tools/py/bin/componentize-py")),

@@ -205,6 +205,22 @@ pub fn backup_checked(
     chunk_size: u32,
     allow_incomplete: bool,
 ) -> couchvault::Result<BackupMetadata> {
+    let stream = StreamSettings {
+        chunk_size,
+        ..Default::default()
+    };
+    backup_with(store, keyring, data, instance, stream, allow_incomplete)
+}
+
+/// A full backup of `data` for tenant `default` with the given stream settings.
+pub fn backup_with(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    data: &Path,
+    instance: &str,
+    stream: StreamSettings,
+    allow_incomplete: bool,
+) -> couchvault::Result<BackupMetadata> {
     let source = Source::discover(&SourceSpec {
         data_dir: Some(data.to_path_buf()),
         ..Default::default()
@@ -217,10 +233,7 @@ pub fn backup_checked(
         instance: instance.into(),
         key_id: None,
         tags: BTreeMap::new(),
-        stream: StreamSettings {
-            chunk_size,
-            ..Default::default()
-        },
+        stream,
         base: None,
     };
     engine::backup(store, keyring, &source, &opts, &Progress::default())
@@ -382,15 +395,19 @@ impl Rng {
     }
 }
 
-/// A policy component built by scripts/build-policies.sh: it copies them to
-/// `<target>/policies/`, the target directory this test binary was built in.
-pub fn built_policy(file: &str) -> PathBuf {
+/// The cargo target directory this test binary was built in.
+pub fn target_dir() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_couchvault"));
-    let target = bin
-        .ancestors()
+    bin.ancestors()
         .nth(2)
-        .expect("the binary is in <target>/<profile>/");
-    target.join("policies").join(file)
+        .expect("the binary is in <target>/<profile>/")
+        .to_path_buf()
+}
+
+/// A policy component built by scripts/build-policies.sh: it copies them to
+/// `<target>/policies/`.
+pub fn built_policy(file: &str) -> PathBuf {
+    target_dir().join("policies").join(file)
 }
 
 /// `key list --json` (or `GET /v1/keys`) as (tenant, backups it wraps), in ring order.

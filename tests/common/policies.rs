@@ -35,11 +35,7 @@ pub fn host(dir: &Path) -> PolicyHost {
 /// (`<target>/tmp/policy-cache`; entries are named by the component's hash and the engine's):
 /// the JavaScript and Python components take seconds each to compile.
 pub fn shared_host() -> PolicyHost {
-    let cache = super::built_policy("x")
-        .ancestors()
-        .nth(2)
-        .expect("<target>/policies/x")
-        .join("tmp/policy-cache");
+    let cache = super::target_dir().join("tmp/policy-cache");
     PolicyHost::new(&cache, Limits::default()).unwrap()
 }
 
