@@ -187,8 +187,8 @@ impl Default for PolicyConfig {
 pub struct BackupConfig {
     /// zstd level, 1-19.
     pub compression_level: i32,
-    /// zstd worker threads; 0 means one per CPU core; 1 compresses on one thread of its own
-    /// (a third of the memory; docs/PERFORMANCE.md).
+    /// Compression threads (each compresses 512 KiB frames of the tar stream); 0 means one per
+    /// CPU core. Each costs about 3 MiB (docs/PERFORMANCE.md).
     pub zstd_workers: u32,
     /// Plaintext bytes per encrypted chunk (4 KiB - 16 MiB).
     pub chunk_size: u32,
@@ -399,6 +399,11 @@ impl Config {
         }
         if !(1..=19).contains(&cfg.backup.compression_level) {
             return Err(invalid("backup.compression_level must be 1-19".into()));
+        }
+        if cfg.backup.zstd_workers > 64 {
+            return Err(invalid(
+                "backup.zstd_workers must be 0-64 (0: one per CPU core)".into(),
+            ));
         }
         if !(crate::format::MIN_CHUNK..=crate::format::MAX_CHUNK).contains(&cfg.backup.chunk_size) {
             return Err(invalid("backup.chunk_size must be 4096-16777216".into()));

@@ -1,4 +1,5 @@
-//! Backup: files → tar → zstd (multi-threaded) → AES-256-GCM STREAM → store, then commit.
+//! Backup: files → tar → zstd (frames on worker threads) → AES-256-GCM STREAM → store, then
+//! commit.
 //! A full backup stores every file whole; an incremental or differential one stores, per
 //! file, only what was appended since its parent (see [`Base`] and docs/FORMAT.md).
 
@@ -6,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver};
 
 use chrono::Utc;
 use ring::digest::{Context, SHA256};
 use ulid::Ulid;
 
-use super::{pick_error, recycler, Block, BlockWriter, Progress, QUEUE_BLOCKS};
+use super::compress::{self, FramePool, InOrder, FRAME_INPUT};
+use super::{pick_error, recycler, BlockWriter, Progress};
 use crate::catalog;
 use crate::couchdb::{PlannedFile, Source, SourceError};
 use crate::crypto::{self, SecretKey, StreamSealer, TAG_LEN};
@@ -66,7 +68,7 @@ pub struct Base {
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub compression_level: i32,
-    /// zstd's own worker threads; 0 or 1: one compression thread of the pipeline's own.
+    /// Compression threads (engine/compress.rs); 0 counts as 1.
     pub zstd_workers: u32,
     pub chunk_size: u32,
 }
@@ -277,35 +279,39 @@ pub fn store_stream<T>(
     let upload = store.create_large(tenant, &object, &labels)?;
     let sealer = StreamSealer::new(&data_key, nonce_prefix, header.to_vec());
 
-    // This thread writes the tar stream, which is compressed by zstd's own workers or by a
-    // thread of its own; a last thread seals and uploads. Bounded queues of recycled blocks
-    // join them.
-    let (tx, rx) = sync_channel(QUEUE_BLOCKS);
-    let (spent, free) = recycler();
-    let result = std::thread::scope(|s| {
-        let consumer = s.spawn(move || seal_and_upload(rx, spent, sealer, &header, upload));
-        let sealing = BlockWriter::new(tx, free, chunk_size as usize, TAG_LEN);
-        let produced = if settings.zstd_workers > 1 {
-            (|| {
-                let mut tar = CountingWriter {
-                    inner: zstd_encoder(sealing, settings)?,
-                    count: 0,
-                };
-                let value = produce(&mut tar)?;
-                tar.inner
-                    .finish()
-                    .map_err(|e| Error::io("finishing zstd", e))?
-                    .finish()
-                    .map_err(|e| Error::io("ending the stream", e))?;
-                Ok((value, tar.count))
-            })()
-        } else {
-            let (tar_tx, tar_rx) = sync_channel(QUEUE_BLOCKS);
-            let (tar_spent, tar_free) = recycler();
-            let compressor = s.spawn(move || compress(tar_rx, tar_spent, sealing, settings));
+    // This thread writes the tar stream; `zstd_workers` threads compress it frame by frame
+    // (compress.rs); a last thread puts the frames in order, seals and uploads. Bounded
+    // queues of recycled buffers join them.
+    let workers = settings.zstd_workers.max(1) as usize;
+    let (tar_tx, tar_rx) = sync_channel(workers);
+    let (tar_spent, tar_free) = recycler();
+    let (frame_tx, frame_rx) = sync_channel(workers);
+    let pool = FramePool::default();
+    let result =
+        std::thread::scope(|s| {
+            let pool = &pool;
+            let consumer = s.spawn(move || {
+                seal_and_upload(
+                    InOrder::new(frame_rx),
+                    pool,
+                    chunk_size,
+                    sealer,
+                    &header,
+                    upload,
+                )
+            });
+            let compressors = compress::spawn_workers(
+                s,
+                workers,
+                settings.compression_level,
+                tar_rx,
+                tar_spent,
+                pool,
+                frame_tx,
+            );
             let produced = (|| {
                 let mut tar = CountingWriter {
-                    inner: BlockWriter::new(tar_tx, tar_free, TAR_BLOCK, 0),
+                    inner: BlockWriter::new(tar_tx, tar_free, FRAME_INPUT, 0),
                     count: 0,
                 };
                 let value = produce(&mut tar)?;
@@ -314,18 +320,19 @@ pub fn store_stream<T>(
                     .map_err(|e| Error::io("ending the tar stream", e))?;
                 Ok((value, tar.count))
             })();
-            let compressed = compressor.join().unwrap_or(Err(Error::PipelineAborted));
-            match (produced, compressed) {
-                (Ok(p), Ok(())) => Ok(p),
-                (p, z) => Err(pick_error(p.map(drop), z).expect_err("one stage failed")),
+            // Every worker is joined: the error kept is a cause, not a worker that saw it stop.
+            let mut compressed = Ok(());
+            for w in compressors {
+                let joined = w.join().unwrap_or(Err(Error::PipelineAborted));
+                compressed = pick_error(compressed, joined);
             }
-        };
-        let consumed = consumer.join().unwrap_or(Err(Error::PipelineAborted));
-        match (produced, consumed) {
-            (Ok(p), Ok(c)) => Ok((p, c)),
-            (p, c) => Err(pick_error(p.map(drop), c.map(drop)).expect_err("one side failed")),
-        }
-    });
+            let consumed = consumer.join().unwrap_or(Err(Error::PipelineAborted));
+            match (produced, compressed, consumed) {
+                (Ok(p), Ok(()), Ok(c)) => Ok((p, c)),
+                (p, z, c) => Err(pick_error(pick_error(p.map(drop), z), c.map(drop))
+                    .expect_err("a stage failed")),
+            }
+        });
     let ((value, tar_size), (size, sha256)) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -355,87 +362,45 @@ pub fn store_stream<T>(
     ))
 }
 
-/// Bytes of tar stream per block handed to the compressor.
-const TAR_BLOCK: usize = 256 << 10;
-
-/// A zstd encoder at the configured level, multithreaded when more than one worker is asked.
-fn zstd_encoder<W: Write>(
-    out: W,
-    settings: &StreamSettings,
-) -> Result<zstd::stream::write::Encoder<'static, W>> {
-    let mut enc = zstd::stream::write::Encoder::new(out, settings.compression_level)
-        .map_err(|e| Error::io("starting zstd", e))?;
-    if settings.zstd_workers > 1 {
-        enc.multithread(settings.zstd_workers)
-            .map_err(|e| Error::io("starting zstd workers", e))?;
-    }
-    Ok(enc)
-}
-
-/// The compressor thread of `zstd_workers = 1`: zstd over the tar blocks, into the blocks
-/// that get sealed. A third of the memory of zstd's multithreaded mode, whose job buffers
-/// (8 MiB each at level 3, several per worker) are most of a backup's peak RSS; as fast on
-/// data that is mostly compressed already (attachments), slower on text (docs/PERFORMANCE.md).
-fn compress(
-    rx: Receiver<Block>,
-    spent: SyncSender<Vec<u8>>,
-    out: BlockWriter,
-    settings: &StreamSettings,
-) -> Result<()> {
-    let mut enc = zstd_encoder(out, settings)?;
-    loop {
-        match rx.recv() {
-            Ok(Block::Data(block)) => {
-                enc.write_all(&block)
-                    .map_err(|e| Error::io("compressing", e))?;
-                let _ = spent.try_send(block);
-            }
-            Ok(Block::End) => break,
-            Err(_) => return Err(Error::PipelineAborted),
-        }
-    }
-    enc.finish()
-        .map_err(|e| Error::io("finishing zstd", e))?
-        .finish()
-        .map_err(|e| Error::io("ending the stream", e))
-}
-
-/// The consumer thread: seals each block (the last one with the last-chunk flag), hashes
-/// the stored bytes and uploads them. Returns the stored size and SHA-256.
+/// The consumer thread: takes the compressed frames in order, cuts them into chunks of
+/// `chunk_size`, seals each (the last one with the last-chunk flag), hashes the stored bytes
+/// and uploads them. Returns the stored size and SHA-256.
 fn seal_and_upload(
-    rx: Receiver<Block>,
-    spent: SyncSender<Vec<u8>>,
+    mut frames: InOrder,
+    pool: &FramePool,
+    chunk_size: u32,
     mut sealer: StreamSealer,
     header: &[u8],
     mut upload: Box<dyn LargeUpload>,
 ) -> Result<(u64, String)> {
+    let chunk_size = chunk_size as usize;
     let mut hash = Context::new(&SHA256);
     let mut size = header.len() as u64;
     hash.update(header);
     upload.write(header)?;
-    let mut pending: Option<Vec<u8>> = None;
-    let mut emit = |mut chunk: Vec<u8>, last: bool| -> Result<()> {
-        sealer.seal(&mut chunk, last)?;
-        hash.update(&chunk);
+    let mut chunk = Vec::with_capacity(chunk_size + TAG_LEN);
+    let mut emit = |chunk: &mut Vec<u8>, last: bool| -> Result<()> {
+        sealer.seal(chunk, last)?;
+        hash.update(chunk);
         size += chunk.len() as u64;
-        upload.write(&chunk)?;
-        let _ = spent.try_send(chunk);
+        upload.write(chunk)?;
+        chunk.clear();
         Ok(())
     };
-    loop {
-        match rx.recv() {
-            Ok(Block::Data(block)) => {
-                if let Some(prev) = pending.replace(block) {
-                    emit(prev, false)?;
-                }
+    while let Some(frame) = frames.next_frame()? {
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            // A full chunk is sealed only once more data follows: the last one is flagged.
+            if chunk.len() == chunk_size {
+                emit(&mut chunk, false)?;
             }
-            Ok(Block::End) => {
-                emit(pending.take().unwrap_or_default(), true)?;
-                break;
-            }
-            Err(_) => return Err(Error::PipelineAborted),
+            let n = (chunk_size - chunk.len()).min(rest.len());
+            chunk.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
         }
+        pool.give(frame);
     }
+    emit(&mut chunk, true)?;
     upload.finish()?;
     Ok((size, hex::encode(hash.finish())))
 }

@@ -1,9 +1,10 @@
 //! The streaming pipeline: backup (files → tar → zstd → AES-256-GCM STREAM → store) and its
-//! exact inverse for verify and restore. Two threads per direction, joined by a bounded
-//! channel, so compression/decompression and encryption/hashing run on different cores and
-//! memory stays bounded by `queue_blocks × chunk_size`.
+//! exact inverse for verify and restore. Stages run on threads of their own (a backup: the tar
+//! writer, `zstd_workers` compression threads, the sealer), joined by bounded channels of
+//! recycled buffers, so the stages share the cores and memory stays flat whatever the size.
 
 pub mod backup;
+mod compress;
 pub mod restore;
 
 use std::io::{self, Read, Write};
