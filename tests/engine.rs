@@ -463,10 +463,7 @@ fn commit_hostile(
             ini_files: vec![],
         },
         tags: Default::default(),
-        compression: format::CompressionInfo {
-            algorithm: "zstd".into(),
-            level: 3,
-        },
+        compression: sealed.compression,
         encryption: sealed.encryption,
         data: sealed.data,
         totals: format::Totals {

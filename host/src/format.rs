@@ -170,6 +170,11 @@ pub struct SourceInfo {
 pub struct CompressionInfo {
     pub algorithm: String,
     pub level: i32,
+    /// Tar bytes per independent zstd frame, each declaring its content size: a restore
+    /// decompresses such frames on several threads. None: one frame for the whole stream
+    /// (backups before 2026-12-02), decompressed as a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use chrono::Utc;
 use ring::digest::{Context, SHA256};
 use ulid::Ulid;
 
-use super::compress::{self, FramePool, InOrder, FRAME_INPUT};
+use super::frames::{self, Compress, FramePool, InOrder, FRAME_INPUT};
 use super::{pick_error, recycler, BlockWriter, Progress};
 use crate::catalog;
 use crate::couchdb::{PlannedFile, Source, SourceError};
@@ -68,7 +68,7 @@ pub struct Base {
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub compression_level: i32,
-    /// Compression threads (engine/compress.rs); 0 counts as 1.
+    /// Compression threads (engine/frames.rs); 0 counts as 1.
     pub zstd_workers: u32,
     pub chunk_size: u32,
 }
@@ -85,6 +85,7 @@ impl Default for StreamSettings {
 
 /// What [`store_stream`] wrote.
 pub struct Sealed {
+    pub compression: CompressionInfo,
     pub encryption: EncryptionInfo,
     pub data: DataInfo,
 }
@@ -198,10 +199,7 @@ pub fn backup(
                 .collect(),
         },
         tags: opts.tags.clone(),
-        compression: CompressionInfo {
-            algorithm: "zstd".into(),
-            level: opts.stream.compression_level,
-        },
+        compression: sealed.compression,
         encryption: sealed.encryption,
         data: sealed.data,
         totals: Totals {
@@ -276,16 +274,19 @@ pub fn store_stream<T>(
         ("Instance", instance),
         ("Backup-Id", id_str.as_str()),
     ];
+    let workers = settings.zstd_workers.max(1) as usize;
+    let (tar_spent, tar_free) = recycler();
+    let jobs = (0..workers)
+        .map(|_| Compress::new(settings.compression_level, tar_spent.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let (tar_tx, tar_rx) = sync_channel(workers);
+    let (frame_tx, frame_rx) = sync_channel(workers);
     let upload = store.create_large(tenant, &object, &labels)?;
     let sealer = StreamSealer::new(&data_key, nonce_prefix, header.to_vec());
 
     // This thread writes the tar stream; `zstd_workers` threads compress it frame by frame
-    // (compress.rs); a last thread puts the frames in order, seals and uploads. Bounded
+    // (frames.rs); a last thread puts the frames in order, seals and uploads. Bounded
     // queues of recycled buffers join them.
-    let workers = settings.zstd_workers.max(1) as usize;
-    let (tar_tx, tar_rx) = sync_channel(workers);
-    let (tar_spent, tar_free) = recycler();
-    let (frame_tx, frame_rx) = sync_channel(workers);
     let pool = FramePool::default();
     let result =
         std::thread::scope(|s| {
@@ -300,15 +301,7 @@ pub fn store_stream<T>(
                     upload,
                 )
             });
-            let compressors = compress::spawn_workers(
-                s,
-                workers,
-                settings.compression_level,
-                tar_rx,
-                tar_spent,
-                pool,
-                frame_tx,
-            );
+            let compressors = frames::spawn_workers(s, jobs, tar_rx, pool, frame_tx);
             let produced = (|| {
                 let mut tar = CountingWriter {
                     inner: BlockWriter::new(tar_tx, tar_free, FRAME_INPUT, 0),
@@ -344,6 +337,11 @@ pub fn store_stream<T>(
     };
     Ok((
         Sealed {
+            compression: CompressionInfo {
+                algorithm: "zstd".into(),
+                level: settings.compression_level,
+                frame_size: Some(FRAME_INPUT as u32),
+            },
             encryption: EncryptionInfo {
                 suite: SUITE_NAME.into(),
                 chunk_size,

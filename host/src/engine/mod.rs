@@ -4,7 +4,7 @@
 //! recycled buffers, so the stages share the cores and memory stays flat whatever the size.
 
 pub mod backup;
-mod compress;
+mod frames;
 pub mod restore;
 
 use std::io::{self, Read, Write};
@@ -17,7 +17,7 @@ pub use restore::{
 };
 
 /// Blocks of plaintext in flight between the two pipeline threads.
-pub const QUEUE_BLOCKS: usize = 8;
+pub const QUEUE_BLOCKS: usize = 2;
 
 /// Counters a progress display can poll from another thread.
 #[derive(Debug, Default)]

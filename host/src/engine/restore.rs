@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use nix::unistd::{Gid, Uid};
 use ring::digest::{Context, SHA256};
 
+use super::frames::{self, Decompress, FramePool, FrameReader, Framer, InOrder};
 use super::{pick_error, read_full, recycler, reuse, Block, BlockReader, Progress, QUEUE_BLOCKS};
 use crate::crypto::{self, StreamOpener, TAG_LEN};
 use crate::error::{Error, Result};
@@ -544,15 +545,53 @@ fn unpack(
     progress.bytes_done.store(0, relaxed);
     progress.files_done.store(0, relaxed);
 
+    // One thread decrypts; a backup of independent frames is decompressed on threads of their
+    // own (frames.rs), one of a single frame as a stream on the extracting thread, which
+    // checks, writes and hashes the files.
     let (tx, rx) = sync_channel(QUEUE_BLOCKS);
     let (spent, free) = recycler();
+    let plain = BlockReader::new(rx, spent);
+    let pool = FramePool::default();
+    let workers = match meta.compression.frame_size {
+        Some(_) => decompressors(),
+        None => 0,
+    };
+    let jobs = (0..workers)
+        .map(|_| Decompress::new(&pool))
+        .collect::<Result<Vec<_>>>()?;
     std::thread::scope(|s| {
         let decrypt = s.spawn(move || decrypt_stream(source, meta, &data_key, tx, free));
-        let extracted = extract(BlockReader::new(rx, spent), rebuild, k, place, progress);
+        let (extracted, decompressed) = if jobs.is_empty() {
+            let tar =
+                zstd::stream::read::Decoder::new(plain).map_err(|e| Error::io("starting zstd", e));
+            (
+                tar.and_then(|tar| extract(tar, rebuild, k, place, progress)),
+                Ok(()),
+            )
+        } else {
+            let (frame_tx, frame_rx) = sync_channel(jobs.len());
+            let framer = Framer::new(plain, &pool);
+            let workers = frames::spawn_workers(s, jobs, framer, &pool, frame_tx);
+            let tar = FrameReader::new(InOrder::new(frame_rx), &pool);
+            let extracted = extract(tar, rebuild, k, place, progress);
+            let mut decompressed = Ok(());
+            for w in workers {
+                let joined = w.join().unwrap_or(Err(Error::PipelineAborted));
+                decompressed = pick_error(decompressed, joined);
+            }
+            (extracted, decompressed)
+        };
         let decrypted = decrypt.join().unwrap_or(Err(Error::PipelineAborted));
         let chunks = decrypted.as_ref().map(|c| *c).unwrap_or(0);
-        pick_error(extracted, decrypted.map(drop)).map(|()| chunks)
+        pick_error(pick_error(extracted, decompressed), decrypted.map(drop)).map(|()| chunks)
     })
+}
+
+/// Decompression threads beside the decrypting and extracting ones: one on two cores (two
+/// there were slower and took 9 MiB more, docs/PERFORMANCE.md), up to four on more.
+fn decompressors() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(2).clamp(1, 4)
 }
 
 /// Rebuilding the last backup of a chain: which stored pieces its files are made of, and
@@ -840,7 +879,7 @@ fn check_file_list(meta: &BackupMetadata) -> Result<()> {
 /// pieces the rebuild needs are applied (written where `place` says, hashed as they are
 /// written), the others only checked.
 fn extract(
-    stream: impl Read,
+    tar: impl Read,
     rebuild: &mut Rebuild<'_>,
     k: usize,
     place: &(dyn Fn(&str) -> Option<PathBuf> + Sync),
@@ -860,8 +899,7 @@ fn extract(
     };
     let expected = rebuild.index[k].clone();
     let mut seen: HashSet<&str> = HashSet::with_capacity(expected.len());
-    let decoder = zstd::stream::read::Decoder::new(stream).map_err(stream_err)?;
-    let mut archive = tar::Archive::new(decoder);
+    let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(stream_err)? {
         let mut entry = entry.map_err(stream_err)?;
         let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
