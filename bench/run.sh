@@ -10,6 +10,8 @@
 #                view indexes (zstd -3 compresses it about 1.1x)
 #   BASELINE_BIN=/path/to/older/couchvault bash bench/run.sh   also times that build's backup and
 #                                     restore in the same run, printed as new/baseline ratios
+#   BENCH_DATA=/path/to/data bash bench/run.sh SIZE KIND   uses that data set (made by
+#                                     gen_dataset.py or couch_dataset.sh) instead of generating one
 #
 # Targets (PRODUCT.md, issue 18): B1 backup <= 1.0x `tar | zstd -3 -T0 | openssl enc -aes-256-ctr`
 # and >= 10x faster than Trove's `tar | gzip | openssl enc -aes-256-cbc`; B2 restore, durable
@@ -27,15 +29,17 @@ trap 'rm -rf "$W"' EXIT
 (cd "$ROOT" && cargo build --release --quiet)
 echo "generating ${SIZE} MiB and 100 MiB $KIND data sets in $W ..."
 case $KIND in
-  synthetic)
-    python3 "$ROOT/bench/gen_dataset.py" "$SIZE" "$W/data"
-    python3 "$ROOT/bench/gen_dataset.py" 100 "$W/data100" ;;
-  couchdb)
-    bash "$ROOT/bench/couch_dataset.sh" "$SIZE" "$W/data"
-    bash "$ROOT/bench/couch_dataset.sh" 100 "$W/data100" ;;
+  synthetic) gen() { python3 "$ROOT/bench/gen_dataset.py" "$@"; } ;;
+  couchdb) gen() { bash "$ROOT/bench/couch_dataset.sh" "$@"; } ;;
   *) echo "data set '$KIND': synthetic or couchdb" >&2; exit 2 ;;
 esac
-warm() { find "$1" -type f -exec cat {} + > /dev/null; }
+if [ -n "${BENCH_DATA:-}" ]; then
+  ln -s "$(realpath "$BENCH_DATA")" "$W/data"   # a data set kept from an earlier run
+else
+  gen "$SIZE" "$W/data"
+fi
+gen 100 "$W/data100"
+warm() { find "$1/" -type f -exec cat {} + > /dev/null; }
 
 KEY=$(openssl rand -hex 32); IV=$(openssl rand -hex 16)
 cat > "$W/nosync.toml" <<CFG
