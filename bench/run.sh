@@ -39,7 +39,7 @@ else
   gen "$SIZE" "$W/data"
 fi
 gen 100 "$W/data100"
-warm() { find "$1/" -type f -exec cat {} + > /dev/null; }
+warm() { find -L "$1" -type f -exec cat {} + > /dev/null; }
 
 KEY=$(openssl rand -hex 32); IV=$(openssl rand -hex 16)
 cat > "$W/nosync.toml" <<CFG
