@@ -52,7 +52,8 @@ CFG
 cv() { (cd "$W" && "$BIN" --store "file://$W/store" "$@"); }
 cv backup list > /dev/null 2>&1   # first use: creates the key ring
 
-# measure NAME SETUP CMD -> median wall seconds and max RSS (KiB) over $RUNS runs
+# measure NAME SETUP CMD -> median wall seconds and max RSS (KiB) over $RUNS runs. Setups end
+# with `sync` where a run writes, so one run's writeback does not land in the next one's time.
 declare -A WALL RSS
 measure() {
   local name=$1 setup=$2 cmd=$3 runs=${4:-$RUNS} walls=() rsss=()
@@ -69,24 +70,24 @@ measure() {
 
 echo "backup of ${SIZE} MiB (data in page cache, zstd level 3, encrypted):"
 warm "$W/data"
-measure couchvault_backup "warm $W/data" \
+measure couchvault_backup "sync; warm $W/data" \
   "cd $W && $BIN --store file://$W/store backup create --instance bench --data-dir $W/data --compression-level 3 --allow-incomplete"
 if [ -n "${BASELINE_BIN:-}" ]; then
   measure baseline_backup "warm $W/data" \
     "cd $W && $BASELINE_BIN --store file://$W/store backup create --instance baseline --data-dir $W/data --compression-level 3 --allow-incomplete"
 fi
-measure tar_zstd_openssl "warm $W/data; rm -f $W/base.enc" \
+measure tar_zstd_openssl "rm -f $W/base.enc; sync; warm $W/data" \
   "tar -cf - -C $W/data . | zstd -q -3 -T0 | openssl enc -aes-256-ctr -K $KEY -iv $IV > $W/base.enc"
 measure trove_gzip_cbc "warm $W/data" \
   "tar -cf - -C $W/data . | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass pass:bench > $W/trove.enc" 1
 
 ID=$(cv --json backup list --instance bench | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["backup_id"])')
 echo "restore of ${SIZE} MiB:"
-measure couchvault_restore_nosync "rm -rf $W/r1; warm $W/store" \
+measure couchvault_restore_nosync "rm -rf $W/r1; sync; warm $W/store" \
   "cd $W && $BIN --config $W/nosync.toml restore $ID --to $W/r1"
 measure couchvault_restore_sync "rm -rf $W/r1; sync; warm $W/store" \
   "cd $W && $BIN --store file://$W/store restore $ID --to $W/r1"
-measure openssl_zstd_tar "rm -rf $W/r2; mkdir -p $W/r2; warm $W/base.enc" \
+measure openssl_zstd_tar "rm -rf $W/r2; mkdir -p $W/r2; sync; warm $W/base.enc" \
   "openssl enc -d -aes-256-ctr -K $KEY -iv $IV < $W/base.enc | zstd -q -d | tar -xf - -C $W/r2"
 measure openssl_zstd_tar_sync "rm -rf $W/r2; mkdir -p $W/r2; sync; warm $W/base.enc" \
   "openssl enc -d -aes-256-ctr -K $KEY -iv $IV < $W/base.enc | zstd -q -d | tar -xf - -C $W/r2 && sync"
