@@ -288,44 +288,40 @@ pub fn store_stream<T>(
     // (frames.rs); a last thread puts the frames in order, seals and uploads. Bounded
     // queues of recycled buffers join them.
     let pool = FramePool::default();
-    let result =
-        std::thread::scope(|s| {
-            let pool = &pool;
-            let consumer = s.spawn(move || {
-                seal_and_upload(
-                    InOrder::new(frame_rx),
-                    pool,
-                    chunk_size,
-                    sealer,
-                    &header,
-                    upload,
-                )
-            });
-            let compressors = frames::spawn_workers(s, jobs, tar_rx, pool, frame_tx);
-            let produced = (|| {
-                let mut tar = CountingWriter {
-                    inner: BlockWriter::new(tar_tx, tar_free, FRAME_INPUT, 0),
-                    count: 0,
-                };
-                let value = produce(&mut tar)?;
-                tar.inner
-                    .finish()
-                    .map_err(|e| Error::io("ending the tar stream", e))?;
-                Ok((value, tar.count))
-            })();
-            // Every worker is joined: the error kept is a cause, not a worker that saw it stop.
-            let mut compressed = Ok(());
-            for w in compressors {
-                let joined = w.join().unwrap_or(Err(Error::PipelineAborted));
-                compressed = pick_error(compressed, joined);
-            }
-            let consumed = consumer.join().unwrap_or(Err(Error::PipelineAborted));
-            match (produced, compressed, consumed) {
-                (Ok(p), Ok(()), Ok(c)) => Ok((p, c)),
-                (p, z, c) => Err(pick_error(pick_error(p.map(drop), z), c.map(drop))
-                    .expect_err("a stage failed")),
-            }
+    let result = std::thread::scope(|s| {
+        let pool = &pool;
+        let consumer = s.spawn(move || {
+            seal_and_upload(
+                InOrder::new(frame_rx),
+                pool,
+                chunk_size,
+                sealer,
+                &header,
+                upload,
+            )
         });
+        let compressors = frames::spawn_workers(s, jobs, tar_rx, pool, frame_tx);
+        let produced = (|| {
+            let mut tar = CountingWriter {
+                inner: BlockWriter::new(tar_tx, tar_free, FRAME_INPUT, 0),
+                count: 0,
+            };
+            let value = produce(&mut tar)?;
+            tar.inner
+                .finish()
+                .map_err(|e| Error::io("ending the tar stream", e))?;
+            Ok((value, tar.count))
+        })();
+        let compressed = frames::join_workers(compressors);
+        let consumed = consumer.join().unwrap_or(Err(Error::PipelineAborted));
+        match (produced, compressed, consumed) {
+            (Ok(p), Ok(()), Ok(c)) => Ok((p, c)),
+            (p, z, c) => {
+                let cause = pick_error(pick_error(p.map(drop), z), c.map(drop));
+                Err(cause.expect_err("a stage failed"))
+            }
+        }
+    });
     let ((value, tar_size), (size, sha256)) = match result {
         Ok(v) => v,
         Err(e) => {

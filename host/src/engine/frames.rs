@@ -109,6 +109,18 @@ pub(super) fn spawn_workers<'scope, J: Job + 'scope>(
         .collect()
 }
 
+/// Joins every worker; the error kept is a cause, not a worker that only saw another stop.
+pub(super) fn join_workers(
+    workers: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>,
+) -> Result<()> {
+    let mut result = Ok(());
+    for w in workers {
+        let joined = w.join().unwrap_or(Err(Error::PipelineAborted));
+        result = super::pick_error(result, joined);
+    }
+    result
+}
+
 fn work<J: Job>(
     job: &mut J,
     input: &Mutex<Input<J::Source>>,
@@ -518,11 +530,7 @@ mod tests {
             });
             let mut out = Vec::new();
             let read = FrameReader::new(InOrder::new(frame_rx), &pool).read_to_end(&mut out);
-            let mut result = Ok(());
-            for h in handles {
-                result = super::super::pick_error(result, h.join().unwrap());
-            }
-            result?;
+            join_workers(handles)?;
             read.map_err(|e| Error::io("reading", e))?;
             Ok(out)
         })

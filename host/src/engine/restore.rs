@@ -574,12 +574,7 @@ fn unpack(
             let workers = frames::spawn_workers(s, jobs, framer, &pool, frame_tx);
             let tar = FrameReader::new(InOrder::new(frame_rx), &pool);
             let extracted = extract(tar, rebuild, k, place, progress);
-            let mut decompressed = Ok(());
-            for w in workers {
-                let joined = w.join().unwrap_or(Err(Error::PipelineAborted));
-                decompressed = pick_error(decompressed, joined);
-            }
-            (extracted, decompressed)
+            (extracted, frames::join_workers(workers))
         };
         let decrypted = decrypt.join().unwrap_or(Err(Error::PipelineAborted));
         let chunks = decrypted.as_ref().map(|c| *c).unwrap_or(0);
