@@ -141,6 +141,41 @@ fn compression_threads_keep_frames_in_order_and_record_the_tar_size() {
     }
 }
 
+/// Issue 18: a backup whose metadata names no `frame_size` (every backup made before
+/// 2026-12-02: one zstd frame) is decompressed as a stream, not cut into frames; one that
+/// names a frame size larger than a restore cuts is streamed too. Both restore byte-identical.
+#[test]
+fn backups_without_frames_restore_through_the_stream_decoder() {
+    let env = Env::new(1 << 20);
+    let sums = fixture_checksums();
+    let made = env.backup(4096);
+    assert_eq!(made.compression.frame_size, Some(512 << 10));
+    let key = env
+        .keyring
+        .unlock(env.keyring.active("default").unwrap())
+        .unwrap();
+    for frame_size in [None, Some(1 << 30)] {
+        let mut meta = made.clone();
+        meta.compression.frame_size = frame_size;
+        catalog::commit(&env.store, key.secret, &meta).unwrap();
+        let meta = catalog::load(&env.store, &env.keyring, "default", &meta.backup_id).unwrap();
+        assert_eq!(meta.compression.frame_size, frame_size);
+        let target = env.path(&format!("restored-{frame_size:?}"));
+        engine::restore(
+            &env.store,
+            &env.keyring,
+            std::slice::from_ref(&meta),
+            &restore_opts(&target),
+            &Progress::default(),
+        )
+        .unwrap();
+        for (path, (_, sha)) in &sums {
+            let file = target.join(path.strip_prefix("data/").unwrap());
+            assert_eq!(&sha256_file(&file), sha, "{frame_size:?}: {path}");
+        }
+    }
+}
+
 #[test]
 fn couchdb_config_discovery_backs_up_ini_files_and_restores_them_on_request() {
     let env = Env::new(1 << 20);

@@ -26,7 +26,7 @@ pub(super) const FRAME_INPUT: usize = 512 << 10;
 
 /// The largest frame content a restore decompresses on its workers (more than any backup
 /// writes, fewer than would let a damaged header ask for much memory).
-const MAX_FRAME_CONTENT: usize = 8 << 20;
+pub(super) const MAX_FRAME_CONTENT: usize = 8 << 20;
 
 /// What the workers send on: a frame and its place in the stream, or the number of frames
 /// once the input has ended.

@@ -553,8 +553,8 @@ fn unpack(
     let plain = BlockReader::new(rx, spent);
     let pool = FramePool::default();
     let workers = match meta.compression.frame_size {
-        Some(_) => decompressors(),
-        None => 0,
+        Some(n) if n as usize <= frames::MAX_FRAME_CONTENT => decompressors(),
+        _ => 0,
     };
     let jobs = (0..workers)
         .map(|_| Decompress::new(&pool))
