@@ -215,9 +215,7 @@ fn backup_completes_when_the_object_server_is_killed_mid_upload() {
         while env.objects(&seg).len() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        env.kill("object");
-        std::thread::sleep(Duration::from_secs(1));
-        env.script(&["start"]);
+        env.outage("object", Duration::from_secs(1));
         job.join().unwrap()
     })
     .expect("the backup completes through retries");
@@ -295,8 +293,7 @@ fn expired_tokens_and_a_memcached_restart_are_survived_by_reauth() {
         &Progress::default(),
     )
     .expect("token expired: re-auth");
-    env.kill("memcached");
-    env.script(&["start"]);
+    env.outage("memcached", Duration::ZERO);
     restore_and_compare(&store, &keyring, &meta, &data, &dir.path().join("r"));
 }
 

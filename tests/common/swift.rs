@@ -112,7 +112,12 @@ impl SwiftEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn kill(&self, server: &str) {
+    /// Kills one of Swift's servers, waits `down`, and starts it again. One outage at a time
+    /// in this process: a `start` waiting for Swift to be ready must not see another test kill
+    /// a server it has no reason to restart (it then waits out its 60 s and fails).
+    pub fn outage(&self, server: &str, down: std::time::Duration) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let pid: i32 = self.script(&["pid", server]).trim().parse().unwrap();
         // SAFETY: kill(2) on a pid the script started.
         assert_eq!(
@@ -120,6 +125,8 @@ impl SwiftEnv {
             0,
             "kill {server}"
         );
+        std::thread::sleep(down);
+        self.script(&["start"]);
     }
 
     /// A token for raw requests (checks the tests make behind couchvault's back).
