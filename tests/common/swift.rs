@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use couchvault::store::retry::RetryPolicy;
@@ -10,6 +11,17 @@ use couchvault::store::swift::{Credentials, Secret, SwiftSettings, SwiftStore};
 
 pub struct SwiftEnv {
     vars: HashMap<String, String>,
+    _turn: Turn,
+}
+
+/// The tests of a binary share one Swift: most use it at once; a test that takes a server
+/// down has it alone (a `start` waiting for readiness while another test killed a server,
+/// or while other tests' uploads hit the restarting servers, timed out in CI).
+static SHARED: RwLock<()> = RwLock::new(());
+
+enum Turn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
 }
 
 fn repo() -> PathBuf {
@@ -21,6 +33,16 @@ impl SwiftEnv {
     /// `COUCHVAULT_TEST_SWIFT_ENV`. Without it the Swift tests skip, except under CI, where a
     /// missing Swift is a failure.
     pub fn load() -> Option<SwiftEnv> {
+        Self::load_with(|| Turn::Shared(SHARED.read().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// As `load`, for a test that takes servers down ([`SwiftEnv::outage`]): it waits for
+    /// the others to finish and runs alone.
+    pub fn load_alone() -> Option<SwiftEnv> {
+        Self::load_with(|| Turn::Alone(SHARED.write().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    fn load_with(turn: impl FnOnce() -> Turn) -> Option<SwiftEnv> {
         let path = std::env::var("COUCHVAULT_TEST_SWIFT_ENV").ok();
         let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         let Some(text) = text else {
@@ -36,7 +58,10 @@ impl SwiftEnv {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Some(SwiftEnv { vars })
+        Some(SwiftEnv {
+            vars,
+            _turn: turn(),
+        })
     }
 
     pub fn get(&self, k: &str) -> &str {
@@ -112,12 +137,13 @@ impl SwiftEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Kills one of Swift's servers, waits `down`, and starts it again. One outage at a time
-    /// in this process: a `start` waiting for Swift to be ready must not see another test kill
-    /// a server it has no reason to restart (it then waits out its 60 s and fails).
+    /// Kills one of Swift's servers, waits `down`, and starts it again. Only for a test that
+    /// has Swift alone ([`SwiftEnv::load_alone`]).
     pub fn outage(&self, server: &str, down: std::time::Duration) {
-        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            matches!(self._turn, Turn::Alone(_)),
+            "an outage needs SwiftEnv::load_alone()"
+        );
         let pid: i32 = self.script(&["pid", server]).trim().parse().unwrap();
         // SAFETY: kill(2) on a pid the script started.
         assert_eq!(
