@@ -120,24 +120,31 @@ fn compression_threads_keep_frames_in_order_and_record_the_tar_size() {
         );
         assert_eq!(meta.data.tar_size % 512, 0, "{workers}");
         assert!(meta.data.size < meta.data.tar_size, "{workers}: compressed");
-        let target = env.path(&format!("restored-{workers}"));
-        engine::restore(
-            &env.store,
-            &env.keyring,
-            std::slice::from_ref(&meta),
-            &restore_opts(&target),
-            &Progress::default(),
-        )
-        .unwrap();
-        for (path, (size, sha)) in &sums {
-            let file = target.join(path.strip_prefix("data/").unwrap());
-            assert_eq!(
-                fs::metadata(&file).unwrap().len(),
-                *size,
-                "{workers}: {path}"
-            );
-            assert_eq!(&sha256_file(&file), sha, "{workers}: {path}");
-        }
+        restore_matches(&env, &meta, &format!("{workers}"), &sums);
+    }
+}
+
+/// Restores `meta` into `restored-{label}` and checks every file of `sums` (archive path:
+/// size and SHA-256) there.
+fn restore_matches(
+    env: &Env,
+    meta: &BackupMetadata,
+    label: &str,
+    sums: &std::collections::BTreeMap<String, (u64, String)>,
+) {
+    let target = env.path(&format!("restored-{label}"));
+    engine::restore(
+        &env.store,
+        &env.keyring,
+        std::slice::from_ref(meta),
+        &restore_opts(&target),
+        &Progress::default(),
+    )
+    .unwrap();
+    for (path, (size, sha)) in sums {
+        let file = target.join(path.strip_prefix("data/").unwrap());
+        assert_eq!(fs::metadata(&file).unwrap().len(), *size, "{label}: {path}");
+        assert_eq!(&sha256_file(&file), sha, "{label}: {path}");
     }
 }
 
@@ -160,19 +167,7 @@ fn backups_without_frames_restore_through_the_stream_decoder() {
         catalog::commit(&env.store, key.secret, &meta).unwrap();
         let meta = catalog::load(&env.store, &env.keyring, "default", &meta.backup_id).unwrap();
         assert_eq!(meta.compression.frame_size, frame_size);
-        let target = env.path(&format!("restored-{frame_size:?}"));
-        engine::restore(
-            &env.store,
-            &env.keyring,
-            std::slice::from_ref(&meta),
-            &restore_opts(&target),
-            &Progress::default(),
-        )
-        .unwrap();
-        for (path, (_, sha)) in &sums {
-            let file = target.join(path.strip_prefix("data/").unwrap());
-            assert_eq!(&sha256_file(&file), sha, "{frame_size:?}: {path}");
-        }
+        restore_matches(&env, &meta, &format!("{frame_size:?}"), &sums);
     }
 }
 
