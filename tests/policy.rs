@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use couchvault::format::{Kind, PrefixCheck};
 use couchvault::policy::floors::{self, Floors};
-use couchvault::policy::{BackupInfo, Limits, PolicyHost, RetentionInput};
+use couchvault::policy::{
+    BackupInfo, Limits, PolicyEngine, PolicyHost, RetentionInput, CONCURRENT_EVALUATIONS,
+};
 
 fn gfs() -> Option<Vec<u8>> {
     component("gfs_retention.wasm")
@@ -205,6 +207,47 @@ fn gfs_policy_matches_hand_computed_cases() {
     )
     .unwrap();
     assert_eq!(kept.len(), 2);
+}
+
+#[test]
+fn pooled_sandboxes_start_fresh_and_evaluations_beyond_the_pool_wait_for_one() {
+    let Some(bad) = hostile() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        deadline: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let engine = PolicyEngine::new(&dir.path().join("cache"), limits).unwrap();
+    let host = engine.host().unwrap();
+    let policy = host.load("hostile", &bad).unwrap();
+    // The pool hands the same memory slot to the next instance of a module: each call must
+    // still see a static never written and grown memory never marked.
+    for _ in 0..3 {
+        let kept = retain(&host, &policy, "remember", vec![]).unwrap();
+        assert_eq!(
+            kept,
+            [("remember".into(), "calls-before=0 dirty-bytes=0".into())]
+        );
+    }
+    // Three times as many evaluations at once as the pool has sandboxes: each waits for a
+    // slot and answers (an exhausted pool would refuse to instantiate).
+    let list = backups(&["2026-11-26T00:00:00Z"]);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..3 * CONCURRENT_EVALUATIONS)
+            .map(|_| {
+                s.spawn(|| {
+                    let host = engine.host().unwrap();
+                    retain(&host, &policy, "nap", list.clone())
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.join().unwrap().unwrap().len(), 1);
+        }
+    });
+    // Three rounds of 100 ms naps at the least: no more ran at once than the pool holds.
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 #[test]

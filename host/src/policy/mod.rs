@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ring::digest::{digest, SHA256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
@@ -123,6 +123,17 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:sockets/",
 ];
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Evaluations one engine runs at once; more wait for a slot. The instance pool is sized for
+/// this many, so an evaluation never fails for want of one.
+pub const CONCURRENT_EVALUATIONS: u32 = 16;
+/// Linear memories one policy may have (the Rust, JavaScript and Python ones have one).
+const MEMORIES_PER_COMPONENT: u32 = 4;
+/// Bytes of each pooled memory that are zeroed with memset and stay mapped when its
+/// instance ends, instead of being unmapped and faulted in again by the next: all of a Rust
+/// policy's memory. Which memory slots stay warm is bounded by [`WARM_SLOTS`].
+const KEEP_RESIDENT: usize = 4 << 20;
+/// Idle memory slots kept for the modules that used them last.
+const WARM_SLOTS: u32 = 4;
 /// Largest `get-random-bytes` answer: bounds what one host call may cost (the default is
 /// 64 MiB, tens of milliseconds of host time that no epoch tick interrupts).
 const MAX_RANDOM_BYTES: u64 = 64 << 10;
@@ -237,6 +248,32 @@ impl Budget {
             self.backups
         )
     }
+}
+
+/// Instances, memories, tables and stacks come from a pool sized for
+/// [`CONCURRENT_EVALUATIONS`] sandboxes at the limits' caps: instantiation is a slot reset,
+/// not fresh mappings and page faults (with the on-demand allocator a third of a Rust
+/// policy's evaluation time was the kernel's; docs/PERFORMANCE.md B5). A slot is reset to
+/// the module's initial image before reuse, so nothing of one evaluation is seen by the next.
+fn pool(limits: &Limits) -> PoolingAllocationConfig {
+    let n = CONCURRENT_EVALUATIONS;
+    let instances = limits.max_instances as u32;
+    let tables = limits.max_tables as u32;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_stacks(n)
+        .max_core_instances_per_component(instances)
+        .total_core_instances(n * instances)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_memories(n * MEMORIES_PER_COMPONENT)
+        // Wasmtime reserves 4 GiB of address space per memory; no memory may exceed it.
+        .max_memory_size(limits.memory_bytes.min(4 << 30))
+        .max_tables_per_component(tables)
+        .total_tables(n * tables)
+        .table_elements(limits.max_table_elements)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .max_unused_warm_slots(WARM_SLOTS);
+    pool
 }
 
 /// The clocks a policy sees: stopped at zero. Time is an input (`now`), never a reading, so
@@ -358,6 +395,8 @@ struct Shared {
     cache_dir: PathBuf,
     limits: Limits,
     compiles: AtomicU64,
+    /// One permit per sandbox the instance pool holds.
+    slots: tokio::sync::Semaphore,
 }
 
 /// A loaded policy: compiled, checked, ready to instantiate.
@@ -407,6 +446,7 @@ impl PolicyEngine {
         config.consume_fuel(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(512 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&limits)));
         let engine = Engine::new(&config).map_err(|e| PolicyError::Invalid {
             name: "(engine)".into(),
             reason: e.to_string(),
@@ -437,6 +477,7 @@ impl PolicyEngine {
             cache_dir: cache_dir.to_path_buf(),
             limits,
             compiles: AtomicU64::new(0),
+            slots: tokio::sync::Semaphore::new(CONCURRENT_EVALUATIONS as usize),
         })))
     }
 
@@ -664,6 +705,20 @@ impl PolicyHost {
         }
     }
 
+    /// Resolves when this host's cancel flag is set.
+    async fn cancelled(&self) {
+        loop {
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return;
+            }
+            tokio::time::sleep(EPOCH_TICK).await;
+        }
+    }
+
     /// Runs `call` in a fresh sandbox, turning traps, refusals and oversized answers
     /// (`size` measures an answer) into errors that name the policy.
     ///
@@ -677,23 +732,25 @@ impl PolicyHost {
         call: impl AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<Result<R, String>>,
         size: impl Fn(&R) -> usize,
     ) -> Result<R, PolicyError> {
-        let budget = self.shared.limits.budget(backups);
-        let (mut store, stdout, stderr) = self.store(budget);
         let ended = |reason: String| PolicyError::Stopped {
             name: policy.name.clone(),
             reason,
             output: String::new(),
         };
-        let deadline = budget.deadline;
-        let cancel = self.cancel.clone();
-        let cancelled = async move {
-            loop {
-                if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                    return;
-                }
-                tokio::time::sleep(EPOCH_TICK).await;
+        // Waiting for a sandbox is not part of the deadline; a cancel ends it.
+        let slot = self.runtime.block_on(async {
+            tokio::select! {
+                slot = self.shared.slots.acquire() => slot.ok(),
+                _ = self.cancelled() => None,
             }
+        });
+        // Declared before the store: the store goes back to the pool before the permit.
+        let Some(_slot) = slot else {
+            return Err(ended("the job was cancelled".into()));
         };
+        let budget = self.shared.limits.budget(backups);
+        let (mut store, stdout, stderr) = self.store(budget);
+        let deadline = budget.deadline;
         enum Ended<T> {
             Answered(T),
             Deadline,
@@ -704,7 +761,7 @@ impl PolicyHost {
             tokio::select! {
                 r = call(&mut store) => Ended::Answered(r),
                 _ = tokio::time::sleep(deadline) => Ended::Deadline,
-                _ = cancelled => Ended::Cancelled,
+                _ = self.cancelled() => Ended::Cancelled,
             }
         });
         let answer = match outcome {

@@ -148,7 +148,7 @@ pub fn retain(params: &str, backups: &[Snapshot<'_>]) -> Result<Vec<(String, Str
         serde_json::from_str(params).map_err(|e| format!("bad parameters: {e}"))?
     };
     let mut list: Vec<&Snapshot<'_>> = backups.iter().collect();
-    list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(a.id)));
+    list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(a.id)));
     let Some(latest) = list.first().map(|b| b.created_at) else {
         return Ok(Vec::new());
     };

@@ -3,6 +3,11 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "retention-policy" });
 
+mod arena;
+
+#[global_allocator]
+static ALLOC: arena::Arena = arena::Arena::new();
+
 mod gfs;
 
 struct Gfs;

@@ -3,13 +3,18 @@
 //! can see of the environment, filesystem, clock and network), "sleep" (std::thread::sleep for
 //! ever), "block" (a monotonic-clock pollable of u64::MAX ns, blocked on), "exit",
 //! "random-huge" (64 MiB of random in one call), "random-loop" (64 KiB calls, the most allowed, for ever),
-//! "escape" (an error full of terminal escape sequences); protect: "noenc", "badkey",
+//! "escape" (an error full of terminal escape sequences), "remember" (counts its calls in a
+//! static and marks 2 MiB of memory it grows, answering with what an earlier call left),
+//! "nap" (sleeps 100 ms, then keeps everything); protect: "noenc", "badkey",
 //! "loop", "sleep", "forge-tags" (sets the host's reserved tags and escape sequences).
 //! Anything else behaves: keep everything, protect with level 3.
 
 wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
+
+/// Calls this instance has answered ("remember").
+static mut CALLS: u32 = 0;
 
 #[inline(never)]
 fn recurse(n: u64, pad: &mut [u8; 64]) -> u64 {
@@ -52,6 +57,39 @@ impl Guest for Hostile {
                 })
                 .collect()),
             "none" => Ok(Vec::new()),
+            "remember" => {
+                // SAFETY: one thread; the static is this instance's own.
+                let calls = unsafe {
+                    CALLS += 1;
+                    CALLS - 1
+                };
+                let pages = 32;
+                let start = core::arch::wasm32::memory_grow(0, pages);
+                if start == usize::MAX {
+                    return Err("memory.grow refused".into());
+                }
+                // SAFETY: the pages were just grown and nothing else uses them.
+                let fresh = unsafe {
+                    std::slice::from_raw_parts_mut((start << 16) as *mut u8, pages << 16)
+                };
+                let dirty = fresh.iter().filter(|b| **b != 0).count();
+                fresh.fill(0xAA);
+                Ok(vec![Keep {
+                    id: "remember".into(),
+                    reason: format!("calls-before={calls} dirty-bytes={dirty}"),
+                }])
+            }
+            "nap" => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Ok(input
+                    .backups
+                    .into_iter()
+                    .map(|b| Keep {
+                        id: b.id,
+                        reason: "napped".into(),
+                    })
+                    .collect())
+            }
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_secs(u64::MAX));
                 Ok(Vec::new())
