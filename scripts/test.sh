@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: builds the policy components (Rust -> wasm32-wasip2, and the JavaScript
-# and Python examples) the policy tests load, installs PouchDB Server (npm) for the CouchDB tests when missing, starts the Swift
+# and Python examples) the policy tests load, installs Debian's nats-server for the cluster
+# tests, installs PouchDB Server (npm) for the CouchDB tests when missing, starts the Swift
 # all-in-one (with Keystone and Barbican) on 127.0.0.1 that the Swift and key tests need, runs
 # `cargo test --workspace`, and stops Swift again, whatever happened.
 #
@@ -15,6 +16,8 @@ if ! command -v pouchdb-server > /dev/null 2>&1; then
   echo "installing pouchdb-server (npm, about 2.5 minutes)"
   npm install -g --no-fund --no-audit pouchdb-server > /dev/null
 fi
+# Debian's nats-server: the cluster tests start their own brokers (scripts/nats.sh).
+bash scripts/nats.sh install
 # Small objects force real segmenting; a short token life forces re-authentication.
 export SWIFT_PORT=${SWIFT_PORT:-18080}
 # Swift's files (sqlite databases, objects, logs) live in RAM where there is a tmpfs: on a

@@ -5,6 +5,7 @@
 //! as the list of backups, `keyring` and `config` load the operator's settings.
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod couchdb;
 pub mod crypto;

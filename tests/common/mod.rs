@@ -5,6 +5,7 @@ pub mod couch;
 pub mod daemon;
 pub mod fakecouch;
 pub mod faultproxy;
+pub mod nats;
 pub mod policies;
 pub mod receiver;
 pub mod swift;

@@ -1,0 +1,207 @@
+//! Cluster coordination on a real NATS server with JetStream (Debian's nats-server, started
+//! by scripts/nats.sh on 127.0.0.1): membership that expires, one coordinator at a time
+//! with takeover, node jobs that survive an agent's death and a broker's crash.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::nats::Nats;
+use couchvault::cluster::broker::{Broker, NodeRecord, Timings};
+use serde::{Deserialize, Serialize};
+
+fn fast() -> Timings {
+    Timings {
+        node_ttl: Duration::from_secs(2),
+        lease: Duration::from_secs(2),
+        ack_wait: Duration::from_secs(2),
+    }
+}
+
+fn record(node: &str) -> NodeRecord {
+    NodeRecord {
+        v: 1,
+        node: node.into(),
+        daemon: "http://127.0.0.1:1".into(),
+        incarnation: ulid::Ulid::new().to_string(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Job {
+    v: u32,
+    id: String,
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Polls `f` until it is true or `within` passes.
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[test]
+fn daemons_register_and_a_silent_one_expires() {
+    let Some(nats) = Nats::start("cv-members", 14301) else {
+        return;
+    };
+    rt().block_on(async {
+        let a = Broker::connect(&nats.url, fast()).await.unwrap();
+        let b = Broker::connect(&nats.url, fast()).await.unwrap();
+        // Node names hold '@' and '.', which keys and subjects may not.
+        a.heartbeat(&record("cl-1@127.0.0.1")).await.unwrap();
+        b.heartbeat(&record("cl-2@127.0.0.1")).await.unwrap();
+        let names = |v: Vec<NodeRecord>| v.into_iter().map(|r| r.node).collect::<Vec<_>>();
+        assert_eq!(
+            names(a.nodes().await.unwrap()),
+            ["cl-1@127.0.0.1", "cl-2@127.0.0.1"]
+        );
+        // b keeps beating, a stops: a is gone within its TTL and some.
+        let gone = eventually(Duration::from_secs(8), async || {
+            b.heartbeat(&record("cl-2@127.0.0.1")).await.unwrap();
+            names(b.nodes().await.unwrap()) == ["cl-2@127.0.0.1"]
+        })
+        .await;
+        assert!(gone, "a silent daemon's entry expires");
+    });
+}
+
+#[test]
+fn one_coordinator_at_a_time_and_another_takes_over_a_dead_one() {
+    let Some(nats) = Nats::start("cv-leader", 14302) else {
+        return;
+    };
+    rt().block_on(async {
+        let a = Broker::connect(&nats.url, fast()).await.unwrap();
+        let b = Broker::connect(&nats.url, fast()).await.unwrap();
+        let mut lease = a.try_lead("daemon-a").await.unwrap().expect("a leads");
+        assert!(b.try_lead("daemon-b").await.unwrap().is_none());
+        assert!(a.renew(&mut lease).await.unwrap());
+        assert_eq!(b.leader().await.unwrap().as_deref(), Some("daemon-a"));
+        // a stops renewing (dies): b leads once the lease runs out, not before.
+        let started = Instant::now();
+        let mut b_lease = None;
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                b_lease = b.try_lead("daemon-b").await.unwrap();
+                b_lease.is_some()
+            })
+            .await,
+            "b takes over a dead coordinator's lease"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        // a comes back: its lease is lost, and it knows.
+        assert!(!a.renew(&mut lease).await.unwrap());
+        assert_eq!(a.leader().await.unwrap().as_deref(), Some("daemon-b"));
+        // A clean stop hands over at once.
+        b.resign(b_lease.unwrap()).await.unwrap();
+        assert!(a.try_lead("daemon-a").await.unwrap().is_some());
+    });
+}
+
+#[test]
+fn a_job_is_queued_once_redelivered_when_its_agent_dies_and_kept_across_a_broker_crash() {
+    let Some(nats) = Nats::start("cv-jobs", 14303) else {
+        return;
+    };
+    let node = "cl-3@127.0.0.1";
+    let wait = Duration::from_millis(500);
+    rt().block_on(async {
+        let coord = Broker::connect(&nats.url, fast()).await.unwrap();
+        let job = Job {
+            v: 1,
+            id: "job-1".into(),
+        };
+        // A new coordinator queueing the same job again: deduplicated by its id.
+        coord.dispatch(node, "job-1", &job).await.unwrap();
+        coord.dispatch(node, "job-1", &job).await.unwrap();
+        // Another node's queue is its own.
+        coord
+            .dispatch(
+                "cl-1@127.0.0.1",
+                "job-2",
+                &Job {
+                    v: 1,
+                    id: "job-2".into(),
+                },
+            )
+            .await
+            .unwrap();
+
+        let agent = Broker::connect(&nats.url, fast()).await.unwrap();
+        let first = agent
+            .next_job::<Job>(node, wait)
+            .await
+            .unwrap()
+            .expect("the job");
+        assert_eq!((first.job.clone(), first.attempt), (job.clone(), 1));
+        // The agent dies holding it (never acknowledged): delivered again after the ack wait.
+        drop(first);
+        assert!(agent.next_job::<Job>(node, wait).await.unwrap().is_none());
+        let mut again = None;
+        assert!(
+            eventually(Duration::from_secs(8), async || {
+                again = agent.next_job::<Job>(node, wait).await.unwrap();
+                again.is_some()
+            })
+            .await,
+            "an unacknowledged job comes back"
+        );
+        let again = again.unwrap();
+        assert_eq!((again.job.clone(), again.attempt), (job.clone(), 2));
+        // Progress keeps it from coming back while the work goes on.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            again.progress().await.unwrap();
+        }
+        assert!(agent.next_job::<Job>(node, wait).await.unwrap().is_none());
+        again.done().await.unwrap();
+        assert!(agent
+            .next_job::<Job>(node, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .is_none());
+    });
+
+    // The broker crashes with job-2 queued; restarted on the same files, it still has it.
+    nats.kill();
+    nats.up();
+    rt().block_on(async {
+        let agent = Broker::connect(&nats.url, fast()).await.unwrap();
+        let d = agent
+            .next_job::<Job>("cl-1@127.0.0.1", wait)
+            .await
+            .unwrap()
+            .expect("the queued job survives the crash");
+        assert_eq!(d.job.id, "job-2");
+        d.done().await.unwrap();
+    });
+}
+
+#[test]
+fn a_dead_broker_is_a_clear_error() {
+    let started = Instant::now();
+    let err = rt()
+        .block_on(Broker::connect("nats://127.0.0.1:14309", fast()))
+        .err()
+        .expect("nothing listens there");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("nats://127.0.0.1:14309") && msg.contains("connecting"),
+        "{msg}"
+    );
+    assert!(msg.contains("scripts/nats.sh"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
