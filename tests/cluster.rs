@@ -1,14 +1,156 @@
-//! Cluster coordination on a real NATS server with JetStream (Debian's nats-server, started
-//! by scripts/nats.sh on 127.0.0.1): membership that expires, one coordinator at a time
-//! with takeover, node jobs that survive an agent's death and a broker's crash.
+//! Clusters: a plan over a real 3-node CouchDB 3.5 cluster (`../shared/couchdb/couch.sh
+//! cluster`) whose member backups read every shard range once; coordination on a real NATS
+//! server with JetStream (Debian's nats-server, started by scripts/nats.sh on 127.0.0.1):
+//! membership that expires, one coordinator at a time with takeover, node jobs that survive
+//! an agent's death and a broker's crash.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use common::couch::{script, Couch};
 use common::nats::Nats;
 use couchvault::cluster::broker::{Broker, NodeRecord, Timings};
+use couchvault::cluster::plan::Plan;
+use couchvault::cluster::shards;
+use couchvault::couchdb::http::{CouchClient, Password};
+use couchvault::couchdb::{Source, SourceSpec};
+use couchvault::engine::backup::StreamSettings;
+use couchvault::keyring::KeyRing;
+use couchvault::store::LocalStore;
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// A 3-node cluster (n=3, q=2, and one database of q=4) with documents and a built view:
+/// planned with every node up, the three member backups hold every shard range of every
+/// database exactly once between them, each only its share (and its indexes), and store
+/// about a third of what backing up all three nodes whole stores.
+#[test]
+fn member_backups_read_every_shard_range_once() {
+    let Some(sh) = script() else { return };
+    let nodes = Couch::cluster(&sh, "cvpl", 3, 11350);
+    let stop = || {
+        let _ = std::process::Command::new(&sh)
+            .args(["stop-cluster", "cvpl", "3"])
+            .output();
+    };
+    nodes[0].send(Method::PUT, "/orders", &json!({}));
+    nodes[0].send(Method::PUT, "/wide?q=4", &json!({}));
+    for (i, db) in ["orders", "wide"].iter().enumerate() {
+        let docs: Vec<_> = (0..400)
+            .map(|k| json!({"_id": format!("d{k:04}"), "k": k, "pad": "x".repeat(200 + i)}))
+            .collect();
+        nodes[i % 3].send(
+            Method::POST,
+            &format!("/{db}/_bulk_docs"),
+            &json!({ "docs": docs }),
+        );
+    }
+    nodes[1].send(
+        Method::PUT,
+        "/orders/_design/v",
+        &json!({"views": {"by_k": {"map": "function(d){ emit(d.k, null); }"}}}),
+    );
+    let rows = nodes[2].send(
+        Method::GET,
+        "/orders/_design/v/_view/by_k?limit=1",
+        &json!(null),
+    );
+    assert_eq!(rows["total_rows"], 400, "{rows}");
+
+    let client = CouchClient::new(
+        &nodes[0].url,
+        Some("admin".into()),
+        Some(Password("password".into())),
+    )
+    .unwrap();
+    let (maps, sizes) = shards::read(&client).unwrap();
+    let names: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let wide = maps.iter().find(|m| m.name == "wide").expect("wide's map");
+    assert_eq!(wide.by_range.len(), 4);
+    assert!(wide.by_range.values().all(|h| h.len() == 3));
+    let plan = Plan::new(&maps, &names, |db| sizes.get(db).copied().unwrap_or(0)).unwrap();
+    assert_eq!(plan.nodes.len(), 3, "every node reads a share");
+
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = KeyRing::create(&dir.path().join("keys.toml"), "default").unwrap();
+    let store = LocalStore::new(dir.path().join("store"), 1 << 20);
+    let mut read_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let (mut member_bytes, mut whole_bytes) = (0, 0);
+    for node in &nodes {
+        let mut source = Source::discover(&SourceSpec {
+            data_dir: Some(node.data.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let share = &plan.nodes[&node.node];
+        source.shards = Some(share.ranges.iter().map(|r| r.file()).collect());
+        let member = common::backup_source(
+            &store,
+            &keyring,
+            &source,
+            "member",
+            StreamSettings::default(),
+            false,
+        )
+        .unwrap();
+        member_bytes += member.data.size;
+        for f in &member.files {
+            if let Some(shard) = f.path.strip_prefix("data/shards/") {
+                read_by
+                    .entry(shard.to_string())
+                    .or_default()
+                    .push(node.node.clone());
+            } else if let Some(index) = f.path.strip_prefix("data/.shards/") {
+                assert!(
+                    share
+                        .ranges
+                        .iter()
+                        .any(|r| index.starts_with(&r.index_dir()[8..])),
+                    "{} holds an index outside its share: {index}",
+                    node.node
+                );
+            } else {
+                assert!(
+                    f.path == "data/_dbs.couch" || f.path.starts_with("etc/"),
+                    "{} read {} outside its share",
+                    node.node,
+                    f.path
+                );
+            }
+        }
+        source.shards = None;
+        let whole = common::backup_source(
+            &store,
+            &keyring,
+            &source,
+            "whole",
+            StreamSettings::default(),
+            false,
+        )
+        .unwrap();
+        whole_bytes += whole.data.size;
+    }
+    stop();
+    // Every range of every database, each read by exactly one node.
+    let expected: BTreeSet<String> = maps
+        .iter()
+        .flat_map(|m| m.files_on(None))
+        .map(|f| f["shards/".len()..].to_string())
+        .collect();
+    assert_eq!(read_by.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    for (shard, by) in &read_by {
+        assert_eq!(by.len(), 1, "{shard} read by {by:?}");
+    }
+    let ratio = member_bytes as f64 / whole_bytes as f64;
+    println!("stored: members {member_bytes} B, three whole nodes {whole_bytes} B: {ratio:.2}x");
+    assert!(
+        ratio < 0.5,
+        "members store {ratio:.2}x of three whole nodes"
+    );
+}
 
 fn fast() -> Timings {
     Timings {

@@ -226,6 +226,18 @@ pub fn backup_with(
         data_dir: Some(data.to_path_buf()),
         ..Default::default()
     })?;
+    backup_source(store, keyring, &source, instance, stream, allow_incomplete)
+}
+
+/// A full backup of a discovered `source` for tenant `default`.
+pub fn backup_source(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    source: &Source,
+    instance: &str,
+    stream: StreamSettings,
+    allow_incomplete: bool,
+) -> couchvault::Result<BackupMetadata> {
     let opts = BackupOptions {
         id: None,
         allow_incomplete,
@@ -237,7 +249,7 @@ pub fn backup_with(
         stream,
         base: None,
     };
-    engine::backup(store, keyring, &source, &opts, &Progress::default())
+    engine::backup(store, keyring, source, &opts, &Progress::default())
 }
 
 /// An incremental (or differential) backup of `data` against `parent`, for tenant `default`.

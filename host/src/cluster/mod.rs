@@ -1,8 +1,10 @@
 //! Clusters: one consistent backup of a multi-node CouchDB, planned from the shard maps and
 //! carried out by the daemon on each node, coordinated over NATS JetStream (docs/CLUSTERS.md).
 //!
-//! `plan` chooses which node reads which shard range; `broker` keeps membership, the
-//! coordinator's lease and the node jobs on the broker.
+//! `shards` reads the shard maps through the cluster's API, `plan` chooses which node reads
+//! which shard range, `broker` keeps membership, the coordinator's lease and the node jobs
+//! on the broker.
 
 pub mod broker;
 pub mod plan;
+pub mod shards;

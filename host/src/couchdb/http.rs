@@ -159,6 +159,15 @@ impl CouchClient {
             .collect())
     }
 
+    /// Bytes of a database's files (`sizes.file`: one copy of each shard range).
+    pub fn db_size(&self, db: &str) -> Result<u64, CouchError> {
+        let info = self.get(&format!("/{}", encode_db(db)))?;
+        Ok(info
+            .pointer("/sizes/file")
+            .and_then(Value::as_u64)
+            .unwrap_or(0))
+    }
+
     pub fn db_stats(&self, db: &str) -> Result<DbStats, CouchError> {
         let path = format!("/{}", encode_db(db));
         let info = self.get(&path)?;

@@ -139,6 +139,10 @@ pub struct Source {
     pub node_name: Option<String>,
     /// For a registered instance: the only directories its files may be read from.
     pub confine: Option<confine::Confinement>,
+    /// A cluster member's share: only these shard files (paths like
+    /// `shards/<range>/<db><suffix>.couch`, relative to the database dir), their view
+    /// indexes, the shard map and the config. None: the whole node.
+    pub shards: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Source {
@@ -177,11 +181,19 @@ impl Source {
             (None, [only]) => Some(only.clone()),
             (None, _) => None,
         };
-        Ok(MapCheck {
-            gaps: shardmap::gaps(map.as_deref(), &present, node.as_deref()),
-            node,
-            nodes,
-        })
+        let gaps = match &self.shards {
+            // A share is complete when every file planned for it is there.
+            Some(share) => shardmap::Gaps {
+                no_shard_map: map.is_none(),
+                missing: share
+                    .iter()
+                    .filter(|f| !present.contains(*f))
+                    .map(|f| format!("planned shard {f}"))
+                    .collect(),
+            },
+            None => shardmap::gaps(map.as_deref(), &present, node.as_deref()),
+        };
+        Ok(MapCheck { gaps, node, nodes })
     }
 }
 
@@ -432,12 +444,22 @@ impl Source {
             ini_files,
             node_name,
             confine,
+            shards: None,
         })
     }
 
     /// Files in copy order: view indexes, node-level database files (`_dbs.couch` first
-    /// among them), shard files, then the config files.
+    /// among them), shard files, then the config files. With a share ([`Source::shards`]),
+    /// only its shard files and their indexes of the data.
     pub fn plan(&self) -> Result<Vec<PlannedFile>, SourceError> {
+        let mut out = self.plan_all()?;
+        if let Some(share) = &self.shards {
+            out.retain(|f| in_share(share, &f.archive_path));
+        }
+        Ok(out)
+    }
+
+    fn plan_all(&self) -> Result<Vec<PlannedFile>, SourceError> {
         let mut out = Vec::new();
         match &self.view_index_dir {
             Some(v) => walk(&v.join(".shards"), "views/.shards", &mut out)?,
@@ -495,6 +517,64 @@ impl Source {
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether a planned file (by its archive path) belongs to a cluster member's share.
+fn in_share(share: &std::collections::BTreeSet<String>, archive_path: &str) -> bool {
+    if archive_path.starts_with("etc/") || archive_path == "data/_dbs.couch" {
+        return true;
+    }
+    let Some(rel) = archive_path
+        .strip_prefix("data/")
+        .or_else(|| archive_path.strip_prefix("views/"))
+    else {
+        return false;
+    };
+    match rel.strip_prefix(".shards/") {
+        // `<range>/<db><suffix>_design/mrview/<sig>.view`: the last `_design/` ends the
+        // shard's name (a database's own name may hold one).
+        Some(index) => index
+            .rsplit_once("_design/")
+            .is_some_and(|(stem, _)| share.contains(&format!("shards/{stem}.couch"))),
+        None => share.contains(rel),
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    #[test]
+    fn a_share_keeps_its_shards_their_indexes_the_map_and_the_config() {
+        let share = ["shards/00000000-7fffffff/a_design/b.1795703450.couch".to_string()]
+            .into_iter()
+            .collect();
+        for (path, kept) in [
+            (
+                "data/shards/00000000-7fffffff/a_design/b.1795703450.couch",
+                true,
+            ),
+            (
+                "data/shards/80000000-ffffffff/a_design/b.1795703450.couch",
+                false,
+            ),
+            (
+                "data/.shards/00000000-7fffffff/a_design/b.1795703450_design/mrview/1f.view",
+                true,
+            ),
+            (
+                "views/.shards/00000000-7fffffff/a_design/b.1795703450_design/mrview/1f.view",
+                true,
+            ),
+            (
+                "data/.shards/80000000-ffffffff/a_design/b.1795703450_design/mrview/1f.view",
+                false,
+            ),
+            ("data/_dbs.couch", true),
+            ("data/_nodes.couch", false),
+            ("etc/local.ini", true),
+        ] {
+            assert_eq!(super::in_share(&share, path), kept, "{path}");
+        }
     }
 }
 
