@@ -7,11 +7,18 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::couch::{script, Couch};
 use common::nats::Nats;
+use couchvault::cluster::agent::{Agent, RunMember};
 use couchvault::cluster::broker::{Broker, NodeRecord, Timings};
+use couchvault::cluster::coordinator::{self, ClusterRequest};
+use couchvault::cluster::job::{JobState, MemberJob};
+use couchvault::cluster::manifest;
 use couchvault::cluster::plan::Plan;
 use couchvault::cluster::shards;
 use couchvault::couchdb::http::{CouchClient, Password};
@@ -92,6 +99,7 @@ fn member_backups_read_every_shard_range_once() {
             &keyring,
             &source,
             "member",
+            None,
             StreamSettings::default(),
             false,
         )
@@ -127,6 +135,7 @@ fn member_backups_read_every_shard_range_once() {
             &keyring,
             &source,
             "whole",
+            None,
             StreamSettings::default(),
             false,
         )
@@ -346,4 +355,243 @@ fn a_dead_broker_is_a_clear_error() {
     );
     assert!(msg.contains("scripts/nats.sh"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Backs up a member job's shards of the node whose data is `data` into `store` as backup
+/// `id`, or finds it committed; `hold` set: blocks until `release` (an agent that hangs).
+fn member_runner(
+    store: Arc<LocalStore>,
+    ring: PathBuf,
+    data: PathBuf,
+    hold: Option<Arc<AtomicBool>>,
+) -> RunMember {
+    Arc::new(move |job: &MemberJob, id: ulid::Ulid| {
+        if let Some(release) = &hold {
+            while !release.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Err("released".into());
+        }
+        let keyring = KeyRing::load(&ring).map_err(|e| e.to_string())?;
+        if let Ok(m) = couchvault::catalog::load(&*store, &keyring, &job.tenant, &id.to_string()) {
+            return Ok(m.data.size);
+        }
+        let mut source = Source::discover(&SourceSpec {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        source.shards = Some(job.shards.iter().cloned().collect());
+        common::backup_source(
+            &*store,
+            &keyring,
+            &source,
+            &job.member_instance(),
+            Some(id),
+            StreamSettings::default(),
+            false,
+        )
+        .map(|m| m.data.size)
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// A cluster backup end to end on a real 3-node cluster and a real broker, one agent per
+/// node and a coordinator: the agent of one node dies holding its job, and the coordinator
+/// dies after planning. A second coordinator takes the lease over, resumes the same backup,
+/// moves the dead node's ranges to the other replicas and commits the manifest: its members
+/// hold every shard range once. The dead agent, back, drops its superseded job.
+#[test]
+fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
+    let Some(sh) = script() else { return };
+    let Some(nats) = Nats::start("cv-cluster", 14304) else {
+        return;
+    };
+    let nodes = Couch::cluster(&sh, "cvcb", 3, 11380);
+    for db in ["orders", "users"] {
+        nodes[0].send(Method::PUT, &format!("/{db}"), &json!({}));
+        let docs: Vec<_> = (0..200)
+            .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
+            .collect();
+        nodes[1].send(
+            Method::POST,
+            &format!("/{db}/_bulk_docs"),
+            &json!({ "docs": docs }),
+        );
+    }
+    let client = CouchClient::new(
+        &nodes[0].url,
+        Some("admin".into()),
+        Some(Password("password".into())),
+    )
+    .unwrap();
+    let (maps, sizes) = shards::read(&client).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("keys.toml");
+    let keyring = KeyRing::create(&ring, "default").unwrap();
+    let key_id = keyring.active("default").unwrap().id.clone();
+    let store = Arc::new(LocalStore::new(dir.path().join("store"), 1 << 20));
+    let timings = Timings {
+        node_ttl: Duration::from_secs(3),
+        lease: Duration::from_secs(3),
+        ack_wait: Duration::from_secs(3),
+    };
+    let victim = nodes[2].node.clone();
+    let release = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backup = ulid::Ulid::new().to_string();
+    let req = ClusterRequest {
+        backup: backup.clone(),
+        tenant: "default".into(),
+        instance: "shop".into(),
+        key_id,
+        deadline: Duration::from_secs(120),
+        poll: Duration::from_millis(200),
+    };
+    let manifest = rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut agents = BTreeMap::new();
+        for node in &nodes {
+            let broker = Arc::new(Broker::connect(&nats.url, timings).await.unwrap());
+            let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
+            let hold = (node.node == victim).then(|| release.clone());
+            let run = member_runner(store.clone(), ring.clone(), node.data.clone(), hold);
+            let stop = stop.clone();
+            agents.insert(
+                node.node.clone(),
+                tokio::spawn(async move { agent.run(run, stop).await }),
+            );
+        }
+        let watch = Broker::connect(&nats.url, timings).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), async || watch
+                .nodes()
+                .await
+                .unwrap()
+                .len()
+                == 3)
+            .await,
+            "three agents registered"
+        );
+
+        // The first coordinator plans and queues, then dies once the victim took its job.
+        let first = {
+            let (url, req, maps, sizes) =
+                (nats.url.clone(), req.clone(), maps.clone(), sizes.clone());
+            tokio::spawn(async move {
+                let broker = Broker::connect(&url, timings).await.unwrap();
+                let mut lease = broker
+                    .try_lead("coordinator-1")
+                    .await
+                    .unwrap()
+                    .expect("leads");
+                coordinator::run(&broker, &mut lease, &req, &maps, &sizes).await
+            })
+        };
+        let victim_job = MemberJob::id_for(&backup, &victim, 0);
+        assert!(
+            eventually(Duration::from_secs(20), async || matches!(
+                watch.record::<JobState>(&victim_job).await.unwrap(),
+                Some(JobState::Running { .. })
+            ))
+            .await,
+            "the victim's agent took its job"
+        );
+        first.abort();
+        agents.remove(&victim).unwrap().abort();
+
+        // The second takes over once the lease runs out, and finishes the same backup.
+        let broker = Broker::connect(&nats.url, timings).await.unwrap();
+        let mut lease = None;
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                lease = broker.try_lead("coordinator-2").await.unwrap();
+                lease.is_some()
+            })
+            .await
+        );
+        let mut lease = lease.unwrap();
+        let m = coordinator::run(&broker, &mut lease, &req, &maps, &sizes)
+            .await
+            .unwrap();
+        assert_eq!(
+            watch.record::<JobState>(&victim_job).await.unwrap(),
+            Some(JobState::Superseded { v: 1 })
+        );
+        stop.store(true, Ordering::Relaxed);
+        release.store(true, Ordering::Relaxed);
+
+        // The victim's agent comes back: its old job is redelivered and dropped, unrun.
+        let back = Agent::new(
+            Arc::new(Broker::connect(&nats.url, timings).await.unwrap()),
+            &victim,
+            "http://127.0.0.1:1",
+        );
+        let run = member_runner(store.clone(), ring.clone(), nodes[2].data.clone(), None);
+        let mut settled = None;
+        assert!(
+            eventually(Duration::from_secs(15), async || {
+                settled = back.step(Duration::from_millis(500), &run).await.unwrap();
+                settled.is_some()
+            })
+            .await,
+            "the superseded job comes back to its node"
+        );
+        assert_eq!(
+            settled.unwrap(),
+            (victim_job.clone(), JobState::Superseded { v: 1 })
+        );
+        for (_, a) in agents {
+            a.abort();
+        }
+        m
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvcb", "3"])
+        .output();
+
+    // Every range of every database once, none from the dead node.
+    let mut read: BTreeMap<String, String> = BTreeMap::new();
+    for member in &manifest.members {
+        assert_ne!(member.node, victim);
+        let meta =
+            couchvault::catalog::load(&*store, &keyring, "default", &member.backup_id).unwrap();
+        assert_eq!(meta.instance, member.member_instance);
+        let held: BTreeSet<String> = meta
+            .files
+            .iter()
+            .filter_map(|f| {
+                f.path
+                    .strip_prefix("data/")
+                    .filter(|p| p.starts_with("shards/"))
+            })
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            held,
+            member.shards.iter().cloned().collect(),
+            "{}",
+            member.node
+        );
+        for s in &member.shards {
+            assert!(
+                read.insert(s.clone(), member.node.clone()).is_none(),
+                "{s} twice"
+            );
+        }
+    }
+    let all: BTreeSet<String> = maps.iter().flat_map(|m| m.files_on(None)).collect();
+    assert_eq!(read.keys().cloned().collect::<BTreeSet<_>>(), all);
+
+    // Committed: sealed, read back authenticated, and nothing left for gc.
+    manifest::commit(&*store, &keyring, &manifest).unwrap();
+    let loaded = manifest::load(&*store, &keyring, "default", "shop", &backup).unwrap();
+    assert_eq!(loaded, manifest);
+    let gc = couchvault::catalog::gc(&*store, Duration::ZERO, true).unwrap();
+    assert!(gc.removed.is_empty(), "{:?}", gc.removed);
 }

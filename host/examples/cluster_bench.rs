@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "replan after {failed} failed: {replan:.1?}, {} ranges moved",
-        moved.ranges.len()
+        moved.values().map(|s| s.ranges.len()).sum::<usize>()
     );
     println!(
         "the plan as JSON: {} KiB ({} KiB per node job on average)",

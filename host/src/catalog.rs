@@ -344,7 +344,8 @@ pub fn gc(store: &dyn Store, grace: Duration, dry_run: bool) -> Result<GcReport>
             let Some((inst, id, file)) = split_name(&o.name) else {
                 continue;
             };
-            if file == METADATA_FILE {
+            // A cluster manifest commits its cluster backup (docs/CLUSTERS.md).
+            if file == METADATA_FILE || file == crate::cluster::manifest::MANIFEST_FILE {
                 committed.insert((inst.to_string(), id.to_string()));
             } else {
                 let e = leftovers

@@ -226,7 +226,15 @@ pub fn backup_with(
         data_dir: Some(data.to_path_buf()),
         ..Default::default()
     })?;
-    backup_source(store, keyring, &source, instance, stream, allow_incomplete)
+    backup_source(
+        store,
+        keyring,
+        &source,
+        instance,
+        None,
+        stream,
+        allow_incomplete,
+    )
 }
 
 /// A full backup of a discovered `source` for tenant `default`.
@@ -235,11 +243,12 @@ pub fn backup_source(
     keyring: &KeyRing,
     source: &Source,
     instance: &str,
+    id: Option<ulid::Ulid>,
     stream: StreamSettings,
     allow_incomplete: bool,
 ) -> couchvault::Result<BackupMetadata> {
     let opts = BackupOptions {
-        id: None,
+        id,
         allow_incomplete,
         live: None,
         tenant: "default".into(),

@@ -5,6 +5,7 @@
 //! - **leadership**: KV bucket `couchvault_leader`, key `coordinator`, taken with a create
 //!   (only when absent) and renewed with a compare-and-set on its revision; the bucket's max
 //!   age ends a lease its holder stopped renewing, and the next `try_lead` wins it;
+//! - **job states and plans**: KV bucket `couchvault_jobs`, kept a week;
 //! - **work**: stream `COUCHVAULT_JOBS` (work-queue retention: a job is removed when
 //!   acknowledged), subject `couchvault.jobs.<node>`, one durable pull consumer per node; a job
 //!   not acknowledged within the ack wait (its agent died) is delivered again. Publishing
@@ -22,6 +23,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 const NODES: &str = "couchvault_nodes";
 const LEADER: &str = "couchvault_leader";
 const LEADER_KEY: &str = "coordinator";
+const RECORDS: &str = "couchvault_jobs";
+/// How long job states and plans are kept.
+const RECORDS_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const JOBS: &str = "COUCHVAULT_JOBS";
 const JOB_SUBJECTS: &str = "couchvault.jobs.*";
 
@@ -87,6 +91,7 @@ pub struct Broker {
     js: jetstream::Context,
     nodes: kv::Store,
     leader: kv::Store,
+    records: kv::Store,
     jobs: stream::Stream,
     timings: Timings,
 }
@@ -128,6 +133,9 @@ impl Broker {
         let leader = bucket(&js, LEADER, timings.lease)
             .await
             .map_err(|e| err("opening the leader lease")(&e))?;
+        let records = bucket(&js, RECORDS, RECORDS_AGE)
+            .await
+            .map_err(|e| err("opening the job states")(&e))?;
         let jobs = js
             .get_or_create_stream(stream::Config {
                 name: JOBS.into(),
@@ -144,6 +152,7 @@ impl Broker {
             js,
             nodes,
             leader,
+            records,
             jobs,
             timings,
         })
@@ -238,6 +247,24 @@ impl Broker {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
             Err(e) => Err(self.error("giving up the coordinator lease", e)),
+        }
+    }
+
+    /// Writes a record (a job's state, a plan) under `key`.
+    pub async fn put_record<T: Serialize>(&self, key: &str, value: &T) -> Result<(), BrokerError> {
+        self.records
+            .put(key, json(value))
+            .await
+            .map_err(|e| self.error(format!("writing {key}"), e))?;
+        Ok(())
+    }
+
+    /// Reads the record under `key`, if any.
+    pub async fn record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, BrokerError> {
+        let fail = |e: &dyn std::fmt::Display| self.error(format!("reading {key}"), e);
+        match self.records.get(key).await.map_err(|e| fail(&e))? {
+            Some(b) => Ok(Some(parse(&b).map_err(|e| fail(&e))?)),
+            None => Ok(None),
         }
     }
 

@@ -5,6 +5,10 @@
 //! which shard range, `broker` keeps membership, the coordinator's lease and the node jobs
 //! on the broker.
 
+pub mod agent;
 pub mod broker;
+pub mod coordinator;
+pub mod job;
+pub mod manifest;
 pub mod plan;
 pub mod shards;

@@ -88,41 +88,84 @@ impl Plan {
 
     /// Moves the ranges of `failed` (a node that went down or failed its share) onto other
     /// holders that are up; every other node keeps its share (it may be done already).
+    /// Returns what each node was given on top of its share: the new work.
     pub fn replan(
         &mut self,
         failed: &str,
         maps: &[DbShards],
         up: &BTreeSet<String>,
-    ) -> Result<NodeShare, PlanError> {
+    ) -> Result<BTreeMap<String, NodeShare>, PlanError> {
         let Some(lost) = self.nodes.remove(failed) else {
-            return Ok(NodeShare::default());
+            return Ok(BTreeMap::new());
         };
+        self.reassign(lost.ranges, failed, maps, up)
+    }
+
+    /// Takes `files` (shard files) out of `node`'s share; returns their ranges.
+    pub fn take(&mut self, node: &str, files: &BTreeSet<String>) -> Vec<ShardRange> {
+        let Some(share) = self.nodes.get_mut(node) else {
+            return Vec::new();
+        };
+        let (taken, kept): (Vec<_>, Vec<_>) = share
+            .ranges
+            .drain(..)
+            .partition(|r| files.contains(&r.file()));
+        share.ranges = kept;
+        share.bytes = share.ranges.iter().map(|r| r.bytes).sum();
+        if share.ranges.is_empty() {
+            self.nodes.remove(node);
+        }
+        taken
+    }
+
+    /// Gives `ranges` to holders in `up` other than `failed`, by load, as a plan does;
+    /// returns what each node was given.
+    pub fn reassign(
+        &mut self,
+        ranges: Vec<ShardRange>,
+        failed: &str,
+        maps: &[DbShards],
+        up: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, NodeShare>, PlanError> {
         let mut up = up.clone();
         up.remove(failed);
-        let holders = |r: &ShardRange| {
-            maps.iter()
-                .find(|d| d.name == r.db)
-                .and_then(|d| d.by_range.get(&r.range))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let todo = lost
-            .ranges
+        let holders: BTreeMap<(&str, &str), &Vec<String>> = maps
+            .iter()
+            .flat_map(|d| {
+                d.by_range
+                    .iter()
+                    .map(move |(r, h)| ((d.name.as_str(), r.as_str()), h))
+            })
+            .collect();
+        let todo = ranges
             .into_iter()
             .map(|r| {
-                let h = holders(&r);
+                let h = holders
+                    .get(&(r.db.as_str(), r.range.as_str()))
+                    .map(|h| (*h).clone())
+                    .unwrap_or_default();
                 (r, h)
             })
             .collect();
-        let before = self.clone();
+        let had: BTreeMap<String, usize> = self
+            .nodes
+            .iter()
+            .map(|(n, s)| (n.clone(), s.ranges.len()))
+            .collect();
         self.assign(todo, &up)?;
-        // What each node was given on top of its share: the new work.
-        let mut added = NodeShare::default();
+        let mut added = BTreeMap::new();
         for (node, share) in &self.nodes {
-            let had = before.nodes.get(node).map_or(0, |s| s.ranges.len());
-            added.ranges.extend(share.ranges[had..].iter().cloned());
+            let new = &share.ranges[had.get(node).copied().unwrap_or(0)..];
+            if !new.is_empty() {
+                added.insert(
+                    node.clone(),
+                    NodeShare {
+                        ranges: new.to_vec(),
+                        bytes: new.iter().map(|r| r.bytes).sum(),
+                    },
+                );
+            }
         }
-        added.bytes = added.ranges.iter().map(|r| r.bytes).sum();
         Ok(added)
     }
 
@@ -233,7 +276,7 @@ mod tests {
         let added = plan.replan("b@h", &maps, &set(&nodes)).unwrap();
         assert!(!plan.nodes.contains_key("b@h"));
         assert_eq!(plan.ranges().count(), 18);
-        let mut moved = added.ranges.clone();
+        let mut moved: Vec<ShardRange> = added.into_values().flat_map(|s| s.ranges).collect();
         moved.sort();
         let mut lost = lost;
         lost.sort();

@@ -1,0 +1,202 @@
+//! The coordinator of a cluster backup: the daemon holding the lease plans it, queues one
+//! member job per node with a share, watches the jobs and the nodes, moves the ranges of a
+//! job that fails or whose node disappears onto other replicas, and returns the manifest to
+//! commit once every member has committed, all within the backup's deadline.
+//!
+//! Its progress (the plan, the jobs and their shards) is kept on the broker before anything
+//! is queued and after every change: a coordinator that takes over a dead one's lease
+//! resumes the same backup from there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::broker::{Broker, BrokerError, Lease};
+use super::job::{plan_key, JobEntry, JobState, MemberJob, Progress};
+use super::manifest::{self, ClusterManifest, Member};
+use super::plan::{Plan, PlanError};
+use crate::couchdb::shardmap::DbShards;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cluster backup {backup}: {source}")]
+    Plan { backup: String, source: PlanError },
+    #[error("cluster backup {backup}: this daemon lost the coordinator lease (another coordinator carries on)")]
+    LostLease { backup: String },
+    #[error("cluster backup {backup} missed its deadline with {} member jobs unsettled ({}); nothing was committed", pending.len(), pending.join(", "))]
+    Deadline {
+        backup: String,
+        pending: Vec<String>,
+    },
+}
+
+/// A cluster backup to take (or to resume, with the same `backup` id).
+#[derive(Debug, Clone)]
+pub struct ClusterRequest {
+    /// A ULID.
+    pub backup: String,
+    pub tenant: String,
+    pub instance: String,
+    /// The tenant key that seals the manifest.
+    pub key_id: String,
+    /// From the start of the backup.
+    pub deadline: Duration,
+    /// How often jobs and nodes are looked at.
+    pub poll: Duration,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Plans (or resumes) and carries out `req` while holding `lease`; `maps` and `sizes` are
+/// the cluster's shard maps and database sizes, read when the backup starts.
+pub async fn run(
+    broker: &Broker,
+    lease: &mut Lease,
+    req: &ClusterRequest,
+    maps: &[DbShards],
+    sizes: &BTreeMap<String, u64>,
+) -> Result<ClusterManifest, ClusterError> {
+    let backup = req.backup.clone();
+    let plan_err = |source| ClusterError::Plan {
+        backup: backup.clone(),
+        source,
+    };
+    let key = plan_key(&backup);
+    let mut progress = match broker.record::<Progress>(&key).await? {
+        Some(p) => {
+            tracing::info!(%backup, "resuming a cluster backup another coordinator began");
+            p
+        }
+        None => {
+            let up = live(broker).await?;
+            let plan =
+                Plan::new(maps, &up, |db| sizes.get(db).copied().unwrap_or(0)).map_err(plan_err)?;
+            let jobs = plan
+                .nodes
+                .iter()
+                .map(|(node, share)| JobEntry {
+                    node: node.clone(),
+                    id: MemberJob::id_for(&backup, node, 0),
+                    shards: share.ranges.iter().map(|r| r.file()).collect(),
+                })
+                .collect();
+            let p = Progress {
+                v: 1,
+                backup: backup.clone(),
+                tenant: req.tenant.clone(),
+                instance: req.instance.clone(),
+                rounds: plan.nodes.keys().map(|n| (n.clone(), 1)).collect(),
+                plan,
+                jobs,
+                deadline: now() + req.deadline.as_secs() as i64,
+            };
+            // Recorded before anything is queued: a successor resumes rather than re-plans.
+            broker.put_record(&key, &p).await?;
+            p
+        }
+    };
+    // Queue every job nobody has taken yet (again after a takeover: the broker drops a job
+    // id it queued in the last two minutes, and an agent drops a settled one).
+    for e in &progress.jobs {
+        if broker.record::<JobState>(&e.id).await?.is_none() {
+            broker.dispatch(&e.node, &e.id, &progress.job(e)).await?;
+        }
+    }
+
+    loop {
+        if !broker.renew(lease).await? {
+            return Err(ClusterError::LostLease { backup });
+        }
+        let up = live(broker).await?;
+        let (mut pending, mut failed) = (Vec::new(), Vec::new());
+        for e in &progress.jobs {
+            match broker.record::<JobState>(&e.id).await? {
+                Some(JobState::Committed { .. }) => {}
+                Some(JobState::Failed { error, .. }) => {
+                    tracing::warn!(job = %e.id, %error, "member job failed: moving its ranges");
+                    failed.push(e.clone());
+                }
+                _ if !up.contains(&e.node) => {
+                    tracing::warn!(job = %e.id, node = %e.node, "node gone: moving its ranges");
+                    failed.push(e.clone());
+                }
+                _ => pending.push(e.id.clone()),
+            }
+        }
+        if failed.is_empty() && pending.is_empty() {
+            break;
+        }
+        for e in failed {
+            // Only this job's ranges move: the node may have committed another job.
+            let files: BTreeSet<String> = e.shards.iter().cloned().collect();
+            let lost = progress.plan.take(&e.node, &files);
+            let added = progress
+                .plan
+                .reassign(lost, &e.node, maps, &up)
+                .map_err(plan_err)?;
+            broker
+                .put_record(&e.id, &JobState::Superseded { v: 1 })
+                .await?;
+            progress.jobs.retain(|j| j.id != e.id);
+            let mut queue = Vec::new();
+            for (node, share) in added {
+                let round = progress.rounds.entry(node.clone()).or_insert(0);
+                let entry = JobEntry {
+                    id: MemberJob::id_for(&backup, &node, *round),
+                    node,
+                    shards: share.ranges.iter().map(|r| r.file()).collect(),
+                };
+                *round += 1;
+                progress.jobs.push(entry.clone());
+                queue.push(entry);
+            }
+            broker.put_record(&key, &progress).await?;
+            for entry in &queue {
+                broker
+                    .dispatch(&entry.node, &entry.id, &progress.job(entry))
+                    .await?;
+            }
+        }
+        if now() > progress.deadline {
+            return Err(ClusterError::Deadline { backup, pending });
+        }
+        tokio::time::sleep(req.poll).await;
+    }
+
+    let mut members = Vec::new();
+    for e in &progress.jobs {
+        if let Some(JobState::Committed {
+            member,
+            stored_bytes,
+            ..
+        }) = broker.record::<JobState>(&e.id).await?
+        {
+            members.push(Member {
+                node: e.node.clone(),
+                backup_id: member,
+                member_instance: progress.job(e).member_instance(),
+                shards: e.shards.clone(),
+                stored_bytes,
+            });
+        }
+    }
+    Ok(ClusterManifest {
+        version: manifest::MANIFEST_VERSION,
+        backup_id: backup,
+        tenant: req.tenant.clone(),
+        instance: req.instance.clone(),
+        started_at: progress.deadline - req.deadline.as_secs() as i64,
+        committed_at: now(),
+        key_id: req.key_id.clone(),
+        members,
+        databases: manifest::db_maps(maps),
+    })
+}
+
+/// The nodes whose daemons are registered now.
+async fn live(broker: &Broker) -> Result<BTreeSet<String>, BrokerError> {
+    Ok(broker.nodes().await?.into_iter().map(|r| r.node).collect())
+}

@@ -1,0 +1,110 @@
+//! What the coordinator and the agents tell each other through the broker: member jobs,
+//! their states, and the plan of a cluster backup in progress. JSON, each with `v`.
+
+use serde::{Deserialize, Serialize};
+
+use super::broker::token;
+use super::plan::Plan;
+
+/// One node's share of a cluster backup, queued for that node's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberJob {
+    pub v: u32,
+    /// `<cluster backup>.<node token>.<round>`: unique, and a KV key.
+    pub id: String,
+    /// The cluster backup's id (a ULID).
+    pub backup: String,
+    pub tenant: String,
+    /// The cluster instance.
+    pub instance: String,
+    /// The CouchDB node whose daemon runs it.
+    pub node: String,
+    /// Shard files, relative to the node's database directory.
+    pub shards: Vec<String>,
+}
+
+impl MemberJob {
+    pub fn id_for(backup: &str, node: &str, round: u32) -> String {
+        format!("{backup}.{}.{round}", token(node))
+    }
+
+    /// The instance its member backup is filed under: `<cluster instance>--<node token>`.
+    pub fn member_instance(&self) -> String {
+        format!("{}--{}", self.instance, token(&self.node).replace('=', "_"))
+    }
+}
+
+/// Where a member job is, kept in the broker's `couchvault_jobs` bucket under the job's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// An agent took it (`attempt`: its delivery count).
+    Running {
+        v: u32,
+        attempt: u64,
+    },
+    /// Its member backup committed.
+    Committed {
+        v: u32,
+        member: String,
+        stored_bytes: u64,
+    },
+    Failed {
+        v: u32,
+        error: String,
+    },
+    /// The coordinator moved its ranges elsewhere: an agent that gets it late drops it.
+    Superseded {
+        v: u32,
+    },
+}
+
+impl JobState {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, JobState::Running { .. })
+    }
+}
+
+/// A cluster backup in progress, kept under `<backup>.plan` so that a coordinator taking
+/// over finishes the same plan rather than starting another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub v: u32,
+    pub backup: String,
+    pub tenant: String,
+    pub instance: String,
+    pub plan: Plan,
+    /// Jobs that carry the plan's current shares, in the order they were queued.
+    pub jobs: Vec<JobEntry>,
+    /// Jobs queued so far per node (the round of its next job id: 0 for the first plan,
+    /// one more each time ranges move to it).
+    pub rounds: std::collections::BTreeMap<String, u32>,
+    /// Unix seconds by which every member must have committed.
+    pub deadline: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEntry {
+    pub node: String,
+    pub id: String,
+    pub shards: Vec<String>,
+}
+
+impl Progress {
+    /// The job as queued for its agent.
+    pub fn job(&self, e: &JobEntry) -> MemberJob {
+        MemberJob {
+            v: 1,
+            id: e.id.clone(),
+            backup: self.backup.clone(),
+            tenant: self.tenant.clone(),
+            instance: self.instance.clone(),
+            node: e.node.clone(),
+            shards: e.shards.clone(),
+        }
+    }
+}
+
+pub fn plan_key(backup: &str) -> String {
+    format!("{backup}.plan")
+}
