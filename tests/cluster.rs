@@ -73,12 +73,12 @@ fn member_backups_read_every_shard_range_once() {
         Some(Password("password".into())),
     )
     .unwrap();
-    let (maps, sizes) = shards::read(&client).unwrap();
+    let (maps, details) = shards::read(&client).unwrap();
     let names: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
     let wide = maps.iter().find(|m| m.name == "wide").expect("wide's map");
     assert_eq!(wide.by_range.len(), 4);
     assert!(wide.by_range.values().all(|h| h.len() == 3));
-    let plan = Plan::new(&maps, &names, |db| sizes.get(db).copied().unwrap_or(0)).unwrap();
+    let plan = Plan::new(&maps, &names, |db| details[db].size).unwrap();
     assert_eq!(plan.nodes.len(), 3, "every node reads a share");
 
     let dir = tempfile::tempdir().unwrap();
@@ -425,7 +425,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
         Some(Password("password".into())),
     )
     .unwrap();
-    let (maps, sizes) = shards::read(&client).unwrap();
+    let (maps, details) = shards::read(&client).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ring = dir.path().join("keys.toml");
     let keyring = KeyRing::create(&ring, "default").unwrap();
@@ -480,8 +480,8 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
 
         // The first coordinator plans and queues, then dies once the victim took its job.
         let first = {
-            let (url, req, maps, sizes) =
-                (nats.url.clone(), req.clone(), maps.clone(), sizes.clone());
+            let (url, req, maps, details) =
+                (nats.url.clone(), req.clone(), maps.clone(), details.clone());
             tokio::spawn(async move {
                 let broker = Broker::connect(&url, timings).await.unwrap();
                 let mut lease = broker
@@ -489,7 +489,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
                     .await
                     .unwrap()
                     .expect("leads");
-                coordinator::run(&broker, &mut lease, &req, &maps, &sizes).await
+                coordinator::run(&broker, &mut lease, &req, &maps, &details).await
             })
         };
         let victim_job = MemberJob::id_for(&backup, &victim, 0);
@@ -515,7 +515,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
             .await
         );
         let mut lease = lease.unwrap();
-        let m = coordinator::run(&broker, &mut lease, &req, &maps, &sizes)
+        let m = coordinator::run(&broker, &mut lease, &req, &maps, &details)
             .await
             .unwrap();
         assert_eq!(
@@ -594,4 +594,236 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
     assert_eq!(loaded, manifest);
     let gc = couchvault::catalog::gc(&*store, Duration::ZERO, true).unwrap();
     assert!(gc.removed.is_empty(), "{:?}", gc.removed);
+}
+
+/// Takes a cluster backup of `nodes` with one agent per node and one coordinator, and
+/// commits its manifest.
+fn cluster_backup(
+    nats: &Nats,
+    nodes: &[Couch],
+    store: &Arc<LocalStore>,
+    ring: &std::path::Path,
+    instance: &str,
+) -> manifest::ClusterManifest {
+    let keyring = KeyRing::load(ring).unwrap();
+    let client = CouchClient::new(
+        &nodes[0].url,
+        Some("admin".into()),
+        Some(Password("password".into())),
+    )
+    .unwrap();
+    let (maps, details) = shards::read(&client).unwrap();
+    let req = ClusterRequest {
+        backup: ulid::Ulid::new().to_string(),
+        tenant: "default".into(),
+        instance: instance.into(),
+        key_id: keyring.active("default").unwrap().id.clone(),
+        deadline: Duration::from_secs(120),
+        poll: Duration::from_millis(200),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut agents = Vec::new();
+        for node in nodes {
+            let broker = Arc::new(Broker::connect(&nats.url, fast()).await.unwrap());
+            let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
+            let run = member_runner(store.clone(), ring.to_path_buf(), node.data.clone(), None);
+            let stop = stop.clone();
+            agents.push(tokio::spawn(async move { agent.run(run, stop).await }));
+        }
+        let broker = Broker::connect(&nats.url, fast()).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), async || broker
+                .nodes()
+                .await
+                .unwrap()
+                .len()
+                == nodes.len())
+            .await,
+            "every agent registered"
+        );
+        let mut lease = broker
+            .try_lead("coordinator")
+            .await
+            .unwrap()
+            .expect("leads");
+        let m = coordinator::run(&broker, &mut lease, &req, &maps, &details)
+            .await
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for a in agents {
+            a.abort();
+        }
+        m
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    manifest::commit(&**store, &keyring, &m).unwrap();
+    m
+}
+
+/// A cluster backup of a 3-node cluster (n=3, q=2) taken under a writer, with a binary
+/// attachment and a built view, restored into a fresh 3-node cluster with other node names
+/// and into a 2-node cluster: every database opens on every node with at least the
+/// documents it had when the backup started and no more than the writer wrote, the
+/// attachment is byte-exact and the view answers on every node. A new cluster's own
+/// `_users` is replaced; a database with documents in the way is refused untouched.
+#[test]
+fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
+    let Some(sh) = script() else { return };
+    let Some(nats) = Nats::start("cv-restore", 14305) else {
+        return;
+    };
+    let src = Couch::cluster(&sh, "cvsrc", 3, 11410);
+    src[0].send(Method::PUT, "/orders", &json!({}));
+    src[0].send(Method::PUT, "/files", &json!({}));
+    let docs: Vec<_> = (0..300)
+        .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
+        .collect();
+    src[1].send(Method::POST, "/orders/_bulk_docs", &json!({ "docs": docs }));
+    src[2].send(
+        Method::PUT,
+        "/orders/_design/v",
+        &json!({"views": {"by_k": {"map": "function(d){ if (d.k !== undefined) emit(d.k, null); }"}}}),
+    );
+    let rows = src[0].send(
+        Method::GET,
+        "/orders/_design/v/_view/by_k?limit=1",
+        &json!(null),
+    );
+    assert_eq!(rows["total_rows"], 300, "{rows}");
+    let blob: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (status, _) = src[0].call(
+        src[0]
+            .req(Method::PUT, "/files/photo/raw.bin")
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone()),
+    );
+    assert_eq!(status, 201);
+
+    // A writer adds orders all through the backup.
+    let start_count = src[0].doc_count("orders");
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (url, writing) = (src[0].url.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            let mut k = 0;
+            while writing.load(Ordering::Relaxed) {
+                let _ = http
+                    .put(format!("{url}/orders/w{k:06}"))
+                    .basic_auth("admin", Some("password"))
+                    .json(&json!({"w": k}))
+                    .send();
+                k += 1;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("keys.toml");
+    KeyRing::create(&ring, "default").unwrap();
+    let store = Arc::new(LocalStore::new(dir.path().join("store"), 1 << 20));
+    let m = cluster_backup(&nats, &src, &store, &ring, "shop");
+    writing.store(false, Ordering::Relaxed);
+    writer.join().unwrap();
+    let end_count = src[0].doc_count("orders");
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvsrc", "3"])
+        .output();
+    assert!(m.databases["orders"].detail.doc_count >= start_count);
+
+    let mut config = couchvault::config::Config::embedded();
+    config.state_dir = Some(dir.path().join("state"));
+    let vault = couchvault::ops::Vault::open(
+        config,
+        Some(format!("file://{}", dir.path().join("store").display())),
+        Some(ring.clone()),
+    )
+    .unwrap();
+    for (name, size, port) in [("cvnew", 3, 11440), ("cvtwo", 2, 11470)] {
+        let new = Couch::cluster(&sh, name, size, port);
+        let client = CouchClient::new(
+            &new[0].url,
+            Some("admin".into()),
+            Some(Password("password".into())),
+        )
+        .unwrap();
+        let mut req = couchvault::ops::cluster::ClusterRestoreRequest {
+            tenant: "default".into(),
+            instance: "shop".into(),
+            backup_id: m.backup_id.clone(),
+            nodes: new
+                .iter()
+                .map(|n| couchvault::ops::cluster::TargetNode {
+                    name: n.node.clone(),
+                    data_dir: n.data.clone(),
+                })
+                .collect(),
+            n: None,
+            replace: false,
+            owner: None,
+            staging: Some(dir.path().join(format!("staging-{name}"))),
+            settle: Duration::from_secs(60),
+        };
+        let progress = couchvault::ops::Progress::default();
+        if size == 3 {
+            // A database with documents in the way: refused before anything changes.
+            new[0].send(Method::PUT, "/files", &json!({}));
+            new[0].send(Method::PUT, "/files/mine", &json!({"keep": true}));
+            let err = vault.restore_cluster(&client, &req, &progress).unwrap_err();
+            assert!(err.to_string().contains("--replace"), "{err}");
+            assert_eq!(new[1].doc_count("files"), 1);
+            assert!(!new[0].get("/_all_dbs").to_string().contains("orders"));
+            req.replace = true;
+        }
+        let report = vault.restore_cluster(&client, &req, &progress).unwrap();
+        assert!(report.checks.iter().all(|c| c.ok), "{:?}", report.checks);
+        assert!(
+            report.replaced.contains(&"_users".to_string()),
+            "{:?}",
+            report.replaced
+        );
+        // Every range on n = min(3, size) nodes.
+        for ranges in report.placement.values() {
+            assert!(ranges.values().all(|h| h.len() == size));
+        }
+        for node in &new {
+            let count = node.doc_count("orders");
+            assert!(
+                (start_count..=end_count).contains(&count),
+                "{}: {count} orders, not within {start_count}..={end_count}",
+                node.node
+            );
+            let rows = node.send(
+                Method::GET,
+                "/orders/_design/v/_view/by_k?limit=1",
+                &json!(null),
+            );
+            assert_eq!(rows["total_rows"], 300, "{}: {rows}", node.node);
+            let got = node
+                .req(Method::GET, "/files/photo/raw.bin")
+                .send()
+                .unwrap()
+                .bytes()
+                .unwrap();
+            assert!(
+                got.as_ref() == blob.as_slice(),
+                "{}: attachment differs",
+                node.node
+            );
+            assert_eq!(node.doc_count("files"), 1);
+            // This node's own copies open (not only the cluster's answer).
+            let map = node.get("/_node/_local/_dbs/orders");
+            assert!(map["by_node"].get(&node.node).is_some(), "{map}");
+        }
+        let _ = std::process::Command::new(&sh)
+            .args(["stop-cluster", name, &size.to_string()])
+            .output();
+    }
 }

@@ -14,6 +14,7 @@ use super::broker::{Broker, BrokerError, Lease};
 use super::job::{plan_key, JobEntry, JobState, MemberJob, Progress};
 use super::manifest::{self, ClusterManifest, Member};
 use super::plan::{Plan, PlanError};
+use super::shards::DbDetail;
 use crate::couchdb::shardmap::DbShards;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +51,14 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Plans (or resumes) and carries out `req` while holding `lease`; `maps` and `sizes` are
-/// the cluster's shard maps and database sizes, read when the backup starts.
+/// Plans (or resumes) and carries out `req` while holding `lease`; `maps` and `details` are
+/// the cluster's shard maps and databases ([`super::shards::read`] when the backup starts).
 pub async fn run(
     broker: &Broker,
     lease: &mut Lease,
     req: &ClusterRequest,
     maps: &[DbShards],
-    sizes: &BTreeMap<String, u64>,
+    details: &BTreeMap<String, DbDetail>,
 ) -> Result<ClusterManifest, ClusterError> {
     let backup = req.backup.clone();
     let plan_err = |source| ClusterError::Plan {
@@ -72,8 +73,8 @@ pub async fn run(
         }
         None => {
             let up = live(broker).await?;
-            let plan =
-                Plan::new(maps, &up, |db| sizes.get(db).copied().unwrap_or(0)).map_err(plan_err)?;
+            let plan = Plan::new(maps, &up, |db| details.get(db).map_or(0, |d| d.size))
+                .map_err(plan_err)?;
             let jobs = plan
                 .nodes
                 .iter()
@@ -192,7 +193,7 @@ pub async fn run(
         committed_at: now(),
         key_id: req.key_id.clone(),
         members,
-        databases: manifest::db_maps(maps),
+        databases: manifest::db_maps(maps, details),
     })
 }
 

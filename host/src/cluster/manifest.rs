@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::shards::DbDetail;
 use crate::couchdb::shardmap::DbShards;
 use crate::crypto;
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ pub struct Member {
 pub struct DbMap {
     pub suffix: String,
     pub by_range: BTreeMap<String, Vec<String>>,
+    /// Its size, document count and shard-map properties when the backup started.
+    pub detail: DbDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ impl ClusterManifest {
     }
 }
 
-pub fn db_maps(maps: &[DbShards]) -> BTreeMap<String, DbMap> {
+pub fn db_maps(maps: &[DbShards], details: &BTreeMap<String, DbDetail>) -> BTreeMap<String, DbMap> {
     maps.iter()
         .map(|d| {
             (
@@ -73,6 +76,7 @@ pub fn db_maps(maps: &[DbShards]) -> BTreeMap<String, DbMap> {
                 DbMap {
                     suffix: d.suffix.clone(),
                     by_range: d.by_range.clone(),
+                    detail: details.get(&d.name).cloned().unwrap_or_default(),
                 },
             )
         })

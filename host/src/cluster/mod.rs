@@ -3,7 +3,8 @@
 //!
 //! `shards` reads the shard maps through the cluster's API, `plan` chooses which node reads
 //! which shard range, `broker` keeps membership, the coordinator's lease and the node jobs
-//! on the broker.
+//! on the broker; `agent` and `coordinator` carry a cluster backup out, `manifest` commits it,
+//! `restore` places its ranges on a new cluster.
 
 pub mod agent;
 pub mod broker;
@@ -11,4 +12,5 @@ pub mod coordinator;
 pub mod job;
 pub mod manifest;
 pub mod plan;
+pub mod restore;
 pub mod shards;

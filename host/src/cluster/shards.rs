@@ -1,28 +1,54 @@
-//! A running cluster's shard maps and database sizes, read through its HTTP API: what a
-//! cluster backup is planned from.
+//! A running cluster's shard maps and databases, read through its HTTP API: what a cluster
+//! backup is planned from and what its manifest records.
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::couchdb::http::{CouchClient, CouchError};
+use crate::couchdb::http::{encode_db, CouchClient, CouchError};
 use crate::couchdb::shardmap::DbShards;
 
-/// Every database's shard map (`/_node/_local/_dbs/<db>`) and size (one copy, `sizes.file`
-/// of `/<db>`), sorted by name.
-pub fn read(client: &CouchClient) -> Result<(Vec<DbShards>, BTreeMap<String, u64>), CouchError> {
+/// A database when the backup started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbDetail {
+    /// Bytes of one copy (`sizes.file`): what planning balances.
+    pub size: u64,
+    /// Documents at the start: a restore must have at least as many.
+    pub doc_count: u64,
+    /// The shard map's `props` (e.g. `partitioned`), written back on restore.
+    #[serde(default)]
+    pub props: Value,
+}
+
+/// Every database's shard map (`/_node/_local/_dbs/<db>`), sorted by name, and its size,
+/// document count and properties (`/<db>`).
+pub fn read(
+    client: &CouchClient,
+) -> Result<(Vec<DbShards>, BTreeMap<String, DbDetail>), CouchError> {
     let mut maps = Vec::new();
-    let mut sizes = BTreeMap::new();
+    let mut details = BTreeMap::new();
     for db in client.all_dbs()? {
         let doc = client.shard_map(&db)?;
         maps.push(from_doc(&db, &doc).ok_or_else(|| CouchError::Http {
-            url: format!("{}/_node/_local/_dbs/{db}", client.base()),
+            url: format!("{}/_node/_local/_dbs/{}", client.base(), encode_db(&db)),
             reason: "a shard map without shard_suffix or by_range".into(),
         })?);
-        sizes.insert(db.clone(), client.db_size(&db)?);
+        let stats = client.db_stats(&db)?;
+        details.insert(
+            db.clone(),
+            DbDetail {
+                size: client.db_size(&db)?,
+                doc_count: stats.doc_count,
+                props: doc
+                    .get("props")
+                    .cloned()
+                    .unwrap_or(Value::Object(Default::default())),
+            },
+        );
     }
     maps.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((maps, sizes))
+    Ok((maps, details))
 }
 
 /// A shard map document as the API returns it. `shard_suffix` is an Erlang string there:

@@ -246,6 +246,52 @@ impl CouchClient {
         Ok(())
     }
 
+    /// A node-local resource through the cluster's API: `/_node/<node>/<path>`.
+    pub fn node_get(&self, node: &str, path: &str) -> Result<Value, CouchError> {
+        self.get(&format!("/_node/{}{path}", encode_db(node)))
+    }
+
+    /// The nodes joined in the cluster (`/_membership`'s `cluster_nodes`).
+    pub fn membership(&self) -> Result<Vec<String>, CouchError> {
+        let v = self.get("/_membership")?;
+        Ok(v.get("cluster_nodes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The cluster's default replica count (`[cluster] n`).
+    pub fn cluster_n(&self) -> Result<Option<usize>, CouchError> {
+        let v = self.get("/_node/_local/_config/cluster/n")?;
+        Ok(v.as_str().and_then(|n| n.parse().ok()))
+    }
+
+    /// Deletes a database (every shard on every node).
+    pub fn delete_db(&self, db: &str) -> Result<(), CouchError> {
+        let path = format!("/{}", encode_db(db));
+        let (status, body) = self.send(self.req(reqwest::Method::DELETE, &path), &path)?;
+        if !(200..300).contains(&status) {
+            return Err(self.fail(&path, format!("HTTP {status} {}", reason_of(&body))));
+        }
+        Ok(())
+    }
+
+    /// Whether a database holds nothing but design documents (as a new cluster's `_users`).
+    pub fn only_design_docs(&self, db: &str) -> Result<bool, CouchError> {
+        let v = self.get(&format!("/{}/_all_docs?limit=11", encode_db(db)))?;
+        let rows = v.get("rows").and_then(Value::as_array);
+        Ok(
+            v.get("total_rows").and_then(Value::as_u64).unwrap_or(0) <= 10
+                && rows.into_iter().flatten().all(|r| {
+                    r.get("id")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| id.starts_with("_design/"))
+                }),
+        )
+    }
+
     /// Creates a database; false when it exists already.
     pub fn create_db(&self, db: &str, partitioned: bool) -> Result<bool, CouchError> {
         let query = if partitioned { "?partitioned=true" } else { "" };

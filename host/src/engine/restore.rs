@@ -481,7 +481,7 @@ fn swap_into_place(d: &Destination, aside: Option<&Path>, discard_old: bool) -> 
     Ok(())
 }
 
-fn chown_tree(dir: &Path, uid: Uid, gid: Gid) -> Result<()> {
+pub(crate) fn chown_tree(dir: &Path, uid: Uid, gid: Gid) -> Result<()> {
     let chown = |p: &Path| {
         nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,

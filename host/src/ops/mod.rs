@@ -5,10 +5,12 @@
 //! - `backup`: protection policy, backup, commit, retention (`backup create`).
 //! - `backups`: list, show, verify, delete, gc.
 //! - `restore`: the CouchDB-aware restore around the engine's, and its rollback.
+//! - `cluster`: restoring a cluster backup into a new cluster.
 //! - `policies`: registering, listing and dry-running tenants' policies.
 
 pub mod backup;
 pub mod backups;
+pub mod cluster;
 pub mod databases;
 pub mod keys;
 pub mod policies;

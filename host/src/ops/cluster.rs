@@ -1,0 +1,410 @@
+//! Restoring a cluster backup into a new cluster of any size and node names: every member
+//! backup unpacked and verified first, then each shard range's files (and its view indexes)
+//! placed on n of the new nodes, every shard map written through the new cluster's API, and
+//! every database checked on every node that holds it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::restore::DbCheck;
+use super::{restore_owner, OpsError, Result, Vault};
+use crate::catalog;
+use crate::cluster::manifest::{self, ClusterManifest};
+use crate::cluster::restore::{place, shard_map_doc, Placement};
+use crate::couchdb::http::{encode_db, CouchClient};
+use crate::engine::{self, Progress, RestoreOptions};
+
+/// One node of the new cluster and its database directory on this machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetNode {
+    /// Its Erlang node name, as `/_membership` lists it (`couchdb@db1.example`).
+    pub name: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterRestoreRequest {
+    pub tenant: String,
+    /// The cluster instance the backup was taken of.
+    pub instance: String,
+    pub backup_id: String,
+    /// Every node of the new cluster.
+    pub nodes: Vec<TargetNode>,
+    /// Copies of each range; None: the new cluster's `[cluster] n`. At most the node count.
+    pub n: Option<usize>,
+    /// Delete databases of the backup that the new cluster has already. Without it only
+    /// those holding nothing but design documents (a new cluster's `_users`) are replaced.
+    pub replace: bool,
+    /// `USER:GROUP` of the placed files; None: `restore.owner`, else each data dir's owner.
+    pub owner: Option<String>,
+    /// Where member backups are unpacked and verified (removed after); None: beside the
+    /// first node's data directory.
+    pub staging: Option<PathBuf>,
+    /// How long the new shard maps may take to reach every node.
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRestoreReport {
+    pub backup_id: String,
+    pub members: usize,
+    /// Shard files placed (each copy counts) and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    pub placement: Placement,
+    /// Databases the new cluster had, deleted before the restore.
+    pub replaced: Vec<String>,
+    pub checks: Vec<DbCheck>,
+}
+
+impl Vault {
+    /// Restores cluster backup `req.backup_id` into the cluster `client` talks to.
+    pub fn restore_cluster(
+        &self,
+        client: &CouchClient,
+        req: &ClusterRestoreRequest,
+        progress: &Progress,
+    ) -> Result<ClusterRestoreReport> {
+        let keyring = self.keyring()?;
+        let m = manifest::load(
+            &*self.store,
+            &keyring,
+            &req.tenant,
+            &req.instance,
+            &req.backup_id,
+        )?;
+        let names = check_nodes(client, &req.nodes)?;
+        let n = match req.n {
+            Some(n) => n,
+            None => client.cluster_n()?.unwrap_or(3),
+        }
+        .clamp(1, names.len());
+        let replaced = self.databases_to_replace(client, &m, req.replace)?;
+
+        // Every member unpacked and verified before the new cluster is touched.
+        let staging = match &req.staging {
+            Some(s) => s.clone(),
+            None => req.nodes[0]
+                .data_dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!(".couchvault-cluster-{}", m.backup_id)),
+        };
+        let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for (i, member) in m.members.iter().enumerate() {
+            let meta = catalog::load(&*self.store, &keyring, &req.tenant, &member.backup_id)?;
+            if meta.instance != member.member_instance {
+                return Err(OpsError::Refused(format!(
+                    "cluster backup {}: member {} belongs to instance '{}', not '{}' (a swapped member)",
+                    m.backup_id, member.backup_id, meta.instance, member.member_instance
+                )));
+            }
+            let chain = catalog::chain(&*self.store, &keyring, meta)?;
+            let dir = staging.join(i.to_string());
+            fs::create_dir_all(&staging)
+                .map_err(|e| OpsError::io(format!("creating {}", staging.display()), e))?;
+            let opts = RestoreOptions {
+                target: dir.join("data"),
+                view_index_target: None,
+                config_target: None,
+                force: true,
+                discard_old: true,
+                owner: None,
+                sync: false,
+            };
+            engine::restore_with(&*self.store, &keyring, &chain, &opts, progress, &|| Ok(()))?;
+            for shard in &member.shards {
+                sources.insert(shard.clone(), dir.join("data"));
+            }
+        }
+
+        let placement = place(&m.databases, &names, n);
+        for db in &replaced {
+            tracing::info!(%db, "deleting the new cluster's database before restoring it");
+            client.delete_db(db)?;
+        }
+        let owner_spec = req
+            .owner
+            .as_deref()
+            .or(self.config.restore.owner.as_deref());
+        let (mut files, mut bytes) = (0, 0);
+        for node in &req.nodes {
+            let owner = restore_owner(owner_spec, &node.data_dir)?;
+            for (db, ranges) in &placement {
+                let map = &m.databases[db];
+                for (range, holders) in ranges {
+                    if !holders.contains(&node.name) {
+                        continue;
+                    }
+                    let shard = format!("shards/{range}/{db}{}.couch", map.suffix);
+                    let from = sources.get(&shard).ok_or_else(|| {
+                        OpsError::Refused(format!(
+                            "cluster backup {}: no member holds {shard} (a damaged manifest)",
+                            m.backup_id
+                        ))
+                    })?;
+                    bytes += place_file(&from.join(&shard), &node.data_dir.join(&shard), owner)?;
+                    files += 1;
+                    let index = format!(".shards/{range}/{db}{}_design", map.suffix);
+                    if from.join(&index).is_dir() {
+                        place_dir(&from.join(&index), &node.data_dir.join(&index), owner)?;
+                    }
+                }
+            }
+        }
+        for (db, ranges) in &placement {
+            write_map(client, db, &shard_map_doc(db, &m.databases[db], ranges))?;
+        }
+        for (db, ranges) in &placement {
+            wait_for_map(client, &names, db, ranges, req.settle)?;
+        }
+        fs::remove_dir_all(&staging)
+            .map_err(|e| OpsError::io(format!("removing {}", staging.display()), e))?;
+
+        let checks = check_cluster(client, &m, &placement);
+        let report = ClusterRestoreReport {
+            backup_id: m.backup_id.clone(),
+            members: m.members.len(),
+            files,
+            bytes,
+            placement,
+            replaced,
+            checks,
+        };
+        let failed: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.database, c.error.as_deref().unwrap_or("failed")))
+            .collect();
+        if !failed.is_empty() {
+            return Err(OpsError::PostCheck {
+                message: format!(
+                    "cluster backup {} was restored, but the check failed for {} database(s): {}",
+                    m.backup_id,
+                    failed.len(),
+                    failed.join("; ")
+                ),
+                checks: report.checks,
+            });
+        }
+        Ok(report)
+    }
+
+    /// The backup's databases that the new cluster has: replaced when they hold only design
+    /// documents or `replace` is set; any other is refused before anything changes.
+    fn databases_to_replace(
+        &self,
+        client: &CouchClient,
+        m: &ClusterManifest,
+        replace: bool,
+    ) -> Result<Vec<String>> {
+        let mut replaced = Vec::new();
+        let mut refused = Vec::new();
+        for db in client.all_dbs()? {
+            if !m.databases.contains_key(&db) {
+                continue;
+            }
+            if replace || client.only_design_docs(&db)? {
+                replaced.push(db);
+            } else {
+                refused.push(db);
+            }
+        }
+        if !refused.is_empty() {
+            return Err(OpsError::Refused(format!(
+                "the new cluster already has database(s) {} with documents: restore into a cluster without them, delete them, or pass --replace to delete them first",
+                refused.join(", ")
+            )));
+        }
+        Ok(replaced)
+    }
+}
+
+/// The nodes named must be exactly the cluster's (`/_membership`): every range is placed on
+/// nodes CouchDB knows, and every node CouchDB knows gets its share.
+fn check_nodes(client: &CouchClient, nodes: &[TargetNode]) -> Result<Vec<String>> {
+    if nodes.is_empty() {
+        return Err(OpsError::Refused(
+            "a cluster restore needs the new cluster's nodes: --node NAME=DATA_DIR for each".into(),
+        ));
+    }
+    let mut members = client.membership()?;
+    members.sort();
+    let mut named: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    named.sort();
+    if members != named {
+        return Err(OpsError::Refused(format!(
+            "the nodes given ({}) are not the cluster's ({}): name every node of the new cluster once, with its database directory",
+            named.join(", "),
+            members.join(", ")
+        )));
+    }
+    for node in nodes {
+        if !node.data_dir.is_dir() {
+            return Err(OpsError::Refused(format!(
+                "node {}: its database directory {} does not exist",
+                node.name,
+                node.data_dir.display()
+            )));
+        }
+    }
+    Ok(named)
+}
+
+/// Copies a shard file in under a temporary name, flushed and owned, then renames it in:
+/// CouchDB never sees half a file.
+fn place_file(from: &Path, to: &Path, owner: Option<(Uid, Gid)>) -> Result<u64> {
+    let io = |what: &str, p: &Path, e| OpsError::io(format!("{what} {}", p.display()), e);
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.couchvault-tmp",
+        to.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let bytes = {
+        let mut src = fs::File::open(from).map_err(|e| io("reading", from, e))?;
+        let mut dst = fs::File::create(&tmp).map_err(|e| io("writing", &tmp, e))?;
+        let n = std::io::copy(&mut src, &mut dst).map_err(|e| io("writing", &tmp, e))?;
+        dst.flush().map_err(|e| io("writing", &tmp, e))?;
+        dst.sync_all().map_err(|e| io("flushing", &tmp, e))?;
+        n
+    };
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(&tmp, Some(uid), Some(gid))
+            .map_err(|e| io("changing the owner of", &tmp, e.into()))?;
+    }
+    fs::rename(&tmp, to).map_err(|e| io("renaming into place", to, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("flushing", dir, e))?;
+    Ok(bytes)
+}
+
+/// A shard's view index directory, copied whole and renamed in (replacing a stale one).
+fn place_dir(from: &Path, to: &Path, owner: Option<(Uid, Gid)>) -> Result<()> {
+    let io = |what: &str, p: &Path, e| OpsError::io(format!("{what} {}", p.display()), e);
+    let tmp = to.with_extension("couchvault-tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io("removing", &tmp, e))?;
+    }
+    copy_tree(from, &tmp)?;
+    if let Some((uid, gid)) = owner {
+        engine::restore::chown_tree(&tmp, uid, gid)?;
+    }
+    if to.exists() {
+        fs::remove_dir_all(to).map_err(|e| io("removing", to, e))?;
+    }
+    fs::rename(&tmp, to).map_err(|e| io("renaming into place", to, e))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let io = |what: &str, p: &Path, e| OpsError::io(format!("{what} {}", p.display()), e);
+    fs::create_dir_all(to).map_err(|e| io("creating", to, e))?;
+    for entry in fs::read_dir(from).map_err(|e| io("reading", from, e))? {
+        let entry = entry.map_err(|e| io("reading", from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry
+            .file_type()
+            .map_err(|e| io("reading", &src, e))?
+            .is_dir()
+        {
+            copy_tree(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst).map_err(|e| io("copying", &src, e))?;
+            fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("flushing", &dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a database's shard map once (the cluster replicates `_dbs` to every node); a
+/// rerun finds its own map there and leaves it.
+fn write_map(client: &CouchClient, db: &str, doc: &serde_json::Value) -> Result<()> {
+    if let Ok(existing) = client.shard_map(db) {
+        if existing.get("by_range") == doc.get("by_range") {
+            return Ok(());
+        }
+        return Err(OpsError::Refused(format!(
+            "database '{db}' appeared in the new cluster with another shard map while restoring: nothing else may create it during a restore"
+        )));
+    }
+    client.put_shard_map(db, doc)?;
+    Ok(())
+}
+
+/// Waits until every node holds the database's new shard map.
+fn wait_for_map(
+    client: &CouchClient,
+    nodes: &[String],
+    db: &str,
+    ranges: &BTreeMap<String, Vec<String>>,
+    within: Duration,
+) -> Result<()> {
+    let want = serde_json::to_value(ranges).unwrap_or_default();
+    let deadline = Instant::now() + within;
+    for node in nodes {
+        loop {
+            let doc = client.node_get(node, &format!("/_dbs/{}", encode_db(db)));
+            if doc.as_ref().is_ok_and(|d| d.get("by_range") == Some(&want)) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(OpsError::Refused(format!(
+                    "the shard map of '{db}' did not reach node {node} within {}s ({}); the files are in place: check the node and its `_dbs` replication, then run the restore again",
+                    within.as_secs(),
+                    doc.err().map_or("another map there".into(), |e| e.to_string())
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Every database through the cluster (at least the documents it had when the backup
+/// started), and every placed shard opened on its node.
+fn check_cluster(client: &CouchClient, m: &ClusterManifest, placement: &Placement) -> Vec<DbCheck> {
+    placement
+        .iter()
+        .map(|(db, ranges)| {
+            let map = &m.databases[db];
+            let want = map.detail.doc_count;
+            let mut error = None;
+            let now = match client.doc_count(db) {
+                Ok(now) if now < want => {
+                    error = Some(format!("{now} documents, fewer than the {want} recorded"));
+                    Some(now)
+                }
+                Ok(now) => Some(now),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    None
+                }
+            };
+            for (range, holders) in ranges {
+                for node in holders {
+                    let shard = format!("shards/{range}/{db}{}", map.suffix);
+                    if let Err(e) = client.node_get(node, &format!("/{}", encode_db(&shard))) {
+                        error.get_or_insert(format!("{shard} does not open on {node}: {e}"));
+                    }
+                }
+            }
+            DbCheck {
+                database: db.clone(),
+                recorded: Some(want),
+                now,
+                ok: error.is_none(),
+                error,
+            }
+        })
+        .collect()
+}
