@@ -28,7 +28,7 @@ use couchvault::keyring::KeyRing;
 use couchvault::store::LocalStore;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A 3-node cluster (n=3, q=2, and one database of q=4) with documents and a built view:
 /// planned with every node up, the three member backups hold every shard range of every
@@ -826,4 +826,242 @@ fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
             .args(["stop-cluster", name, &size.to_string()])
             .output();
     }
+}
+
+/// Runs the couchvault CLI with `dir/config.toml`; returns (success, stdout, stderr).
+fn cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_couchvault"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("COUCHVAULT_CONFIG")
+        .env_remove("COUCHDB_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The user's path end to end with real processes: three `couchvault daemon`s, one per node
+/// of a real 3-node cluster, sharing a broker and a store. `couchvault cluster backup` is
+/// queued; the daemon coordinating it is killed (SIGKILL) once it has planned, taking its
+/// node's agent with it: another daemon takes the lead, resumes the plan, moves the dead
+/// node's ranges to the replicas and commits. `cluster list` shows the backup with its
+/// members, `cluster verify` reads it all, `cluster restore` puts it into a new 2-node
+/// cluster, `cluster delete` removes it whole and `gc` finds nothing left.
+#[test]
+fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_it() {
+    use common::daemon::Daemon;
+    use couchvault::cluster::job::{plan_key, Progress};
+    let Some(sh) = script() else { return };
+    let Some(nats) = Nats::start("cv-daemons", 14306) else {
+        return;
+    };
+    let nodes = Couch::cluster(&sh, "cvdm", 3, 11490);
+    for db in ["orders", "users"] {
+        nodes[0].send(Method::PUT, &format!("/{db}"), &json!({}));
+        let docs: Vec<_> = (0..250)
+            .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
+            .collect();
+        nodes[1].send(
+            Method::POST,
+            &format!("/{db}/_bulk_docs"),
+            &json!({ "docs": docs }),
+        );
+    }
+    // CouchDB writes `_users`' design document a few seconds after start, then copies it
+    // between replicas: a member reads one replica, so wait until every copy has it (a
+    // write not yet on the replica read is not in the backup: docs/CLUSTERS.md).
+    let t = Instant::now();
+    while nodes.iter().any(|n| {
+        let maps = n.get("/_node/_local/_dbs/_users");
+        let suffix: String = maps["shard_suffix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| char::from_u32(c.as_u64().unwrap() as u32).unwrap())
+            .collect();
+        let mut count = 0;
+        for range in maps["by_range"].as_object().unwrap().keys() {
+            let shard = format!("shards%2F{range}%2F_users{suffix}");
+            count += n.get(&format!("/_node/{}/{shard}", n.node))["doc_count"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        count < 1
+    }) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "_users never got its design doc"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    KeyRing::create(&root.path().join("keyring.toml"), "default").unwrap();
+    let config = |node: &Couch| {
+        format!(
+            "store = \"file://{}\"\n[couchdb]\nurl = \"{}\"\nuser = \"admin\"\npassword = \"password\"\n[cluster]\nbroker = \"{}\"\nnode = \"{}\"\ndata_dir = \"{}\"\nnode_ttl = \"3s\"\nlease = \"3s\"\nack_wait = \"5s\"\ndeadline = \"180s\"\n",
+            store.display(),
+            node.url,
+            nats.url,
+            node.node,
+            node.data.display()
+        )
+    };
+    let mut daemons: Vec<Daemon> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let dir = root.path().join(format!("d{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(root.path().join("keyring.toml"), dir.join("keyring.toml")).unwrap();
+            Daemon::start(&dir, &config(node), "", &[])
+        })
+        .collect();
+    let d0 = daemons[0].dir.clone();
+    let status = || -> Value {
+        let (ok, out, err) = cli(&d0, &["--json", "cluster", "status"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let t = Instant::now();
+    while status()["nodes"].as_array().unwrap().len() < 3 || status()["coordinator"].is_null() {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let leader = status()["coordinator"].as_str().unwrap().to_string();
+    let victim = daemons
+        .iter()
+        .position(|d| leader.ends_with(&d.url))
+        .expect("a daemon leads");
+
+    let (ok, out, err) = cli(
+        &d0,
+        &[
+            "--json",
+            "cluster",
+            "backup",
+            "--instance",
+            "shop",
+            "--no-wait",
+        ],
+    );
+    assert!(ok, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = rt();
+    let broker = rt.block_on(Broker::connect(&nats.url, fast())).unwrap();
+    let planned = || {
+        rt.block_on(broker.record::<Progress>(&plan_key(&id)))
+            .unwrap()
+    };
+    let t = Instant::now();
+    while planned().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "never planned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemons[victim].kill9();
+    let dead = nodes[victim].node.clone();
+    let outcome = || {
+        rt.block_on(broker.record::<couchvault::cluster::job::ClusterOutcome>(
+            &couchvault::cluster::job::result_key(&id),
+        ))
+        .unwrap()
+    };
+    let t = Instant::now();
+    let settled = loop {
+        if let Some(o) = outcome() {
+            break o;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "not settled");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        matches!(
+            settled,
+            couchvault::cluster::job::ClusterOutcome::Committed { .. }
+        ),
+        "{settled:?}"
+    );
+    for (i, d) in daemons.iter_mut().enumerate() {
+        if i != victim {
+            let _ = d.terminate();
+        }
+    }
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvdm", "3"])
+        .output();
+
+    let live = [0, 1, 2].into_iter().find(|i| *i != victim).unwrap();
+    let dir = root.path().join(format!("d{live}"));
+    let (ok, out, err) = cli(&dir, &["--json", "cluster", "list", "--instance", "shop"]);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let members = list[0]["members"].as_array().unwrap();
+    assert_eq!(list[0]["backup_id"], id.as_str());
+    assert!(members.iter().all(|m| m["node"] != dead.as_str()), "{list}");
+    let shards: usize = members
+        .iter()
+        .map(|m| m["shards"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        shards,
+        2 * 2 + 2 * 2,
+        "every range of _replicator, _users, orders, users once"
+    );
+    let (ok, _, err) = cli(&dir, &["cluster", "verify", "--instance", "shop", &id]);
+    assert!(ok, "{err}");
+
+    let new = Couch::cluster(&sh, "cvd2", 2, 11520);
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "couchvault_config = 1\nstate_dir = \"state\"\nkeyring = \"keyring.toml\"\nstore = \"file://{}\"\n[couchdb]\nurl = \"{}\"\nuser = \"admin\"\npassword = \"password\"\n",
+            store.display(),
+            new[0].url
+        ),
+    )
+    .unwrap();
+    let node_args: Vec<String> = new
+        .iter()
+        .flat_map(|n| {
+            [
+                "--node".to_string(),
+                format!("{}={}", n.node, n.data.display()),
+            ]
+        })
+        .collect();
+    let mut args = vec!["cluster", "restore", &id, "--instance", "shop"];
+    args.extend(node_args.iter().map(String::as_str));
+    let (ok, out, err) = cli(&dir, &args);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("restored cluster backup"), "{out}");
+    for node in &new {
+        assert_eq!(node.doc_count("orders"), 250, "{}", node.node);
+        assert_eq!(node.doc_count("users"), 250, "{}", node.node);
+    }
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvd2", "2"])
+        .output();
+
+    let (ok, _, err) = cli(&dir, &["cluster", "delete", "--instance", "shop", &id]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&dir, &["--json", "gc", "--grace", "0s"]);
+    assert!(ok, "{err}");
+    let gc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(gc["removed"], json!([]), "{gc}");
+    let (ok, out, _) = cli(&dir, &["--json", "backup", "list"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!([]),
+        "{out}"
+    );
 }

@@ -60,6 +60,9 @@ pub struct Config {
     pub notify: crate::daemon::notify::NotifyConfig,
     #[serde(default)]
     pub client: ClientConfig,
+    /// `[cluster]`: this daemon's part in cluster backups (docs/CLUSTERS.md).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// How to reach the CouchDB node over HTTP. Also from `COUCHDB_URL`, `COUCHDB_USER`,
@@ -145,6 +148,67 @@ pub struct ClientConfig {
     pub server: Option<String>,
     /// File holding the bearer token (instead of `--token` / `COUCHVAULT_TOKEN`).
     pub token_file: Option<PathBuf>,
+}
+
+/// A daemon on one node of a CouchDB cluster (docs/CLUSTERS.md). Without `broker`, nothing
+/// about clusters runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server with JetStream, e.g. `nats://127.0.0.1:4222`.
+    pub broker: Option<String>,
+    /// This node's CouchDB name as the shard maps name it (`couchdb@db1.example`).
+    pub node: Option<String>,
+    /// This node's CouchDB config directory (its ini files name the data dirs), or
+    /// `data_dir` (and `view_index_dir`): member backups read the node's share there.
+    pub couchdb_config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub view_index_dir: Option<PathBuf>,
+    /// Whether this daemon may coordinate cluster backups (one at a time leads).
+    pub coordinate: bool,
+    /// A daemon silent this long is gone: its ranges move to other replicas.
+    pub node_ttl: Span,
+    /// A coordinator silent this long loses the lead to another daemon.
+    pub lease: Span,
+    /// A node job unacknowledged this long (its agent died) is delivered again.
+    pub ack_wait: Span,
+    /// A cluster backup not committed this long after it began fails, committing nothing.
+    pub deadline: Span,
+}
+
+impl ClusterConfig {
+    pub fn source(&self) -> crate::couchdb::SourceSpec {
+        crate::couchdb::SourceSpec {
+            couchdb_config: self.couchdb_config.clone(),
+            data_dir: self.data_dir.clone(),
+            view_index_dir: self.view_index_dir.clone(),
+        }
+    }
+
+    pub fn timings(&self) -> crate::cluster::broker::Timings {
+        crate::cluster::broker::Timings {
+            node_ttl: self.node_ttl.get(),
+            lease: self.lease.get(),
+            ack_wait: self.ack_wait.get(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            broker: None,
+            node: None,
+            couchdb_config: None,
+            data_dir: None,
+            view_index_dir: None,
+            coordinate: true,
+            node_ttl: Span::secs(15),
+            lease: Span::secs(15),
+            ack_wait: Span::secs(60),
+            deadline: Span::secs(6 * 3600),
+        }
+    }
 }
 
 /// Which uploaded policies a backup uses, and the sandbox's limits.
@@ -363,6 +427,7 @@ impl Config {
             daemon: DaemonConfig::default(),
             notify: Default::default(),
             client: ClientConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 

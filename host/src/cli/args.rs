@@ -77,9 +77,72 @@ pub enum Command {
     /// Follow, list and cancel a daemon's jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Create, restore, list, verify and delete backups of whole CouchDB clusters
+    /// (docs/CLUSTERS.md; needs [cluster] broker for `backup` and `status`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Create, list and revoke a daemon's API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Ask the coordinating daemon for a backup of the cluster and wait for it to commit.
+    Backup {
+        /// The cluster instance's name (its backups are filed under it).
+        #[arg(long)]
+        instance: String,
+        /// Return once the request is queued; print the backup id.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The committed cluster backups, each with its member backups.
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Verify every member backup of a cluster backup (reads everything, writes nothing).
+    Verify {
+        #[arg(long)]
+        instance: String,
+        id: String,
+    },
+    /// Delete a cluster backup and its member backups.
+    Delete {
+        #[arg(long)]
+        instance: String,
+        id: String,
+    },
+    /// Restore a cluster backup into a new cluster of any size and node names, through
+    /// its CouchDB URL ([couchdb] url or COUCHDB_URL) and its nodes' directories here.
+    Restore(ClusterRestoreArgs),
+    /// The daemons registered with the broker and the coordinator.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterRestoreArgs {
+    /// The cluster backup's id.
+    pub id: String,
+    #[arg(long)]
+    pub instance: String,
+    /// A node of the new cluster and its database directory; once per node, every node.
+    #[arg(long = "node", value_name = "NAME=DIR", required = true)]
+    pub nodes: Vec<String>,
+    /// Copies of each shard range (default: the new cluster's [cluster] n).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Delete databases of the backup that the new cluster already has, with documents.
+    #[arg(long)]
+    pub replace: bool,
+    /// USER:GROUP of the placed files (default: restore.owner, else each directory's owner).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Where member backups are unpacked and verified first (default: beside the first
+    /// node's directory).
+    #[arg(long, value_name = "DIR")]
+    pub staging: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

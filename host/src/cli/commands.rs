@@ -107,6 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key(KeyCommand::Rewrap) => key_rewrap(ctx, None),
         Command::Key(KeyCommand::Retire { id }) => key_retire(ctx, &id),
         Command::Policy(cmd) => super::policy::run(&ctx, cmd),
+        Command::Cluster(cmd) => super::cluster::run(&ctx, cmd),
         Command::Daemon(_)
         | Command::Instance(_)
         | Command::Schedule(_)
@@ -131,6 +132,7 @@ fn backup_create(ctx: &Context, args: CreateArgs, source: Source) -> Result<()> 
         couchdb: None,
         kind: args.kind.kind(),
         prefix_check: args.kind.prefix_check(),
+        cluster_member: None,
     };
     let progress = Progress::default();
     let started = Instant::now();

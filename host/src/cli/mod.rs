@@ -2,6 +2,7 @@
 
 pub mod args;
 mod client;
+mod cluster;
 mod commands;
 mod context;
 mod daemon;

@@ -108,3 +108,41 @@ impl Progress {
 pub fn plan_key(backup: &str) -> String {
     format!("{backup}.plan")
 }
+
+/// Tags of a member backup: its cluster backup's id and instance (`gc` removes members
+/// whose cluster backup never committed).
+/// Reserved (`couchvault*`): a tenant cannot set them.
+pub const MEMBER_OF_TAG: &str = "couchvault-cluster-backup";
+pub const CLUSTER_INSTANCE_TAG: &str = "couchvault-cluster-instance";
+
+/// The queue a cluster backup request waits in until the leading coordinator takes it.
+pub const COORDINATOR_QUEUE: &str = "_coordinator";
+
+/// A cluster backup asked for (`couchvault cluster backup`), queued for the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterBackupRequest {
+    pub v: u32,
+    /// The cluster backup's id (a ULID), chosen by whoever asks.
+    pub backup: String,
+    pub tenant: String,
+    pub instance: String,
+}
+
+/// How a cluster backup ended, kept under `<backup>.result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ClusterOutcome {
+    Committed {
+        v: u32,
+        members: usize,
+        stored_bytes: u64,
+    },
+    Failed {
+        v: u32,
+        error: String,
+    },
+}
+
+pub fn result_key(backup: &str) -> String {
+    format!("{backup}.result")
+}

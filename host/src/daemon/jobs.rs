@@ -478,6 +478,7 @@ impl Runner {
             couchdb,
             kind: b.backup_kind,
             prefix_check: b.prefix_check,
+            cluster_member: None,
         };
         let outcome = vault.backup(&req, &source, progress)?;
         let meta = &outcome.meta;

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod db;
 pub mod files;
 pub mod instances;
@@ -55,6 +56,8 @@ pub enum DaemonError {
     Address(String),
     #[error(transparent)]
     Notify(#[from] notify::NotifyConfigError),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Everything the API handlers and the loops share.
@@ -91,6 +94,12 @@ impl Daemon {
         let vault = Arc::new(vault);
         let metrics = Arc::new(metrics::Metrics::default());
         vault.config.notify.check()?;
+        let cluster = &vault.config.cluster;
+        if cluster.broker.is_some() && (cluster.node.is_none() || cluster.source().is_empty()) {
+            return Err(DaemonError::Cluster(
+                "[cluster] broker is set: also set node (this node's CouchDB name, as the shard maps name it) and couchdb_config or data_dir (its directories)".into(),
+            ));
+        }
         let notifier = notify::Notifier::new(&vault.config.notify, metrics.clone());
         let runner = Arc::new(Runner::new(
             vault.clone(),
@@ -178,7 +187,12 @@ impl Daemon {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ticker = tokio::spawn(tick_loop(self.clone(), stop_rx.clone()));
-        let indexer = tokio::spawn(reindex_loop(self.clone(), stop_rx));
+        let indexer = tokio::spawn(reindex_loop(self.clone(), stop_rx.clone()));
+        let clustered = tokio::spawn(cluster::run(
+            self.vault.clone(),
+            format!("http://{local}"),
+            stop_rx,
+        ));
         let app = api::router(self.clone());
         let timeout = self.vault.config.daemon.shutdown_timeout.get();
         // The whole shutdown (requests in flight, then jobs) fits in shutdown_timeout,
@@ -202,6 +216,7 @@ impl Daemon {
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         indexer.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), clustered).await;
         let runner = self.runner.clone();
         let left = timeout.saturating_sub(since.elapsed());
         let _ = tokio::task::spawn_blocking(move || runner.shutdown(left)).await;

@@ -8,6 +8,7 @@ use chrono::Utc;
 
 use super::{OpsError, Result, Vault};
 use crate::catalog;
+use crate::cluster::job::{CLUSTER_INSTANCE_TAG, MEMBER_OF_TAG};
 use crate::config::CouchDbConfig;
 use crate::couchdb::Source;
 use crate::engine::{self, backup::Base, backup::StreamSettings, BackupOptions, Progress};
@@ -117,14 +118,15 @@ impl Vault {
         let mut tags = BTreeMap::new();
         let mut key_id = None;
         let mut notes = Vec::new();
-        let protection = req
-            .protection
-            .as_ref()
-            .or(self.config.policy.protection.as_ref());
-        let retention = req
-            .retention
-            .as_ref()
-            .or(self.config.policy.retention.as_ref());
+        let (config_protection, config_retention) = match req.cluster_member {
+            Some(_) => (None, None),
+            None => (
+                self.config.policy.protection.as_ref(),
+                self.config.policy.retention.as_ref(),
+            ),
+        };
+        let protection = req.protection.as_ref().or(config_protection);
+        let retention = req.retention.as_ref().or(config_retention);
         let host = match (protection, retention) {
             (None, None) => None,
             _ => {
@@ -191,6 +193,10 @@ impl Vault {
         }
         if let Some(s) = &req.schedule {
             tags.insert("schedule".into(), s.clone());
+        }
+        if let Some(m) = &req.cluster_member {
+            tags.insert(MEMBER_OF_TAG.into(), m.cluster_backup.clone());
+            tags.insert(CLUSTER_INSTANCE_TAG.into(), m.cluster_instance.clone());
         }
         // Live stats from CouchDB at the start; an unreachable CouchDB is noted, not fatal.
         let live = self.couch_client_for(req.couchdb.as_ref())?.map(|c| {
@@ -376,6 +382,16 @@ pub struct BackupRequest {
     pub kind: Option<Kind>,
     /// How an incremental checks prefixes; None: the policy's answer, else exact.
     pub prefix_check: Option<PrefixCheck>,
+    /// A member of a cluster backup: no policy of the config's applies (its cluster
+    /// backup's retention decides when it goes), tagged with its cluster backup.
+    pub cluster_member: Option<MemberOf>,
+}
+
+/// The cluster backup a member backup belongs to.
+#[derive(Debug, Clone)]
+pub struct MemberOf {
+    pub cluster_backup: String,
+    pub cluster_instance: String,
 }
 
 #[derive(Debug)]

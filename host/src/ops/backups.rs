@@ -86,8 +86,65 @@ impl Vault {
     }
 
     /// Removes what uncommitted backups left, older than `grace` (every tenant).
+    /// Also removes member backups whose cluster backup never committed (its coordinator
+    /// failed or died for good), once older than the grace period and the cluster deadline,
+    /// and members its committed cluster backup does not name (a job moved elsewhere after
+    /// its member had committed).
     pub fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
-        Ok(catalog::gc(&*self.store, grace, dry_run)?)
+        let mut report = catalog::gc(&*self.store, grace, dry_run)?;
+        let grace = grace.max(self.config.cluster.deadline.get());
+        let now = chrono::Utc::now();
+        for tenant in self.store.tenants()? {
+            for (meta, named) in self.cluster_members(&tenant, None)? {
+                let label = format!("{tenant}/{}/{}", meta.instance, meta.backup_id);
+                let age = (now - meta.finished_at).to_std().unwrap_or_default();
+                match named {
+                    Some(true) => continue,
+                    None if age < grace => {
+                        report.kept_young.push(label);
+                        continue;
+                    }
+                    _ => {}
+                }
+                if !dry_run {
+                    catalog::delete(&*self.store, &tenant, &meta.backup_id)?;
+                }
+                report.bytes_freed += meta.data.size;
+                report.removed.push(label);
+            }
+        }
+        Ok(report)
+    }
+
+    /// A tenant's member backups (of cluster backup `of`, or all), each with whether its
+    /// cluster backup's manifest names it (None: no manifest, not committed or deleted).
+    pub fn cluster_members(
+        &self,
+        tenant: &str,
+        of: Option<&str>,
+    ) -> Result<Vec<(BackupMetadata, Option<bool>)>> {
+        use crate::cluster::job::{CLUSTER_INSTANCE_TAG, MEMBER_OF_TAG};
+        use crate::cluster::manifest;
+        let keyring = self.keyring()?;
+        let mut out = Vec::new();
+        for meta in self.committed(tenant, None)? {
+            let (Some(cluster), Some(instance)) = (
+                meta.tags.get(MEMBER_OF_TAG).cloned(),
+                meta.tags.get(CLUSTER_INSTANCE_TAG).cloned(),
+            ) else {
+                continue;
+            };
+            if of.is_some_and(|o| o != cluster) {
+                continue;
+            }
+            let named = match manifest::load(&*self.store, &keyring, tenant, &instance, &cluster) {
+                Ok(m) => Some(m.members.iter().any(|x| x.backup_id == meta.backup_id)),
+                Err(crate::Error::Store(e)) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            out.push((meta, named));
+        }
+        Ok(out)
     }
 
     /// Every tenant that has anything in the store.

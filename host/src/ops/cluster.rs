@@ -1,7 +1,9 @@
-//! Restoring a cluster backup into a new cluster of any size and node names: every member
-//! backup unpacked and verified first, then each shard range's files (and its view indexes)
-//! placed on n of the new nodes, every shard map written through the new cluster's API, and
-//! every database checked on every node that holds it.
+//! Cluster backups in the service layer: a node's member backup (run by its daemon's
+//! agent), listing, verifying and deleting cluster backups as wholes, and restoring one into
+//! a new cluster of any size and node names: every member backup unpacked and verified
+//! first, then each shard range's files (and its view indexes) placed on n of the new
+//! nodes, every shard map written through the new cluster's API, and every database checked
+//! on every node that holds it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,13 +14,17 @@ use std::time::{Duration, Instant};
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
+use super::backup::MemberOf;
 use super::restore::DbCheck;
-use super::{restore_owner, OpsError, Result, Vault};
+use super::{restore_owner, BackupRequest, Deleted, OpsError, Result, Vault};
 use crate::catalog;
-use crate::cluster::manifest::{self, ClusterManifest};
+use crate::cluster::job::MemberJob;
+use crate::cluster::manifest::{self, ClusterManifest, MANIFEST_FILE};
 use crate::cluster::restore::{place, shard_map_doc, Placement};
 use crate::couchdb::http::{encode_db, CouchClient};
+use crate::couchdb::{Source, SourceSpec};
 use crate::engine::{self, Progress, RestoreOptions};
+use crate::format::Kind;
 
 /// One node of the new cluster and its database directory on this machine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +70,99 @@ pub struct ClusterRestoreReport {
 }
 
 impl Vault {
+    /// A node's share of a cluster backup, as backup `id` of the job's member instance;
+    /// a backup `id` committed already (the job delivered again after a crash) is kept.
+    /// Returns its stored bytes.
+    pub fn cluster_member_backup(
+        &self,
+        job: &MemberJob,
+        id: ulid::Ulid,
+        spec: &SourceSpec,
+        progress: &Progress,
+    ) -> Result<u64> {
+        let keyring = self.keyring()?;
+        if let Ok(meta) = catalog::load(&*self.store, &keyring, &job.tenant, &id.to_string()) {
+            return Ok(meta.data.size);
+        }
+        let mut source = Source::discover(spec).map_err(crate::Error::from)?;
+        source.shards = Some(job.shards.iter().cloned().collect());
+        let req = BackupRequest {
+            backup_id: Some(id),
+            tenant: job.tenant.clone(),
+            instance: job.member_instance(),
+            protection: None,
+            retention: None,
+            schedule: None,
+            compression_level: None,
+            tags: Default::default(),
+            allow_incomplete: false,
+            couchdb: None,
+            kind: Some(Kind::Full),
+            prefix_check: None,
+            cluster_member: Some(MemberOf {
+                cluster_backup: job.backup.clone(),
+                cluster_instance: job.instance.clone(),
+            }),
+        };
+        Ok(self.backup(&req, &source, progress)?.meta.data.size)
+    }
+
+    /// A tenant's committed cluster backups (of one instance), oldest first.
+    pub fn cluster_backups(
+        &self,
+        tenant: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<ClusterManifest>> {
+        let keyring = self.keyring()?;
+        let prefix = instance.map(|i| format!("{i}/")).unwrap_or_default();
+        let mut out = Vec::new();
+        for o in self.store.list(tenant, &prefix)? {
+            let mut parts = o.name.split('/');
+            if let (Some(inst), Some(id), Some(MANIFEST_FILE), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            {
+                out.push(manifest::load(&*self.store, &keyring, tenant, inst, id)?);
+            }
+        }
+        out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+        Ok(out)
+    }
+
+    /// Verifies every member of a cluster backup (nothing is written).
+    pub fn verify_cluster_backup(
+        &self,
+        tenant: &str,
+        instance: &str,
+        id: &str,
+        progress: &Progress,
+    ) -> Result<Vec<super::VerifyReport>> {
+        let m = manifest::load(&*self.store, &self.keyring()?, tenant, instance, id)?;
+        m.members
+            .iter()
+            .map(|member| self.verify(tenant, &member.backup_id, false, progress))
+            .collect()
+    }
+
+    /// Deletes a cluster backup: its manifest first (it is no longer committed), then every
+    /// member backup made for it (also those of jobs moved elsewhere). A delete cut off
+    /// half-way is finished by `gc`, which removes members without a manifest.
+    pub fn delete_cluster_backup(
+        &self,
+        tenant: &str,
+        instance: &str,
+        id: &str,
+    ) -> Result<Vec<Deleted>> {
+        manifest::load(&*self.store, &self.keyring()?, tenant, instance, id)?;
+        let members = self.cluster_members(tenant, Some(id))?;
+        self.store
+            .delete(tenant, &manifest::manifest_object(instance, id))?;
+        let mut deleted = Vec::new();
+        for (meta, _) in &members {
+            deleted.extend(self.delete(tenant, &meta.backup_id, false)?);
+        }
+        Ok(deleted)
+    }
+
     /// Restores cluster backup `req.backup_id` into the cluster `client` talks to.
     pub fn restore_cluster(
         &self,
@@ -159,7 +258,8 @@ impl Vault {
             }
         }
         for (db, ranges) in &placement {
-            write_map(client, db, &shard_map_doc(db, &m.databases[db], ranges))?;
+            let doc = shard_map_doc(db, &m.databases[db], ranges);
+            write_map(client, db, &doc, replaced.contains(db))?;
         }
         for (db, ranges) in &placement {
             wait_for_map(client, &names, db, ranges, req.settle)?;
@@ -327,18 +427,39 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Writes a database's shard map once (the cluster replicates `_dbs` to every node); a
-/// rerun finds its own map there and leaves it.
-fn write_map(client: &CouchClient, db: &str, doc: &serde_json::Value) -> Result<()> {
-    if let Ok(existing) = client.shard_map(db) {
-        if existing.get("by_range") == doc.get("by_range") {
-            return Ok(());
+/// rerun finds its own map there and leaves it. A database being replaced may have been
+/// created again since its delete (CouchDB recreates `_users` at once, with a new
+/// suffix): it is deleted again, so the backup's files are the ones opened.
+fn write_map(
+    client: &CouchClient,
+    db: &str,
+    doc: &serde_json::Value,
+    replacing: bool,
+) -> Result<()> {
+    let ours = |d: &serde_json::Value| {
+        d.get("by_range") == doc.get("by_range") && d.get("shard_suffix") == doc.get("shard_suffix")
+    };
+    for _ in 0..10 {
+        match client.shard_map(db) {
+            Ok(existing) if ours(&existing) => return Ok(()),
+            Ok(_) if replacing => client.delete_db(db)?,
+            Ok(_) => {
+                return Err(OpsError::Refused(format!(
+                    "database '{db}' appeared in the new cluster while restoring: nothing else may create it during a restore"
+                )))
+            }
+            // Absent, or deleted: ours to write (a conflict with a recreation loops).
+            Err(_) => {
+                if client.put_shard_map(db, doc).is_ok() {
+                    return Ok(());
+                }
+            }
         }
-        return Err(OpsError::Refused(format!(
-            "database '{db}' appeared in the new cluster with another shard map while restoring: nothing else may create it during a restore"
-        )));
+        std::thread::sleep(Duration::from_millis(200));
     }
-    client.put_shard_map(db, doc)?;
-    Ok(())
+    Err(OpsError::Refused(format!(
+        "the shard map of '{db}' could not be written: something in the new cluster keeps creating it"
+    )))
 }
 
 /// Waits until every node holds the database's new shard map.

@@ -1,0 +1,225 @@
+//! `couchvault cluster …`: cluster backups through the broker and the store, restored into
+//! a new cluster through its API (docs/CLUSTERS.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use couchvault::cluster::broker::Broker;
+use couchvault::cluster::job::{
+    result_key, ClusterBackupRequest, ClusterOutcome, COORDINATOR_QUEUE,
+};
+use couchvault::ops::cluster::{ClusterRestoreRequest, TargetNode};
+use couchvault::ops::{OpsError, Progress};
+
+use super::args::{ClusterCommand, ClusterRestoreArgs};
+use super::context::Context;
+use super::output::{bytes, print_json, with_progress};
+use super::render;
+
+pub fn run(ctx: &Context, cmd: ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Backup { instance, no_wait } => backup(ctx, &instance, no_wait),
+        ClusterCommand::List { instance } => list(ctx, instance.as_deref()),
+        ClusterCommand::Verify { instance, id } => {
+            let progress = Progress::default();
+            let reports = with_progress("verify", &progress, ctx.json, || {
+                ctx.vault
+                    .verify_cluster_backup(&ctx.tenant, &instance, &id, &progress)
+            })
+            .with_context(|| format!("cluster backup {id} did not verify"))?;
+            if ctx.json {
+                return print_json(&reports);
+            }
+            println!(
+                "cluster backup {id}: all {} member backups verified",
+                reports.len()
+            );
+            Ok(())
+        }
+        ClusterCommand::Delete { instance, id } => {
+            let deleted = ctx
+                .vault
+                .delete_cluster_backup(&ctx.tenant, &instance, &id)?;
+            if ctx.json {
+                return print_json(&deleted);
+            }
+            println!(
+                "deleted cluster backup {id} and its {} member backups",
+                deleted.len()
+            );
+            Ok(())
+        }
+        ClusterCommand::Restore(args) => restore(ctx, args),
+        ClusterCommand::Status => status(ctx),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn connect(ctx: &Context) -> Result<Broker> {
+    let cfg = &ctx.vault.config.cluster;
+    let Some(url) = &cfg.broker else {
+        bail!("no broker: set [cluster] broker (the NATS server the cluster's daemons share) in the config");
+    };
+    Ok(Broker::connect(url, cfg.timings()).await?)
+}
+
+fn backup(ctx: &Context, instance: &str, no_wait: bool) -> Result<()> {
+    couchvault::names::validate_name("instance", instance)?;
+    let request = ClusterBackupRequest {
+        v: 1,
+        backup: ulid::Ulid::new().to_string(),
+        tenant: ctx.tenant.clone(),
+        instance: instance.to_string(),
+    };
+    let id = request.backup.clone();
+    let deadline = ctx.vault.config.cluster.deadline.get();
+    let outcome = runtime()?.block_on(async {
+        let broker = connect(ctx).await?;
+        broker
+            .dispatch(COORDINATOR_QUEUE, &id, &request)
+            .await?;
+        if no_wait {
+            return Ok(None);
+        }
+        // The coordinator settles it within the deadline; a margin for a takeover.
+        let until = tokio::time::Instant::now() + deadline + broker.timings().lease * 2;
+        loop {
+            if let Some(o) = broker.record::<ClusterOutcome>(&result_key(&id)).await? {
+                return Ok::<_, anyhow::Error>(Some(o));
+            }
+            if tokio::time::Instant::now() > until {
+                bail!("cluster backup {id} did not settle within its deadline: is a daemon with [cluster] coordinate = true running?");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })?;
+    match outcome {
+        None if ctx.json => print_json(&serde_json::json!({"backup_id": id, "queued": true})),
+        None => {
+            println!("cluster backup {id} queued");
+            Ok(())
+        }
+        Some(ClusterOutcome::Failed { error, .. }) => {
+            bail!("cluster backup {id} failed, nothing was committed: {error}")
+        }
+        Some(o) if ctx.json => print_json(&serde_json::json!({"backup_id": id, "outcome": o})),
+        Some(ClusterOutcome::Committed {
+            members,
+            stored_bytes,
+            ..
+        }) => {
+            println!(
+                "cluster backup {id} committed: {members} member backups, {} stored",
+                bytes(stored_bytes)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn list(ctx: &Context, instance: Option<&str>) -> Result<()> {
+    let backups = ctx.vault.cluster_backups(&ctx.tenant, instance)?;
+    if ctx.json {
+        return print_json(&backups);
+    }
+    if backups.is_empty() {
+        println!("no cluster backups");
+    }
+    for m in &backups {
+        let stored: u64 = m.members.iter().map(|x| x.stored_bytes).sum();
+        println!(
+            "{}  {}  {} databases  {} stored",
+            m.backup_id,
+            m.instance,
+            m.databases.len(),
+            bytes(stored)
+        );
+        for member in &m.members {
+            println!(
+                "    {}  {}  {} shards",
+                member.backup_id,
+                member.node,
+                member.shards.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn restore(ctx: &Context, args: ClusterRestoreArgs) -> Result<()> {
+    let nodes = args
+        .nodes
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok(TargetNode {
+                name: name.to_string(),
+                data_dir: PathBuf::from(dir),
+            }),
+            _ => bail!("--node {spec}: expected NAME=DIR (e.g. couchdb@db1=/var/lib/couchdb)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let client = ctx.vault.couch_client_for(None)?.context(
+        "a cluster restore writes the shard maps through the new cluster: set [couchdb] url (or COUCHDB_URL)",
+    )?;
+    let req = ClusterRestoreRequest {
+        tenant: ctx.tenant.clone(),
+        instance: args.instance,
+        backup_id: args.id.clone(),
+        nodes,
+        n: args.n,
+        replace: args.replace,
+        owner: args.owner,
+        staging: args.staging,
+        settle: ctx.vault.config.restore.start_timeout.get(),
+    };
+    let progress = Progress::default();
+    let report = match with_progress("restore", &progress, ctx.json, || {
+        ctx.vault.restore_cluster(&client, &req, &progress)
+    }) {
+        Err(OpsError::PostCheck { checks, message }) => {
+            if !ctx.json {
+                render::checks(&checks);
+            }
+            bail!("{message}");
+        }
+        other => other.with_context(|| format!("restore of cluster backup {} failed", args.id))?,
+    };
+    if ctx.json {
+        return print_json(&report);
+    }
+    render::checks(&report.checks);
+    println!(
+        "restored cluster backup {} from {} members: {} shard files ({}) on {} nodes{}",
+        report.backup_id,
+        report.members,
+        report.files,
+        bytes(report.bytes),
+        req.nodes.len(),
+        match report.replaced.is_empty() {
+            true => String::new(),
+            false => format!("; replaced {}", report.replaced.join(", ")),
+        }
+    );
+    Ok(())
+}
+
+fn status(ctx: &Context) -> Result<()> {
+    let (nodes, leader) = runtime()?.block_on(async {
+        let broker = connect(ctx).await?;
+        Ok::<_, anyhow::Error>((broker.nodes().await?, broker.leader().await?))
+    })?;
+    if ctx.json {
+        return print_json(&serde_json::json!({"nodes": nodes, "coordinator": leader}));
+    }
+    println!("coordinator: {}", leader.as_deref().unwrap_or("none"));
+    for n in &nodes {
+        println!("{}  {}", n.node, n.daemon);
+    }
+    Ok(())
+}
