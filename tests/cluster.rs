@@ -451,6 +451,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
         key_id,
         deadline: Duration::from_secs(120),
         poll: Duration::from_millis(200),
+        down: BTreeSet::new(),
     };
     let manifest = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
@@ -620,6 +621,7 @@ fn cluster_backup(
         key_id: keyring.active("default").unwrap().id.clone(),
         deadline: Duration::from_secs(120),
         poll: Duration::from_millis(200),
+        down: BTreeSet::new(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -848,9 +850,10 @@ fn cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 
 /// The user's path end to end with real processes: three `couchvault daemon`s, one per node
 /// of a real 3-node cluster, sharing a broker and a store. `couchvault cluster backup` is
-/// queued; the daemon coordinating it is killed (SIGKILL) once it has planned, taking its
-/// node's agent with it: another daemon takes the lead, resumes the plan, moves the dead
-/// node's ranges to the replicas and commits. `cluster list` shows the backup with its
+/// queued while one node's CouchDB is down (none of its copies is read); the daemon
+/// coordinating it is killed (SIGKILL) once it has planned, taking its node's agent with
+/// it: the only other daemon whose CouchDB is up takes the lead, resumes the plan, moves the
+/// dead node's ranges to its replicas and commits. `cluster list` shows the backup with its
 /// members, `cluster verify` reads it all, `cluster restore` puts it into a new 2-node
 /// cluster, `cluster delete` removes it whole and `gc` finds nothing left.
 #[test]
@@ -939,6 +942,9 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         .iter()
         .position(|d| leader.ends_with(&d.url))
         .expect("a daemon leads");
+    // Another node's CouchDB is down before the backup: none of its copies is read.
+    let down = (victim + 1) % 3;
+    nodes[down].stop();
 
     let (ok, out, err) = cli(
         &d0,
@@ -1006,7 +1012,12 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
     let list: Value = serde_json::from_str(&out).unwrap();
     let members = list[0]["members"].as_array().unwrap();
     assert_eq!(list[0]["backup_id"], id.as_str());
-    assert!(members.iter().all(|m| m["node"] != dead.as_str()), "{list}");
+    assert!(
+        members
+            .iter()
+            .all(|m| m["node"] != dead.as_str() && m["node"] != nodes[down].node.as_str()),
+        "{list}"
+    );
     let shards: usize = members
         .iter()
         .map(|m| m["shards"].as_array().unwrap().len())

@@ -45,6 +45,9 @@ pub struct ClusterRequest {
     pub deadline: Duration,
     /// How often jobs and nodes are looked at.
     pub poll: Duration,
+    /// CouchDB nodes that were down when the backup began: their copies may be stale, so
+    /// none is read, whatever their daemons say.
+    pub down: BTreeSet<String>,
 }
 
 fn now() -> i64 {
@@ -72,7 +75,7 @@ pub async fn run(
             p
         }
         None => {
-            let up = live(broker).await?;
+            let up = live(broker, &req.down).await?;
             let plan = Plan::new(maps, &up, |db| details.get(db).map_or(0, |d| d.size))
                 .map_err(plan_err)?;
             let jobs = plan
@@ -111,7 +114,7 @@ pub async fn run(
         if !broker.renew(lease).await? {
             return Err(ClusterError::LostLease { backup });
         }
-        let up = live(broker).await?;
+        let up = live(broker, &req.down).await?;
         let (mut pending, mut failed) = (Vec::new(), Vec::new());
         for e in &progress.jobs {
             match broker.record::<JobState>(&e.id).await? {
@@ -197,7 +200,13 @@ pub async fn run(
     })
 }
 
-/// The nodes whose daemons are registered now.
-async fn live(broker: &Broker) -> Result<BTreeSet<String>, BrokerError> {
-    Ok(broker.nodes().await?.into_iter().map(|r| r.node).collect())
+/// The nodes whose daemons are registered now, but for those whose CouchDB was down.
+async fn live(broker: &Broker, down: &BTreeSet<String>) -> Result<BTreeSet<String>, BrokerError> {
+    Ok(broker
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|r| r.node)
+        .filter(|n| !down.contains(n))
+        .collect())
 }

@@ -253,8 +253,17 @@ impl CouchClient {
 
     /// The nodes joined in the cluster (`/_membership`'s `cluster_nodes`).
     pub fn membership(&self) -> Result<Vec<String>, CouchError> {
+        self.membership_of("cluster_nodes")
+    }
+
+    /// The cluster's nodes this node is connected to now (`all_nodes`): the others are down.
+    pub fn connected_nodes(&self) -> Result<Vec<String>, CouchError> {
+        self.membership_of("all_nodes")
+    }
+
+    fn membership_of(&self, list: &str) -> Result<Vec<String>, CouchError> {
         let v = self.get("/_membership")?;
-        Ok(v.get("cluster_nodes")
+        Ok(v.get(list)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()

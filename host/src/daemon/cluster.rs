@@ -4,6 +4,7 @@
 //! each out and commits its manifest. A request is acknowledged only once settled: a
 //! coordinator that dies holding one leaves it to the next leader, which resumes it.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,12 @@ fn member_runner(vault: Arc<Vault>) -> RunMember {
 async fn lead(vault: Arc<Vault>, broker: Arc<Broker>, holder: String) {
     let beat = broker.timings().lease / 3;
     loop {
+        // A coordinator reads the cluster through its own node: one whose CouchDB is down
+        // leaves the lead to the others.
+        if !couch_up(&vault).await {
+            tokio::time::sleep(beat).await;
+            continue;
+        }
         let mut lease = match broker.try_lead(&holder).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
@@ -90,6 +97,11 @@ async fn lead(vault: Arc<Vault>, broker: Arc<Broker>, holder: String) {
                     continue;
                 }
             }
+            if !couch_up(&vault).await {
+                tracing::warn!("this node's CouchDB is down: leaving the cluster lead");
+                let _ = broker.resign(lease).await;
+                break;
+            }
             let next = broker
                 .next_job::<ClusterBackupRequest>(COORDINATOR_QUEUE, beat)
                 .await;
@@ -105,8 +117,18 @@ async fn lead(vault: Arc<Vault>, broker: Arc<Broker>, holder: String) {
                 break;
             }
         }
-        tracing::warn!("this daemon lost the cluster lease");
+        tracing::warn!("this daemon no longer coordinates cluster backups");
     }
+}
+
+/// Whether this daemon's CouchDB ([couchdb] url) answers.
+async fn couch_up(vault: &Arc<Vault>) -> bool {
+    let vault = vault.clone();
+    tokio::task::spawn_blocking(
+        move || matches!(vault.couch_client_for(None), Ok(Some(c)) if c.version().is_ok()),
+    )
+    .await
+    .unwrap_or(false)
 }
 
 /// Carries out one request; false when the lease was lost (the request is left to the
@@ -125,7 +147,7 @@ async fn coordinate(
         return true;
     }
     let work = async {
-        let (maps, details, key_id) = {
+        let (maps, details, down, key_id) = {
             let vault = vault.clone();
             let tenant = r.tenant.clone();
             tokio::task::spawn_blocking(move || -> Result<_, String> {
@@ -134,9 +156,20 @@ async fn coordinate(
                     .map_err(|e| e.to_string())?
                     .ok_or("a cluster backup reads the shard maps through CouchDB: set [couchdb] url on every daemon of the cluster")?;
                 let (maps, details) = shards::read(&client).map_err(|e| e.to_string())?;
+                let connected: BTreeSet<String> = client
+                    .connected_nodes()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .collect();
+                let down = client
+                    .membership()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|n| !connected.contains(n))
+                    .collect::<BTreeSet<String>>();
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
                 let key_id = keyring.active(&tenant).map_err(|e| e.to_string())?.id.clone();
-                Ok((maps, details, key_id))
+                Ok((maps, details, down, key_id))
             })
             .await
             .map_err(|e| Some(e.to_string()))?
@@ -150,7 +183,11 @@ async fn coordinate(
             key_id,
             deadline: cfg.deadline.get(),
             poll: Duration::from_secs(1),
+            down,
         };
+        if !req.down.is_empty() {
+            tracing::warn!(backup = %r.backup, down = ?req.down, "CouchDB nodes down: their ranges are read from other replicas");
+        }
         // None: the lease was lost, the request is the next leader's.
         let m = coordinator::run(broker, lease, &req, &maps, &details)
             .await
