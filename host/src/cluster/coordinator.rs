@@ -102,67 +102,19 @@ pub async fn run(
             p
         }
     };
-    // Queue every job nobody has taken yet (again after a takeover: the broker drops a job
-    // id it queued in the last two minutes, and an agent drops a settled one).
-    for e in &progress.jobs {
-        if broker.record::<JobState>(&e.id).await?.is_none() {
-            broker.dispatch(&e.node, &e.id, &progress.job(e)).await?;
-        }
-    }
-
+    // A broker that fails for a while (restarted, a network blip) is waited out within the
+    // deadline: the next round sends again every job nobody has taken.
+    let mut resend = true;
+    let mut pending = Vec::new();
     loop {
-        if !broker.renew(lease).await? {
-            return Err(ClusterError::LostLease { backup });
-        }
-        let up = live(broker, &req.down).await?;
-        let (mut pending, mut failed) = (Vec::new(), Vec::new());
-        for e in &progress.jobs {
-            match broker.record::<JobState>(&e.id).await? {
-                Some(JobState::Committed { .. }) => {}
-                Some(JobState::Failed { error, .. }) => {
-                    tracing::warn!(job = %e.id, %error, "member job failed: moving its ranges");
-                    failed.push(e.clone());
-                }
-                _ if !up.contains(&e.node) => {
-                    tracing::warn!(job = %e.id, node = %e.node, "node gone: moving its ranges");
-                    failed.push(e.clone());
-                }
-                _ => pending.push(e.id.clone()),
+        match round(broker, lease, req, maps, &mut progress, resend).await {
+            Ok(None) => break,
+            Ok(Some(p)) => (pending, resend) = (p, false),
+            Err(ClusterError::Broker(e)) => {
+                tracing::warn!(%backup, error = %e, "broker unavailable: retrying");
+                resend = true;
             }
-        }
-        if failed.is_empty() && pending.is_empty() {
-            break;
-        }
-        for e in failed {
-            // Only this job's ranges move: the node may have committed another job.
-            let files: BTreeSet<String> = e.shards.iter().cloned().collect();
-            let lost = progress.plan.take(&e.node, &files);
-            let added = progress
-                .plan
-                .reassign(lost, &e.node, maps, &up)
-                .map_err(plan_err)?;
-            broker
-                .put_record(&e.id, &JobState::Superseded { v: 1 })
-                .await?;
-            progress.jobs.retain(|j| j.id != e.id);
-            let mut queue = Vec::new();
-            for (node, share) in added {
-                let round = progress.rounds.entry(node.clone()).or_insert(0);
-                let entry = JobEntry {
-                    id: MemberJob::id_for(&backup, &node, *round),
-                    node,
-                    shards: share.ranges.iter().map(|r| r.file()).collect(),
-                };
-                *round += 1;
-                progress.jobs.push(entry.clone());
-                queue.push(entry);
-            }
-            broker.put_record(&key, &progress).await?;
-            for entry in &queue {
-                broker
-                    .dispatch(&entry.node, &entry.id, &progress.job(entry))
-                    .await?;
-            }
+            Err(e) => return Err(e),
         }
         if now() > progress.deadline {
             return Err(ClusterError::Deadline { backup, pending });
@@ -198,6 +150,92 @@ pub async fn run(
         members,
         databases: manifest::db_maps(maps, details),
     })
+}
+
+/// One look at the jobs: the lease renewed, unsent jobs sent (after a takeover or a broker
+/// failure: the broker drops a job id it queued in the last two minutes, and an agent drops
+/// a settled one), the ranges of failed or vanished jobs moved. None once every member has
+/// committed, else the jobs still running.
+async fn round(
+    broker: &Broker,
+    lease: &mut Lease,
+    req: &ClusterRequest,
+    maps: &[DbShards],
+    progress: &mut Progress,
+    resend: bool,
+) -> Result<Option<Vec<String>>, ClusterError> {
+    let backup = &req.backup;
+    if !broker.renew(lease).await? {
+        return Err(ClusterError::LostLease {
+            backup: backup.clone(),
+        });
+    }
+    if resend {
+        broker.put_record(&plan_key(backup), &*progress).await?;
+        for e in &progress.jobs {
+            if broker.record::<JobState>(&e.id).await?.is_none() {
+                broker.dispatch(&e.node, &e.id, &progress.job(e)).await?;
+            }
+        }
+    }
+    let up = live(broker, &req.down).await?;
+    let (mut pending, mut failed) = (Vec::new(), Vec::new());
+    for e in &progress.jobs {
+        match broker.record::<JobState>(&e.id).await? {
+            Some(JobState::Committed { .. }) => {}
+            Some(JobState::Failed { error, .. }) => {
+                tracing::warn!(job = %e.id, %error, "member job failed: moving its ranges");
+                failed.push(e.clone());
+            }
+            // Moved by a coordinator that died before recording where.
+            Some(JobState::Superseded { .. }) => failed.push(e.clone()),
+            _ if !up.contains(&e.node) => {
+                tracing::warn!(job = %e.id, node = %e.node, "node gone: moving its ranges");
+                failed.push(e.clone());
+            }
+            _ => pending.push(e.id.clone()),
+        }
+    }
+    if failed.is_empty() && pending.is_empty() {
+        return Ok(None);
+    }
+    for e in failed {
+        // Only this job's ranges move: the node may have committed another job.
+        let files: BTreeSet<String> = e.shards.iter().cloned().collect();
+        let lost = progress.plan.take(&e.node, &files);
+        let added = progress
+            .plan
+            .reassign(lost, &e.node, maps, &up)
+            .map_err(|source| ClusterError::Plan {
+                backup: backup.clone(),
+                source,
+            })?;
+        progress.jobs.retain(|j| j.id != e.id);
+        let mut queue = Vec::new();
+        for (node, share) in added {
+            let round = progress.rounds.entry(node.clone()).or_insert(0);
+            let entry = JobEntry {
+                id: MemberJob::id_for(backup, &node, *round),
+                node,
+                shards: share.ranges.iter().map(|r| r.file()).collect(),
+            };
+            *round += 1;
+            progress.jobs.push(entry.clone());
+            queue.push(entry);
+        }
+        // Where the ranges went is recorded before the old job is told it is superseded,
+        // and both before the new jobs are queued.
+        broker.put_record(&plan_key(backup), &*progress).await?;
+        broker
+            .put_record(&e.id, &JobState::Superseded { v: 1 })
+            .await?;
+        for entry in &queue {
+            broker
+                .dispatch(&entry.node, &entry.id, &progress.job(entry))
+                .await?;
+        }
+    }
+    Ok(Some(pending))
 }
 
 /// The nodes whose daemons are registered now, but for those whose CouchDB was down.
