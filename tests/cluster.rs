@@ -21,7 +21,6 @@ use couchvault::cluster::job::{JobState, MemberJob};
 use couchvault::cluster::manifest;
 use couchvault::cluster::plan::Plan;
 use couchvault::cluster::shards;
-use couchvault::couchdb::http::{CouchClient, Password};
 use couchvault::couchdb::{Source, SourceSpec};
 use couchvault::engine::backup::StreamSettings;
 use couchvault::keyring::KeyRing;
@@ -67,82 +66,37 @@ fn member_backups_read_every_shard_range_once() {
     );
     assert_eq!(rows["total_rows"], 400, "{rows}");
 
-    let client = CouchClient::new(
-        &nodes[0].url,
-        Some("admin".into()),
-        Some(Password("password".into())),
-    )
-    .unwrap();
-    let (maps, details) = shards::read(&client).unwrap();
-    let names: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let (maps, details) = shards::read(&nodes[0].client()).unwrap();
     let wide = maps.iter().find(|m| m.name == "wide").expect("wide's map");
     assert_eq!(wide.by_range.len(), 4);
     assert!(wide.by_range.values().all(|h| h.len() == 3));
-    let plan = Plan::new(&maps, &names, |db| details[db].size).unwrap();
-    assert_eq!(plan.nodes.len(), 3, "every node reads a share");
-
-    let dir = tempfile::tempdir().unwrap();
-    let keyring = KeyRing::create(&dir.path().join("keys.toml"), "default").unwrap();
-    let store = LocalStore::new(dir.path().join("store"), 1 << 20);
+    let b9 = members_and_wholes(&nodes, &maps, &details);
+    stop();
     let mut read_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let (mut member_bytes, mut whole_bytes) = (0, 0);
-    for node in &nodes {
-        let mut source = Source::discover(&SourceSpec {
-            data_dir: Some(node.data.clone()),
-            ..Default::default()
-        })
-        .unwrap();
-        let share = &plan.nodes[&node.node];
-        source.shards = Some(share.ranges.iter().map(|r| r.file()).collect());
-        let member = common::backup_source(
-            &store,
-            &keyring,
-            &source,
-            "member",
-            None,
-            StreamSettings::default(),
-            false,
-        )
-        .unwrap();
-        member_bytes += member.data.size;
+    for (node, share, member) in &b9.members {
         for f in &member.files {
             if let Some(shard) = f.path.strip_prefix("data/shards/") {
                 read_by
                     .entry(shard.to_string())
                     .or_default()
-                    .push(node.node.clone());
+                    .push(node.clone());
             } else if let Some(index) = f.path.strip_prefix("data/.shards/") {
                 assert!(
                     share
                         .ranges
                         .iter()
                         .any(|r| index.starts_with(&r.index_dir()[8..])),
-                    "{} holds an index outside its share: {index}",
-                    node.node
+                    "{node} holds an index outside its share: {index}"
                 );
             } else {
                 assert!(
                     f.path == "data/_dbs.couch" || f.path.starts_with("etc/"),
-                    "{} read {} outside its share",
-                    node.node,
+                    "{node} read {} outside its share",
                     f.path
                 );
             }
         }
-        source.shards = None;
-        let whole = common::backup_source(
-            &store,
-            &keyring,
-            &source,
-            "whole",
-            None,
-            StreamSettings::default(),
-            false,
-        )
-        .unwrap();
-        whole_bytes += whole.data.size;
     }
-    stop();
     // Every range of every database, each read by exactly one node.
     let expected: BTreeSet<String> = maps
         .iter()
@@ -153,12 +107,134 @@ fn member_backups_read_every_shard_range_once() {
     for (shard, by) in &read_by {
         assert_eq!(by.len(), 1, "{shard} read by {by:?}");
     }
-    let ratio = member_bytes as f64 / whole_bytes as f64;
-    println!("stored: members {member_bytes} B, three whole nodes {whole_bytes} B: {ratio:.2}x");
+    let ratio = b9.print();
     assert!(
         ratio < 0.5,
         "members store {ratio:.2}x of three whole nodes"
     );
+}
+
+/// B9: each node's member backup and its whole-node backup, with bytes and wall times.
+struct B9 {
+    members: Vec<(
+        String,
+        couchvault::cluster::plan::NodeShare,
+        couchvault::format::BackupMetadata,
+    )>,
+    member_bytes: u64,
+    whole_bytes: u64,
+    member_time: Duration,
+    slowest_member: Duration,
+    whole_time: Duration,
+}
+
+impl B9 {
+    /// Prints the ratios; returns stored bytes, members over whole nodes.
+    fn print(&self) -> f64 {
+        let ratio = self.member_bytes as f64 / self.whole_bytes as f64;
+        println!(
+            "B9 stored: members {} B, every node whole {} B: {ratio:.2}x",
+            self.member_bytes, self.whole_bytes
+        );
+        println!(
+            "B9 wall: members {:.0} ms one after another (slowest {:.0} ms, the time when each node runs its own), every node whole {:.0} ms one after another (slowest member / whole in turn {:.2}x)",
+            self.member_time.as_secs_f64() * 1e3,
+            self.slowest_member.as_secs_f64() * 1e3,
+            self.whole_time.as_secs_f64() * 1e3,
+            self.slowest_member.as_secs_f64() / self.whole_time.as_secs_f64()
+        );
+        ratio
+    }
+}
+
+/// Plans with every node up, then on each node in turn takes its member backup and a
+/// backup of the whole node (one machine here: on a cluster, members run at once).
+fn members_and_wholes(
+    nodes: &[Couch],
+    maps: &[couchvault::couchdb::shardmap::DbShards],
+    details: &BTreeMap<String, shards::DbDetail>,
+) -> B9 {
+    let names: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let plan = Plan::new(maps, &names, |db| details[db].size).unwrap();
+    assert_eq!(plan.nodes.len(), nodes.len(), "every node reads a share");
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = KeyRing::create(&dir.path().join("keys.toml"), "default").unwrap();
+    let store = LocalStore::new(dir.path().join("store"), 1 << 20);
+    let mut b9 = B9 {
+        members: Vec::new(),
+        member_bytes: 0,
+        whole_bytes: 0,
+        member_time: Duration::ZERO,
+        slowest_member: Duration::ZERO,
+        whole_time: Duration::ZERO,
+    };
+    for node in nodes {
+        let mut source = Source::discover(&SourceSpec {
+            data_dir: Some(node.data.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let share = plan.nodes[&node.node].clone();
+        source.shards = Some(share.ranges.iter().map(|r| r.file()).collect());
+        let backup = |source: &Source, instance: &str| {
+            let t = Instant::now();
+            let meta = common::backup_source(
+                &store,
+                &keyring,
+                source,
+                instance,
+                None,
+                StreamSettings::default(),
+                false,
+            )
+            .unwrap();
+            (meta, t.elapsed())
+        };
+        let (member, took) = backup(&source, "member");
+        b9.member_time += took;
+        b9.slowest_member = b9.slowest_member.max(took);
+        b9.member_bytes += member.data.size;
+        source.shards = None;
+        let (whole, took) = backup(&source, "whole");
+        b9.whole_time += took;
+        b9.whole_bytes += whole.data.size;
+        b9.members.push((node.node.clone(), share, member));
+    }
+    b9
+}
+
+/// Benchmark B9 (docs/PERFORMANCE.md), not run by default: `cargo test --release --test
+/// cluster b9 -- --ignored --nocapture`. A 3-node cluster (n=3, q=2) with three databases
+/// of 20,000 documents of about 1 KiB each (about 60 MiB of shards per node).
+#[test]
+#[ignore]
+fn b9_cluster_backup_against_every_node_whole() {
+    let Some(sh) = script() else { return };
+    let nodes = Couch::cluster(&sh, "cvb9", 3, 11540);
+    for (i, db) in ["orders", "users", "events"].iter().enumerate() {
+        nodes[0].send(Method::PUT, &format!("/{db}"), &json!({}));
+        for batch in 0..20 {
+            let docs: Vec<_> = (0..1000)
+                .map(|k| {
+                    let n = batch * 1000 + k;
+                    json!({"_id": format!("d{n:06}"), "n": n, "body": format!("{n:x}-{}", "abcdefghij".repeat(95 + i))})
+                })
+                .collect();
+            nodes[batch % 3].send(
+                Method::POST,
+                &format!("/{db}/_bulk_docs"),
+                &json!({ "docs": docs }),
+            );
+        }
+    }
+    // Every replica written before the backups read them.
+    std::thread::sleep(Duration::from_secs(5));
+    let (maps, details) = shards::read(&nodes[0].client()).unwrap();
+    let b9 = members_and_wholes(&nodes, &maps, &details);
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvb9", "3"])
+        .output();
+    b9.print();
 }
 
 fn fast() -> Timings {
@@ -419,12 +495,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
             &json!({ "docs": docs }),
         );
     }
-    let client = CouchClient::new(
-        &nodes[0].url,
-        Some("admin".into()),
-        Some(Password("password".into())),
-    )
-    .unwrap();
+    let client = nodes[0].client();
     let (maps, details) = shards::read(&client).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ring = dir.path().join("keys.toml");
@@ -607,12 +678,7 @@ fn cluster_backup(
     instance: &str,
 ) -> manifest::ClusterManifest {
     let keyring = KeyRing::load(ring).unwrap();
-    let client = CouchClient::new(
-        &nodes[0].url,
-        Some("admin".into()),
-        Some(Password("password".into())),
-    )
-    .unwrap();
+    let client = nodes[0].client();
     let (maps, details) = shards::read(&client).unwrap();
     let req = ClusterRequest {
         backup: ulid::Ulid::new().to_string(),
@@ -750,12 +816,7 @@ fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
     .unwrap();
     for (name, size, port) in [("cvnew", 3, 11440), ("cvtwo", 2, 11470)] {
         let new = Couch::cluster(&sh, name, size, port);
-        let client = CouchClient::new(
-            &new[0].url,
-            Some("admin".into()),
-            Some(Password("password".into())),
-        )
-        .unwrap();
+        let client = new[0].client();
         let mut req = couchvault::ops::cluster::ClusterRestoreRequest {
             tenant: "default".into(),
             instance: "shop".into(),

@@ -103,6 +103,16 @@ impl Couch {
         );
     }
 
+    /// couchvault's client for this node, as admin.
+    pub fn client(&self) -> couchvault::couchdb::http::CouchClient {
+        couchvault::couchdb::http::CouchClient::new(
+            &self.url,
+            Some("admin".into()),
+            Some(couchvault::couchdb::http::Password("password".into())),
+        )
+        .unwrap()
+    }
+
     /// Clean stop (SIGTERM, waits).
     pub fn stop(&self) {
         self.run("stop");
