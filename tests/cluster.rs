@@ -739,7 +739,9 @@ fn cluster_backup(
 /// and into a 2-node cluster: every database opens on every node with at least the
 /// documents it had when the backup started and no more than the writer wrote, the
 /// attachment is byte-exact and the view answers on every node. A new cluster's own
-/// `_users` is replaced; a database with documents in the way is refused untouched.
+/// `_users` is replaced; a database with documents in the way is refused untouched. And one
+/// node of the original cluster that lost its disk is restored in place from the members
+/// while its peers are down (it then holds what the backup held), then caught up by CouchDB.
 #[test]
 fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
     let Some(sh) = script() else { return };
@@ -801,11 +803,7 @@ fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
     writing.store(false, Ordering::Relaxed);
     writer.join().unwrap();
     let end_count = src[0].doc_count("orders");
-    let _ = std::process::Command::new(&sh)
-        .args(["stop-cluster", "cvsrc", "3"])
-        .output();
     assert!(m.databases["orders"].detail.doc_count >= start_count);
-
     let mut config = couchvault::config::Config::embedded();
     config.state_dir = Some(dir.path().join("state"));
     let vault = couchvault::ops::Vault::open(
@@ -814,6 +812,95 @@ fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
         Some(ring.clone()),
     )
     .unwrap();
+
+    // One node loses its disk and comes back empty while the others take 50 more orders:
+    // restored in place from the members, CouchDB's internal replication brings the rest.
+    let lost = &src[2];
+    lost.stop();
+    for d in ["shards", ".shards"] {
+        let _ = std::fs::remove_dir_all(lost.data.join(d));
+    }
+    lost.restart();
+    for k in 0..50 {
+        src[0].send(
+            Method::PUT,
+            &format!("/orders/late{k:03}"),
+            &json!({"late": k}),
+        );
+    }
+    // The other nodes are down while it is restored: what it has then came from the backup.
+    src[0].stop();
+    src[1].stop();
+    let (stop, start) = lost.hooks();
+    let report = vault
+        .restore_cluster_node(
+            Some(&lost.client()),
+            &couchvault::ops::cluster::NodeRestoreRequest {
+                tenant: "default".into(),
+                instance: "shop".into(),
+                backup_id: m.backup_id.clone(),
+                node: couchvault::ops::cluster::TargetNode {
+                    name: lost.node.clone(),
+                    data_dir: lost.data.clone(),
+                },
+                owner: None,
+                staging: Some(dir.path().join("staging-node")),
+                hooks: couchvault::ops::restore::Hooks {
+                    stop: Some(stop),
+                    start: Some(start),
+                },
+                settle: Duration::from_secs(60),
+            },
+            &couchvault::ops::Progress::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        report.files, 8,
+        "both ranges of _replicator, _users, orders and files"
+    );
+    let local_orders = || -> u64 {
+        let map = lost.get("/_node/_local/_dbs/orders");
+        let suffix = &m.databases["orders"].suffix;
+        map["by_range"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|r| {
+                let shard = format!("shards%2F{r}%2Forders{suffix}");
+                lost.get(&format!("/_node/{}/{shard}", lost.node))["doc_count"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let restored = local_orders();
+    assert!(
+        (start_count..=end_count).contains(&restored),
+        "{restored} orders restored, not within {start_count}..={end_count}"
+    );
+    let rows = lost.send(
+        Method::GET,
+        "/orders/_design/v/_view/by_k?limit=1",
+        &json!(null),
+    );
+    assert_eq!(rows["total_rows"], 300, "{rows}");
+    // The others back: internal replication brings it the orders taken since.
+    src[0].restart();
+    src[1].restart();
+    let t = Instant::now();
+    while local_orders() != end_count + 50 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{} orders on the restored node, not {}",
+            local_orders(),
+            end_count + 50
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvsrc", "3"])
+        .output();
+
     for (name, size, port) in [("cvnew", 3, 11440), ("cvtwo", 2, 11470)] {
         let new = Couch::cluster(&sh, name, size, port);
         let client = new[0].client();

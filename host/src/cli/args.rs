@@ -130,6 +130,11 @@ pub struct ClusterRestoreArgs {
     /// A node of the new cluster and its database directory; once per node, every node.
     #[arg(long = "node", value_name = "NAME=DIR", required = true)]
     pub nodes: Vec<String>,
+    /// Restore only the one node given, of the cluster the backup was taken of (its disk
+    /// lost, the others alive): every range the backup's maps place on it, between the stop
+    /// and start hooks (restore.stop_command / start_command); CouchDB then syncs it.
+    #[arg(long)]
+    pub one_node: bool,
     /// Copies of each shard range (default: the new cluster's [cluster] n).
     #[arg(long)]
     pub n: Option<usize>,

@@ -9,7 +9,8 @@ use couchvault::cluster::broker::Broker;
 use couchvault::cluster::job::{
     result_key, ClusterBackupRequest, ClusterOutcome, COORDINATOR_QUEUE,
 };
-use couchvault::ops::cluster::{ClusterRestoreRequest, TargetNode};
+use couchvault::ops::cluster::{ClusterRestoreRequest, NodeRestoreRequest, TargetNode};
+use couchvault::ops::restore::Hooks;
 use couchvault::ops::{OpsError, Progress};
 
 use super::args::{ClusterCommand, ClusterRestoreArgs};
@@ -164,6 +165,9 @@ fn restore(ctx: &Context, args: ClusterRestoreArgs) -> Result<()> {
             _ => bail!("--node {spec}: expected NAME=DIR (e.g. couchdb@db1=/var/lib/couchdb)"),
         })
         .collect::<Result<Vec<_>>>()?;
+    if args.one_node {
+        return restore_one_node(ctx, args, nodes);
+    }
     let client = ctx.vault.couch_client_for(None)?.context(
         "a cluster restore writes the shard maps through the new cluster: set [couchdb] url (or COUCHDB_URL)",
     )?;
@@ -204,6 +208,63 @@ fn restore(ctx: &Context, args: ClusterRestoreArgs) -> Result<()> {
         match report.replaced.is_empty() {
             true => String::new(),
             false => format!("; replaced {}", report.replaced.join(", ")),
+        }
+    );
+    Ok(())
+}
+
+fn restore_one_node(ctx: &Context, args: ClusterRestoreArgs, nodes: Vec<TargetNode>) -> Result<()> {
+    let [node] = <[TargetNode; 1]>::try_from(nodes).map_err(|_| {
+        anyhow::anyhow!("--one-node restores one node: give exactly one --node NAME=DIR")
+    })?;
+    if args.n.is_some() || args.replace {
+        bail!("--n and --replace are for a restore into a new cluster, not --one-node");
+    }
+    let client = ctx.vault.couch_client_for(None)?;
+    let cfg = &ctx.vault.config.restore;
+    let req = NodeRestoreRequest {
+        tenant: ctx.tenant.clone(),
+        instance: args.instance,
+        backup_id: args.id.clone(),
+        node,
+        owner: args.owner,
+        staging: args.staging,
+        hooks: Hooks::from_config(cfg),
+        settle: cfg.start_timeout.get(),
+    };
+    let progress = Progress::default();
+    let report = match with_progress("restore", &progress, ctx.json, || {
+        ctx.vault
+            .restore_cluster_node(client.as_ref(), &req, &progress)
+    }) {
+        Err(OpsError::PostCheck { checks, message }) => {
+            if !ctx.json {
+                render::checks(&checks);
+            }
+            bail!("{message}");
+        }
+        other => other.with_context(|| {
+            format!(
+                "restore of node {} from cluster backup {} failed",
+                req.node.name, args.id
+            )
+        })?,
+    };
+    if ctx.json {
+        return print_json(&report);
+    }
+    println!(
+        "restored node {} from cluster backup {}: {} shard files ({}){}",
+        report.node,
+        report.backup_id,
+        report.files,
+        bytes(report.bytes),
+        match &report.previous {
+            Some(p) => format!(
+                "; its previous files are in {} (delete it once the node is healthy)",
+                p.display()
+            ),
+            None => String::new(),
         }
     );
     Ok(())

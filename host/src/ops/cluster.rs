@@ -56,6 +56,34 @@ pub struct ClusterRestoreRequest {
     pub settle: Duration,
 }
 
+/// One node of the backed-up cluster to restore in place ([`Vault::restore_cluster_node`]).
+#[derive(Debug, Clone)]
+pub struct NodeRestoreRequest {
+    pub tenant: String,
+    pub instance: String,
+    pub backup_id: String,
+    /// The node, by the name the backup's shard maps give it.
+    pub node: TargetNode,
+    pub owner: Option<String>,
+    pub staging: Option<PathBuf>,
+    /// Stop CouchDB on the node before its files are replaced, start it after.
+    pub hooks: super::restore::Hooks,
+    /// How long CouchDB may take to answer after the start hook.
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRestoreReport {
+    pub backup_id: String,
+    pub node: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// Where the node's replaced files were moved (delete it once the node is healthy).
+    pub previous: Option<PathBuf>,
+    /// Every placed shard opened on the node (when CouchDB's URL is known).
+    pub checks: Vec<DbCheck>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterRestoreReport {
     pub backup_id: String,
@@ -187,41 +215,8 @@ impl Vault {
         let replaced = self.databases_to_replace(client, &m, req.replace)?;
 
         // Every member unpacked and verified before the new cluster is touched.
-        let staging = match &req.staging {
-            Some(s) => s.clone(),
-            None => req.nodes[0]
-                .data_dir
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join(format!(".couchvault-cluster-{}", m.backup_id)),
-        };
-        let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for (i, member) in m.members.iter().enumerate() {
-            let meta = catalog::load(&*self.store, &keyring, &req.tenant, &member.backup_id)?;
-            if meta.instance != member.member_instance {
-                return Err(OpsError::Refused(format!(
-                    "cluster backup {}: member {} belongs to instance '{}', not '{}' (a swapped member)",
-                    m.backup_id, member.backup_id, meta.instance, member.member_instance
-                )));
-            }
-            let chain = catalog::chain(&*self.store, &keyring, meta)?;
-            let dir = staging.join(i.to_string());
-            fs::create_dir_all(&staging)
-                .map_err(|e| OpsError::io(format!("creating {}", staging.display()), e))?;
-            let opts = RestoreOptions {
-                target: dir.join("data"),
-                view_index_target: None,
-                config_target: None,
-                force: true,
-                discard_old: true,
-                owner: None,
-                sync: false,
-            };
-            engine::restore_with(&*self.store, &keyring, &chain, &opts, progress, &|| Ok(()))?;
-            for shard in &member.shards {
-                sources.insert(shard.clone(), dir.join("data"));
-            }
-        }
+        let staging = staging_dir(req.staging.as_ref(), &req.nodes[0].data_dir, &m);
+        let sources = self.unpack_members(&keyring, &m, |_| true, &staging, progress)?;
 
         let placement = place(&m.databases, &names, n);
         for db in &replaced {
@@ -297,6 +292,201 @@ impl Vault {
         Ok(report)
     }
 
+    /// Unpacks and verifies the members `wanted` picks into `staging/<index>/data`; returns
+    /// each shard file (`shards/<range>/<db><suffix>.couch`) with the directory holding it.
+    fn unpack_members(
+        &self,
+        keyring: &crate::keyring::KeyRing,
+        m: &ClusterManifest,
+        wanted: impl Fn(&manifest::Member) -> bool,
+        staging: &Path,
+        progress: &Progress,
+    ) -> Result<BTreeMap<String, PathBuf>> {
+        let mut sources = BTreeMap::new();
+        for (i, member) in m.members.iter().enumerate().filter(|(_, x)| wanted(x)) {
+            let meta = catalog::load(&*self.store, keyring, &m.tenant, &member.backup_id)?;
+            if meta.instance != member.member_instance {
+                return Err(OpsError::Refused(format!(
+                    "cluster backup {}: member {} belongs to instance '{}', not '{}' (a swapped member)",
+                    m.backup_id, member.backup_id, meta.instance, member.member_instance
+                )));
+            }
+            let chain = catalog::chain(&*self.store, keyring, meta)?;
+            let dir = staging.join(i.to_string()).join("data");
+            fs::create_dir_all(staging)
+                .map_err(|e| OpsError::io(format!("creating {}", staging.display()), e))?;
+            let opts = RestoreOptions {
+                target: dir.clone(),
+                view_index_target: None,
+                config_target: None,
+                force: true,
+                discard_old: true,
+                owner: None,
+                sync: false,
+            };
+            engine::restore_with(&*self.store, keyring, &chain, &opts, progress, &|| Ok(()))?;
+            for shard in &member.shards {
+                sources.insert(shard.clone(), dir.clone());
+            }
+        }
+        Ok(sources)
+    }
+
+    /// Restores one node of the cluster a backup was taken of (its disk lost, the other
+    /// nodes alive): every shard range the backup's maps place on it, from whichever member
+    /// read it, with its view indexes. CouchDB on the node is stopped and started with the
+    /// hooks around the swap; the files it had are kept aside; once it is up, CouchDB's
+    /// internal replication brings it the writes made since the backup.
+    pub fn restore_cluster_node(
+        &self,
+        client: Option<&CouchClient>,
+        req: &NodeRestoreRequest,
+        progress: &Progress,
+    ) -> Result<NodeRestoreReport> {
+        let keyring = self.keyring()?;
+        let m = manifest::load(
+            &*self.store,
+            &keyring,
+            &req.tenant,
+            &req.instance,
+            &req.backup_id,
+        )?;
+        let node = &req.node;
+        let mut shards = Vec::new();
+        for (db, map) in &m.databases {
+            for (range, holders) in &map.by_range {
+                if holders.contains(&node.name) {
+                    shards.push((db.clone(), range.clone(), map.suffix.clone()));
+                }
+            }
+        }
+        if shards.is_empty() {
+            let mut names: Vec<&String> = m
+                .databases
+                .values()
+                .flat_map(|d| d.by_range.values().flatten())
+                .collect();
+            names.sort();
+            names.dedup();
+            return Err(OpsError::Refused(format!(
+                "cluster backup {} places no shard on node '{}'; its nodes were {}",
+                m.backup_id,
+                node.name,
+                names
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !node.data_dir.is_dir() {
+            return Err(OpsError::Refused(format!(
+                "node {}: its database directory {} does not exist",
+                node.name,
+                node.data_dir.display()
+            )));
+        }
+        let files: Vec<String> = shards
+            .iter()
+            .map(|(db, range, suffix)| format!("shards/{range}/{db}{suffix}.couch"))
+            .collect();
+        let staging = staging_dir(req.staging.as_ref(), &node.data_dir, &m);
+        let sources = self.unpack_members(
+            &keyring,
+            &m,
+            |x| x.shards.iter().any(|s| files.contains(s)),
+            &staging,
+            progress,
+        )?;
+        if let Some(missing) = files.iter().find(|f| !sources.contains_key(*f)) {
+            return Err(OpsError::Refused(format!(
+                "cluster backup {}: no member holds {missing} (a damaged manifest)",
+                m.backup_id
+            )));
+        }
+        let owner = restore_owner(
+            req.owner
+                .as_deref()
+                .or(self.config.restore.owner.as_deref()),
+            &node.data_dir,
+        )?;
+        if let Some(stop) = &req.hooks.stop {
+            super::restore::run_hook("stop", stop)?;
+        }
+        // Beside the directory, not in it: CouchDB looks for databases all through it.
+        let mut aside = node.data_dir.clone().into_os_string();
+        aside.push(format!(".couchvault-old-{}", m.backup_id));
+        let aside = PathBuf::from(aside);
+        let (mut placed, mut bytes) = (0, 0);
+        for ((db, range, suffix), file) in shards.iter().zip(&files) {
+            let from = &sources[file];
+            let index = format!(".shards/{range}/{db}{suffix}_design");
+            for rel in [file.as_str(), index.as_str()] {
+                let current = node.data_dir.join(rel);
+                if current.exists() {
+                    let to = aside.join(rel);
+                    let parent = to.parent().unwrap_or(&aside);
+                    fs::create_dir_all(parent)
+                        .map_err(|e| OpsError::io(format!("creating {}", parent.display()), e))?;
+                    fs::rename(&current, &to).map_err(|e| {
+                        OpsError::io(format!("moving {} aside", current.display()), e)
+                    })?;
+                }
+            }
+            bytes += place_file(&from.join(file), &node.data_dir.join(file), owner)?;
+            placed += 1;
+            if from.join(&index).is_dir() {
+                place_dir(&from.join(&index), &node.data_dir.join(&index), owner)?;
+            }
+        }
+        if let Some(start) = &req.hooks.start {
+            super::restore::run_hook("start", start)?;
+        }
+        let mut checks = Vec::new();
+        if let Some(client) = client {
+            client.wait_up(req.settle)?;
+            for (db, range, suffix) in &shards {
+                let shard = format!("shards/{range}/{db}{suffix}");
+                let opened = client.node_get(&node.name, &format!("/{}", encode_db(&shard)));
+                checks.push(DbCheck {
+                    database: format!("{db} {range}"),
+                    recorded: None,
+                    now: opened
+                        .as_ref()
+                        .ok()
+                        .and_then(|v| v.get("doc_count").and_then(serde_json::Value::as_u64)),
+                    ok: opened.is_ok(),
+                    error: opened.err().map(|e| e.to_string()),
+                });
+            }
+        }
+        fs::remove_dir_all(&staging)
+            .map_err(|e| OpsError::io(format!("removing {}", staging.display()), e))?;
+        let report = NodeRestoreReport {
+            backup_id: m.backup_id.clone(),
+            node: node.name.clone(),
+            files: placed,
+            bytes,
+            previous: aside.exists().then_some(aside),
+            checks,
+        };
+        if report.checks.iter().any(|c| !c.ok) {
+            return Err(OpsError::PostCheck {
+                message: format!(
+                    "node {} was restored from cluster backup {}, but shards do not open on it; its previous files are in {}",
+                    report.node,
+                    report.backup_id,
+                    report
+                        .previous
+                        .as_ref()
+                        .map_or("(none)".into(), |p| p.display().to_string())
+                ),
+                checks: report.checks,
+            });
+        }
+        Ok(report)
+    }
+
     /// The backup's databases that the new cluster has: replaced when they hold only design
     /// documents or `replace` is set; any other is refused before anything changes.
     fn databases_to_replace(
@@ -325,6 +515,15 @@ impl Vault {
         }
         Ok(replaced)
     }
+}
+
+/// Where members are unpacked: as asked, else beside `near`.
+fn staging_dir(asked: Option<&PathBuf>, near: &Path, m: &ClusterManifest) -> PathBuf {
+    asked.cloned().unwrap_or_else(|| {
+        near.parent()
+            .unwrap_or(Path::new("/"))
+            .join(format!(".couchvault-cluster-{}", m.backup_id))
+    })
 }
 
 /// The nodes named must be exactly the cluster's (`/_membership`): every range is placed on
