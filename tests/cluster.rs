@@ -1147,15 +1147,6 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
     let settled = wait("settled", result_key(&second));
     assert_eq!(settled["state"], "committed", "{settled}");
 
-    for (i, d) in daemons.iter_mut().enumerate() {
-        if i != victim {
-            let _ = d.terminate();
-        }
-    }
-    let _ = std::process::Command::new(&sh)
-        .args(["stop-cluster", "cvdm", "3"])
-        .output();
-
     let live = [0, 1, 2].into_iter().find(|i| *i != victim).unwrap();
     let dir = root.path().join(format!("d{live}"));
     let (ok, out, err) = cli(&dir, &["--json", "cluster", "list", "--instance", "shop"]);
@@ -1215,12 +1206,72 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         .args(["stop-cluster", "cvd2", "2"])
         .output();
 
+    // Through the daemon's API: a tenant may not ask for a cluster backup (it reads every
+    // node's data); the admin's job, with a retention policy keeping the newest, commits a
+    // third and deletes the first two whole.
+    let api = &daemons[live];
+    let tenant = api.tenant_token("default");
+    let (s, v) = api.post(
+        "/v1/backups",
+        &tenant,
+        &json!({"instance": "shop", "cluster": true}),
+    );
+    assert_eq!(s, 403, "{v}");
+    let mut remaining = vec![id.clone(), second.clone()];
+    if let Some(gfs) = common::policies::component("gfs_retention.wasm") {
+        std::fs::write(dir.join("gfs.wasm"), gfs).unwrap();
+        let params =
+            r#"{"keep_last":1,"keep_daily":0,"keep_weekly":0,"keep_monthly":0,"keep_yearly":0}"#;
+        let (ok, _, err) = cli(
+            &dir,
+            &["policy", "add", "newest", "gfs.wasm", "--params", params],
+        );
+        assert!(ok, "{err}");
+        let (s, job) = api.post(
+            "/v1/backups",
+            &api.admin,
+            &json!({"instance": "shop", "cluster": true, "policies": ["newest"]}),
+        );
+        assert_eq!(s, 202, "{job}");
+        let done = api.wait_job(job["id"].as_str().unwrap(), &api.admin);
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let third = done["backup_id"].as_str().unwrap().to_string();
+        let deleted: Vec<&str> = done["retention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["keep"] == false)
+            .map(|v| v["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(deleted, [second.as_str(), id.as_str()], "{done}");
+        remaining = vec![third];
+    }
+    for (i, d) in daemons.iter_mut().enumerate() {
+        if i != victim {
+            let _ = d.terminate();
+        }
+    }
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvdm", "3"])
+        .output();
+
     // gc leaves exactly the members the manifests name (it removes any member of a job
     // moved elsewhere); deleting the cluster backups leaves nothing.
     let (ok, _, err) = cli(&dir, &["gc", "--grace", "0s"]);
     assert!(ok, "{err}");
     let (ok, out, _) = cli(&dir, &["--json", "backup", "list"]);
     assert!(ok);
+    let (ok, list, err) = cli(&dir, &["--json", "cluster", "list"]);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["backup_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        remaining
+    );
     let named: usize = list
         .as_array()
         .unwrap()
@@ -1236,7 +1287,7 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         named,
         "{out}"
     );
-    for backup in [&id, &second] {
+    for backup in &remaining {
         let (ok, _, err) = cli(&dir, &["cluster", "delete", "--instance", "shop", backup]);
         assert!(ok, "{err}");
     }

@@ -492,6 +492,11 @@ pub struct BackupParams {
     /// How an incremental checks unchanged prefixes (exact or fast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_check: Option<PrefixCheck>,
+    /// A backup of the whole CouchDB cluster (admin only, no paths): queued for the
+    /// coordinating daemon over `[cluster] broker`; the retention policy decides over the
+    /// instance's cluster backups (docs/CLUSTERS.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
     #[serde(flatten, skip_serializing_if = "NoOtherFields::skip")]
     pub other: NoOtherFields,
 }

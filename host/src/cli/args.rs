@@ -96,6 +96,10 @@ pub enum ClusterCommand {
         /// Return once the request is queued; print the backup id.
         #[arg(long)]
         no_wait: bool,
+        /// After it commits, the tenant's retention policy decides over the instance's
+        /// cluster backups (default policy.retention); not with --no-wait.
+        #[arg(long, value_name = "POLICY", conflicts_with = "no_wait")]
+        retention: Option<String>,
     },
     /// The committed cluster backups, each with its member backups.
     List {
@@ -245,6 +249,10 @@ pub struct ScheduleAddArgs {
     /// Create it paused.
     #[arg(long)]
     pub paused: bool,
+    /// Back up the whole CouchDB cluster (admin; no paths): each run queues a cluster
+    /// backup for the coordinating daemon (docs/CLUSTERS.md).
+    #[arg(long)]
+    pub cluster: bool,
     #[command(flatten)]
     pub kind: KindArgs,
 }

@@ -533,6 +533,7 @@ fn schedule_spec(a: ScheduleAddArgs) -> Result<ScheduleSpec> {
         paused: a.paused,
         backup_kind: a.kind.kind(),
         prefix_check: a.kind.prefix_check(),
+        cluster: a.cluster,
         jitter: a.jitter,
         starting_deadline: a.starting_deadline,
         other: Default::default(),

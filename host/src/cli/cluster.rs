@@ -2,13 +2,9 @@
 //! a new cluster through its API (docs/CLUSTERS.md).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use couchvault::cluster::broker::Broker;
-use couchvault::cluster::job::{
-    result_key, ClusterBackupRequest, ClusterOutcome, COORDINATOR_QUEUE,
-};
 use couchvault::ops::cluster::{ClusterRestoreRequest, NodeRestoreRequest, TargetNode};
 use couchvault::ops::restore::Hooks;
 use couchvault::ops::{OpsError, Progress};
@@ -20,7 +16,11 @@ use super::render;
 
 pub fn run(ctx: &Context, cmd: ClusterCommand) -> Result<()> {
     match cmd {
-        ClusterCommand::Backup { instance, no_wait } => backup(ctx, &instance, no_wait),
+        ClusterCommand::Backup {
+            instance,
+            no_wait,
+            retention,
+        } => backup(ctx, &instance, no_wait, retention),
         ClusterCommand::List { instance } => list(ctx, instance.as_deref()),
         ClusterCommand::Verify { instance, id } => {
             let progress = Progress::default();
@@ -70,58 +70,44 @@ async fn connect(ctx: &Context) -> Result<Broker> {
     Ok(Broker::connect(url, cfg.timings()).await?)
 }
 
-fn backup(ctx: &Context, instance: &str, no_wait: bool) -> Result<()> {
-    couchvault::names::validate_name("instance", instance)?;
-    let request = ClusterBackupRequest {
-        v: 1,
-        backup: ulid::Ulid::new().to_string(),
-        tenant: ctx.tenant.clone(),
-        instance: instance.to_string(),
+fn backup(ctx: &Context, instance: &str, no_wait: bool, retention: Option<String>) -> Result<()> {
+    let progress = Progress::default();
+    let (id, committed) =
+        ctx.vault
+            .request_cluster_backup(&ctx.tenant, instance, !no_wait, &progress)?;
+    let Some(m) = committed else {
+        if ctx.json {
+            return print_json(&serde_json::json!({"backup_id": id, "queued": true}));
+        }
+        println!("cluster backup {id} queued");
+        return Ok(());
     };
-    let id = request.backup.clone();
-    let deadline = ctx.vault.config.cluster.deadline.get();
-    let outcome = runtime()?.block_on(async {
-        let broker = connect(ctx).await?;
-        broker
-            .dispatch(COORDINATOR_QUEUE, &id, &request)
-            .await?;
-        if no_wait {
-            return Ok(None);
-        }
-        // The coordinator settles it within the deadline; a margin for a takeover.
-        let until = tokio::time::Instant::now() + deadline + broker.timings().lease * 2;
-        loop {
-            if let Some(o) = broker.record::<ClusterOutcome>(&result_key(&id)).await? {
-                return Ok::<_, anyhow::Error>(Some(o));
-            }
-            if tokio::time::Instant::now() > until {
-                bail!("cluster backup {id} did not settle within its deadline: is a daemon with [cluster] coordinate = true running?");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })?;
-    match outcome {
-        None if ctx.json => print_json(&serde_json::json!({"backup_id": id, "queued": true})),
-        None => {
-            println!("cluster backup {id} queued");
-            Ok(())
-        }
-        Some(ClusterOutcome::Failed { error, .. }) => {
-            bail!("cluster backup {id} failed, nothing was committed: {error}")
-        }
-        Some(o) if ctx.json => print_json(&serde_json::json!({"backup_id": id, "outcome": o})),
-        Some(ClusterOutcome::Committed {
-            members,
-            stored_bytes,
-            ..
-        }) => {
-            println!(
-                "cluster backup {id} committed: {members} member backups, {} stored",
-                bytes(stored_bytes)
-            );
-            Ok(())
-        }
+    let retention = retention.or_else(|| ctx.vault.config.policy.retention.clone());
+    let verdicts = match &retention {
+        Some(name) => Some(
+            ctx.vault
+                .cluster_retention(&ctx.tenant, name, instance, &progress)
+                .with_context(|| {
+                    format!("cluster backup {id} committed, but retention policy '{name}' failed; nothing was deleted by it")
+                })?,
+        ),
+        None => None,
+    };
+    if ctx.json {
+        return print_json(
+            &serde_json::json!({"backup_id": id, "manifest": m, "retention": verdicts}),
+        );
     }
+    let stored: u64 = m.members.iter().map(|x| x.stored_bytes).sum();
+    println!(
+        "cluster backup {id} committed: {} member backups, {} stored",
+        m.members.len(),
+        bytes(stored)
+    );
+    for v in verdicts.iter().flatten().filter(|v| !v.keep) {
+        println!("retention deleted cluster backup {}: {}", v.id, v.reason);
+    }
+    Ok(())
 }
 
 fn list(ctx: &Context, instance: Option<&str>) -> Result<()> {

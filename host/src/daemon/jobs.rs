@@ -450,6 +450,9 @@ impl Runner {
     }
 
     fn backup(&self, job: &mut Job, b: BackupParams, progress: &Progress) -> Result<(), JobError> {
+        if b.cluster {
+            return self.cluster_backup(job, &b, progress);
+        }
         let vault = &*self.vault;
         let tenant = job.tenant.clone();
         // Paths come from the admin only; otherwise the registered instance, confined to
@@ -523,6 +526,26 @@ impl Runner {
             Some(Err(e)) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    /// A backup of the whole cluster: queued for the coordinating daemon, waited for, then
+    /// the retention policy over the instance's cluster backups.
+    fn cluster_backup(
+        &self,
+        job: &mut Job,
+        b: &BackupParams,
+        progress: &Progress,
+    ) -> Result<(), JobError> {
+        let vault = &*self.vault;
+        let tenant = job.tenant.clone();
+        let (_, retention) = resolve_policies(&vault.state_dir, &tenant, &b.policies)?;
+        let (id, manifest) = vault.request_cluster_backup(&tenant, &b.instance, true, progress)?;
+        job.backup_id = Some(id);
+        job.result = manifest.as_ref().and_then(|m| serde_json::to_value(m).ok());
+        if let Some(name) = retention.or_else(|| vault.config.policy.retention.clone()) {
+            job.retention = vault.cluster_retention(&tenant, &name, &b.instance, progress)?;
+        }
+        Ok(())
     }
 
     fn index_put(&self, e: &IndexEntry) {

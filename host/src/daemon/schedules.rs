@@ -287,6 +287,7 @@ impl Schedules {
                 tags: s.spec.tags.clone(),
                 backup_kind: s.spec.backup_kind,
                 prefix_check: s.spec.prefix_check,
+                cluster: s.spec.cluster,
                 ..Default::default()
             });
             let run = ScheduledRun {

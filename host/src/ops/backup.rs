@@ -61,7 +61,6 @@ impl Vault {
         name: &str,
         instance: &str,
     ) -> Result<Vec<Verdict>> {
-        let (policy, params) = self.registered(host, tenant, name)?;
         let mut metas: Vec<BackupMetadata> =
             catalog::list(&*self.store, keyring, tenant, Some(instance))?
                 .into_iter()
@@ -73,6 +72,24 @@ impl Vault {
                 .then(b.backup_id.cmp(&a.backup_id))
         });
         let backups: Vec<BackupInfo> = metas.iter().map(info_of).collect();
+        let verdicts = self.decide_retention(host, tenant, name, instance, backups)?;
+        for v in verdicts.iter().filter(|v| !v.keep) {
+            catalog::delete(&*self.store, tenant, &v.id)?;
+            tracing::info!(backup = %v.id, reason = %v.reason, "retention deleted a backup");
+        }
+        Ok(verdicts)
+    }
+
+    /// The retention policy's answer over `backups` (newest first), held to the floors.
+    pub fn decide_retention(
+        &self,
+        host: &PolicyHost,
+        tenant: &str,
+        name: &str,
+        instance: &str,
+        backups: Vec<BackupInfo>,
+    ) -> Result<Vec<Verdict>> {
+        let (policy, params) = self.registered(host, tenant, name)?;
         let now = Utc::now().timestamp();
         let keeps = host.retain(
             &policy,
@@ -91,10 +108,6 @@ impl Vault {
                     reason: reason.to_string(),
                 }
             })?;
-        for v in verdicts.iter().filter(|v| !v.keep) {
-            catalog::delete(&*self.store, tenant, &v.id)?;
-            tracing::info!(backup = %v.id, reason = %v.reason, "retention deleted a backup");
-        }
         Ok(verdicts)
     }
 

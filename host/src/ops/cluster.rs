@@ -18,7 +18,10 @@ use super::backup::MemberOf;
 use super::restore::DbCheck;
 use super::{restore_owner, BackupRequest, Deleted, OpsError, Result, Vault};
 use crate::catalog;
-use crate::cluster::job::MemberJob;
+use crate::cluster::broker::Broker;
+use crate::cluster::job::{
+    result_key, ClusterBackupRequest, ClusterOutcome, MemberJob, COORDINATOR_QUEUE,
+};
 use crate::cluster::manifest::{self, ClusterManifest, MANIFEST_FILE};
 use crate::cluster::restore::{place, shard_map_doc, Placement};
 use crate::couchdb::http::{encode_db, CouchClient};
@@ -133,6 +136,105 @@ impl Vault {
             }),
         };
         Ok(self.backup(&req, &source, progress)?.meta.data.size)
+    }
+
+    /// Queues a cluster backup of `instance` for the coordinating daemon ([cluster] broker)
+    /// and, with `wait`, waits until it settles (within the deadline, plus a takeover's
+    /// margin; `progress` cancels the wait, not the backup). Returns its id and, when waited
+    /// for, the committed manifest.
+    pub fn request_cluster_backup(
+        &self,
+        tenant: &str,
+        instance: &str,
+        wait: bool,
+        progress: &Progress,
+    ) -> Result<(String, Option<ClusterManifest>)> {
+        crate::names::validate_name("instance", instance).map_err(crate::Error::from)?;
+        let cfg = &self.config.cluster;
+        let Some(url) = &cfg.broker else {
+            return Err(OpsError::Refused(
+                "cluster backups go through the cluster's broker: set [cluster] broker".into(),
+            ));
+        };
+        let request = ClusterBackupRequest {
+            v: 1,
+            backup: ulid::Ulid::new().to_string(),
+            tenant: tenant.to_string(),
+            instance: instance.to_string(),
+        };
+        let id = request.backup.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OpsError::io("starting a runtime for the broker", e))?;
+        let outcome = runtime.block_on(async {
+            let broker = Broker::connect(url, cfg.timings()).await?;
+            broker.dispatch(COORDINATOR_QUEUE, &id, &request).await?;
+            if !wait {
+                return Ok(None);
+            }
+            let until = Instant::now() + cfg.deadline.get() + broker.timings().lease * 2;
+            loop {
+                if let Some(o) = broker.record::<ClusterOutcome>(&result_key(&id)).await? {
+                    return Ok(Some(o));
+                }
+                if progress.is_cancelled() {
+                    return Err(OpsError::Refused(format!(
+                        "stopped waiting for cluster backup {id}; it goes on: see `cluster list`"
+                    )));
+                }
+                if Instant::now() > until {
+                    return Err(OpsError::Refused(format!(
+                        "cluster backup {id} did not settle within its deadline: is a daemon with [cluster] broker and coordinate = true running?"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })?;
+        match outcome {
+            None => Ok((id, None)),
+            Some(ClusterOutcome::Failed { error, .. }) => Err(OpsError::Refused(format!(
+                "cluster backup {id} failed, nothing was committed: {error}"
+            ))),
+            Some(ClusterOutcome::Committed { .. }) => {
+                let m = manifest::load(&*self.store, &self.keyring()?, tenant, instance, &id)?;
+                Ok((id, Some(m)))
+            }
+        }
+    }
+
+    /// Retention over a cluster instance's backups as wholes: the tenant's retention policy
+    /// decides over them (each a full backup of its members' size), the floors hold, and
+    /// each one not kept is deleted with its members.
+    pub fn cluster_retention(
+        &self,
+        tenant: &str,
+        name: &str,
+        instance: &str,
+        cancel: &Progress,
+    ) -> Result<Vec<crate::policy::floors::Verdict>> {
+        let mut host = self.policy_host()?;
+        host.cancel_on(cancel.cancel_flag());
+        let mut backups: Vec<crate::policy::BackupInfo> = self
+            .cluster_backups(tenant, Some(instance))?
+            .iter()
+            .map(|m| crate::policy::BackupInfo {
+                id: m.backup_id.clone(),
+                created_at: m.started_at,
+                size: m.members.iter().map(|x| x.stored_bytes).sum(),
+                kind: Kind::Full.to_string(),
+                parent: None,
+                tags: Vec::new(),
+                schedule: None,
+            })
+            .collect();
+        backups.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        let verdicts = self.decide_retention(&host, tenant, name, instance, backups)?;
+        for v in verdicts.iter().filter(|v| !v.keep) {
+            self.delete_cluster_backup(tenant, instance, &v.id)?;
+            tracing::info!(backup = %v.id, reason = %v.reason, "retention deleted a cluster backup");
+        }
+        Ok(verdicts)
     }
 
     /// A tenant's committed cluster backups (of one instance), oldest first.

@@ -57,6 +57,8 @@ pub enum OpsError {
     Couch(#[from] CouchError),
     #[error(transparent)]
     Hook(#[from] restore::HookError),
+    #[error(transparent)]
+    Broker(#[from] crate::cluster::broker::BrokerError),
     /// A policy answered, but against the floors or the tenant's keys.
     #[error("policy '{name}': {reason}")]
     Policy { name: String, reason: String },

@@ -57,6 +57,9 @@ pub struct ScheduleSpec {
     /// How incrementals check unchanged prefixes: exact (default) or fast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_check: Option<crate::format::PrefixCheck>,
+    /// Backups of the whole CouchDB cluster (admin only, no paths; docs/CLUSTERS.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
     /// Spread runs by up to this much (e.g. "5m"); "0" for none.
     #[serde(default = "zero")]
     pub jitter: String,
@@ -358,6 +361,7 @@ mod tests {
             paused: false,
             backup_kind: None,
             prefix_check: None,
+            cluster: false,
             jitter: "0".into(),
             starting_deadline: "1h".into(),
             other: Default::default(),

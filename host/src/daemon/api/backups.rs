@@ -50,7 +50,7 @@ pub(super) async fn backup_create(
     JsonBody(b): JsonBody<BackupParams>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &q)?;
-    check_source(&d, &p, &tenant, &b.instance, &b.source)?;
+    check_source(&d, &p, &tenant, &b.instance, &b.source, b.cluster)?;
     crate::names::validate_tags(&b.tags).map_err(|e| ApiError::bad(e.to_string()))?;
     crate::ops::resolve_policies(&d.vault.state_dir, &tenant, &b.policies)?;
     if let Some(l) = b.compression_level {
@@ -62,15 +62,31 @@ pub(super) async fn backup_create(
 }
 
 /// Where a backup or schedule reads from. A tenant names one of its registered instances
-/// and never a path; the admin names a registered instance or gives the paths itself.
+/// and never a path; the admin names a registered instance or gives the paths itself. A
+/// cluster backup reads every node's data: the admin's alone, with no paths.
 pub(super) fn check_source(
     d: &Daemon,
     p: &Principal,
     tenant: &str,
     instance: &str,
     s: &SourceSpec,
+    cluster: bool,
 ) -> ApiResult<()> {
     crate::names::validate_name("instance", instance).map_err(|e| ApiError::bad(e.to_string()))?;
+    if cluster {
+        if matches!(p, Principal::Tenant(_)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cluster backups read every node of the cluster: the admin asks for them",
+            ));
+        }
+        if !s.is_empty() {
+            return Err(ApiError::bad(
+                "a cluster backup reads each node through its daemon's [cluster] settings: give no paths",
+            ));
+        }
+        return Ok(());
+    }
     if s.is_empty() {
         instances::require(&d.db, tenant, instance)?;
         return Ok(());

@@ -47,7 +47,7 @@ pub(super) async fn schedule_create(
     JsonBody(spec): JsonBody<ScheduleSpec>,
 ) -> ApiResult<Response> {
     let tenant = spec_tenant(&p, &q, &spec)?;
-    check_source(&d, &p, &tenant, &spec.instance, &spec.source)?;
+    check_source(&d, &p, &tenant, &spec.instance, &spec.source, spec.cluster)?;
     let s = d.schedules.create(&tenant, spec, Utc::now())?;
     d.db.flush().await?;
     Ok((StatusCode::CREATED, Json(s)).into_response())
@@ -63,7 +63,7 @@ pub(super) async fn schedule_apply(
     let mut specs = Vec::new();
     for (i, spec) in b.schedules.into_iter().enumerate() {
         let tenant = spec_tenant(&p, &q, &spec)?;
-        check_source(&d, &p, &tenant, &spec.instance, &spec.source)?;
+        check_source(&d, &p, &tenant, &spec.instance, &spec.source, spec.cluster)?;
         specs.push((format!("schedule #{}", i + 1), spec));
     }
     let report = d.schedules.apply(specs, &default_tenant, Utc::now())?;
@@ -95,7 +95,14 @@ pub(super) async fn schedule_replace(
     if spec.tenant.as_ref().is_some_and(|t| t != &existing.tenant) {
         return Err(ApiError::bad("a schedule cannot move to another tenant"));
     }
-    check_source(&d, &p, &existing.tenant, &spec.instance, &spec.source)?;
+    check_source(
+        &d,
+        &p,
+        &existing.tenant,
+        &spec.instance,
+        &spec.source,
+        spec.cluster,
+    )?;
     let s = d.schedules.replace(scope(&p), &id, spec, Utc::now())?;
     d.db.flush().await?;
     Ok(Json(s).into_response())
