@@ -205,7 +205,7 @@ fn members_and_wholes(
 
 /// Benchmark B9 (docs/PERFORMANCE.md), not run by default: `cargo test --release --test
 /// cluster b9 -- --ignored --nocapture`. A 3-node cluster (n=3, q=2) with three databases
-/// of 20,000 documents of about 1 KiB each (about 60 MiB of shards per node).
+/// of 20,000 documents of about 1 KiB each.
 #[test]
 #[ignore]
 fn b9_cluster_backup_against_every_node_whole() {
@@ -1173,6 +1173,10 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
     );
     let (ok, _, err) = cli(&dir, &["cluster", "verify", "--instance", "shop", &id]);
     assert!(ok, "{err}");
+    // A member goes with its cluster backup, never alone.
+    let member = members[0]["backup_id"].as_str().unwrap();
+    let (ok, _, err) = cli(&dir, &["backup", "delete", member]);
+    assert!(!ok && err.contains("cluster delete"), "{err}");
 
     let new = Couch::cluster(&sh, "cvd2", 2, 11520);
     std::fs::write(

@@ -69,8 +69,30 @@ impl Vault {
 
     /// Deletes a backup (or the leftovers of an uncommitted one). A backup others depend on
     /// is refused, naming them, unless `with_dependents`: then they go first, newest first.
+    /// A member of a committed cluster backup is refused: it goes with its cluster backup.
     pub fn delete(&self, tenant: &str, id: &str, with_dependents: bool) -> Result<Vec<Deleted>> {
         let keyring = self.keyring()?;
+        if let Ok(meta) = catalog::load(&*self.store, &keyring, tenant, id) {
+            use crate::cluster::job::{CLUSTER_INSTANCE_TAG, MEMBER_OF_TAG};
+            if let (Some(cluster), Some(instance)) = (
+                meta.tags.get(MEMBER_OF_TAG),
+                meta.tags.get(CLUSTER_INSTANCE_TAG),
+            ) {
+                let named = crate::cluster::manifest::load(
+                    &*self.store,
+                    &keyring,
+                    tenant,
+                    instance,
+                    cluster,
+                )
+                .is_ok_and(|m| m.members.iter().any(|x| x.backup_id == id));
+                if named {
+                    return Err(OpsError::Refused(format!(
+                        "backup {id} is a member of cluster backup {cluster}, which cannot be restored without it: delete the cluster backup whole with `couchvault cluster delete --instance {instance} {cluster}`"
+                    )));
+                }
+            }
+        }
         let dependents = catalog::dependents_of(&*self.store, &keyring, tenant, id)?;
         if !dependents.is_empty() && !with_dependents {
             return Err(OpsError::Refused(format!(
