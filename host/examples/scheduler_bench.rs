@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             paused: false,
             backup_kind: None,
             prefix_check: None,
+            cluster: false,
             jitter: "0".into(),
             starting_deadline: "1h".into(),
             other: Default::default(),
