@@ -561,7 +561,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
                     .await
                     .unwrap()
                     .expect("leads");
-                coordinator::run(&broker, &mut lease, &req, &maps, &details).await
+                coordinator::run(&broker, &mut lease, &req, &maps, &details, None).await
             })
         };
         let victim_job = MemberJob::id_for(&backup, &victim, 0);
@@ -587,7 +587,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
             .await
         );
         let mut lease = lease.unwrap();
-        let m = coordinator::run(&broker, &mut lease, &req, &maps, &details)
+        let m = coordinator::run(&broker, &mut lease, &req, &maps, &details, None)
             .await
             .unwrap();
         assert_eq!(
@@ -720,7 +720,7 @@ fn cluster_backup(
             .await
             .unwrap()
             .expect("leads");
-        let m = coordinator::run(&broker, &mut lease, &req, &maps, &details)
+        let m = coordinator::run(&broker, &mut lease, &req, &maps, &details, None)
             .await
             .unwrap();
         stop.store(true, Ordering::Relaxed);
@@ -1306,4 +1306,111 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         json!([]),
         "{out}"
     );
+}
+
+/// A node's CouchDB dies while its daemon's agent still holds its job (the daemon alive and
+/// heartbeating): the coordinator, watching the cluster's membership through CouchDB, moves
+/// that node's ranges to the other replicas and commits without it.
+#[test]
+fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
+    let Some(sh) = script() else { return };
+    let Some(nats) = Nats::start("cv-couchdown", 14307) else {
+        return;
+    };
+    let nodes = Couch::cluster(&sh, "cvkd", 3, 11560);
+    nodes[0].send(Method::PUT, "/orders", &json!({}));
+    let docs: Vec<_> = (0..200)
+        .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
+        .collect();
+    nodes[1].send(Method::POST, "/orders/_bulk_docs", &json!({ "docs": docs }));
+    let couch = Arc::new(nodes[0].client());
+    let (maps, details) = shards::read(&couch).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("keys.toml");
+    let keyring = KeyRing::create(&ring, "default").unwrap();
+    let store = Arc::new(LocalStore::new(dir.path().join("store"), 1 << 20));
+    let victim = nodes[2].node.clone();
+    let release = Arc::new(AtomicBool::new(false));
+    let backup = ulid::Ulid::new().to_string();
+    let req = ClusterRequest {
+        backup: backup.clone(),
+        tenant: "default".into(),
+        instance: "shop".into(),
+        key_id: keyring.active("default").unwrap().id.clone(),
+        deadline: Duration::from_secs(120),
+        poll: Duration::from_millis(200),
+        down: BTreeSet::new(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (m, victim_state) = rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut agents = Vec::new();
+        for node in &nodes {
+            let broker = Arc::new(Broker::connect(&nats.url, fast()).await.unwrap());
+            let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
+            let hold = (node.node == victim).then(|| release.clone());
+            let run = member_runner(store.clone(), ring.clone(), node.data.clone(), hold);
+            let stop = stop.clone();
+            agents.push(tokio::spawn(async move { agent.run(run, stop).await }));
+        }
+        let watch = Broker::connect(&nats.url, fast()).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), async || watch
+                .nodes()
+                .await
+                .unwrap()
+                .len()
+                == 3)
+            .await
+        );
+        let coordinator = {
+            let (url, req, maps, details, couch) = (
+                nats.url.clone(),
+                req.clone(),
+                maps.clone(),
+                details.clone(),
+                couch.clone(),
+            );
+            tokio::spawn(async move {
+                let broker = Broker::connect(&url, fast()).await.unwrap();
+                let mut lease = broker.try_lead("coordinator").await.unwrap().unwrap();
+                coordinator::run(&broker, &mut lease, &req, &maps, &details, Some(couch)).await
+            })
+        };
+        let victim_job = MemberJob::id_for(&backup, &victim, 0);
+        assert!(
+            eventually(Duration::from_secs(20), async || matches!(
+                watch.record::<JobState>(&victim_job).await.unwrap(),
+                Some(JobState::Running { .. })
+            ))
+            .await,
+            "the victim's agent took its job"
+        );
+        tokio::task::block_in_place(|| nodes[2].stop());
+        let m = coordinator.await.unwrap().unwrap();
+        let state = watch.record::<JobState>(&victim_job).await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        release.store(true, Ordering::Relaxed);
+        for a in agents {
+            a.abort();
+        }
+        (m, state)
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvkd", "3"])
+        .output();
+    assert_eq!(victim_state, Some(JobState::Superseded { v: 1 }));
+    assert!(
+        m.members.iter().all(|x| x.node != victim),
+        "{:?}",
+        m.members
+    );
+    let read: BTreeSet<String> = m.members.iter().flat_map(|x| x.shards.clone()).collect();
+    let all: BTreeSet<String> = maps.iter().flat_map(|d| d.files_on(None)).collect();
+    assert_eq!(read, all);
 }

@@ -8,6 +8,7 @@
 //! resumes the same backup from there.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::broker::{Broker, BrokerError, Lease};
@@ -15,6 +16,7 @@ use super::job::{plan_key, JobEntry, JobState, MemberJob, Progress};
 use super::manifest::{self, ClusterManifest, Member};
 use super::plan::{Plan, PlanError};
 use super::shards::DbDetail;
+use crate::couchdb::http::CouchClient;
 use crate::couchdb::shardmap::DbShards;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +58,15 @@ fn now() -> i64 {
 
 /// Plans (or resumes) and carries out `req` while holding `lease`; `maps` and `details` are
 /// the cluster's shard maps and databases ([`super::shards::read`] when the backup starts).
+/// With `couch` (the cluster's API), a node whose CouchDB drops out of the cluster while
+/// the backup runs has its unfinished ranges moved, as a node whose daemon disappears.
 pub async fn run(
     broker: &Broker,
     lease: &mut Lease,
     req: &ClusterRequest,
     maps: &[DbShards],
     details: &BTreeMap<String, DbDetail>,
+    couch: Option<Arc<CouchClient>>,
 ) -> Result<ClusterManifest, ClusterError> {
     let backup = req.backup.clone();
     let plan_err = |source| ClusterError::Plan {
@@ -107,7 +112,17 @@ pub async fn run(
     let mut resend = true;
     let mut pending = Vec::new();
     loop {
-        match round(broker, lease, req, maps, &mut progress, resend).await {
+        match round(
+            broker,
+            lease,
+            req,
+            maps,
+            &mut progress,
+            resend,
+            couch.as_ref(),
+        )
+        .await
+        {
             Ok(None) => break,
             Ok(Some(p)) => (pending, resend) = (p, false),
             Err(ClusterError::Broker(e)) => {
@@ -163,6 +178,7 @@ async fn round(
     maps: &[DbShards],
     progress: &mut Progress,
     resend: bool,
+    couch: Option<&Arc<CouchClient>>,
 ) -> Result<Option<Vec<String>>, ClusterError> {
     let backup = &req.backup;
     if !broker.renew(lease).await? {
@@ -178,7 +194,11 @@ async fn round(
             }
         }
     }
-    let up = live(broker, &req.down).await?;
+    let mut down = req.down.clone();
+    if let Some(couch) = couch {
+        down.extend(couch_down(couch.clone()).await);
+    }
+    let up = live(broker, &down).await?;
     let (mut pending, mut failed) = (Vec::new(), Vec::new());
     for e in &progress.jobs {
         match broker.record::<JobState>(&e.id).await? {
@@ -236,6 +256,30 @@ async fn round(
         }
     }
     Ok(Some(pending))
+}
+
+/// The cluster's nodes whose CouchDB the coordinator's node is not connected to now; none
+/// when that cannot be read (the daemons' registrations still count).
+async fn couch_down(couch: Arc<CouchClient>) -> BTreeSet<String> {
+    let read = tokio::task::spawn_blocking(move || {
+        let connected: BTreeSet<String> = couch.connected_nodes()?.into_iter().collect();
+        Ok::<_, crate::couchdb::http::CouchError>(
+            couch
+                .membership()?
+                .into_iter()
+                .filter(|n| !connected.contains(n))
+                .collect(),
+        )
+    })
+    .await;
+    match read {
+        Ok(Ok(down)) => down,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading which CouchDB nodes are up");
+            BTreeSet::new()
+        }
+        Err(_) => BTreeSet::new(),
+    }
 }
 
 /// The nodes whose daemons are registered now, but for those whose CouchDB was down.

@@ -147,7 +147,7 @@ async fn coordinate(
         return true;
     }
     let work = async {
-        let (maps, details, down, key_id) = {
+        let (maps, details, down, key_id, couch) = {
             let vault = vault.clone();
             let tenant = r.tenant.clone();
             tokio::task::spawn_blocking(move || -> Result<_, String> {
@@ -169,7 +169,7 @@ async fn coordinate(
                     .collect::<BTreeSet<String>>();
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
                 let key_id = keyring.active(&tenant).map_err(|e| e.to_string())?.id.clone();
-                Ok((maps, details, down, key_id))
+                Ok((maps, details, down, key_id, Arc::new(client)))
             })
             .await
             .map_err(|e| Some(e.to_string()))?
@@ -189,12 +189,13 @@ async fn coordinate(
             tracing::warn!(backup = %r.backup, down = ?req.down, "CouchDB nodes down: their ranges are read from other replicas");
         }
         // None: the lease was lost, the request is the next leader's.
-        let m = coordinator::run(broker, lease, &req, &maps, &details)
-            .await
-            .map_err(|e| match e {
-                ClusterError::LostLease { .. } => None,
-                e => Some(e.to_string()),
-            })?;
+        let run = coordinator::run(broker, lease, &req, &maps, &details, Some(couch.clone())).await;
+        // The blocking client is let go of where blocking is allowed.
+        let _ = tokio::task::spawn_blocking(move || drop(couch)).await;
+        let m = run.map_err(|e| match e {
+            ClusterError::LostLease { .. } => None,
+            e => Some(e.to_string()),
+        })?;
         let vault = vault.clone();
         tokio::task::spawn_blocking(move || {
             let keyring = vault.keyring()?;
