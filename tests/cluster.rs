@@ -472,6 +472,61 @@ fn member_runner(
     })
 }
 
+/// One agent per node on the broker at `url`, running member backups into `store`; the
+/// agent of node `held` holds its job until `release` is set. Returns once all are
+/// registered, with each agent's task by node.
+async fn spawn_agents(
+    url: &str,
+    timings: Timings,
+    nodes: &[Couch],
+    store: &Arc<LocalStore>,
+    ring: &std::path::Path,
+    held: Option<(&str, &Arc<AtomicBool>)>,
+    stop: &Arc<AtomicBool>,
+) -> BTreeMap<String, tokio::task::JoinHandle<()>> {
+    let mut agents = BTreeMap::new();
+    for node in nodes {
+        let broker = Arc::new(Broker::connect(url, timings).await.unwrap());
+        let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
+        let hold = held
+            .filter(|(n, _)| *n == node.node)
+            .map(|(_, release)| release.clone());
+        let run = member_runner(store.clone(), ring.to_path_buf(), node.data.clone(), hold);
+        let stop = stop.clone();
+        agents.insert(
+            node.node.clone(),
+            tokio::spawn(async move { agent.run(run, stop).await }),
+        );
+    }
+    let watch = Broker::connect(url, timings).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || watch
+            .nodes()
+            .await
+            .unwrap()
+            .len()
+            == nodes.len())
+        .await,
+        "every agent registered"
+    );
+    agents
+}
+
+/// Creates each database in `dbs` with `count` documents `d0000`… (`k`: their number).
+fn seed(nodes: &[Couch], dbs: &[&str], count: usize) {
+    for db in dbs {
+        nodes[0].send(Method::PUT, &format!("/{db}"), &json!({}));
+        let docs: Vec<_> = (0..count)
+            .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
+            .collect();
+        nodes[1].send(
+            Method::POST,
+            &format!("/{db}/_bulk_docs"),
+            &json!({ "docs": docs }),
+        );
+    }
+}
+
 /// A cluster backup end to end on a real 3-node cluster and a real broker, one agent per
 /// node and a coordinator: the agent of one node dies holding its job, and the coordinator
 /// dies after planning. A second coordinator takes the lease over, resumes the same backup,
@@ -484,17 +539,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
         return;
     };
     let nodes = Couch::cluster(&sh, "cvcb", 3, 11380);
-    for db in ["orders", "users"] {
-        nodes[0].send(Method::PUT, &format!("/{db}"), &json!({}));
-        let docs: Vec<_> = (0..200)
-            .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
-            .collect();
-        nodes[1].send(
-            Method::POST,
-            &format!("/{db}/_bulk_docs"),
-            &json!({ "docs": docs }),
-        );
-    }
+    seed(&nodes, &["orders", "users"], 200);
     let client = nodes[0].client();
     let (maps, details) = shards::read(&client).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -526,29 +571,9 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
     };
     let manifest = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut agents = BTreeMap::new();
-        for node in &nodes {
-            let broker = Arc::new(Broker::connect(&nats.url, timings).await.unwrap());
-            let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
-            let hold = (node.node == victim).then(|| release.clone());
-            let run = member_runner(store.clone(), ring.clone(), node.data.clone(), hold);
-            let stop = stop.clone();
-            agents.insert(
-                node.node.clone(),
-                tokio::spawn(async move { agent.run(run, stop).await }),
-            );
-        }
+        let held = Some((victim.as_str(), &release));
+        let mut agents = spawn_agents(&nats.url, timings, &nodes, &store, &ring, held, &stop).await;
         let watch = Broker::connect(&nats.url, timings).await.unwrap();
-        assert!(
-            eventually(Duration::from_secs(10), async || watch
-                .nodes()
-                .await
-                .unwrap()
-                .len()
-                == 3)
-            .await,
-            "three agents registered"
-        );
 
         // The first coordinator plans and queues, then dies once the victim took its job.
         let first = {
@@ -696,25 +721,8 @@ fn cluster_backup(
         .unwrap();
     let m = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut agents = Vec::new();
-        for node in nodes {
-            let broker = Arc::new(Broker::connect(&nats.url, fast()).await.unwrap());
-            let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
-            let run = member_runner(store.clone(), ring.to_path_buf(), node.data.clone(), None);
-            let stop = stop.clone();
-            agents.push(tokio::spawn(async move { agent.run(run, stop).await }));
-        }
+        let agents = spawn_agents(&nats.url, fast(), nodes, store, ring, None, &stop).await;
         let broker = Broker::connect(&nats.url, fast()).await.unwrap();
-        assert!(
-            eventually(Duration::from_secs(10), async || broker
-                .nodes()
-                .await
-                .unwrap()
-                .len()
-                == nodes.len())
-            .await,
-            "every agent registered"
-        );
         let mut lease = broker
             .try_lead("coordinator")
             .await
@@ -724,7 +732,7 @@ fn cluster_backup(
             .await
             .unwrap();
         stop.store(true, Ordering::Relaxed);
-        for a in agents {
+        for a in agents.into_values() {
             a.abort();
         }
         m
@@ -1013,17 +1021,7 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         return;
     };
     let nodes = Couch::cluster(&sh, "cvdm", 3, 11490);
-    for db in ["orders", "users"] {
-        nodes[0].send(Method::PUT, &format!("/{db}"), &json!({}));
-        let docs: Vec<_> = (0..250)
-            .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
-            .collect();
-        nodes[1].send(
-            Method::POST,
-            &format!("/{db}/_bulk_docs"),
-            &json!({ "docs": docs }),
-        );
-    }
+    seed(&nodes, &["orders", "users"], 250);
     // CouchDB writes `_users`' design document a few seconds after start, then copies it
     // between replicas: a member reads one replica, so wait until every copy has it (a
     // write not yet on the replica read is not in the backup: docs/CLUSTERS.md).
@@ -1318,11 +1316,7 @@ fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
         return;
     };
     let nodes = Couch::cluster(&sh, "cvkd", 3, 11560);
-    nodes[0].send(Method::PUT, "/orders", &json!({}));
-    let docs: Vec<_> = (0..200)
-        .map(|k| json!({"_id": format!("d{k:04}"), "k": k}))
-        .collect();
-    nodes[1].send(Method::POST, "/orders/_bulk_docs", &json!({ "docs": docs }));
+    seed(&nodes, &["orders"], 200);
     let couch = Arc::new(nodes[0].client());
     let (maps, details) = shards::read(&couch).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1348,25 +1342,9 @@ fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
         .unwrap();
     let (m, victim_state) = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut agents = Vec::new();
-        for node in &nodes {
-            let broker = Arc::new(Broker::connect(&nats.url, fast()).await.unwrap());
-            let agent = Agent::new(broker, &node.node, "http://127.0.0.1:1");
-            let hold = (node.node == victim).then(|| release.clone());
-            let run = member_runner(store.clone(), ring.clone(), node.data.clone(), hold);
-            let stop = stop.clone();
-            agents.push(tokio::spawn(async move { agent.run(run, stop).await }));
-        }
+        let held = Some((victim.as_str(), &release));
+        let agents = spawn_agents(&nats.url, fast(), &nodes, &store, &ring, held, &stop).await;
         let watch = Broker::connect(&nats.url, fast()).await.unwrap();
-        assert!(
-            eventually(Duration::from_secs(10), async || watch
-                .nodes()
-                .await
-                .unwrap()
-                .len()
-                == 3)
-            .await
-        );
         let coordinator = {
             let (url, req, maps, details, couch) = (
                 nats.url.clone(),
@@ -1395,7 +1373,7 @@ fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
         let state = watch.record::<JobState>(&victim_job).await.unwrap();
         stop.store(true, Ordering::Relaxed);
         release.store(true, Ordering::Relaxed);
-        for a in agents {
+        for a in agents.into_values() {
             a.abort();
         }
         (m, state)

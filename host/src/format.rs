@@ -393,6 +393,13 @@ pub fn mac_label(mac: &[u8]) -> String {
     format!("hmac-sha256:{}", hex::encode(mac))
 }
 
+/// The MAC bytes of a `hmac-sha256:<hex>` label; None when it is not one.
+pub fn parse_mac_label(label: &str) -> Option<Vec<u8>> {
+    label
+        .strip_prefix("hmac-sha256:")
+        .and_then(|h| hex::decode(h).ok())
+}
+
 /// What is read of a document before its MAC is checked.
 #[derive(Deserialize)]
 struct KeyOf {
@@ -413,10 +420,7 @@ impl UnverifiedMetadata {
                 env.couchvault_metadata
             )));
         }
-        let mac = env
-            .mac
-            .strip_prefix("hmac-sha256:")
-            .and_then(|h| hex::decode(h).ok())
+        let mac = parse_mac_label(&env.mac)
             .ok_or_else(|| FormatError::Metadata("mac is not hmac-sha256:<hex>".into()))?;
         let key: KeyOf = serde_json::from_str(env.document.get())
             .map_err(|e| FormatError::Metadata(e.to_string()))?;

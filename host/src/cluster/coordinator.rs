@@ -261,17 +261,7 @@ async fn round(
 /// The cluster's nodes whose CouchDB the coordinator's node is not connected to now; none
 /// when that cannot be read (the daemons' registrations still count).
 async fn couch_down(couch: Arc<CouchClient>) -> BTreeSet<String> {
-    let read = tokio::task::spawn_blocking(move || {
-        let connected: BTreeSet<String> = couch.connected_nodes()?.into_iter().collect();
-        Ok::<_, crate::couchdb::http::CouchError>(
-            couch
-                .membership()?
-                .into_iter()
-                .filter(|n| !connected.contains(n))
-                .collect(),
-        )
-    })
-    .await;
+    let read = tokio::task::spawn_blocking(move || couch.down_nodes()).await;
     match read {
         Ok(Ok(down)) => down,
         Ok(Err(e)) => {

@@ -97,9 +97,9 @@ pub fn commit(store: &dyn Store, keyring: &KeyRing, m: &ClusterManifest) -> Resu
     let doc = serde_json::to_string(m).map_err(|e| FormatError::Metadata(e.to_string()))?;
     let mac = crypto::metadata_mac(key.secret, doc.as_bytes());
     let envelope = format!(
-        "{{\"couchvault_cluster\":{MANIFEST_VERSION},\"key_id\":{},\"mac\":\"hmac-sha256:{}\",\"document\":{doc}}}\n",
+        "{{\"couchvault_cluster\":{MANIFEST_VERSION},\"key_id\":{},\"mac\":\"{}\",\"document\":{doc}}}\n",
         serde_json::Value::String(m.key_id.clone()),
-        hex::encode(mac)
+        crate::format::mac_label(&mac)
     );
     store.put(
         &m.tenant,
@@ -126,10 +126,7 @@ pub fn load(
             env.couchvault_cluster
         )));
     }
-    let mac = env
-        .mac
-        .strip_prefix("hmac-sha256:")
-        .and_then(|h| hex::decode(h).ok())
+    let mac = crate::format::parse_mac_label(&env.mac)
         .ok_or_else(|| bad("mac is not hmac-sha256:<hex>".into()))?;
     let key = keyring.unlock(keyring.get(tenant, &env.key_id)?)?;
     if !crypto::metadata_mac_verify(key.secret, env.document.get().as_bytes(), &mac) {

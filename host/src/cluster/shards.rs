@@ -34,12 +34,12 @@ pub fn read(
             url: format!("{}/_node/_local/_dbs/{}", client.base(), encode_db(&db)),
             reason: "a shard map without shard_suffix or by_range".into(),
         })?);
-        let stats = client.db_stats(&db)?;
+        let (size, doc_count) = client.db_size_and_count(&db)?;
         details.insert(
             db.clone(),
             DbDetail {
-                size: client.db_size(&db)?,
-                doc_count: stats.doc_count,
+                size,
+                doc_count,
                 props: doc
                     .get("props")
                     .cloned()

@@ -159,13 +159,12 @@ impl CouchClient {
             .collect())
     }
 
-    /// Bytes of a database's files (`sizes.file`: one copy of each shard range).
-    pub fn db_size(&self, db: &str) -> Result<u64, CouchError> {
+    /// Bytes of a database's files (`sizes.file`: one copy of each shard range) and its
+    /// document count, in one request.
+    pub fn db_size_and_count(&self, db: &str) -> Result<(u64, u64), CouchError> {
         let info = self.get(&format!("/{}", encode_db(db)))?;
-        Ok(info
-            .pointer("/sizes/file")
-            .and_then(Value::as_u64)
-            .unwrap_or(0))
+        let field = |p: &str| info.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        Ok((field("/sizes/file"), field("/doc_count")))
     }
 
     pub fn db_stats(&self, db: &str) -> Result<DbStats, CouchError> {
@@ -259,6 +258,16 @@ impl CouchClient {
     /// The cluster's nodes this node is connected to now (`all_nodes`): the others are down.
     pub fn connected_nodes(&self) -> Result<Vec<String>, CouchError> {
         self.membership_of("all_nodes")
+    }
+
+    /// The cluster's nodes this node is not connected to now (joined, but down).
+    pub fn down_nodes(&self) -> Result<std::collections::BTreeSet<String>, CouchError> {
+        let connected = self.connected_nodes()?;
+        Ok(self
+            .membership()?
+            .into_iter()
+            .filter(|n| !connected.contains(n))
+            .collect())
     }
 
     fn membership_of(&self, list: &str) -> Result<Vec<String>, CouchError> {

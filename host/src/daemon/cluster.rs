@@ -4,7 +4,6 @@
 //! each out and commits its manifest. A request is acknowledged only once settled: a
 //! coordinator that dies holding one leaves it to the next leader, which resumes it.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,17 +155,7 @@ async fn coordinate(
                     .map_err(|e| e.to_string())?
                     .ok_or("a cluster backup reads the shard maps through CouchDB: set [couchdb] url on every daemon of the cluster")?;
                 let (maps, details) = shards::read(&client).map_err(|e| e.to_string())?;
-                let connected: BTreeSet<String> = client
-                    .connected_nodes()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .collect();
-                let down = client
-                    .membership()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .filter(|n| !connected.contains(n))
-                    .collect::<BTreeSet<String>>();
+                let down = client.down_nodes().map_err(|e| e.to_string())?;
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
                 let key_id = keyring.active(&tenant).map_err(|e| e.to_string())?.id.clone();
                 Ok((maps, details, down, key_id, Arc::new(client)))

@@ -15,7 +15,7 @@ use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::backup::MemberOf;
-use super::restore::DbCheck;
+use super::restore::{failed_checks, DbCheck};
 use super::{restore_owner, BackupRequest, Deleted, OpsError, Result, Vault};
 use crate::catalog;
 use crate::cluster::broker::Broker;
@@ -374,12 +374,7 @@ impl Vault {
             replaced,
             checks,
         };
-        let failed: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{}: {}", c.database, c.error.as_deref().unwrap_or("failed")))
-            .collect();
+        let failed = failed_checks(&report.checks);
         if !failed.is_empty() {
             return Err(OpsError::PostCheck {
                 message: format!(

@@ -262,12 +262,7 @@ impl Vault {
                     rename_all(client, from, to).map_err(|e| rollback_hint(e.to_string()))?;
             }
             outcome.checks = check_databases(client, meta);
-            let failed: Vec<String> = outcome
-                .checks
-                .iter()
-                .filter(|c| !c.ok)
-                .map(|c| format!("{}: {}", c.database, c.error.as_deref().unwrap_or("failed")))
-                .collect();
+            let failed = failed_checks(&outcome.checks);
             if !failed.is_empty() {
                 return Err(OpsError::PostCheck {
                     checks: outcome.checks,
@@ -364,6 +359,15 @@ fn rename_all(client: &CouchClient, from: &str, to: &str) -> Result<Vec<String>>
 
 /// Every database recorded at backup time must open with at least its recorded doc count;
 /// without a record, every database CouchDB lists must open.
+/// `database: why` of each check that failed.
+pub fn failed_checks(checks: &[DbCheck]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.database, c.error.as_deref().unwrap_or("failed")))
+        .collect()
+}
+
 fn check_databases(client: &CouchClient, meta: &BackupMetadata) -> Vec<DbCheck> {
     let recorded: Vec<(String, Option<u64>)> = match meta.couchdb.as_ref().filter(|c| c.reachable) {
         Some(live) => live
