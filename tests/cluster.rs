@@ -1248,6 +1248,68 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         assert_eq!(deleted, [second.as_str(), id.as_str()], "{done}");
         remaining = vec![third];
     }
+    // The API lists each cluster backup as one row with its members within it (never as
+    // rows of their own), verifies it whole by its id.
+    let (s, v) = api.post("/v1/reindex", &api.admin, &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let (s, rows) = api.get("/v1/backups", &api.admin);
+    assert_eq!(s, 200, "{rows}");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["backup_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        remaining,
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r["cluster"]["members"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())),
+        "{rows:?}"
+    );
+    let whole = &rows[0]["cluster"];
+    let (s, job) = api.post(
+        &format!("/v1/backups/{}/verify", remaining[0]),
+        &api.admin,
+        &json!({}),
+    );
+    assert_eq!(s, 202, "{job}");
+    let done = api.wait_job(job["id"].as_str().unwrap(), &api.admin);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["members"].as_array().map(Vec::len),
+        whole["members"].as_array().map(Vec::len),
+        "{done}"
+    );
+    // Its data is in its members: what reads one backup says so and how to restore it.
+    let (s, v) = api.get(&format!("/v1/backups/{}", remaining[0]), &api.admin);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cluster restore"), "{v}");
+    // The dashboard: the cluster's instance has the cluster backup as one row; its details
+    // name the members and their nodes.
+    if let Some((chromium, driver)) = common::webdriver::available() {
+        let web = common::webdriver::Browser::start(&chromium, &driver);
+        web.goto(&format!("{}/", api.url));
+        web.fill("#token", &api.admin);
+        web.click("#signin-submit");
+        web.wait_text("#who", |t| t == "admin");
+        web.goto(&format!("{}/#/backups/default%2Fshop", api.url));
+        let row = format!("tr[data-backup='{}'][data-cluster]", remaining[0]);
+        web.find(&row);
+        assert_eq!(
+            web.script("return document.querySelectorAll('tr[data-backup]').length", json!([])),
+            remaining.len()
+        );
+        web.click_button(&row, "Details");
+        let members = web.wait_text("#backup-detail table", |t| !t.is_empty());
+        for m in whole["members"].as_array().unwrap() {
+            assert!(members.contains(m["node"].as_str().unwrap()), "{members}");
+        }
+        web.screenshot(
+            &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard/cluster.png"),
+        );
+    }
     for (i, d) in daemons.iter_mut().enumerate() {
         if i != victim {
             let _ = d.terminate();
@@ -1261,36 +1323,40 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
     // moved elsewhere); deleting the cluster backups leaves nothing.
     let (ok, _, err) = cli(&dir, &["gc", "--grace", "0s"]);
     assert!(ok, "{err}");
-    let (ok, out, _) = cli(&dir, &["--json", "backup", "list"]);
-    assert!(ok);
+    // `backup list` shows the cluster backups, each with the members its manifest names,
+    // and nothing else: no member left over.
+    let (ok, out, err) = cli(&dir, &["--json", "backup", "list"]);
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
     let (ok, list, err) = cli(&dir, &["--json", "cluster", "list"]);
     assert!(ok, "{err}");
     let list: Value = serde_json::from_str(&list).unwrap();
-    assert_eq!(
-        list.as_array()
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
             .unwrap()
             .iter()
-            .map(|m| m["backup_id"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        remaining
-    );
-    let named: usize = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["members"].as_array().unwrap().len())
-        .sum();
-    assert_eq!(
-        serde_json::from_str::<Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        named,
-        "{out}"
-    );
-    for backup in &remaining {
-        let (ok, _, err) = cli(&dir, &["cluster", "delete", "--instance", "shop", backup]);
+            .map(|m| m["backup_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&list), remaining);
+    assert_eq!(ids(&rows), remaining, "{rows}");
+    for (row, manifest) in rows.as_array().unwrap().iter().zip(list.as_array().unwrap()) {
+        assert_eq!(
+            ids(&row["cluster"]["members"]),
+            ids(&manifest["members"]),
+            "{row}"
+        );
+    }
+    let (ok, out, err) = cli(&dir, &["backup", "list"]);
+    assert!(ok && out.contains("cluster") && out.contains("└ "), "{out}{err}");
+    // `backup verify` and `backup delete` of a cluster backup's id act on the whole.
+    let (ok, out, err) = cli(&dir, &["backup", "verify", &remaining[0]]);
+    assert!(ok && out.contains("member backups"), "{out}{err}");
+    for (i, backup) in remaining.iter().enumerate() {
+        let (ok, _, err) = match i {
+            0 => cli(&dir, &["backup", "delete", backup]),
+            _ => cli(&dir, &["cluster", "delete", "--instance", "shop", backup]),
+        };
         assert!(ok, "{err}");
     }
     let (ok, out, err) = cli(&dir, &["--json", "gc", "--grace", "0s"]);

@@ -93,6 +93,96 @@ pub struct BackupRow {
     pub error: Option<String>,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<BackupSummary>,
+    /// A cluster backup: its members, which the listing names here and not as rows of their
+    /// own (docs/CLUSTERS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSummary>,
+}
+
+/// A committed cluster backup as listed: the whole, restored with `cluster restore`, and
+/// its member backups (each a node-level backup of the shard ranges planned on that node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterSummary {
+    pub backup_id: String,
+    pub tenant: String,
+    pub instance: String,
+    pub started_at: DateTime<Utc>,
+    /// When its manifest was written: the commit.
+    pub committed_at: DateTime<Utc>,
+    pub databases: usize,
+    /// The databases' sizes (CouchDB's file sizes) when it started.
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub key_id: String,
+    pub members: Vec<ClusterMemberSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMemberSummary {
+    pub backup_id: String,
+    /// The CouchDB node it was taken on.
+    pub node: String,
+    /// The instance it is filed under (`<cluster instance>--<node>`).
+    pub instance: String,
+    pub shard_files: usize,
+    pub stored_bytes: u64,
+}
+
+impl ClusterSummary {
+    pub fn of(m: &crate::cluster::manifest::ClusterManifest) -> ClusterSummary {
+        let at = |secs| DateTime::from_timestamp(secs, 0).unwrap_or_default();
+        ClusterSummary {
+            backup_id: m.backup_id.clone(),
+            tenant: m.tenant.clone(),
+            instance: m.instance.clone(),
+            started_at: at(m.started_at),
+            committed_at: at(m.committed_at),
+            databases: m.databases.len(),
+            bytes: m.databases.values().map(|d| d.detail.size).sum(),
+            stored_bytes: m.members.iter().map(|x| x.stored_bytes).sum(),
+            key_id: m.key_id.clone(),
+            members: m
+                .members
+                .iter()
+                .map(|x| ClusterMemberSummary {
+                    backup_id: x.backup_id.clone(),
+                    node: x.node.clone(),
+                    instance: x.member_instance.clone(),
+                    shard_files: x.shards.len(),
+                    stored_bytes: x.stored_bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl BackupRow {
+    pub fn of_cluster(c: ClusterSummary) -> BackupRow {
+        BackupRow {
+            backup_id: c.backup_id.clone(),
+            instance: c.instance.clone(),
+            status: RowStatus::Ok,
+            error: None,
+            summary: None,
+            cluster: Some(c),
+        }
+    }
+
+    /// A listing: `rows` (node-level backups, oldest first) with `clusters` as rows of their
+    /// own; a member a listed cluster backup names is shown within it, not again.
+    pub fn listing(rows: Vec<BackupRow>, clusters: Vec<ClusterSummary>) -> Vec<BackupRow> {
+        let named: std::collections::BTreeSet<String> = clusters
+            .iter()
+            .flat_map(|c| c.members.iter().map(|m| m.backup_id.clone()))
+            .collect();
+        let mut out: Vec<BackupRow> = rows
+            .into_iter()
+            .filter(|r| !named.contains(&r.backup_id))
+            .chain(clusters.into_iter().map(BackupRow::of_cluster))
+            .collect();
+        out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

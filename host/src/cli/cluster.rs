@@ -24,18 +24,15 @@ pub fn run(ctx: &Context, cmd: ClusterCommand) -> Result<()> {
         ClusterCommand::List { instance } => list(ctx, instance.as_deref()),
         ClusterCommand::Verify { instance, id } => {
             let progress = Progress::default();
-            let reports = with_progress("verify", &progress, ctx.json, || {
+            let report = with_progress("verify", &progress, ctx.json, || {
                 ctx.vault
                     .verify_cluster_backup(&ctx.tenant, &instance, &id, &progress)
             })
             .with_context(|| format!("cluster backup {id} did not verify"))?;
             if ctx.json {
-                return print_json(&reports);
+                return print_json(&report);
             }
-            println!(
-                "cluster backup {id}: all {} member backups verified",
-                reports.len()
-            );
+            render::verified(&report);
             Ok(())
         }
         ClusterCommand::Delete { instance, id } => {

@@ -8,7 +8,7 @@ use couchvault::ops::keys::{KeyUsage, RewrapReport};
 use couchvault::ops::restore::{DbCheck, RestoreOutcome};
 use couchvault::ops::{Deleted, GcReport, RestoreReport, VerifyReport};
 use couchvault::policy::floors::Verdict;
-use couchvault::wire::{BackupRow, BackupSummary, RowStatus};
+use couchvault::wire::{BackupRow, BackupSummary, ClusterSummary, RowStatus};
 
 use super::output::{bytes, table};
 use couchvault::names::escape_control;
@@ -30,8 +30,9 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
     }
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| match (&r.summary, r.status) {
-            (Some(m), RowStatus::Ok) => vec![
+        .flat_map(|r| match (&r.cluster, &r.summary, r.status) {
+            (Some(c), _, _) => cluster_rows(c),
+            (None, Some(m), RowStatus::Ok) => vec![vec![
                 r.backup_id.clone(),
                 r.instance.clone(),
                 m.kind.to_string(),
@@ -42,8 +43,8 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
                 bytes(m.stored_bytes),
                 tags_text(&m.tags),
                 "ok".into(),
-            ],
-            _ => vec![
+            ]],
+            _ => vec![vec![
                 r.backup_id.clone(),
                 r.instance.clone(),
                 "-".into(),
@@ -61,7 +62,7 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
                     },
                     r.error.as_deref().unwrap_or("")
                 ),
-            ],
+            ]],
         })
         .collect();
     table(
@@ -79,6 +80,37 @@ pub fn backup_list(rows: &[BackupRow], tenant: &str, store: &str) {
         ],
         &cells,
     );
+}
+
+/// A cluster backup's row, then a row per member under it.
+fn cluster_rows(c: &ClusterSummary) -> Vec<Vec<String>> {
+    let whole = vec![
+        c.backup_id.clone(),
+        c.instance.clone(),
+        "cluster".into(),
+        "-".into(),
+        c.committed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        c.members.iter().map(|m| m.shard_files).sum::<usize>().to_string(),
+        bytes(c.bytes),
+        bytes(c.stored_bytes),
+        "-".into(),
+        format!("ok: {} databases on {} members", c.databases, c.members.len()),
+    ];
+    let members = c.members.iter().map(|m| {
+        vec![
+            format!("└ {}", m.backup_id),
+            m.instance.clone(),
+            "member".into(),
+            "-".into(),
+            "-".into(),
+            m.shard_files.to_string(),
+            "-".into(),
+            bytes(m.stored_bytes),
+            "-".into(),
+            format!("node {}", m.node),
+        ]
+    });
+    std::iter::once(whole).chain(members).collect()
 }
 
 /// `backup create`'s line.
@@ -191,6 +223,11 @@ pub fn backup(meta: &BackupMetadata) {
 
 pub fn verified(report: &VerifyReport) {
     let what = match report.backups {
+        _ if !report.members.is_empty() => format!(
+            "cluster backup {} ({} member backups)",
+            report.backup_id,
+            report.members.len()
+        ),
         1 => format!("backup {}", report.backup_id),
         n => format!(
             "backup {} and the {} it depends on",

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::scheduler::Schedule;
-use crate::wire::{BackupSummary, Job};
+use crate::wire::{BackupSummary, ClusterSummary, Job};
 
 pub const DB_FORMAT: u32 = 1;
 
@@ -52,6 +52,22 @@ impl IndexEntry {
     }
 }
 
+/// One committed cluster backup in the index (tree `cluster_index`, same format version).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterIndexEntry {
+    pub couchvault_index: u32,
+    pub cluster: ClusterSummary,
+}
+
+impl ClusterIndexEntry {
+    pub fn of(m: &crate::cluster::manifest::ClusterManifest) -> ClusterIndexEntry {
+        ClusterIndexEntry {
+            couchvault_index: INDEX_FORMAT,
+            cluster: ClusterSummary::of(m),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     db: sled::Db,
@@ -59,6 +75,7 @@ pub struct Db {
     pub jobs: sled::Tree,
     pub tokens: sled::Tree,
     pub index: sled::Tree,
+    pub clusters: sled::Tree,
     pub instances: sled::Tree,
 }
 
@@ -134,11 +151,20 @@ impl Db {
                 index.clear()?;
             }
         }
+        let clusters = db.open_tree("cluster_index")?;
+        if let Some((_, v)) = clusters.first()? {
+            if !serde_json::from_slice::<ClusterIndexEntry>(&v)
+                .is_ok_and(|e| e.couchvault_index == INDEX_FORMAT)
+            {
+                clusters.clear()?;
+            }
+        }
         Ok(Db {
             schedules: db.open_tree("schedules")?,
             jobs: db.open_tree("jobs")?,
             tokens: db.open_tree("tokens")?,
             index,
+            clusters,
             instances: db.open_tree("instances")?,
             db,
         })
@@ -252,23 +278,63 @@ impl Db {
     pub fn index_all(&self) -> Result<Vec<IndexEntry>, DbError> {
         all(&self.index, "backup_index", b"")
     }
-    /// Replaces a tenant's index with what the store holds.
-    pub fn index_replace(&self, tenant: &str, entries: &[IndexEntry]) -> Result<(), DbError> {
-        let mut batch = sled::Batch::default();
-        for kv in self.index.scan_prefix(format!("{tenant}/").as_bytes()) {
-            batch.remove(kv?.0);
-        }
-        for e in entries {
-            let bytes = serde_json::to_vec(e).map_err(|e| DbError::Corrupt {
-                tree: "backup_index",
-                reason: e.to_string(),
-            })?;
-            batch.insert(
-                Self::index_key(&e.summary.tenant, &e.summary.backup_id),
-                bytes,
-            );
-        }
-        self.index.apply_batch(batch)?;
+    /// Replaces a tenant's index (backups and cluster backups) with what the store holds.
+    pub fn index_replace(
+        &self,
+        tenant: &str,
+        entries: &[IndexEntry],
+        clusters: &[ClusterIndexEntry],
+    ) -> Result<(), DbError> {
+        replace_prefix(
+            &self.index,
+            tenant,
+            entries.iter().map(|e| (&e.summary.backup_id, e)),
+        )?;
+        replace_prefix(
+            &self.clusters,
+            tenant,
+            clusters.iter().map(|e| (&e.cluster.backup_id, e)),
+        )
+    }
+
+    pub fn cluster_put(&self, e: &ClusterIndexEntry) -> Result<(), DbError> {
+        put(
+            &self.clusters,
+            &Self::index_key(&e.cluster.tenant, &e.cluster.backup_id),
+            e,
+        )
+    }
+    pub fn cluster_remove(&self, tenant: &str, id: &str) -> Result<(), DbError> {
+        self.clusters.remove(Self::index_key(tenant, id))?;
         Ok(())
     }
+    /// Every tenant's indexed cluster backups.
+    pub fn cluster_all(&self) -> Result<Vec<ClusterIndexEntry>, DbError> {
+        all(&self.clusters, "cluster_index", b"")
+    }
+    /// A tenant's indexed cluster backups, oldest first.
+    pub fn cluster_list(&self, tenant: &str) -> Result<Vec<ClusterIndexEntry>, DbError> {
+        all(&self.clusters, "cluster_index", format!("{tenant}/").as_bytes())
+    }
+}
+
+/// Replaces the records of `tree` under `<tenant>/` with `records` (id, record), at once.
+fn replace_prefix<'a, T: Serialize + 'a>(
+    tree: &sled::Tree,
+    tenant: &str,
+    records: impl Iterator<Item = (&'a String, &'a T)>,
+) -> Result<(), DbError> {
+    let mut batch = sled::Batch::default();
+    for kv in tree.scan_prefix(format!("{tenant}/").as_bytes()) {
+        batch.remove(kv?.0);
+    }
+    for (id, r) in records {
+        let bytes = serde_json::to_vec(r).map_err(|e| DbError::Corrupt {
+            tree: "index",
+            reason: e.to_string(),
+        })?;
+        batch.insert(Db::index_key(tenant, id), bytes);
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
 }

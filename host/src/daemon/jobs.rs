@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ulid::Ulid;
 
-use super::db::{Db, IndexEntry};
+use super::db::{ClusterIndexEntry, Db, IndexEntry};
 use super::instances;
 use super::metrics::{labels, Metrics};
 use super::notify::Notifier;
@@ -410,6 +410,8 @@ impl Runner {
                 for d in &deleted {
                     self.index_remove(&tenant, &d.backup_id);
                 }
+                // A cluster backup's id deletes the whole.
+                self.cluster_index_remove(&tenant, &backup_id);
                 job.result = serde_json::to_value(&deleted).ok();
                 Ok(())
             }
@@ -541,11 +543,34 @@ impl Runner {
         let (_, retention) = resolve_policies(&vault.state_dir, &tenant, &b.policies)?;
         let (id, manifest) = vault.request_cluster_backup(&tenant, &b.instance, true, progress)?;
         job.backup_id = Some(id);
-        job.result = manifest.as_ref().and_then(|m| serde_json::to_value(m).ok());
+        if let Some(m) = &manifest {
+            if let Err(err) = self.db.cluster_put(&ClusterIndexEntry::of(m)) {
+                tracing::warn!("backup index: {err} (the store stays the truth)");
+            }
+            job.result = serde_json::to_value(m).ok();
+        }
         if let Some(name) = retention.or_else(|| vault.config.policy.retention.clone()) {
             job.retention = vault.cluster_retention(&tenant, &name, &b.instance, progress)?;
+            for v in job.retention.iter().filter(|v| !v.keep) {
+                self.cluster_index_remove(&tenant, &v.id);
+            }
         }
         Ok(())
+    }
+
+    /// Takes a deleted cluster backup out of the index, and its members with it.
+    fn cluster_index_remove(&self, tenant: &str, id: &str) {
+        let removed = self.db.cluster_list(tenant).and_then(|all| {
+            for e in all.iter().filter(|e| e.cluster.backup_id == id) {
+                for m in &e.cluster.members {
+                    self.db.index_remove(tenant, &m.backup_id)?;
+                }
+            }
+            self.db.cluster_remove(tenant, id)
+        });
+        if let Err(err) = removed {
+            tracing::warn!("backup index: {err} (the store stays the truth)");
+        }
     }
 
     fn index_put(&self, e: &IndexEntry) {

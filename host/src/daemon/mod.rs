@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::ops::Vault;
-use db::{Db, IndexEntry};
+use db::{ClusterIndexEntry, Db, IndexEntry};
 use jobs::Runner;
 use schedules::Schedules;
 
@@ -145,7 +145,8 @@ impl Daemon {
         }))
     }
 
-    /// Rebuilds the backup index of every tenant from the store. Returns the count.
+    /// Rebuilds the backup index (backups and cluster backups) of every tenant from the
+    /// store. Returns the count.
     pub fn reindex(&self) -> Result<usize, DaemonError> {
         let mut n = 0;
         for tenant in self.vault.tenants()? {
@@ -155,8 +156,14 @@ impl Daemon {
                 .iter()
                 .map(IndexEntry::of)
                 .collect();
-            n += entries.len();
-            self.db.index_replace(&tenant, &entries)?;
+            let clusters: Vec<ClusterIndexEntry> = self
+                .vault
+                .cluster_backups(&tenant, None)?
+                .iter()
+                .map(ClusterIndexEntry::of)
+                .collect();
+            n += entries.len() + clusters.len();
+            self.db.index_replace(&tenant, &entries, &clusters)?;
         }
         Ok(n)
     }

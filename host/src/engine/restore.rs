@@ -36,6 +36,25 @@ pub struct VerifyReport {
     /// True when every file was rebuilt and checked whole (a full backup, or `--chain`).
     #[serde(default = "yes")]
     pub rebuilt: bool,
+    /// A cluster backup's member backups, each verified (the fields above are their sums).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<VerifyReport>,
+}
+
+impl VerifyReport {
+    pub fn of_members(id: &str, members: Vec<VerifyReport>) -> VerifyReport {
+        let sum = |f: fn(&VerifyReport) -> u64| members.iter().map(f).sum();
+        VerifyReport {
+            backup_id: id.to_string(),
+            files: sum(|r| r.files),
+            bytes: sum(|r| r.bytes),
+            stored_bytes: sum(|r| r.stored_bytes),
+            chunks: sum(|r| r.chunks),
+            backups: sum(|r| r.backups),
+            rebuilt: members.iter().all(|r| r.rebuilt),
+            members,
+        }
+    }
 }
 
 fn one() -> u64 {
@@ -203,6 +222,7 @@ fn check_chain(
         chunks,
         backups: chain.len() as u64,
         rebuilt: rebuild.rebuild,
+        members: Vec::new(),
     })
 }
 

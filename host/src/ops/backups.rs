@@ -9,14 +9,15 @@ pub use crate::catalog::{Deleted, GcReport};
 pub use crate::engine::VerifyReport;
 use crate::engine::{self, Progress};
 use crate::format::BackupMetadata;
-use crate::wire::{BackupRow, BackupSummary, RowStatus};
+use crate::wire::{BackupRow, BackupSummary, ClusterSummary, RowStatus};
 
 impl Vault {
     /// A tenant's backups (of one instance), oldest first, including those whose metadata
     /// does not load (`invalid`, with why).
+    /// Cluster backups are rows of their own, with their members within them.
     pub fn list_backups(&self, tenant: &str, instance: Option<&str>) -> Result<Vec<BackupRow>> {
         let keyring = self.keyring()?;
-        Ok(catalog::list(&*self.store, &keyring, tenant, instance)?
+        let rows = catalog::list(&*self.store, &keyring, tenant, instance)?
             .into_iter()
             .map(|l| BackupRow {
                 status: match (&l.metadata, l.key_unavailable) {
@@ -28,8 +29,15 @@ impl Vault {
                 backup_id: l.backup_id,
                 instance: l.instance,
                 error: l.error,
+                cluster: None,
             })
-            .collect())
+            .collect();
+        let clusters = self
+            .cluster_backups(tenant, instance)?
+            .iter()
+            .map(ClusterSummary::of)
+            .collect();
+        Ok(BackupRow::listing(rows, clusters))
     }
 
     /// The committed backups of a tenant's instance, with their metadata.
@@ -44,13 +52,34 @@ impl Vault {
     /// One backup's metadata, authenticated with the tenant's key; another tenant's id is
     /// NotFound.
     pub fn show_backup(&self, tenant: &str, id: &str) -> Result<BackupMetadata> {
-        let keyring = self.keyring()?;
-        Ok(catalog::load(&*self.store, &keyring, tenant, id)?)
+        self.load_backup(&self.keyring()?, tenant, id)
+    }
+
+    /// [`catalog::load`]; a cluster backup's id is refused, saying where its data is.
+    pub(super) fn load_backup(
+        &self,
+        keyring: &crate::keyring::KeyRing,
+        tenant: &str,
+        id: &str,
+    ) -> Result<BackupMetadata> {
+        match catalog::load(&*self.store, keyring, tenant, id) {
+            Err(e @ crate::Error::NotFound { .. }) => match self.find_cluster_backup(tenant, id)? {
+                Some(m) => Err(OpsError::Refused(format!(
+                    "{id} is a cluster backup of instance '{}': its data is in its {} member backups (`backup list` names them), each readable alone; restore it whole with `couchvault cluster restore {id} --instance {}`",
+                    m.instance,
+                    m.members.len(),
+                    m.instance
+                ))),
+                None => Err(e.into()),
+            },
+            other => Ok(other?),
+        }
     }
 
     /// Reads the whole backup back: every chunk authenticated, the stream hash and every
     /// stored piece's hash checked. With `chain`, every backup it depends on too, and each
-    /// file rebuilt (in hashes) and checked whole. Nothing is written.
+    /// file rebuilt (in hashes) and checked whole. Nothing is written. A cluster backup's
+    /// id verifies every member.
     pub fn verify(
         &self,
         tenant: &str,
@@ -59,7 +88,14 @@ impl Vault {
         progress: &Progress,
     ) -> Result<VerifyReport> {
         let keyring = self.keyring()?;
-        let meta = catalog::load(&*self.store, &keyring, tenant, id)?;
+        let meta = match catalog::load(&*self.store, &keyring, tenant, id) {
+            // A cluster backup's id: every member.
+            Err(e @ crate::Error::NotFound { .. }) => match self.find_cluster_backup(tenant, id)? {
+                Some(m) => return self.verify_cluster_backup(tenant, &m.instance, id, progress),
+                None => return Err(e.into()),
+            },
+            other => other?,
+        };
         let backups = match chain {
             true => catalog::chain(&*self.store, &keyring, meta)?,
             false => vec![meta],
@@ -70,9 +106,16 @@ impl Vault {
     /// Deletes a backup (or the leftovers of an uncommitted one). A backup others depend on
     /// is refused, naming them, unless `with_dependents`: then they go first, newest first.
     /// A member of a committed cluster backup is refused: it goes with its cluster backup.
+    /// A cluster backup's id deletes the cluster backup whole.
     pub fn delete(&self, tenant: &str, id: &str, with_dependents: bool) -> Result<Vec<Deleted>> {
         let keyring = self.keyring()?;
-        if let Ok(meta) = catalog::load(&*self.store, &keyring, tenant, id) {
+        let loaded = catalog::load(&*self.store, &keyring, tenant, id);
+        if let Err(crate::Error::NotFound { .. }) = loaded {
+            if let Some(m) = self.find_cluster_backup(tenant, id)? {
+                return self.delete_cluster_backup(tenant, &m.instance, id);
+            }
+        }
+        if let Ok(meta) = loaded {
             use crate::cluster::job::{CLUSTER_INSTANCE_TAG, MEMBER_OF_TAG};
             if let (Some(cluster), Some(instance)) = (
                 meta.tags.get(MEMBER_OF_TAG),

@@ -258,19 +258,43 @@ impl Vault {
         Ok(out)
     }
 
-    /// Verifies every member of a cluster backup (nothing is written).
+    /// Verifies every member of a cluster backup (nothing is written): one report for the
+    /// whole, with each member's.
     pub fn verify_cluster_backup(
         &self,
         tenant: &str,
         instance: &str,
         id: &str,
         progress: &Progress,
-    ) -> Result<Vec<super::VerifyReport>> {
+    ) -> Result<super::VerifyReport> {
         let m = manifest::load(&*self.store, &self.keyring()?, tenant, instance, id)?;
-        m.members
+        let members = m
+            .members
             .iter()
             .map(|member| self.verify(tenant, &member.backup_id, false, progress))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(super::VerifyReport::of_members(id, members))
+    }
+
+    /// The committed cluster backup `id` of a tenant, of whichever instance.
+    pub fn find_cluster_backup(&self, tenant: &str, id: &str) -> Result<Option<ClusterManifest>> {
+        let suffix = format!("/{id}/{MANIFEST_FILE}");
+        let Some(o) = self
+            .store
+            .list(tenant, "")?
+            .into_iter()
+            .find(|o| o.name.ends_with(&suffix) && o.name.matches('/').count() == 2)
+        else {
+            return Ok(None);
+        };
+        let instance = &o.name[..o.name.len() - suffix.len()];
+        Ok(Some(manifest::load(
+            &*self.store,
+            &self.keyring()?,
+            tenant,
+            instance,
+            id,
+        )?))
     }
 
     /// Deletes a cluster backup: its manifest first (it is no longer committed), then every

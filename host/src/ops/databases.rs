@@ -97,7 +97,7 @@ impl Vault {
         tenant: &str,
         id: &str,
     ) -> Result<(Vec<BackupMetadata>, Scratch)> {
-        let meta = catalog::load(&*self.store, keyring, tenant, id)?;
+        let meta = self.load_backup(keyring, tenant, id)?;
         let chain = catalog::chain(&*self.store, keyring, meta)?;
         let dir = self
             .state_dir

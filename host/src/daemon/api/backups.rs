@@ -21,26 +21,35 @@ pub(super) struct ListQuery {
     instance: Option<String>,
 }
 
-/// The tenant's committed backups, from the index (rebuilt from the store).
+/// The tenant's committed backups and cluster backups, from the index (rebuilt from the
+/// store).
 pub(super) async fn backup_list(
     p: Principal,
     State(d): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<BackupRow>>> {
     let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
+    let of_instance = |i: &String| q.instance.as_ref().is_none_or(|want| i == want);
     let rows =
         d.db.index_list(&tenant)?
             .into_iter()
-            .filter(|e| q.instance.as_ref().is_none_or(|i| &e.summary.instance == i))
+            .filter(|e| of_instance(&e.summary.instance))
             .map(|e| BackupRow {
                 backup_id: e.summary.backup_id.clone(),
                 instance: e.summary.instance.clone(),
                 status: RowStatus::Ok,
                 error: None,
                 summary: Some(e.summary),
+                cluster: None,
             })
             .collect();
-    Ok(Json(rows))
+    let clusters =
+        d.db.cluster_list(&tenant)?
+            .into_iter()
+            .map(|e| e.cluster)
+            .filter(|c| of_instance(&c.instance))
+            .collect();
+    Ok(Json(BackupRow::listing(rows, clusters)))
 }
 
 pub(super) async fn backup_create(
@@ -119,6 +128,20 @@ pub(super) async fn owned_backup(d: &Daemon, tenant: &str, id: &str) -> ApiResul
     blocking(move || Ok(vault.show_backup(&tenant, &id)?)).await
 }
 
+/// A tenant's backup or cluster backup (verified and deleted whole) by id: its instance.
+/// Another tenant's id or a bad one is 404.
+async fn owned_id(d: &Daemon, tenant: &str, id: &str) -> ApiResult<String> {
+    if crate::names::validate_name("backup id", id).is_err() {
+        return Err(ApiError::not_found("backup"));
+    }
+    let (vault, tenant, id) = (d.vault.clone(), tenant.to_string(), id.to_string());
+    blocking(move || match vault.find_cluster_backup(&tenant, &id)? {
+        Some(m) => Ok(m.instance),
+        None => Ok(vault.show_backup(&tenant, &id)?.instance),
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 pub(super) struct DeleteQuery {
     tenant: Option<String>,
@@ -134,11 +157,11 @@ pub(super) async fn backup_delete(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
-    let meta = owned_backup(&d, &tenant, &id).await?;
+    let instance = owned_id(&d, &tenant, &id).await?;
     let request = JobRequest::Delete {
         backup_id: id,
         with_dependents: q.with_dependents,
-        instance: Some(meta.instance),
+        instance: Some(instance),
     };
     accepted(&d, &tenant, request).await
 }
@@ -161,7 +184,7 @@ pub(super) async fn backup_verify(
     Query(q): Query<VerifyQuery>,
 ) -> ApiResult<Response> {
     let tenant = tenant_of(&p, &TenantQuery { tenant: q.tenant })?;
-    owned_backup(&d, &tenant, &id).await?;
+    owned_id(&d, &tenant, &id).await?;
     let request = JobRequest::Verify {
         backup_id: id,
         chain: q.chain || q.deep,

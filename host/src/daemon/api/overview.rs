@@ -1,7 +1,7 @@
 //! What the dashboard shows first: `/v1/whoami`, `/v1/overview` (each instance at a
 //! glance) and `/v1/schedules/preview` (a cron expression in words, with its next runs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Query, State};
 use axum::Json;
@@ -10,6 +10,7 @@ use chrono::{Duration, Utc};
 use super::{tenant_of, ApiError, ApiResult, JsonBody, Shared, TenantQuery};
 use crate::daemon::auth::Principal;
 use crate::daemon::instances;
+use crate::format::Kind;
 use crate::scheduler::cron::{parse_tz, Cron};
 use crate::wire::{
     CronPreview, CronPreviewParams, HistoryPoint, InstanceOverview, JobState, Overview, WhoAmI,
@@ -70,27 +71,52 @@ pub(super) async fn overview(
     for inst in instances::list(&d.db, only.as_deref())? {
         row(&mut rows, &inst.spec.tenant, &inst.spec.name).registered = true;
     }
-    for e in
-        d.db.index_all()?
+    // A cluster backup counts for its cluster's instance, its members within it.
+    let clusters: Vec<_> =
+        d.db.cluster_all()?
             .into_iter()
-            .filter(|e| mine(&e.summary.tenant))
-    {
-        let s = e.summary;
-        let r = row(&mut rows, &s.tenant, &s.instance);
+            .map(|e| e.cluster)
+            .filter(|c| mine(&c.tenant))
+            .collect();
+    let named: BTreeSet<&str> = clusters
+        .iter()
+        .flat_map(|c| c.members.iter().map(|m| m.backup_id.as_str()))
+        .collect();
+    let backups = d.db.index_all()?.into_iter().map(|e| e.summary);
+    let points = backups
+        .filter(|s| mine(&s.tenant) && !named.contains(s.backup_id.as_str()))
+        .map(|s| {
+            let point = HistoryPoint {
+                duration_secs: (s.finished_at - s.started_at).num_milliseconds() as f64 / 1000.0,
+                backup_id: s.backup_id,
+                kind: s.kind,
+                finished_at: s.finished_at,
+                bytes: s.bytes,
+                stored_bytes: s.stored_bytes,
+            };
+            (s.tenant, s.instance, point)
+        })
+        .chain(clusters.iter().map(|c| {
+            let point = HistoryPoint {
+                duration_secs: (c.committed_at - c.started_at).num_milliseconds() as f64
+                    / 1000.0,
+                backup_id: c.backup_id.clone(),
+                kind: Kind::Full,
+                finished_at: c.committed_at,
+                bytes: c.bytes,
+                stored_bytes: c.stored_bytes,
+            };
+            (c.tenant.clone(), c.instance.clone(), point)
+        }));
+    for (tenant, instance, point) in points {
+        let r = row(&mut rows, &tenant, &instance);
         r.backups += 1;
-        r.stored_bytes += s.stored_bytes;
-        if r.last_success_at.is_none_or(|t| s.finished_at >= t) {
-            r.last_success_at = Some(s.finished_at);
-            r.last_backup_id = Some(s.backup_id.clone());
+        r.stored_bytes += point.stored_bytes;
+        if r.last_success_at.is_none_or(|t| point.finished_at >= t) {
+            r.last_success_at = Some(point.finished_at);
+            r.last_backup_id = Some(point.backup_id.clone());
         }
-        r.history.push(HistoryPoint {
-            duration_secs: (s.finished_at - s.started_at).num_milliseconds() as f64 / 1000.0,
-            backup_id: s.backup_id,
-            kind: s.kind,
-            finished_at: s.finished_at,
-            bytes: s.bytes,
-            stored_bytes: s.stored_bytes,
-        });
+        r.history.push(point);
     }
     for s in d.schedules.list(only.as_deref())? {
         if s.spec.paused {

@@ -253,6 +253,7 @@ async function backups(root, which) {
   const detail = el("div", { id: "backup-detail" });
   root.append(table(["Backup", "Kind", "Finished", { text: "Size", num: true }, { text: "Stored", num: true }, "Node", ""],
     rows.slice().reverse().map(r => {
+      if (r.cluster) return clusterRow(detail, tenant, r.cluster);
       const s = r; // the summary's fields are in the row
       return el("tr", { "data-backup": r.backup_id },
         el("td", { class: "mono", text: r.backup_id }),
@@ -265,6 +266,30 @@ async function backups(root, which) {
           el("button", { type: "button", onclick: () => restoreForm(detail, tenant, instance, r), text: "Restore…" }),
           el("button", { type: "button", class: "danger", onclick: confirmThen("Delete backup " + r.backup_id + "? This cannot be undone.", () => remove(tenant, r.backup_id)), text: "Delete" })));
     }), "backups of " + current), detail);
+}
+
+// A cluster backup: one row, verified and deleted whole; restored with `couchvault cluster restore`.
+function clusterRow(box, tenant, c) {
+  return el("tr", { "data-backup": c.backup_id, "data-cluster": "" },
+    el("td", { class: "mono", text: c.backup_id }),
+    el("td", {}, "cluster", el("div", { class: "muted", text: c.members.length + (c.members.length === 1 ? " member, " : " members, ") + c.databases + " databases" })),
+    el("td", { text: when(c.committed_at) }), el("td", { class: "num", text: bytes(c.bytes) }),
+    el("td", { class: "num", text: bytes(c.stored_bytes) }), el("td", { text: c.members.map(m => m.node).join(", ") }),
+    el("td", { class: "actions" },
+      el("button", { type: "button", onclick: () => showCluster(box, c), text: "Details" }),
+      el("button", { type: "button", onclick: () => verify(tenant, c.backup_id), text: "Verify" }),
+      el("button", { type: "button", class: "danger", onclick: confirmThen("Delete cluster backup " + c.backup_id + " and its " + c.members.length + " member backups? This cannot be undone.", () => remove(tenant, c.backup_id)), text: "Delete" })));
+}
+
+function showCluster(box, c) {
+  box.replaceChildren(el("section", { class: "panel", "aria-label": "cluster backup " + c.backup_id },
+    el("h3", { text: "Cluster backup " + c.backup_id }),
+    el("p", {}, "Instance " + c.instance + ", " + c.databases + " databases, taken " + when(c.started_at) + " to " + when(c.committed_at) +
+      ". Restore it into a cluster of any size with: couchvault cluster restore " + c.backup_id + " --instance " + c.instance + " --node NAME=DIR …"),
+    table(["Member backup", "Node", { text: "Shard files", num: true }, { text: "Stored", num: true }], c.members.map(m =>
+      el("tr", {}, el("td", { class: "mono", text: m.backup_id }), el("td", { text: m.node }),
+        el("td", { class: "num", text: m.shard_files }), el("td", { class: "num", text: bytes(m.stored_bytes) }))), "members of " + c.backup_id)));
+  box.querySelector("h3").focus?.();
 }
 
 async function showBackup(box, tenant, id) {
