@@ -1285,7 +1285,10 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
     // Its data is in its members: what reads one backup says so and how to restore it.
     let (s, v) = api.get(&format!("/v1/backups/{}", remaining[0]), &api.admin);
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("cluster restore"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cluster restore"),
+        "{v}"
+    );
     // The dashboard: the cluster's instance has the cluster backup as one row; its details
     // name the members and their nodes.
     if let Some((chromium, driver)) = common::webdriver::available() {
@@ -1298,7 +1301,10 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         let row = format!("tr[data-backup='{}'][data-cluster]", remaining[0]);
         web.find(&row);
         assert_eq!(
-            web.script("return document.querySelectorAll('tr[data-backup]').length", json!([])),
+            web.script(
+                "return document.querySelectorAll('tr[data-backup]').length",
+                json!([])
+            ),
             remaining.len()
         );
         web.click_button(&row, "Details");
@@ -1340,7 +1346,12 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
     };
     assert_eq!(ids(&list), remaining);
     assert_eq!(ids(&rows), remaining, "{rows}");
-    for (row, manifest) in rows.as_array().unwrap().iter().zip(list.as_array().unwrap()) {
+    for (row, manifest) in rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(list.as_array().unwrap())
+    {
         assert_eq!(
             ids(&row["cluster"]["members"]),
             ids(&manifest["members"]),
@@ -1348,7 +1359,10 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
         );
     }
     let (ok, out, err) = cli(&dir, &["backup", "list"]);
-    assert!(ok && out.contains("cluster") && out.contains("└ "), "{out}{err}");
+    assert!(
+        ok && out.contains("cluster") && out.contains("└ "),
+        "{out}{err}"
+    );
     // `backup verify` and `backup delete` of a cluster backup's id act on the whole.
     let (ok, out, err) = cli(&dir, &["backup", "verify", &remaining[0]]);
     assert!(ok && out.contains("member backups"), "{out}{err}");

@@ -90,11 +90,19 @@ fn cluster_rows(c: &ClusterSummary) -> Vec<Vec<String>> {
         "cluster".into(),
         "-".into(),
         c.committed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-        c.members.iter().map(|m| m.shard_files).sum::<usize>().to_string(),
+        c.members
+            .iter()
+            .map(|m| m.shard_files)
+            .sum::<usize>()
+            .to_string(),
         bytes(c.bytes),
         bytes(c.stored_bytes),
         "-".into(),
-        format!("ok: {} databases on {} members", c.databases, c.members.len()),
+        format!(
+            "ok: {} databases on {} members",
+            c.databases,
+            c.members.len()
+        ),
     ];
     let members = c.members.iter().map(|m| {
         vec![

@@ -314,7 +314,11 @@ impl Db {
     }
     /// A tenant's indexed cluster backups, oldest first.
     pub fn cluster_list(&self, tenant: &str) -> Result<Vec<ClusterIndexEntry>, DbError> {
-        all(&self.clusters, "cluster_index", format!("{tenant}/").as_bytes())
+        all(
+            &self.clusters,
+            "cluster_index",
+            format!("{tenant}/").as_bytes(),
+        )
     }
 }
 

@@ -98,8 +98,7 @@ pub(super) async fn overview(
         })
         .chain(clusters.iter().map(|c| {
             let point = HistoryPoint {
-                duration_secs: (c.committed_at - c.started_at).num_milliseconds() as f64
-                    / 1000.0,
+                duration_secs: (c.committed_at - c.started_at).num_milliseconds() as f64 / 1000.0,
                 backup_id: c.backup_id.clone(),
                 kind: Kind::Full,
                 finished_at: c.committed_at,
