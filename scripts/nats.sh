@@ -3,6 +3,8 @@
 # coordinated through (docs/CLUSTERS.md). Debian's nats-server, installed when missing.
 #
 #   eval "$(bash scripts/nats.sh start NAME PORT)"   # prints NATS_URL=... NATS_DIR=... NATS_PID=...
+#   NATS_MAX_PAYLOAD=2048 bash scripts/nats.sh start NAME PORT   # a smaller max_payload (kept
+#                                                     # for the NAME's restarts)
 #   bash scripts/nats.sh stop NAME [--purge]         # SIGTERM, waits; --purge deletes its files
 #   bash scripts/nats.sh kill NAME                   # SIGKILL (a crashed broker; files kept)
 #
@@ -45,7 +47,10 @@ start() {
   if pid=$(pid_of "$name"); then
     die "$name is already running (pid $pid)"
   fi
-  "$(server)" --addr 127.0.0.1 --port "$port" --jetstream --store_dir "$dir/store" \
+  [[ -n ${NATS_MAX_PAYLOAD:-} ]] && echo "max_payload: $NATS_MAX_PAYLOAD" > "$dir/nats.conf"
+  local conf=()
+  [[ -f $dir/nats.conf ]] && conf=(--config "$dir/nats.conf")
+  "$(server)" "${conf[@]}" --addr 127.0.0.1 --port "$port" --jetstream --store_dir "$dir/store" \
     --server_name "$name" --pid "$dir/nats.pid" --log "$dir/nats.log" < /dev/null > /dev/null 2>&1 &
   local pid=$!
   # Ready when the port accepts connections and the log says JetStream is up.

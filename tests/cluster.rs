@@ -742,6 +742,80 @@ fn cluster_backup(
     m
 }
 
+/// A plan and member jobs bigger than the broker takes in one message (here a nats-server
+/// with `max_payload` 2 KiB; at the default 1 MiB, about 10,000 shard ranges): they go
+/// through the broker's object store, the records and messages name them, and the backup
+/// commits with every range once (before, the plan was refused and nothing was backed up).
+#[test]
+fn a_plan_and_jobs_past_the_brokers_message_limit_go_through_its_object_store() {
+    let Some(sh) = script() else { return };
+    let Some(nats) = Nats::start_with("cv-large", 14308, Some(2048)) else {
+        return;
+    };
+    let nodes = Couch::cluster(&sh, "cvlg", 3, 11600);
+    let dbs: Vec<String> = (0..30).map(|i| format!("db{i:02}")).collect();
+    seed(
+        &nodes,
+        &dbs.iter().map(String::as_str).collect::<Vec<_>>(),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("keys.toml");
+    KeyRing::create(&ring, "default").unwrap();
+    let store = Arc::new(LocalStore::new(dir.path().join("store"), 1 << 20));
+    let m = cluster_backup(&nats, &nodes, &store, &ring, "shop");
+    let (maps, _) = shards::read(&nodes[0].client()).unwrap();
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvlg", "3"])
+        .output();
+
+    let all: BTreeSet<String> = maps.iter().flat_map(|m| m.files_on(None)).collect();
+    let mut read = BTreeSet::new();
+    for member in &m.members {
+        for s in &member.shards {
+            assert!(read.insert(s.clone()), "{s} twice");
+        }
+    }
+    assert_eq!(read, all);
+    assert!(m.databases.len() >= 30);
+
+    // The plan record and the jobs were references to objects in the broker's store.
+    let objects: Vec<String> = rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+        let plan = js
+            .get_key_value("couchvault_jobs")
+            .await
+            .unwrap()
+            .get(couchvault::cluster::job::plan_key(&m.backup_id))
+            .await
+            .unwrap()
+            .unwrap();
+        let plan = String::from_utf8_lossy(&plan).into_owned();
+        assert!(plan.contains("couchvault_large"), "{plan}");
+        let mut list = js
+            .get_object_store("couchvault_large")
+            .await
+            .unwrap()
+            .list()
+            .await
+            .unwrap();
+        let mut names = Vec::new();
+        while let Some(o) = futures_util::StreamExt::next(&mut list).await {
+            names.push(o.unwrap().name);
+        }
+        names
+    });
+    let plan = format!("{}.plan.", m.backup_id);
+    assert!(objects.iter().any(|o| o.starts_with(&plan)), "{objects:?}");
+    for member in &m.members {
+        let job = MemberJob::id_for(&m.backup_id, &member.node, 0);
+        assert!(
+            objects.iter().any(|o| o.starts_with(&format!("{job}."))),
+            "{job}: {objects:?}"
+        );
+    }
+}
+
 /// A cluster backup of a 3-node cluster (n=3, q=2) taken under a writer, with a binary
 /// attachment and a built view, restored into a fresh 3-node cluster with other node names
 /// and into a 2-node cluster: every database opens on every node with at least the
@@ -810,7 +884,17 @@ fn a_cluster_backup_restores_into_clusters_of_other_names_and_sizes() {
     let m = cluster_backup(&nats, &src, &store, &ring, "shop");
     writing.store(false, Ordering::Relaxed);
     writer.join().unwrap();
-    let end_count = src[0].doc_count("orders");
+    // A write is acknowledged by 2 of the 3 copies and a count reads one: the count once
+    // every node says the same.
+    let t = Instant::now();
+    let end_count = loop {
+        let counts: BTreeSet<u64> = src.iter().map(|n| n.doc_count("orders")).collect();
+        if counts.len() == 1 {
+            break counts.into_iter().next().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{counts:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(m.databases["orders"].detail.doc_count >= start_count);
     let mut config = couchvault::config::Config::embedded();
     config.state_dir = Some(dir.path().join("state"));
@@ -1069,7 +1153,14 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
             let dir = root.path().join(format!("d{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::copy(root.path().join("keyring.toml"), dir.join("keyring.toml")).unwrap();
-            Daemon::start(&dir, &config(node), "", &[])
+            // Each member backup waits before its commit: the coordinator is killed while
+            // its own node's member still runs, whatever the machine's speed.
+            Daemon::start(
+                &dir,
+                &config(node),
+                "",
+                &[("COUCHVAULT_TEST_PAUSE", "before-commit:1500")],
+            )
         })
         .collect();
     let d0 = daemons[0].dir.clone();

@@ -28,6 +28,11 @@ impl Nats {
     /// A broker named `name` on `port`; None (the test says it skipped) where nats-server
     /// is not installed, except under CI, which installs it.
     pub fn start(name: &str, port: u16) -> Option<Nats> {
+        Nats::start_with(name, port, None)
+    }
+
+    /// [`Nats::start`], with the server's `max_payload` (bytes) when given.
+    pub fn start_with(name: &str, port: u16, max_payload: Option<usize>) -> Option<Nats> {
         if !installed() {
             assert!(
                 std::env::var("CI").is_err(),
@@ -45,13 +50,21 @@ impl Nats {
             port,
             url: format!("nats://127.0.0.1:{port}"),
         };
-        nats.up();
+        nats.start_once(max_payload);
         Some(nats)
     }
 
-    /// Starts it again (after `kill`), with the streams it had.
+    /// Starts it again (after `kill`), with the streams (and max_payload) it had.
     pub fn up(&self) {
-        let out = Command::new("bash")
+        self.start_once(None)
+    }
+
+    fn start_once(&self, max_payload: Option<usize>) {
+        let mut cmd = Command::new("bash");
+        if let Some(bytes) = max_payload {
+            cmd.env("NATS_MAX_PAYLOAD", bytes.to_string());
+        }
+        let out = cmd
             .arg(script())
             .args(["start", &self.name, &self.port.to_string()])
             .output()

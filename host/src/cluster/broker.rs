@@ -6,6 +6,10 @@
 //!   (only when absent) and renewed with a compare-and-set on its revision; the bucket's max
 //!   age ends a lease its holder stopped renewing, and the next `try_lead` wins it;
 //! - **job states and plans**: KV bucket `couchvault_jobs`, kept a week;
+//! - **what is too big for one message** (a plan or a job past half of the server's
+//!   `max_payload`, 1 MiB by default): object store bucket `couchvault_large`, kept a week,
+//!   chunked and checked (SHA-256) by JetStream; the record or job message holds a
+//!   reference to it (`{"couchvault_large": 1, "object", "size"}`);
 //! - **work**: stream `COUCHVAULT_JOBS` (work-queue retention: a job is removed when
 //!   acknowledged), subject `couchvault.jobs.<node>`, one durable pull consumer per node; a job
 //!   not acknowledged within the ack wait (its agent died) is delivered again. Publishing
@@ -16,7 +20,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream, AckKind};
 use futures_util::StreamExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -26,6 +30,7 @@ const LEADER_KEY: &str = "coordinator";
 const RECORDS: &str = "couchvault_jobs";
 /// How long job states and plans are kept.
 const RECORDS_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+const LARGE: &str = "couchvault_large";
 const JOBS: &str = "COUCHVAULT_JOBS";
 const JOB_SUBJECTS: &str = "couchvault.jobs.*";
 
@@ -92,8 +97,33 @@ pub struct Broker {
     nodes: kv::Store,
     leader: kv::Store,
     records: kv::Store,
+    large: object_store::ObjectStore,
+    /// A record or job longer than this goes into `large`: half the server's max_payload
+    /// leaves room for the message's headers.
+    inline_max: usize,
     jobs: stream::Stream,
     timings: Timings,
+}
+
+/// Why a message's value could not be had.
+#[derive(Debug, thiserror::Error)]
+enum Undecoded {
+    /// Not a value this daemon understands.
+    #[error("{0}")]
+    Format(String),
+    /// The large value it refers to could not be read (now).
+    #[error("reading a large value: {0}")]
+    Fetch(String),
+}
+
+/// What a record or job message holds in place of a value too big for one message.
+#[derive(Debug, Serialize, Deserialize)]
+struct LargeRef {
+    couchvault_large: u32,
+    /// Its name in the `couchvault_large` object store: unique per write, so that a reader
+    /// never sees a reference to an object being replaced.
+    object: String,
+    size: u64,
 }
 
 /// A KV key or subject token from a CouchDB node name (`couchdb@127.0.0.1`): letters,
@@ -126,6 +156,7 @@ impl Broker {
             .connect(url)
             .await
             .map_err(|e| err("connecting")(&e))?;
+        let inline_max = client.server_info().max_payload.max(1024) / 2;
         let js = jetstream::new(client);
         let nodes = bucket(&js, NODES, timings.node_ttl)
             .await
@@ -136,6 +167,9 @@ impl Broker {
         let records = bucket(&js, RECORDS, RECORDS_AGE)
             .await
             .map_err(|e| err("opening the job states")(&e))?;
+        let large = objects(&js, LARGE, RECORDS_AGE)
+            .await
+            .map_err(|e| err("opening the store of large records")(&e))?;
         let jobs = js
             .get_or_create_stream(stream::Config {
                 name: JOBS.into(),
@@ -153,9 +187,63 @@ impl Broker {
             nodes,
             leader,
             records,
+            large,
+            inline_max,
             jobs,
             timings,
         })
+    }
+
+    /// `value` as a message: its JSON, or a reference to it stored in `large` when too big.
+    async fn encode<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<bytes::Bytes, BrokerError> {
+        let bytes = json(value);
+        if bytes.len() <= self.inline_max {
+            return Ok(bytes);
+        }
+        let object = format!("{name}.{}", ulid::Ulid::new());
+        let meta = object_store::ObjectMetadata {
+            name: object.clone(),
+            chunk_size: Some(self.inline_max),
+            ..Default::default()
+        };
+        self.large
+            .put(meta, &mut bytes.as_ref())
+            .await
+            .map_err(|e| self.error(format!("storing {name} ({} bytes)", bytes.len()), e))?;
+        Ok(json(&LargeRef {
+            couchvault_large: 1,
+            object,
+            size: bytes.len() as u64,
+        }))
+    }
+
+    /// The reference `bytes` holds, if it is one.
+    fn reference(bytes: &[u8]) -> Option<LargeRef> {
+        serde_json::from_slice::<LargeRef>(bytes).ok()
+    }
+
+    /// A message's value: its JSON, or the large value it refers to.
+    async fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, Undecoded> {
+        let Some(r) = Self::reference(bytes) else {
+            return parse(bytes).map_err(|e| Undecoded::Format(e.to_string()));
+        };
+        use tokio::io::AsyncReadExt;
+        let fetch = |e: &dyn std::fmt::Display| Undecoded::Fetch(format!("{}: {e}", r.object));
+        let mut object = self.large.get(&r.object).await.map_err(|e| fetch(&e))?;
+        let mut whole = Vec::with_capacity(r.size as usize);
+        // JetStream checks the object's SHA-256 as it ends.
+        object
+            .read_to_end(&mut whole)
+            .await
+            .map_err(|e| fetch(&e))?;
+        if whole.len() as u64 != r.size {
+            return Err(fetch(&format!("{} bytes, not {}", whole.len(), r.size)));
+        }
+        parse(&whole).map_err(|e| Undecoded::Format(e.to_string()))
     }
 
     pub fn timings(&self) -> Timings {
@@ -251,11 +339,18 @@ impl Broker {
     }
 
     /// Writes a record (a job's state, a plan) under `key`.
+    /// A large value it replaces is removed once the new one is in place.
     pub async fn put_record<T: Serialize>(&self, key: &str, value: &T) -> Result<(), BrokerError> {
-        self.records
-            .put(key, json(value))
-            .await
-            .map_err(|e| self.error(format!("writing {key}"), e))?;
+        let fail = |e: &dyn std::fmt::Display| self.error(format!("writing {key}"), e);
+        let before = self.records.get(key).await.map_err(|e| fail(&e))?;
+        let bytes = self.encode(key, value).await?;
+        self.records.put(key, bytes).await.map_err(|e| fail(&e))?;
+        if let Some(old) = before.as_deref().and_then(Self::reference) {
+            // Left for the bucket's max age when this fails.
+            if let Err(e) = self.large.delete(&old.object).await {
+                tracing::debug!(object = %old.object, error = %e, "large record not removed");
+            }
+        }
         Ok(())
     }
 
@@ -263,7 +358,7 @@ impl Broker {
     pub async fn record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, BrokerError> {
         let fail = |e: &dyn std::fmt::Display| self.error(format!("reading {key}"), e);
         match self.records.get(key).await.map_err(|e| fail(&e))? {
-            Some(b) => Ok(Some(parse(&b).map_err(|e| fail(&e))?)),
+            Some(b) => Ok(Some(self.decode(&b).await.map_err(|e| fail(&e))?)),
             None => Ok(None),
         }
     }
@@ -279,12 +374,9 @@ impl Broker {
         headers.insert("Nats-Msg-Id", id);
         let fail =
             |e: &dyn std::fmt::Display| self.error(format!("queueing job {id} for {node}"), e);
+        let payload = self.encode(id, job).await?;
         self.js
-            .publish_with_headers(
-                format!("couchvault.jobs.{}", token(node)),
-                headers,
-                json(job),
-            )
+            .publish_with_headers(format!("couchvault.jobs.{}", token(node)), headers, payload)
             .await
             .map_err(|e| fail(&e))?
             .await
@@ -326,13 +418,19 @@ impl Broker {
         };
         let message = message.map_err(|e| fail(&e))?;
         let attempt = message.info().map_err(|e| fail(&e))?.delivered.max(1) as u64;
-        match parse::<T>(&message.payload) {
+        match self.decode::<T>(&message.payload).await {
             Ok(job) => Ok(Some(Delivery {
                 job,
                 attempt,
                 message,
             })),
-            Err(e) => {
+            Err(e @ Undecoded::Fetch(_)) => {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                Err(fail(&e))
+            }
+            Err(Undecoded::Format(e)) => {
                 // Not a job this daemon understands: never deliver it again.
                 let _ = message.ack_with(AckKind::Term).await;
                 Err(fail(&format!("job of an unknown format: {e}")))
@@ -384,6 +482,30 @@ async fn bucket(
     })
     .await?;
     Ok(js.get_key_value(name).await?)
+}
+
+/// Opens an object store bucket, creating its stream as `object_store::Config` would (as
+/// [`bucket`], without asking for the account's limits).
+async fn objects(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<object_store::ObjectStore, Box<dyn std::error::Error + Send + Sync>> {
+    if let Ok(store) = js.get_object_store(name).await {
+        return Ok(store);
+    }
+    js.get_or_create_stream(stream::Config {
+        name: format!("OBJ_{name}"),
+        subjects: vec![format!("$O.{name}.C.>"), format!("$O.{name}.M.>")],
+        max_age,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    Ok(js.get_object_store(name).await?)
 }
 
 fn json<T: Serialize>(v: &T) -> bytes::Bytes {
