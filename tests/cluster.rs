@@ -1563,3 +1563,159 @@ fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
     let all: BTreeSet<String> = maps.iter().flat_map(|d| d.files_on(None)).collect();
     assert_eq!(read, all);
 }
+
+/// `cluster restore --via-daemons`: the new cluster's own daemons place their node's files
+/// (no machine reaches every node's directory). A node whose daemon cannot stage its share
+/// (here its database directory is wrong) fails the restore before anything is placed: the
+/// other node drops what it staged, no database appears. Fixed, the same command restores
+/// the backup: every node holds the documents, no staging directory is left.
+#[test]
+fn a_cluster_restore_through_the_new_clusters_daemons() {
+    use common::daemon::Daemon;
+    let Some(sh) = script() else { return };
+    let Some(nats) = Nats::start("cv-viadaemons", 14310) else {
+        return;
+    };
+    let src = Couch::cluster(&sh, "cvvs", 3, 11630);
+    seed(&src, &["orders"], 120);
+    let root = tempfile::tempdir().unwrap();
+    let ring = root.path().join("keyring.toml");
+    KeyRing::create(&ring, "default").unwrap();
+    let store = Arc::new(LocalStore::new(root.path().join("store"), 1 << 20));
+    let m = cluster_backup(&nats, &src, &store, &ring, "shop");
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvvs", "3"])
+        .output();
+
+    let new = Couch::cluster(&sh, "cvvn", 2, 11660);
+    let config = |node: &Couch, data: &std::path::Path| {
+        format!(
+            "store = \"file://{}\"\n[couchdb]\nurl = \"{}\"\nuser = \"admin\"\npassword = \"password\"\n[cluster]\nbroker = \"{}\"\nnode = \"{}\"\ndata_dir = \"{}\"\ncoordinate = false\nnode_ttl = \"3s\"\nack_wait = \"5s\"\ndeadline = \"60s\"\n",
+            root.path().join("store").display(),
+            node.url,
+            nats.url,
+            node.node,
+            data.display()
+        )
+    };
+    let wrong = root.path().join("no-such-dir");
+    let mut daemons: Vec<Daemon> = new
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let dir = root.path().join(format!("d{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&ring, dir.join("keyring.toml")).unwrap();
+            let data = if i == 1 { &wrong } else { &node.data };
+            Daemon::start(&dir, &config(node, data), "", &[])
+        })
+        .collect();
+    let here = root.path().join("cli");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::copy(&ring, here.join("keyring.toml")).unwrap();
+    std::fs::write(
+        here.join("config.toml"),
+        format!(
+            "couchvault_config = 1\nstate_dir = \"state\"\nkeyring = \"keyring.toml\"\nstore = \"file://{}\"\n[couchdb]\nurl = \"{}\"\nuser = \"admin\"\npassword = \"password\"\n[cluster]\nbroker = \"{}\"\ndeadline = \"60s\"\n",
+            root.path().join("store").display(),
+            new[0].url,
+            nats.url
+        ),
+    )
+    .unwrap();
+    let restore = [
+        "cluster",
+        "restore",
+        &m.backup_id,
+        "--instance",
+        "shop",
+        "--via-daemons",
+    ];
+    let (ok, out, err) = cli(&here, &restore);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("nothing was placed") && err.contains(&new[1].node),
+        "{err}"
+    );
+    // The node that could stage drops it: no staging left, no shard placed, no database.
+    let staged = |node: &Couch| -> Vec<String> {
+        std::fs::read_dir(node.data.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".couchvault-restore-"))
+            .collect()
+    };
+    let t = Instant::now();
+    while !staged(&new[0]).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            staged(&new[0])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(staged(&new[0]).is_empty());
+    let placed = |node: &Couch| -> usize {
+        walk(&node.data.join("shards"))
+            .iter()
+            .filter(|p| p.contains("orders"))
+            .count()
+    };
+    assert_eq!(placed(&new[0]), 0);
+    let (status, _) = new[0].call(new[0].req(Method::GET, "/orders"));
+    assert_eq!(status, 404);
+
+    // Its directory fixed, the same command restores the backup on both nodes.
+    daemons[1].terminate();
+    std::fs::write(
+        &daemons[1].config,
+        std::fs::read_to_string(&daemons[1].config)
+            .unwrap()
+            .replace(
+                &wrong.display().to_string(),
+                &new[1].data.display().to_string(),
+            ),
+    )
+    .unwrap();
+    daemons[1].restart(&[]);
+    let t = Instant::now();
+    let (ok, out, err) = loop {
+        let (ok, out, err) = cli(&here, &restore);
+        // Until the restarted daemon has registered again.
+        if ok || !err.contains("no daemon serves") || t.elapsed() > Duration::from_secs(20) {
+            break (ok, out, err);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("restored cluster backup"), "{out}");
+    for node in &new {
+        assert_eq!(node.doc_count("orders"), 120, "{}", node.node);
+        assert!(placed(node) > 0, "{}", node.node);
+        assert!(staged(node).is_empty(), "{}", node.node);
+    }
+    for d in &mut daemons {
+        let _ = d.terminate();
+    }
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvvn", "2"])
+        .output();
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}

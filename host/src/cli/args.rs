@@ -132,8 +132,17 @@ pub struct ClusterRestoreArgs {
     #[arg(long)]
     pub instance: String,
     /// A node of the new cluster and its database directory; once per node, every node.
-    #[arg(long = "node", value_name = "NAME=DIR", required = true)]
+    #[arg(
+        long = "node",
+        value_name = "NAME=DIR",
+        required_unless_present = "via_daemons"
+    )]
     pub nodes: Vec<String>,
+    /// Each node's files placed by the new cluster's own daemons, through [cluster] broker
+    /// (one registered for every node of the new cluster's /_membership), instead of from
+    /// here: for nodes whose directories this machine does not reach.
+    #[arg(long, conflicts_with_all = ["nodes", "one_node", "owner", "staging"])]
+    pub via_daemons: bool,
     /// Restore only the one node given, of the cluster the backup was taken of (its disk
     /// lost, the others alive): every range the backup's maps place on it, between the stop
     /// and start hooks (restore.stop_command / start_command); CouchDB then syncs it.

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use couchvault::cluster::broker::Broker;
-use couchvault::ops::cluster::{ClusterRestoreRequest, NodeRestoreRequest, TargetNode};
+use couchvault::ops::cluster::{
+    ClusterRestoreReport, ClusterRestoreRequest, DaemonRestoreRequest, NodeRestoreRequest,
+    TargetNode,
+};
 use couchvault::ops::restore::Hooks;
 use couchvault::ops::{OpsError, Progress};
 
@@ -137,6 +140,9 @@ fn list(ctx: &Context, instance: Option<&str>) -> Result<()> {
 }
 
 fn restore(ctx: &Context, args: ClusterRestoreArgs) -> Result<()> {
+    if args.via_daemons {
+        return restore_via_daemons(ctx, args);
+    }
     let nodes = args
         .nodes
         .iter()
@@ -166,28 +172,60 @@ fn restore(ctx: &Context, args: ClusterRestoreArgs) -> Result<()> {
         settle: ctx.vault.config.restore.start_timeout.get(),
     };
     let progress = Progress::default();
-    let report = match with_progress("restore", &progress, ctx.json, || {
+    let report = with_progress("restore", &progress, ctx.json, || {
         ctx.vault.restore_cluster(&client, &req, &progress)
-    }) {
+    });
+    restored(ctx, &args.id, report)
+}
+
+/// `cluster restore --via-daemons`: the new cluster's daemons place their own node's files.
+fn restore_via_daemons(ctx: &Context, args: ClusterRestoreArgs) -> Result<()> {
+    let client = ctx.vault.couch_client_for(None)?.context(
+        "a cluster restore writes the shard maps through the new cluster: set [couchdb] url (or COUCHDB_URL)",
+    )?;
+    let req = DaemonRestoreRequest {
+        tenant: ctx.tenant.clone(),
+        instance: args.instance,
+        backup_id: args.id.clone(),
+        n: args.n,
+        replace: args.replace,
+        settle: ctx.vault.config.restore.start_timeout.get(),
+    };
+    let progress = Progress::default();
+    let report = with_progress("restore", &progress, ctx.json, || {
+        ctx.vault
+            .restore_cluster_via_daemons(&client, &req, &progress)
+    });
+    restored(ctx, &args.id, report)
+}
+
+/// A cluster restore's outcome: its checks, then a line (or the report as JSON).
+fn restored(ctx: &Context, id: &str, report: Result<ClusterRestoreReport, OpsError>) -> Result<()> {
+    let report = match report {
         Err(OpsError::PostCheck { checks, message }) => {
             if !ctx.json {
                 render::checks(&checks);
             }
             bail!("{message}");
         }
-        other => other.with_context(|| format!("restore of cluster backup {} failed", args.id))?,
+        other => other.with_context(|| format!("restore of cluster backup {id} failed"))?,
     };
     if ctx.json {
         return print_json(&report);
     }
     render::checks(&report.checks);
+    let nodes: std::collections::BTreeSet<&String> = report
+        .placement
+        .values()
+        .flat_map(|r| r.values().flatten())
+        .collect();
     println!(
         "restored cluster backup {} from {} members: {} shard files ({}) on {} nodes{}",
         report.backup_id,
         report.members,
         report.files,
         bytes(report.bytes),
-        req.nodes.len(),
+        nodes.len(),
         match report.replaced.is_empty() {
             true => String::new(),
             false => format!("; replaced {}", report.replaced.join(", ")),

@@ -1,5 +1,6 @@
 //! What the coordinator and the agents tell each other through the broker: member jobs,
-//! their states, and the plan of a cluster backup in progress. JSON, each with `v`.
+//! restore jobs, their states, and the plan of a cluster backup in progress. JSON, each with
+//! `v`.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,12 +58,86 @@ pub enum JobState {
     Superseded {
         v: u32,
     },
+    /// A restore job's members are unpacked and verified on its node; it waits for the
+    /// restore's go (`<restore>.go`) before placing anything.
+    Staged {
+        v: u32,
+        files: u64,
+        bytes: u64,
+    },
+    /// A restore job's files are in place on its node.
+    Placed {
+        v: u32,
+        files: u64,
+        bytes: u64,
+    },
 }
 
 impl JobState {
     pub fn is_final(&self) -> bool {
-        !matches!(self, JobState::Running { .. })
+        !matches!(self, JobState::Running { .. } | JobState::Staged { .. })
     }
+}
+
+/// One node's share of a cluster restore driven through the new cluster's daemons
+/// (`cluster restore --via-daemons`), queued for that node's agent: unpack and verify the
+/// members holding the node's ranges, wait for the go, place the files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreJob {
+    pub v: u32,
+    /// `<restore>.<node token>`: unique, and a KV key.
+    pub id: String,
+    /// The restore's id (a ULID): its go is `<restore>.go`.
+    pub restore: String,
+    pub tenant: String,
+    /// The cluster instance the backup was taken of.
+    pub instance: String,
+    /// The cluster backup.
+    pub backup: String,
+    /// The CouchDB node whose daemon runs it.
+    pub node: String,
+    /// Every node of the new cluster and the copies of each range: the placement is
+    /// computed from them alike on every node (`cluster::restore::place`).
+    pub nodes: Vec<String>,
+    pub n: usize,
+    /// Unix seconds after which a job still waiting for its go gives up.
+    pub deadline: i64,
+}
+
+impl RestoreJob {
+    pub fn id_for(restore: &str, node: &str) -> String {
+        format!("{restore}.{}", token(node))
+    }
+}
+
+/// Any job queued for a node's agent. Untagged: a member job is the JSON it always was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NodeJob {
+    Member(MemberJob),
+    Restore(RestoreJob),
+}
+
+impl NodeJob {
+    pub fn id(&self) -> &str {
+        match self {
+            NodeJob::Member(j) => &j.id,
+            NodeJob::Restore(j) => &j.id,
+        }
+    }
+}
+
+/// Whether the nodes of a restore place their files: written once every node staged
+/// (`place`) or once one failed (`abort`: every node drops what it staged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "go", rename_all = "snake_case")]
+pub enum Go {
+    Place { v: u32 },
+    Abort { v: u32 },
+}
+
+pub fn go_key(restore: &str) -> String {
+    format!("{restore}.go")
 }
 
 /// A cluster backup in progress, kept under `<backup>.plan` so that a coordinator taking

@@ -1,5 +1,6 @@
 //! A daemon's part in cluster backups (`[cluster]`, docs/CLUSTERS.md): its node's agent,
-//! which heartbeats and runs the member jobs queued for its node, and, while it holds the
+//! which heartbeats and runs the jobs queued for its node (member backups, its share of a
+//! restore through the daemons), and, while it holds the
 //! lease, the coordinator, which takes the cluster backups asked for one at a time, carries
 //! each out and commits its manifest. A request is acknowledged only once settled: a
 //! coordinator that dies holding one leaves it to the next leader, which resumes it.
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cluster::agent::{Agent, RunMember};
+use crate::cluster::agent::{Agent, RunMember, RunRestore};
 use crate::cluster::broker::{Broker, Delivery};
 use crate::cluster::coordinator::{self, ClusterError, ClusterRequest};
 use crate::cluster::job::{result_key, ClusterBackupRequest, ClusterOutcome, COORDINATOR_QUEUE};
@@ -36,7 +37,8 @@ pub async fn run(vault: Arc<Vault>, daemon_url: String, mut stop: watch::Receive
     tracing::info!(%node, broker = %url, "cluster agent started");
     let stopping = Arc::new(AtomicBool::new(false));
     let agent = {
-        let agent = Agent::new(broker.clone(), &node, &daemon_url);
+        let agent = Agent::new(broker.clone(), &node, &daemon_url)
+            .with_restore(restore_runner(vault.clone()));
         let run = member_runner(vault.clone());
         let stopping = stopping.clone();
         tokio::spawn(async move { agent.run(run, stopping).await })
@@ -59,6 +61,16 @@ fn member_runner(vault: Arc<Vault>) -> RunMember {
         let spec = vault.config.cluster.source();
         vault
             .cluster_member_backup(job, id, &spec, &Progress::default())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// A restore job's share of this node, in the blocking pool.
+fn restore_runner(vault: Arc<Vault>) -> RunRestore {
+    Arc::new(move |job, go| {
+        let spec = vault.config.cluster.source();
+        vault
+            .restore_share(job, &spec, go, &Progress::default())
             .map_err(|e| e.to_string())
     })
 }

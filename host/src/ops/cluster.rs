@@ -18,9 +18,11 @@ use super::backup::MemberOf;
 use super::restore::{failed_checks, DbCheck};
 use super::{restore_owner, BackupRequest, Deleted, OpsError, Result, Vault};
 use crate::catalog;
+use crate::cluster::agent::Share;
 use crate::cluster::broker::Broker;
 use crate::cluster::job::{
-    result_key, ClusterBackupRequest, ClusterOutcome, MemberJob, COORDINATOR_QUEUE,
+    go_key, result_key, ClusterBackupRequest, ClusterOutcome, Go, JobState, MemberJob, RestoreJob,
+    COORDINATOR_QUEUE,
 };
 use crate::cluster::manifest::{self, ClusterManifest, MANIFEST_FILE};
 use crate::cluster::restore::{place, shard_map_doc, Placement};
@@ -55,6 +57,21 @@ pub struct ClusterRestoreRequest {
     /// Where member backups are unpacked and verified (removed after); None: beside the
     /// first node's data directory.
     pub staging: Option<PathBuf>,
+    /// How long the new shard maps may take to reach every node.
+    pub settle: Duration,
+}
+
+/// A cluster restore whose files each node's daemon places
+/// ([`Vault::restore_cluster_via_daemons`]): the new cluster's nodes are its `/_membership`.
+#[derive(Debug, Clone)]
+pub struct DaemonRestoreRequest {
+    pub tenant: String,
+    pub instance: String,
+    pub backup_id: String,
+    /// Copies of each range; None: the new cluster's `[cluster] n`.
+    pub n: Option<usize>,
+    /// As [`ClusterRestoreRequest::replace`].
+    pub replace: bool,
     /// How long the new shard maps may take to reach every node.
     pub settle: Duration,
 }
@@ -356,61 +373,219 @@ impl Vault {
         let (mut files, mut bytes) = (0, 0);
         for node in &req.nodes {
             let owner = restore_owner(owner_spec, &node.data_dir)?;
-            for (db, ranges) in &placement {
-                let map = &m.databases[db];
-                for (range, holders) in ranges {
-                    if !holders.contains(&node.name) {
-                        continue;
-                    }
-                    let shard = format!("shards/{range}/{db}{}.couch", map.suffix);
-                    let from = sources.get(&shard).ok_or_else(|| {
-                        OpsError::Refused(format!(
-                            "cluster backup {}: no member holds {shard} (a damaged manifest)",
-                            m.backup_id
-                        ))
-                    })?;
-                    bytes += place_file(&from.join(&shard), &node.data_dir.join(&shard), owner)?;
-                    files += 1;
-                    let index = format!(".shards/{range}/{db}{}_design", map.suffix);
-                    if from.join(&index).is_dir() {
-                        place_dir(&from.join(&index), &node.data_dir.join(&index), owner)?;
-                    }
-                }
-            }
-        }
-        for (db, ranges) in &placement {
-            let doc = shard_map_doc(db, &m.databases[db], ranges);
-            write_map(client, db, &doc, replaced.contains(db))?;
-        }
-        for (db, ranges) in &placement {
-            wait_for_map(client, &names, db, ranges, req.settle)?;
+            let dirs = (node.data_dir.as_path(), node.data_dir.as_path());
+            let placed = place_share(&m, &placement, &node.name, &sources, dirs, owner)?;
+            files += placed.files;
+            bytes += placed.bytes;
         }
         fs::remove_dir_all(&staging)
             .map_err(|e| OpsError::io(format!("removing {}", staging.display()), e))?;
-
-        let checks = check_cluster(client, &m, &placement);
         let report = ClusterRestoreReport {
             backup_id: m.backup_id.clone(),
             members: m.members.len(),
             files,
             bytes,
+            checks: Vec::new(),
             placement,
             replaced,
-            checks,
         };
-        let failed = failed_checks(&report.checks);
-        if !failed.is_empty() {
-            return Err(OpsError::PostCheck {
-                message: format!(
-                    "cluster backup {} was restored, but the check failed for {} database(s): {}",
-                    m.backup_id,
-                    failed.len(),
-                    failed.join("; ")
-                ),
-                checks: report.checks,
-            });
+        finish_restore(client, &m, &names, report, req.settle)
+    }
+
+    /// Restores cluster backup `req.backup_id` into the cluster `client` talks to, each
+    /// node's files placed by that node's daemon (`[cluster] broker`, a daemon registered
+    /// for every node of `/_membership`): each stages its share (the members holding its
+    /// ranges unpacked and verified) and places it only once every node has staged; when
+    /// one fails, every node drops what it staged and nothing is placed. Then, as
+    /// [`Vault::restore_cluster`], the shard maps and the checks.
+    pub fn restore_cluster_via_daemons(
+        &self,
+        client: &CouchClient,
+        req: &DaemonRestoreRequest,
+        progress: &Progress,
+    ) -> Result<ClusterRestoreReport> {
+        let keyring = self.keyring()?;
+        let m = manifest::load(
+            &*self.store,
+            &keyring,
+            &req.tenant,
+            &req.instance,
+            &req.backup_id,
+        )?;
+        let cfg = &self.config.cluster;
+        let Some(url) = &cfg.broker else {
+            return Err(OpsError::Refused(
+                "a restore through the new cluster's daemons goes through their broker: set [cluster] broker".into(),
+            ));
+        };
+        let mut names = client.membership()?;
+        names.sort();
+        let n = match req.n {
+            Some(n) => n,
+            None => client.cluster_n()?.unwrap_or(3),
         }
-        Ok(report)
+        .clamp(1, names.len().max(1));
+        let replaced = self.databases_to_replace(client, &m, req.replace)?;
+        let placement = place(&m.databases, &names, n);
+        let restore = ulid::Ulid::new().to_string();
+        let deadline = chrono::Utc::now().timestamp() + cfg.deadline.get().as_secs() as i64;
+        let jobs: Vec<RestoreJob> = names
+            .iter()
+            .map(|node| RestoreJob {
+                v: 1,
+                id: RestoreJob::id_for(&restore, node),
+                restore: restore.clone(),
+                tenant: m.tenant.clone(),
+                instance: m.instance.clone(),
+                backup: m.backup_id.clone(),
+                node: node.clone(),
+                nodes: names.clone(),
+                n,
+                deadline,
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OpsError::io("starting a runtime for the broker", e))?;
+        let broker = runtime.block_on(Broker::connect(url, cfg.timings()))?;
+        runtime.block_on(async {
+            let registered: Vec<String> =
+                broker.nodes().await?.into_iter().map(|r| r.node).collect();
+            if let Some(missing) = names.iter().find(|n| !registered.contains(n)) {
+                return Err(OpsError::Refused(format!(
+                    "no daemon serves node {missing} of the new cluster: run `couchvault daemon` there with [cluster] broker = \"{url}\" and node = \"{missing}\" (registered: {})",
+                    registered.join(", ")
+                )));
+            }
+            for job in &jobs {
+                broker.dispatch(&job.node, &job.id, job).await?;
+            }
+            let staged = settle(&broker, &jobs, deadline, progress, |s| {
+                matches!(s, JobState::Staged { .. })
+            })
+            .await;
+            if let Err(e) = staged {
+                broker
+                    .put_record(&go_key(&restore), &Go::Abort { v: 1 })
+                    .await?;
+                return Err(e.context("nothing was placed: every node drops what it staged"));
+            }
+            Ok(())
+        })?;
+        for db in &replaced {
+            tracing::info!(%db, "deleting the new cluster's database before restoring it");
+            client.delete_db(db)?;
+        }
+        let placed = runtime.block_on(async {
+            broker
+                .put_record(&go_key(&restore), &Go::Place { v: 1 })
+                .await?;
+            settle(&broker, &jobs, deadline, progress, |s| {
+                matches!(s, JobState::Placed { .. })
+            })
+            .await
+            .map_err(|e| {
+                e.context("the other nodes placed theirs: once it is fixed, run the restore again (it places every file again)")
+            })
+        })?;
+        let (mut files, mut bytes) = (0, 0);
+        for state in placed {
+            if let JobState::Placed {
+                files: f, bytes: b, ..
+            } = state
+            {
+                (files, bytes) = (files + f, bytes + b);
+            }
+        }
+        let report = ClusterRestoreReport {
+            backup_id: m.backup_id.clone(),
+            members: m.members.len(),
+            files,
+            bytes,
+            checks: Vec::new(),
+            placement,
+            replaced,
+        };
+        finish_restore(client, &m, &names, report, req.settle)
+    }
+
+    /// A node's share of a restore through the daemons (its agent's restore job): the
+    /// members holding its ranges unpacked and verified into a staging directory beside its
+    /// database directory, then `go` asked: placed into the node's directories when it says
+    /// so, else dropped (None). The staging directory is removed either way.
+    pub fn restore_share(
+        &self,
+        job: &RestoreJob,
+        spec: &SourceSpec,
+        go: &dyn Fn(Share) -> bool,
+        progress: &Progress,
+    ) -> Result<Option<Share>> {
+        let keyring = self.keyring()?;
+        let m = manifest::load(
+            &*self.store,
+            &keyring,
+            &job.tenant,
+            &job.instance,
+            &job.backup,
+        )?;
+        let source = Source::discover(spec).map_err(crate::Error::from)?;
+        let data_dir = source.database_dir.clone();
+        let index_dir = source
+            .view_index_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.clone());
+        let placement = place(&m.databases, &job.nodes, job.n);
+        let mine: std::collections::BTreeSet<String> = shards_on(&m, &placement, &job.node)
+            .map(|(shard, _, _)| shard)
+            .collect();
+        let staging = data_dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(format!(".couchvault-restore-{}", job.restore));
+        let remove = || match fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(OpsError::io(format!("removing {}", staging.display()), e))
+            }
+            _ => Ok(()),
+        };
+        // A job delivered again starts over.
+        remove()?;
+        let unpacked = self.unpack_members(
+            &keyring,
+            &m,
+            |member| member.shards.iter().any(|s| mine.contains(s)),
+            &staging,
+            progress,
+        );
+        let sources = match unpacked {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = remove();
+                return Err(e);
+            }
+        };
+        let size = |shard: &String| {
+            sources
+                .get(shard)
+                .and_then(|dir| fs::metadata(dir.join(shard)).ok())
+                .map_or(0, |md| md.len())
+        };
+        let share = Share {
+            files: mine.len() as u64,
+            bytes: mine.iter().map(size).sum(),
+        };
+        if !go(share) {
+            remove()?;
+            return Ok(None);
+        }
+        let placed =
+            restore_owner(self.config.restore.owner.as_deref(), &data_dir).and_then(|owner| {
+                let dirs = (data_dir.as_path(), index_dir.as_path());
+                place_share(&m, &placement, &job.node, &sources, dirs, owner)
+            });
+        remove()?;
+        placed.map(Some)
     }
 
     /// Unpacks and verifies the members `wanted` picks into `staging/<index>/data`; returns
@@ -635,6 +810,144 @@ impl Vault {
             )));
         }
         Ok(replaced)
+    }
+}
+
+/// The shard files `placement` puts on `node`: (shard file, database, range).
+fn shards_on<'a>(
+    m: &'a ClusterManifest,
+    placement: &'a Placement,
+    node: &'a str,
+) -> impl Iterator<Item = (String, &'a str, &'a str)> + 'a {
+    placement.iter().flat_map(move |(db, ranges)| {
+        let suffix = &m.databases[db].suffix;
+        ranges
+            .iter()
+            .filter(move |(_, holders)| holders.iter().any(|h| h == node))
+            .map(move |(range, _)| {
+                (
+                    format!("shards/{range}/{db}{suffix}.couch"),
+                    db.as_str(),
+                    range.as_str(),
+                )
+            })
+    })
+}
+
+/// Places `node`'s share: each of its shard files from the member that holds it
+/// (`sources`) into the database directory, with the range's view indexes into the view
+/// index directory.
+fn place_share(
+    m: &ClusterManifest,
+    placement: &Placement,
+    node: &str,
+    sources: &BTreeMap<String, PathBuf>,
+    (data_dir, index_dir): (&Path, &Path),
+    owner: Option<(Uid, Gid)>,
+) -> Result<Share> {
+    let mut placed = Share { files: 0, bytes: 0 };
+    for (shard, db, range) in shards_on(m, placement, node) {
+        let from = sources.get(&shard).ok_or_else(|| {
+            OpsError::Refused(format!(
+                "cluster backup {}: no member holds {shard} (a damaged manifest)",
+                m.backup_id
+            ))
+        })?;
+        placed.bytes += place_file(&from.join(&shard), &data_dir.join(&shard), owner)?;
+        placed.files += 1;
+        let index = format!(".shards/{range}/{db}{}_design", m.databases[db].suffix);
+        if from.join(&index).is_dir() {
+            place_dir(&from.join(&index), &index_dir.join(&index), owner)?;
+        }
+    }
+    Ok(placed)
+}
+
+/// With every node's files in place: the shard maps written, seen by every node, and every
+/// database checked on every node that holds it.
+fn finish_restore(
+    client: &CouchClient,
+    m: &ClusterManifest,
+    names: &[String],
+    mut report: ClusterRestoreReport,
+    settle: Duration,
+) -> Result<ClusterRestoreReport> {
+    for (db, ranges) in &report.placement {
+        let doc = shard_map_doc(db, &m.databases[db], ranges);
+        write_map(client, db, &doc, report.replaced.contains(db))?;
+    }
+    for (db, ranges) in &report.placement {
+        wait_for_map(client, names, db, ranges, settle)?;
+    }
+    report.checks = check_cluster(client, m, &report.placement);
+    let failed = failed_checks(&report.checks);
+    if !failed.is_empty() {
+        return Err(OpsError::PostCheck {
+            message: format!(
+                "cluster backup {} was restored, but the check failed for {} database(s): {}",
+                m.backup_id,
+                failed.len(),
+                failed.join("; ")
+            ),
+            checks: report.checks,
+        });
+    }
+    Ok(report)
+}
+
+/// Waits until every job's state is `reached`; a failed job, or the deadline, is an error
+/// naming the node and why. Returns the states.
+async fn settle(
+    broker: &Broker,
+    jobs: &[RestoreJob],
+    deadline: i64,
+    progress: &Progress,
+    reached: impl Fn(&JobState) -> bool,
+) -> std::result::Result<Vec<JobState>, Unsettled> {
+    loop {
+        let mut states = Vec::new();
+        for job in jobs {
+            let state = broker
+                .record::<JobState>(&job.id)
+                .await
+                .map_err(|e| Unsettled(e.to_string()))?;
+            if let Some(JobState::Failed { error, .. }) = &state {
+                return Err(Unsettled(format!("node {}: {error}", job.node)));
+            }
+            states.push(state);
+        }
+        if states.iter().all(|s| s.as_ref().is_some_and(&reached)) {
+            return Ok(states.into_iter().flatten().collect());
+        }
+        if progress.is_cancelled() {
+            return Err(Unsettled("stopped".into()));
+        }
+        if chrono::Utc::now().timestamp() > deadline {
+            let late: Vec<&str> = jobs
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| !s.as_ref().is_some_and(&reached))
+                .map(|(j, _)| j.node.as_str())
+                .collect();
+            return Err(Unsettled(format!(
+                "node(s) {} did not finish within [cluster] deadline: are their daemons running?",
+                late.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Why the nodes of a restore did not all get where they were asked.
+#[derive(Debug)]
+struct Unsettled(String);
+
+impl Unsettled {
+    fn context(self, then: &str) -> OpsError {
+        OpsError::Refused(format!(
+            "cluster restore through the daemons: {}; {then}",
+            self.0
+        ))
     }
 }
 
