@@ -237,6 +237,55 @@ fn b9_cluster_backup_against_every_node_whole() {
     b9.print();
 }
 
+/// Planning's read of the cluster, not run by default: `cargo test --release --test cluster
+/// planning_read -- --ignored --nocapture`. A 3-node cluster with 1,000 databases (q=2):
+/// shard maps and sizes in bulk (pages of `_dbs`, batches of `/_dbs_info`) against one
+/// request each per database, best of 3 each, in the same process.
+#[test]
+#[ignore]
+fn planning_read_bulk_against_per_database() {
+    let Some(sh) = script() else { return };
+    let nodes = Couch::cluster(&sh, "cvpr", 3, 11720);
+    let client = nodes[0].client();
+    for i in 0..1000 {
+        nodes[i % 3].send(Method::PUT, &format!("/db{i:04}"), &json!({}));
+    }
+    let per_database = || {
+        let mut read = 0;
+        for db in client.all_dbs().unwrap() {
+            let doc = client.shard_map(&db).unwrap();
+            let _ = shards::from_doc(&db, &doc).unwrap();
+            let _ = client.db_size_and_count(&db).unwrap();
+            read += 1;
+        }
+        read
+    };
+    let best = |f: &dyn Fn() -> usize| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let n = f();
+                (t.elapsed(), n)
+            })
+            .min()
+            .unwrap()
+    };
+    let (one_each, n) = best(&per_database);
+    let (bulk, m) = best(&|| shards::read(&client).unwrap().0.len());
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvpr", "3"])
+        .output();
+    assert_eq!(n, m);
+    println!(
+        "planning read of {n} databases: bulk {:.0} ms (about {} requests), one request each {:.0} ms ({} requests): {:.3}x",
+        bulk.as_secs_f64() * 1000.0,
+        2 + n.div_ceil(shards::MAPS_PER_PAGE) + n.div_ceil(shards::INFO_PER_REQUEST),
+        one_each.as_secs_f64() * 1000.0,
+        1 + 2 * n,
+        bulk.as_secs_f64() / one_each.as_secs_f64()
+    );
+}
+
 fn fast() -> Timings {
     Timings {
         node_ttl: Duration::from_secs(2),
@@ -1718,4 +1767,52 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Planning reads the shard maps a page at a time from `_dbs` and sizes and counts a batch
+/// at a time from `/_dbs_info` (about 110 requests for 10,000 databases, not 20,000): on a
+/// real cluster, with pages and batches small enough that every database is read through
+/// several, and a node that takes fewer names per request than asked, it reads exactly
+/// what one request per database reads.
+#[test]
+fn planning_reads_shard_maps_and_sizes_in_bulk_as_one_request_per_database_would() {
+    let Some(sh) = script() else { return };
+    let nodes = Couch::cluster(&sh, "cvrd", 2, 11700);
+    let dbs: Vec<String> = (0..12).map(|i| format!("db{i:02}")).collect();
+    seed(
+        &nodes,
+        &dbs.iter().map(String::as_str).collect::<Vec<_>>(),
+        3,
+    );
+    nodes[0].send(
+        Method::PUT,
+        "/_node/_local/_config/chttpd/max_db_number_for_dbs_info_req",
+        &json!("4"),
+    );
+    let client = nodes[0].client();
+    let (maps, details) = shards::read_paged(&client, 5, 10).unwrap();
+    let names: Vec<String> = maps.iter().map(|m| m.name.clone()).collect();
+    assert_eq!(names.len(), dbs.len() + 2, "{names:?}");
+    for m in &maps {
+        let doc = nodes[0].get(&format!("/_node/_local/_dbs/{}", m.name));
+        assert_eq!(Some(m.clone()), shards::from_doc(&m.name, &doc));
+        let info = nodes[0].get(&format!("/{}", m.name));
+        let d = &details[&m.name];
+        assert_eq!(
+            d.size,
+            info["sizes"]["file"].as_u64().unwrap(),
+            "{}",
+            m.name
+        );
+        assert_eq!(
+            d.doc_count,
+            info["doc_count"].as_u64().unwrap(),
+            "{}",
+            m.name
+        );
+    }
+    assert_eq!(details["db03"].doc_count, 3);
+    let _ = std::process::Command::new(&sh)
+        .args(["stop-cluster", "cvrd", "2"])
+        .output();
 }

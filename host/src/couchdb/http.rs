@@ -39,6 +39,15 @@ pub struct CouchClient {
 }
 
 /// Percent-encodes a database name for a path segment (`/` included, as CouchDB wants).
+/// What `POST /_dbs_info` answered.
+#[derive(Debug)]
+pub enum DbsInfo {
+    /// Each database asked for: its size and document count, None when it is gone.
+    Each(Vec<(String, Option<(u64, u64)>)>),
+    /// More names than the server takes in one request.
+    TooMany,
+}
+
 pub fn encode_db(name: &str) -> String {
     name.bytes()
         .map(|b| match b {
@@ -230,6 +239,59 @@ impl CouchClient {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Shard map documents of the node-local `_dbs`, in id order: at most `limit`, after
+    /// the id `after`.
+    pub fn shard_maps_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Value>, CouchError> {
+        let mut path = format!("/_node/_local/_dbs/_all_docs?include_docs=true&limit={limit}");
+        if let Some(id) = after {
+            let key = Value::String(id.to_string()).to_string();
+            path.push_str(&format!("&skip=1&startkey={}", encode_db(&key)));
+        }
+        let page = self.get(&path)?;
+        Ok(page["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row.get("doc").cloned())
+            .collect())
+    }
+
+    /// The size (`sizes.file`) and document count of each of `dbs` in one request
+    /// (`POST /_dbs_info`, at most `max_db_number_for_dbs_info_req` names, 100 by default);
+    /// None for a database that is gone. A server refusing that many is `TooMany`.
+    pub fn dbs_info(&self, dbs: &[String]) -> Result<DbsInfo, CouchError> {
+        let path = "/_dbs_info";
+        let rb = self
+            .req(reqwest::Method::POST, path)
+            .json(&serde_json::json!({ "keys": dbs }));
+        let (status, body) = self.send(rb, path)?;
+        if status == 400 && body["reason"] == "too_many_keys" {
+            return Ok(DbsInfo::TooMany);
+        }
+        if !(200..300).contains(&status) {
+            return Err(self.fail(path, format!("HTTP {status} {}", reason_of(&body))));
+        }
+        let field = |info: &Value, p: &str| info.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        Ok(DbsInfo::Each(
+            body.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|row| {
+                    let name = row["key"].as_str()?.to_string();
+                    let info = row.get("info");
+                    Some((
+                        name,
+                        info.map(|i| (field(i, "/sizes/file"), field(i, "/doc_count"))),
+                    ))
+                })
+                .collect(),
+        ))
     }
 
     pub fn shard_map(&self, db: &str) -> Result<Value, CouchError> {
