@@ -617,6 +617,7 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
         deadline: Duration::from_secs(120),
         poll: Duration::from_millis(200),
         down: BTreeSet::new(),
+        settings: Default::default(),
     };
     let manifest = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
@@ -762,6 +763,7 @@ fn cluster_backup(
         deadline: Duration::from_secs(120),
         poll: Duration::from_millis(200),
         down: BTreeSet::new(),
+        settings: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -1369,15 +1371,34 @@ fn daemons_take_a_cluster_backup_when_the_coordinator_dies_and_the_cli_restores_
             &["policy", "add", "newest", "gfs.wasm", "--params", params],
         );
         assert!(ok, "{err}");
+        // The tenant's protection policy decides once for the whole: every member is made
+        // at its level, with its tags.
+        let std = common::policies::component("standard_protection.wasm").unwrap();
+        std::fs::write(dir.join("std.wasm"), std).unwrap();
+        let params = r#"{"level":9,"tags":{"tier":"gold"}}"#;
+        let (ok, _, err) = cli(
+            &dir,
+            &["policy", "add", "gold", "std.wasm", "--params", params],
+        );
+        assert!(ok, "{err}");
         let (s, job) = api.post(
             "/v1/backups",
             &api.admin,
-            &json!({"instance": "shop", "cluster": true, "policies": ["newest"]}),
+            &json!({"instance": "shop", "cluster": true, "policies": ["gold", "newest"]}),
         );
         assert_eq!(s, 202, "{job}");
         let done = api.wait_job(job["id"].as_str().unwrap(), &api.admin);
         assert_eq!(done["state"], "succeeded", "{done}");
         let third = done["backup_id"].as_str().unwrap().to_string();
+        for member in done["result"]["members"].as_array().unwrap() {
+            let id = member["backup_id"].as_str().unwrap();
+            let (ok, out, err) = cli(&dir, &["--json", "backup", "show", id]);
+            assert!(ok, "{err}");
+            let meta: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(meta["compression"]["level"], 9, "{meta}");
+            assert_eq!(meta["tags"]["tier"], "gold", "{meta}");
+            assert_eq!(meta["tags"]["protection-policy"], "gold", "{meta}");
+        }
         let deleted: Vec<&str> = done["retention"]
             .as_array()
             .unwrap()
@@ -1554,6 +1575,7 @@ fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
         deadline: Duration::from_secs(120),
         poll: Duration::from_millis(200),
         down: BTreeSet::new(),
+        settings: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)

@@ -100,6 +100,10 @@ pub enum ClusterCommand {
         /// cluster backups (default policy.retention); not with --no-wait.
         #[arg(long, value_name = "POLICY", conflicts_with = "no_wait")]
         retention: Option<String>,
+        /// The tenant's protection policy, asked once for the whole backup: the level, key
+        /// and tags of every member (default policy.protection).
+        #[arg(long, value_name = "POLICY")]
+        protection: Option<String>,
     },
     /// The committed cluster backups, each with its member backups.
     List {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use couchvault::cluster::broker::Broker;
 use couchvault::ops::cluster::{
-    ClusterRestoreReport, ClusterRestoreRequest, DaemonRestoreRequest, NodeRestoreRequest,
-    TargetNode,
+    ClusterBackupAsk, ClusterRestoreReport, ClusterRestoreRequest, DaemonRestoreRequest,
+    NodeRestoreRequest, TargetNode,
 };
 use couchvault::ops::restore::Hooks;
 use couchvault::ops::{OpsError, Progress};
@@ -23,7 +23,16 @@ pub fn run(ctx: &Context, cmd: ClusterCommand) -> Result<()> {
             instance,
             no_wait,
             retention,
-        } => backup(ctx, &instance, no_wait, retention),
+            protection,
+        } => {
+            let ask = ClusterBackupAsk {
+                tenant: ctx.tenant.clone(),
+                instance,
+                protection,
+                wait: !no_wait,
+            };
+            backup(ctx, &ask, retention)
+        }
         ClusterCommand::List { instance } => list(ctx, instance.as_deref()),
         ClusterCommand::Verify { instance, id } => {
             let progress = Progress::default();
@@ -70,14 +79,21 @@ async fn connect(ctx: &Context) -> Result<Broker> {
     Ok(Broker::connect(url, cfg.timings()).await?)
 }
 
-fn backup(ctx: &Context, instance: &str, no_wait: bool, retention: Option<String>) -> Result<()> {
+fn backup(ctx: &Context, ask: &ClusterBackupAsk, retention: Option<String>) -> Result<()> {
     let progress = Progress::default();
-    let (id, committed) =
-        ctx.vault
-            .request_cluster_backup(&ctx.tenant, instance, !no_wait, &progress)?;
-    let Some(m) = committed else {
+    let instance = &ask.instance;
+    let queued = ctx.vault.request_cluster_backup(ask, &progress)?;
+    let (id, notes) = (queued.id, queued.notes);
+    if !ctx.json {
+        for note in &notes {
+            println!("note: {note}");
+        }
+    }
+    let Some(m) = queued.manifest else {
         if ctx.json {
-            return print_json(&serde_json::json!({"backup_id": id, "queued": true}));
+            return print_json(
+                &serde_json::json!({"backup_id": id, "queued": true, "notes": notes}),
+            );
         }
         println!("cluster backup {id} queued");
         return Ok(());
@@ -95,7 +111,7 @@ fn backup(ctx: &Context, instance: &str, no_wait: bool, retention: Option<String
     };
     if ctx.json {
         return print_json(
-            &serde_json::json!({"backup_id": id, "manifest": m, "retention": verdicts}),
+            &serde_json::json!({"backup_id": id, "manifest": m, "retention": verdicts, "notes": notes}),
         );
     }
     let stored: u64 = m.members.iter().map(|x| x.stored_bytes).sum();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::broker::{Broker, BrokerError, Lease};
-use super::job::{plan_key, JobEntry, JobState, MemberJob, Progress};
+use super::job::{plan_key, JobEntry, JobState, MemberJob, MemberSettings, Progress};
 use super::manifest::{self, ClusterManifest, Member};
 use super::plan::{Plan, PlanError};
 use super::shards::DbDetail;
@@ -50,6 +50,8 @@ pub struct ClusterRequest {
     /// CouchDB nodes that were down when the backup began: their copies may be stale, so
     /// none is read, whatever their daemons say.
     pub down: BTreeSet<String>,
+    /// How every member is made (the protection policy's decision).
+    pub settings: MemberSettings,
 }
 
 fn now() -> i64 {
@@ -101,6 +103,7 @@ pub async fn run(
                 plan,
                 jobs,
                 deadline: now() + req.deadline.as_secs() as i64,
+                settings: req.settings.clone(),
             };
             // Recorded before anything is queued: a successor resumes rather than re-plans.
             broker.put_record(&key, &p).await?;

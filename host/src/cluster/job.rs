@@ -22,6 +22,31 @@ pub struct MemberJob {
     pub node: String,
     /// Shard files, relative to the node's database directory.
     pub shards: Vec<String>,
+    #[serde(default, skip_serializing_if = "MemberSettings::is_default")]
+    pub settings: MemberSettings,
+}
+
+/// How every member of a cluster backup is made, as the tenant's protection policy decided
+/// once for the whole (evaluated where the backup was asked for: `cluster backup
+/// --protection`, a daemon job's or schedule's policies).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// The tenant key that wraps each member's data key and seals the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// The protection policy that decided (each member's `protection-policy` tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_policy: Option<String>,
+}
+
+impl MemberSettings {
+    pub fn is_default(&self) -> bool {
+        *self == MemberSettings::default()
+    }
 }
 
 impl MemberJob {
@@ -156,6 +181,8 @@ pub struct Progress {
     pub rounds: std::collections::BTreeMap<String, u32>,
     /// Unix seconds by which every member must have committed.
     pub deadline: i64,
+    #[serde(default)]
+    pub settings: MemberSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +203,7 @@ impl Progress {
             instance: self.instance.clone(),
             node: e.node.clone(),
             shards: e.shards.clone(),
+            settings: self.settings.clone(),
         }
     }
 }
@@ -201,6 +229,8 @@ pub struct ClusterBackupRequest {
     pub backup: String,
     pub tenant: String,
     pub instance: String,
+    #[serde(default)]
+    pub settings: MemberSettings,
 }
 
 /// How a cluster backup ended, kept under `<backup>.result`.

@@ -161,6 +161,7 @@ async fn coordinate(
         let (maps, details, down, key_id, couch) = {
             let vault = vault.clone();
             let tenant = r.tenant.clone();
+            let chosen = r.settings.key_id.clone();
             tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let client = vault
                     .couch_client_for(None)
@@ -169,7 +170,10 @@ async fn coordinate(
                 let (maps, details) = shards::read(&client).map_err(|e| e.to_string())?;
                 let down = client.down_nodes().map_err(|e| e.to_string())?;
                 let keyring = vault.keyring().map_err(|e| e.to_string())?;
-                let key_id = keyring.active(&tenant).map_err(|e| e.to_string())?.id.clone();
+                let key_id = match chosen {
+                    Some(k) => k,
+                    None => keyring.active(&tenant).map_err(|e| e.to_string())?.id.clone(),
+                };
                 Ok((maps, details, down, key_id, Arc::new(client)))
             })
             .await
@@ -185,6 +189,7 @@ async fn coordinate(
             deadline: cfg.deadline.get(),
             poll: Duration::from_secs(1),
             down,
+            settings: r.settings.clone(),
         };
         if !req.down.is_empty() {
             tracing::warn!(backup = %r.backup, down = ?req.down, "CouchDB nodes down: their ranges are read from other replicas");

@@ -530,8 +530,9 @@ impl Runner {
         }
     }
 
-    /// A backup of the whole cluster: queued for the coordinating daemon, waited for, then
-    /// the retention policy over the instance's cluster backups.
+    /// A backup of the whole cluster: made as its protection policy says, queued for the
+    /// coordinating daemon, waited for, then the retention policy over the instance's
+    /// cluster backups.
     fn cluster_backup(
         &self,
         job: &mut Job,
@@ -540,10 +541,17 @@ impl Runner {
     ) -> Result<(), JobError> {
         let vault = &*self.vault;
         let tenant = job.tenant.clone();
-        let (_, retention) = resolve_policies(&vault.state_dir, &tenant, &b.policies)?;
-        let (id, manifest) = vault.request_cluster_backup(&tenant, &b.instance, true, progress)?;
-        job.backup_id = Some(id);
-        if let Some(m) = &manifest {
+        let (protection, retention) = resolve_policies(&vault.state_dir, &tenant, &b.policies)?;
+        let ask = crate::ops::cluster::ClusterBackupAsk {
+            tenant: tenant.clone(),
+            instance: b.instance.clone(),
+            protection,
+            wait: true,
+        };
+        let queued = vault.request_cluster_backup(&ask, progress)?;
+        job.backup_id = Some(queued.id);
+        job.notes = queued.notes;
+        if let Some(m) = &queued.manifest {
             if let Err(err) = self.db.cluster_put(&ClusterIndexEntry::of(m)) {
                 tracing::warn!("backup index: {err} (the store stays the truth)");
             }

@@ -129,7 +129,13 @@ impl Vault {
             chunk_size: cfg.chunk_size,
         };
         let mut tags = BTreeMap::new();
-        let mut key_id = None;
+        // A member is made as the cluster backup's protection decision says.
+        let member = req.cluster_member.as_ref().map(|m| &m.settings);
+        let mut key_id = member.and_then(|m| m.key_id.clone());
+        if let Some(level) = member.and_then(|m| m.compression_level) {
+            stream.compression_level = level;
+        }
+        tags.extend(member.map(|m| m.tags.clone()).unwrap_or_default());
         let mut notes = Vec::new();
         let (config_protection, config_retention) = match req.cluster_member {
             Some(_) => (None, None),
@@ -210,6 +216,9 @@ impl Vault {
         if let Some(m) = &req.cluster_member {
             tags.insert(MEMBER_OF_TAG.into(), m.cluster_backup.clone());
             tags.insert(CLUSTER_INSTANCE_TAG.into(), m.cluster_instance.clone());
+            if let Some(name) = &m.settings.protection_policy {
+                tags.insert("protection-policy".into(), name.clone());
+            }
         }
         // Live stats from CouchDB at the start; an unreachable CouchDB is noted, not fatal.
         let live = self.couch_client_for(req.couchdb.as_ref())?.map(|c| {
@@ -405,6 +414,8 @@ pub struct BackupRequest {
 pub struct MemberOf {
     pub cluster_backup: String,
     pub cluster_instance: String,
+    /// Level, key and tags the protection policy decided for the whole cluster backup.
+    pub settings: crate::cluster::job::MemberSettings,
 }
 
 #[derive(Debug)]

@@ -21,8 +21,8 @@ use crate::catalog;
 use crate::cluster::agent::Share;
 use crate::cluster::broker::Broker;
 use crate::cluster::job::{
-    go_key, result_key, ClusterBackupRequest, ClusterOutcome, Go, JobState, MemberJob, RestoreJob,
-    COORDINATOR_QUEUE,
+    go_key, result_key, ClusterBackupRequest, ClusterOutcome, Go, JobState, MemberJob,
+    MemberSettings, RestoreJob, COORDINATOR_QUEUE,
 };
 use crate::cluster::manifest::{self, ClusterManifest, MANIFEST_FILE};
 use crate::cluster::restore::{place, shard_map_doc, Placement};
@@ -59,6 +59,27 @@ pub struct ClusterRestoreRequest {
     pub staging: Option<PathBuf>,
     /// How long the new shard maps may take to reach every node.
     pub settle: Duration,
+}
+
+/// A cluster backup asked for ([`Vault::request_cluster_backup`]).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterBackupAsk {
+    pub tenant: String,
+    pub instance: String,
+    /// The tenant's protection policy (default: `[policy] protection`), asked once for the
+    /// whole: the level, key and tags of every member.
+    pub protection: Option<String>,
+    /// Wait until it settles (within the deadline).
+    pub wait: bool,
+}
+
+/// A cluster backup queued: its id, its manifest once committed (when waited for), and
+/// what the protection policy's answer needed said.
+#[derive(Debug, Clone)]
+pub struct ClusterBackupQueued {
+    pub id: String,
+    pub manifest: Option<ClusterManifest>,
+    pub notes: Vec<String>,
 }
 
 /// A cluster restore whose files each node's daemon places
@@ -150,6 +171,7 @@ impl Vault {
             cluster_member: Some(MemberOf {
                 cluster_backup: job.backup.clone(),
                 cluster_instance: job.instance.clone(),
+                settings: job.settings.clone(),
             }),
         };
         Ok(self.backup(&req, &source, progress)?.meta.data.size)
@@ -161,11 +183,10 @@ impl Vault {
     /// for, the committed manifest.
     pub fn request_cluster_backup(
         &self,
-        tenant: &str,
-        instance: &str,
-        wait: bool,
+        req: &ClusterBackupAsk,
         progress: &Progress,
-    ) -> Result<(String, Option<ClusterManifest>)> {
+    ) -> Result<ClusterBackupQueued> {
+        let (tenant, instance) = (req.tenant.as_str(), req.instance.as_str());
         crate::names::validate_name("instance", instance).map_err(crate::Error::from)?;
         let cfg = &self.config.cluster;
         let Some(url) = &cfg.broker else {
@@ -173,12 +194,22 @@ impl Vault {
                 "cluster backups go through the cluster's broker: set [cluster] broker".into(),
             ));
         };
+        let protection = req
+            .protection
+            .as_ref()
+            .or(self.config.policy.protection.as_ref());
+        let (settings, notes) = match protection {
+            Some(name) => self.cluster_protection(tenant, instance, name, progress)?,
+            None => Default::default(),
+        };
         let request = ClusterBackupRequest {
             v: 1,
             backup: ulid::Ulid::new().to_string(),
             tenant: tenant.to_string(),
             instance: instance.to_string(),
+            settings,
         };
+        let wait = req.wait;
         let id = request.backup.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -208,16 +239,95 @@ impl Vault {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })?;
-        match outcome {
-            None => Ok((id, None)),
-            Some(ClusterOutcome::Failed { error, .. }) => Err(OpsError::Refused(format!(
-                "cluster backup {id} failed, nothing was committed: {error}"
-            ))),
-            Some(ClusterOutcome::Committed { .. }) => {
-                let m = manifest::load(&*self.store, &self.keyring()?, tenant, instance, &id)?;
-                Ok((id, Some(m)))
+        let manifest = match outcome {
+            None => None,
+            Some(ClusterOutcome::Failed { error, .. }) => {
+                return Err(OpsError::Refused(format!(
+                    "cluster backup {id} failed, nothing was committed: {error}"
+                )))
+            }
+            Some(ClusterOutcome::Committed { .. }) => Some(manifest::load(
+                &*self.store,
+                &self.keyring()?,
+                tenant,
+                instance,
+                &id,
+            )?),
+        };
+        Ok(ClusterBackupQueued {
+            id,
+            manifest,
+            notes,
+        })
+    }
+
+    /// The tenant's protection policy `name`, asked once for a whole cluster backup of
+    /// `instance` (its size: the cluster's databases now through [couchdb] url, else 0),
+    /// floors applied: the level, key and tags of every member. A cluster backup is full
+    /// whatever kind it asks for.
+    fn cluster_protection(
+        &self,
+        tenant: &str,
+        instance: &str,
+        name: &str,
+        progress: &Progress,
+    ) -> Result<(MemberSettings, Vec<String>)> {
+        let mut notes = Vec::new();
+        let read = match self.couch_client_for(None)? {
+            Some(client) => crate::cluster::shards::read(&client).map_err(|e| e.to_string()),
+            None => Err("no [couchdb] url".into()),
+        };
+        // The size informs the policy; the coordinator reads the cluster through its own node.
+        let size = match read {
+            Ok((_, details)) => details.values().map(|d| d.size).sum(),
+            Err(why) => {
+                notes.push(format!(
+                    "protection policy '{name}' was told the cluster's size is 0: it could not be read here ({why})"
+                ));
+                0
+            }
+        };
+        let mut host = self.policy_host()?;
+        host.cancel_on(progress.cancel_flag());
+        let req = BackupRequest {
+            tenant: tenant.to_string(),
+            instance: instance.to_string(),
+            ..Default::default()
+        };
+        let decision = self
+            .protection(&host, &self.keyring()?, name, &req, size, &[])
+            .map_err(|e| OpsError::Protection {
+                name: name.to_string(),
+                source: Box::new(e),
+            })?;
+        notes.extend(
+            decision
+                .overrides
+                .iter()
+                .map(|o| format!("protection policy '{name}': {o}")),
+        );
+        if decision.kind != Kind::Full {
+            notes.push(format!(
+                "protection policy '{name}' asked for a {} backup: a cluster backup is full",
+                decision.kind
+            ));
+        }
+        let mut tags = std::collections::BTreeMap::new();
+        for (k, v) in decision.tags {
+            match crate::names::validate_tags([(&k, &v)]) {
+                Ok(()) => {
+                    tags.insert(k, v);
+                }
+                Err(why) => notes.push(format!("protection policy '{name}': tag dropped: {why}")),
             }
         }
+        let settings = MemberSettings {
+            compression_level: Some(decision.compression_level),
+            key_id: decision.key_id,
+            tags,
+            protection_policy: Some(name.to_string()),
+        };
+        Ok((settings, notes))
     }
 
     /// Retention over a cluster instance's backups as wholes: the tenant's retention policy
