@@ -138,6 +138,26 @@ pub struct ClusterRestoreReport {
     pub checks: Vec<DbCheck>,
 }
 
+impl ClusterRestoreReport {
+    /// Before the maps are written and checked: what the nodes placed.
+    fn of(
+        m: &ClusterManifest,
+        placement: Placement,
+        replaced: Vec<String>,
+        placed: &[Share],
+    ) -> ClusterRestoreReport {
+        ClusterRestoreReport {
+            backup_id: m.backup_id.clone(),
+            members: m.members.len(),
+            files: placed.iter().map(|p| p.files).sum(),
+            bytes: placed.iter().map(|p| p.bytes).sum(),
+            placement,
+            replaced,
+            checks: Vec::new(),
+        }
+    }
+}
+
 impl Vault {
     /// A node's share of a cluster backup, as backup `id` of the job's member instance;
     /// a backup `id` committed already (the job delivered again after a crash) is kept.
@@ -460,11 +480,7 @@ impl Vault {
             &req.backup_id,
         )?;
         let names = check_nodes(client, &req.nodes)?;
-        let n = match req.n {
-            Some(n) => n,
-            None => client.cluster_n()?.unwrap_or(3),
-        }
-        .clamp(1, names.len());
+        let n = copies(client, req.n, names.len())?;
         let replaced = self.databases_to_replace(client, &m, req.replace)?;
 
         // Every member unpacked and verified before the new cluster is touched.
@@ -480,25 +496,17 @@ impl Vault {
             .owner
             .as_deref()
             .or(self.config.restore.owner.as_deref());
-        let (mut files, mut bytes) = (0, 0);
+        let mut placed = Vec::new();
         for node in &req.nodes {
             let owner = restore_owner(owner_spec, &node.data_dir)?;
             let dirs = (node.data_dir.as_path(), node.data_dir.as_path());
-            let placed = place_share(&m, &placement, &node.name, &sources, dirs, owner)?;
-            files += placed.files;
-            bytes += placed.bytes;
+            placed.push(place_share(
+                &m, &placement, &node.name, &sources, dirs, owner,
+            )?);
         }
         fs::remove_dir_all(&staging)
             .map_err(|e| OpsError::io(format!("removing {}", staging.display()), e))?;
-        let report = ClusterRestoreReport {
-            backup_id: m.backup_id.clone(),
-            members: m.members.len(),
-            files,
-            bytes,
-            checks: Vec::new(),
-            placement,
-            replaced,
-        };
+        let report = ClusterRestoreReport::of(&m, placement, replaced, &placed);
         finish_restore(client, &m, &names, report, req.settle)
     }
 
@@ -530,11 +538,7 @@ impl Vault {
         };
         let mut names = client.membership()?;
         names.sort();
-        let n = match req.n {
-            Some(n) => n,
-            None => client.cluster_n()?.unwrap_or(3),
-        }
-        .clamp(1, names.len().max(1));
+        let n = copies(client, req.n, names.len())?;
         let replaced = self.databases_to_replace(client, &m, req.replace)?;
         let placement = place(&m.databases, &names, n);
         let restore = ulid::Ulid::new().to_string();
@@ -599,24 +603,14 @@ impl Vault {
                 e.context("the other nodes placed theirs: once it is fixed, run the restore again (it places every file again)")
             })
         })?;
-        let (mut files, mut bytes) = (0, 0);
-        for state in placed {
-            if let JobState::Placed {
-                files: f, bytes: b, ..
-            } = state
-            {
-                (files, bytes) = (files + f, bytes + b);
-            }
-        }
-        let report = ClusterRestoreReport {
-            backup_id: m.backup_id.clone(),
-            members: m.members.len(),
-            files,
-            bytes,
-            checks: Vec::new(),
-            placement,
-            replaced,
-        };
+        let placed: Vec<Share> = placed
+            .into_iter()
+            .filter_map(|state| match state {
+                JobState::Placed { files, bytes, .. } => Some(Share { files, bytes }),
+                _ => None,
+            })
+            .collect();
+        let report = ClusterRestoreReport::of(&m, placement, replaced, &placed);
         finish_restore(client, &m, &names, report, req.settle)
     }
 
@@ -921,6 +915,16 @@ impl Vault {
         }
         Ok(replaced)
     }
+}
+
+/// Copies of each range in the new cluster: as asked, else its `[cluster] n`, at most its
+/// node count.
+fn copies(client: &CouchClient, asked: Option<usize>, nodes: usize) -> Result<usize> {
+    let n = match asked {
+        Some(n) => n,
+        None => client.cluster_n()?.unwrap_or(3),
+    };
+    Ok(n.clamp(1, nodes.max(1)))
 }
 
 /// The shard files `placement` puts on `node`: (shard file, database, range).
