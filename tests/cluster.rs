@@ -858,6 +858,39 @@ fn a_plan_and_jobs_past_the_brokers_message_limit_go_through_its_object_store() 
     });
     let plan = format!("{}.plan.", m.backup_id);
     assert!(objects.iter().any(|o| o.starts_with(&plan)), "{objects:?}");
+
+    // `backup list` shows it as one row with its members; its manifest damaged, it is
+    // listed INVALID with why, never hidden, and its members are rows again.
+    let mut config = couchvault::config::Config::embedded();
+    config.state_dir = Some(dir.path().join("state"));
+    let vault = couchvault::ops::Vault::open(
+        config,
+        Some(format!("file://{}", dir.path().join("store").display())),
+        Some(ring.clone()),
+    )
+    .unwrap();
+    let rows = vault.list_backups("default", None).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].cluster.as_ref().unwrap().members.len(),
+        m.members.len()
+    );
+    let sealed = dir
+        .path()
+        .join("store/couchvault-default/shop")
+        .join(&m.backup_id)
+        .join("cluster.json");
+    let text = std::fs::read_to_string(&sealed).unwrap();
+    std::fs::write(&sealed, text.replacen("\"db00\"", "\"db99\"", 1)).unwrap();
+    let rows = vault.list_backups("default", None).unwrap();
+    assert_eq!(rows.len(), 1 + m.members.len(), "{rows:?}");
+    let bad = rows.iter().find(|r| r.backup_id == m.backup_id).unwrap();
+    assert_eq!(bad.status, couchvault::wire::RowStatus::Invalid);
+    assert!(
+        bad.error.as_ref().unwrap().contains("cluster backup"),
+        "{bad:?}"
+    );
+    assert!(vault.cluster_backups("default", None).unwrap().is_empty());
     for member in &m.members {
         let job = MemberJob::id_for(&m.backup_id, &member.node, 0);
         assert!(

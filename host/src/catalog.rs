@@ -162,6 +162,15 @@ pub struct Listed {
     pub key_unavailable: bool,
 }
 
+/// Whether a metadata (or manifest) that did not load failed for its key alone, which
+/// cannot be had now (e.g. Barbican is down), not for damage.
+pub fn key_unavailable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Keyring(KeyringError::Barbican(_) | KeyringError::UnknownKey { .. })
+    )
+}
+
 /// Committed backups of a tenant, oldest first (ids sort by time).
 pub fn list(
     store: &dyn Store,
@@ -189,12 +198,7 @@ pub fn list(
             Ok((m, mac)) => (Some(m), Some(mac), None),
             Err(e) => (None, None, Some(e)),
         };
-        let key_unavailable = matches!(
-            error,
-            Some(Error::Keyring(
-                KeyringError::Barbican(_) | KeyringError::UnknownKey { .. }
-            ))
-        );
+        let key_unavailable = error.as_ref().is_some_and(key_unavailable);
         out.push(Listed {
             has_data: names.contains(format::data_object(inst, id).as_str()),
             backup_id: id.to_string(),

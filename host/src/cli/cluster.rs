@@ -127,7 +127,17 @@ fn backup(ctx: &Context, ask: &ClusterBackupAsk, retention: Option<String>) -> R
 }
 
 fn list(ctx: &Context, instance: Option<&str>) -> Result<()> {
-    let backups = ctx.vault.cluster_backups(&ctx.tenant, instance)?;
+    let mut backups = Vec::new();
+    for l in ctx.vault.cluster_listing(&ctx.tenant, instance)? {
+        match l.manifest {
+            Ok(m) => backups.push(m),
+            // Never hidden: said on stderr, so that --json stays the manifests.
+            Err(e) => eprintln!(
+                "cluster backup {} of {}: INVALID: {e}",
+                l.backup_id, l.instance
+            ),
+        }
+    }
     if ctx.json {
         return print_json(&backups);
     }

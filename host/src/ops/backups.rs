@@ -17,7 +17,7 @@ impl Vault {
     /// Cluster backups are rows of their own, with their members within them.
     pub fn list_backups(&self, tenant: &str, instance: Option<&str>) -> Result<Vec<BackupRow>> {
         let keyring = self.keyring()?;
-        let rows = catalog::list(&*self.store, &keyring, tenant, instance)?
+        let mut rows: Vec<BackupRow> = catalog::list(&*self.store, &keyring, tenant, instance)?
             .into_iter()
             .map(|l| BackupRow {
                 status: match (&l.metadata, l.key_unavailable) {
@@ -32,11 +32,24 @@ impl Vault {
                 cluster: None,
             })
             .collect();
-        let clusters = self
-            .cluster_backups(tenant, instance)?
-            .iter()
-            .map(ClusterSummary::of)
-            .collect();
+        let mut clusters = Vec::new();
+        for l in self.cluster_listing(tenant, instance)? {
+            match l.manifest {
+                Ok(m) => clusters.push(ClusterSummary::of(&m)),
+                // Listed, never hidden: a damaged manifest (or one whose key cannot be had).
+                Err(e) => rows.push(BackupRow {
+                    status: match catalog::key_unavailable(&e) {
+                        true => RowStatus::NoKey,
+                        false => RowStatus::Invalid,
+                    },
+                    error: Some(format!("cluster backup: {e}")),
+                    backup_id: l.backup_id,
+                    instance: l.instance,
+                    summary: None,
+                    cluster: None,
+                }),
+            }
+        }
         Ok(BackupRow::listing(rows, clusters))
     }
 

@@ -61,6 +61,14 @@ pub struct ClusterRestoreRequest {
     pub settle: Duration,
 }
 
+/// A cluster manifest found in the store, loaded or not.
+#[derive(Debug)]
+pub struct ClusterListed {
+    pub instance: String,
+    pub backup_id: String,
+    pub manifest: std::result::Result<ClusterManifest, crate::Error>,
+}
+
 /// A cluster backup asked for ([`Vault::request_cluster_backup`]).
 #[derive(Debug, Clone, Default)]
 pub struct ClusterBackupAsk {
@@ -384,23 +392,55 @@ impl Vault {
         Ok(verdicts)
     }
 
-    /// A tenant's committed cluster backups (of one instance), oldest first.
+    /// A tenant's committed cluster backups (of one instance), oldest first; one whose
+    /// manifest does not load is left out (`cluster_listing` says why).
     pub fn cluster_backups(
         &self,
         tenant: &str,
         instance: Option<&str>,
     ) -> Result<Vec<ClusterManifest>> {
+        Ok(self
+            .cluster_listing(tenant, instance)?
+            .into_iter()
+            .filter_map(|l| l.manifest.ok())
+            .collect())
+    }
+
+    /// Every cluster manifest of a tenant (of one instance), oldest first, each loaded and
+    /// authenticated or with why it did not load; several read at once.
+    pub fn cluster_listing(
+        &self,
+        tenant: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<ClusterListed>> {
         let keyring = self.keyring()?;
         let prefix = instance.map(|i| format!("{i}/")).unwrap_or_default();
-        let mut out = Vec::new();
-        for o in self.store.list(tenant, &prefix)? {
-            let mut parts = o.name.split('/');
-            if let (Some(inst), Some(id), Some(MANIFEST_FILE), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            {
-                out.push(manifest::load(&*self.store, &keyring, tenant, inst, id)?);
-            }
-        }
+        let found: Vec<(String, String)> = self
+            .store
+            .list(tenant, &prefix)?
+            .into_iter()
+            .filter_map(|o| {
+                let mut parts = o.name.split('/');
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some(inst), Some(id), Some(MANIFEST_FILE), None) => {
+                        Some((inst.to_string(), id.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let loaded = crate::parallel::map(&found, crate::parallel::IO_WORKERS, |(inst, id)| {
+            manifest::load(&*self.store, &keyring, tenant, inst, id)
+        });
+        let mut out: Vec<ClusterListed> = found
+            .into_iter()
+            .zip(loaded)
+            .map(|((instance, backup_id), manifest)| ClusterListed {
+                instance,
+                backup_id,
+                manifest,
+            })
+            .collect();
         out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
         Ok(out)
     }
