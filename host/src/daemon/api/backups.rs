@@ -135,9 +135,12 @@ async fn owned_id(d: &Daemon, tenant: &str, id: &str) -> ApiResult<String> {
         return Err(ApiError::not_found("backup"));
     }
     let (vault, tenant, id) = (d.vault.clone(), tenant.to_string(), id.to_string());
-    blocking(move || match vault.find_cluster_backup(&tenant, &id)? {
-        Some(m) => Ok(m.instance),
-        None => Ok(vault.show_backup(&tenant, &id)?.instance),
+    blocking(move || match vault.show_backup(&tenant, &id) {
+        Ok(meta) => Ok(meta.instance),
+        Err(e) => match vault.find_cluster_backup(&tenant, &id)? {
+            Some(m) => Ok(m.instance),
+            None => Err(e.into()),
+        },
     })
     .await
 }
