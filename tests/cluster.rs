@@ -286,6 +286,29 @@ fn planning_read_bulk_against_per_database() {
     );
 }
 
+/// A cluster backup of `instance` for tenant `default`, as a coordinator takes it.
+fn request(backup: String, instance: &str, key_id: String) -> ClusterRequest {
+    ClusterRequest {
+        backup,
+        tenant: "default".into(),
+        instance: instance.into(),
+        key_id,
+        deadline: Duration::from_secs(120),
+        poll: Duration::from_millis(200),
+        down: BTreeSet::new(),
+        settings: Default::default(),
+    }
+}
+
+/// A runtime for agents and a coordinator side by side.
+fn threads() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn fast() -> Timings {
     Timings {
         node_ttl: Duration::from_secs(2),
@@ -603,22 +626,9 @@ fn a_cluster_backup_survives_a_dead_agent_and_a_dead_coordinator() {
     };
     let victim = nodes[2].node.clone();
     let release = Arc::new(AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = threads();
     let backup = ulid::Ulid::new().to_string();
-    let req = ClusterRequest {
-        backup: backup.clone(),
-        tenant: "default".into(),
-        instance: "shop".into(),
-        key_id,
-        deadline: Duration::from_secs(120),
-        poll: Duration::from_millis(200),
-        down: BTreeSet::new(),
-        settings: Default::default(),
-    };
+    let req = request(backup.clone(), "shop", key_id);
     let manifest = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
         let held = Some((victim.as_str(), &release));
@@ -755,21 +765,12 @@ fn cluster_backup(
     let keyring = KeyRing::load(ring).unwrap();
     let client = nodes[0].client();
     let (maps, details) = shards::read(&client).unwrap();
-    let req = ClusterRequest {
-        backup: ulid::Ulid::new().to_string(),
-        tenant: "default".into(),
-        instance: instance.into(),
-        key_id: keyring.active("default").unwrap().id.clone(),
-        deadline: Duration::from_secs(120),
-        poll: Duration::from_millis(200),
-        down: BTreeSet::new(),
-        settings: Default::default(),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let req = request(
+        ulid::Ulid::new().to_string(),
+        instance,
+        keyring.active("default").unwrap().id.clone(),
+    );
+    let rt = threads();
     let m = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
         let agents = spawn_agents(&nats.url, fast(), nodes, store, ring, None, &stop).await;
@@ -1600,21 +1601,12 @@ fn a_couchdb_node_that_dies_mid_backup_has_its_ranges_moved() {
     let victim = nodes[2].node.clone();
     let release = Arc::new(AtomicBool::new(false));
     let backup = ulid::Ulid::new().to_string();
-    let req = ClusterRequest {
-        backup: backup.clone(),
-        tenant: "default".into(),
-        instance: "shop".into(),
-        key_id: keyring.active("default").unwrap().id.clone(),
-        deadline: Duration::from_secs(120),
-        poll: Duration::from_millis(200),
-        down: BTreeSet::new(),
-        settings: Default::default(),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let req = request(
+        backup.clone(),
+        "shop",
+        keyring.active("default").unwrap().id.clone(),
+    );
+    let rt = threads();
     let (m, victim_state) = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
         let held = Some((victim.as_str(), &release));
